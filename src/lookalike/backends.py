@@ -1,0 +1,152 @@
+"""Index backends: where codes are stored and searched, behind one small interface.
+
+A backend maps ``int64`` ids to ``float32`` vectors and answers k-nearest-neighbour
+queries by squared Euclidean distance:
+
+* ``add(ids (n,), vectors (n, d))``
+* ``remove(ids) -> number removed``
+* ``search(queries (m, d), k) -> (distances float32 (m, k), ids int64 (m, k))``, nearest
+  first; when fewer than ``k`` items exist, the tail is padded with id -1 and distance +inf.
+* ``save(directory)`` / ``load(directory, settings)``
+
+:class:`FaissBackend` is the default: a FAISS index described by a factory string
+(``"Flat"`` = exact search) wrapped in ``IndexIDMap2`` so ids are ours.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .errors import CollectionError, LookalikeError
+
+
+def _check(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    if v.ndim != 2 or v.shape[1] != dim:
+        raise LookalikeError(f"{what} must have shape (n, {dim}), got {np.shape(vectors)}")
+    return v
+
+
+class IndexBackend(ABC):
+    """The verbs every index backend provides (see the module docstring)."""
+
+    name: str = "abstract"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def remove(self, ids: np.ndarray) -> int: ...
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @abstractmethod
+    def save(self, directory: str | os.PathLike[str]) -> None: ...
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """JSON-able settings that :func:`open_backend` needs to load this backend."""
+
+
+class FaissBackend(IndexBackend):
+    """A FAISS index (``factory`` string, L2 metric) with our ids (``IndexIDMap2``)."""
+
+    name = "faiss"
+    FILE = "index.faiss"
+
+    def __init__(self, dim: int, factory: str = "Flat", index: Any = None) -> None:
+        super().__init__(dim)
+        self.factory = factory
+        if index is None:
+            try:
+                inner = faiss.index_factory(dim, factory, faiss.METRIC_L2)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "bad factory"
+                raise LookalikeError(f"bad FAISS factory string {factory!r}: {first}") from None
+            index = faiss.IndexIDMap2(inner)
+        self.index = index
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        v = _check(vectors, self.dim, "vectors")
+        i = np.ascontiguousarray(ids, dtype=np.int64)
+        if i.shape != (len(v),):
+            raise LookalikeError(f"ids must have shape ({len(v)},), got {i.shape}")
+        if len(v) == 0:
+            return
+        if not self.index.is_trained:
+            self.index.train(v)
+        self.index.add_with_ids(v, i)
+
+    def remove(self, ids: np.ndarray) -> int:
+        i = np.ascontiguousarray(ids, dtype=np.int64)
+        return int(self.index.remove_ids(i)) if len(i) else 0
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k <= 0:
+            raise LookalikeError(f"k must be a positive integer, got {k}")
+        q = _check(queries, self.dim, "queries")
+        if len(self) == 0 or len(q) == 0:
+            return (np.full((len(q), k), np.inf, dtype=np.float32),
+                    np.full((len(q), k), -1, dtype=np.int64))
+        distances, ids = self.index.search(q, k)
+        distances[ids < 0] = np.inf
+        return distances, ids.astype(np.int64)
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        from .fsutil import atomic_write
+
+        atomic_write(Path(directory) / self.FILE, lambda tmp: faiss.write_index(self.index, tmp))
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "factory": self.factory, "metric": "l2"}
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], settings: dict[str, Any],
+             dim: int) -> FaissBackend:
+        path = Path(directory) / cls.FILE
+        if not path.is_file():
+            raise CollectionError(f"{path} is missing; rebuild the collection with 'lookalike index'")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError:
+            raise CollectionError(
+                f"{path} is damaged (FAISS cannot read it); rebuild with 'lookalike index'"
+            ) from None
+        if index.d != dim:
+            raise CollectionError(f"{path} holds {index.d}-d vectors, the manifest says {dim}")
+        return cls(dim, settings.get("factory", "Flat"), index)
+
+
+BACKENDS: dict[str, type[FaissBackend]] = {"faiss": FaissBackend}
+
+
+def new_backend(name: str, dim: int, **options: Any) -> IndexBackend:
+    """A new, empty backend by name (``"faiss"``)."""
+    if name not in BACKENDS:
+        raise LookalikeError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return BACKENDS[name](dim, **options)
+
+
+def open_backend(directory: str | os.PathLike[str], settings: dict[str, Any],
+                 dim: int) -> IndexBackend:
+    """Load the backend that ``settings`` (from a manifest) describe."""
+    name = settings.get("name", "faiss")
+    if name not in BACKENDS:
+        raise CollectionError(f"collection uses unknown backend {name!r}")
+    return BACKENDS[name].load(directory, settings, dim)

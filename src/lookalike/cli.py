@@ -1,0 +1,488 @@
+"""The ``lookalike`` command line. Every user error ends in one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from .config import ARCHITECTURES, LOSSES, InputSpec, ModelConfig, TrainConfig
+from .datasets import BUILTIN_DATASETS, SPLITS, Dataset, load_dataset
+from .errors import LookalikeError
+
+log = logging.getLogger("lookalike")
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size like 28 or 64x48, got {text!r}")
+    h = int(m.group(1))
+    return h, int(m.group(2) or h)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,10,100, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _default_split(dataset: str, split: str | None) -> str:
+    return split or ("database" if dataset in BUILTIN_DATASETS else "all")
+
+
+def _load(args: argparse.Namespace, spec: InputSpec | None = None) -> Dataset:
+    split = _default_split(args.dataset, getattr(args, "split", None))
+    ds = load_dataset(args.dataset, split, data_dir=args.data_dir, input_spec=spec,
+                      download=getattr(args, "download", False), progress=args.progress)
+    if ds.skipped:
+        log.warning("skipped %d unreadable file(s):", len(ds.skipped))
+        for path, reason in ds.skipped:
+            log.warning("  %s: %s", path, reason)
+    return ds
+
+
+def _emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import figures
+    from .modelio import save_model
+    from .training import train_autoencoder
+
+    ds = _load(args)
+    spec = ds.spec
+    if args.size or args.channels:
+        h, w = args.size or (spec.height, spec.width)
+        spec = InputSpec(channels=args.channels or spec.channels, height=h, width=w)
+    mconf = ModelConfig(arch=args.arch, input=spec, latent_dim=args.latent_dim)
+    tconf = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+                        denoise=not args.no_denoise, noise_factor=args.noise_factor,
+                        flip=args.flip, val_fraction=args.val_fraction, seed=args.seed,
+                        device=args.device)
+    result = train_autoencoder(ds.images, mconf, tconf, progress=args.progress)
+    model = save_model(args.out, result.model, tconf, {**result.history, "dataset": ds.name,
+                                                      "split": ds.split})
+    figures.save(figures.loss_curves(result.history, result.history.get("best_epoch")),
+                 Path(args.out) / "loss.png")
+    best = result.history.get("best_epoch")
+    val = result.history["val_loss"][best - 1] if result.history["val_loss"] else None
+    print(f"model written to {args.out} ({mconf.arch}, code {result.model.code_dim}-d, "
+          f"best epoch {best}" + (f", val loss {val:.4f}" if val is not None else "")
+          + f", {result.history['seconds']:.1f} s, fingerprint {model.fingerprint[:12]})")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .collection import Collection
+    from .modelio import load_model
+
+    model = load_model(args.model)
+    ds = _load(args, spec=model.config.input)
+    coll = Collection.create(args.out, model, ds, factory=args.factory, overwrite=args.overwrite,
+                             progress=args.progress)
+    print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
+          + (f", {len(ds.skipped)} file(s) skipped" if ds.skipped else ""))
+    return 0
+
+
+_ITEM = re.compile(r"(?P<name>[A-Za-z0-9_-]+):(?:(?P<split>database|queries|all):)?(?P<index>\d+)")
+
+
+def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(descriptions, images uint8 (m,H,W,C), labels (m,), exclude ids (m,))."""
+    from .images import conform, content_hash, load_image
+
+    descs: list[str] = []
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    exclude: list[int] = []
+    cache: dict[tuple[str, str], Dataset] = {}
+    for spec in specs:
+        m_id = re.fullmatch(r"id:(\d+)", spec)
+        m_item = _ITEM.fullmatch(spec)
+        if m_id:
+            item_id = int(m_id.group(1))
+            image = coll.image(item_id)
+            label = coll.labels([item_id])[0]
+            own = item_id
+        elif Path(spec).exists():
+            image = conform([load_image(spec)], coll.encoder.spec)[0]
+            label, own = -1, coll.find(hash=content_hash(image))
+        elif m_item and m_item.group("name") in BUILTIN_DATASETS:
+            name, split = m_item.group("name"), m_item.group("split") or "queries"
+            key = (name, split)
+            if key not in cache:
+                cache[key] = load_dataset(name, split, data_dir=data_dir)
+            ds = cache[key]
+            index = int(m_item.group("index"))
+            if index >= len(ds):
+                raise LookalikeError(f"{spec}: {name} {split} has {len(ds)} items (0..{len(ds)-1})")
+            image = conform(ds.images[index:index + 1], coll.encoder.spec)[0]
+            label = int(ds.labels[index]) if ds.labels is not None else -1
+            own = coll.find(source=ds.sources[index])
+            own = coll.find(hash=content_hash(image)) if own is None else own
+        else:
+            raise LookalikeError(
+                f"query {spec!r} is not an image file, id:N, or DATASET[:SPLIT]:INDEX "
+                f"(datasets: {', '.join(BUILTIN_DATASETS)})")
+        descs.append(spec)
+        images.append(image)
+        labels.append(int(label))
+        exclude.append(-1 if own is None else int(own))
+    return (descs, np.stack(images), np.array(labels, dtype=np.int64),
+            np.array(exclude, dtype=np.int64))
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .collection import Collection
+
+    coll = Collection.open(args.collection, model_dir=args.model)
+    descs, images, q_labels, exclude = _resolve_queries(coll, args.queries, args.data_dir)
+    start = time.perf_counter()
+    codes = coll.encoder.encode(images)
+    if args.in_cluster:
+        from .clustering import search_in_cluster
+        from .clusterstore import load_clustering
+
+        clustering = load_clustering(coll.path)
+        dist, ids = search_in_cluster(codes, np.asarray(coll.embeddings), coll.ids, clustering,
+                                      args.k, exclude)
+    else:
+        dist, ids = coll.search(codes, args.k, exclude)
+    elapsed = time.perf_counter() - start
+    names = coll.label_names
+    out = []
+    for desc, q_label, drow, irow in zip(descs, q_labels, dist, ids, strict=True):
+        results = []
+        for rank, (d, item) in enumerate(zip(drow, coll.items(irow), strict=True), start=1):
+            if item is None:
+                continue
+            results.append({"rank": rank, "id": item.id, "distance": round(float(d), 6),
+                            "label": item.label if item.label >= 0 else None,
+                            "label_name": names[item.label] if names and item.label >= 0 else None,
+                            "source": item.source})
+        out.append({"query": desc, "label": int(q_label) if q_label >= 0 else None,
+                    "results": results})
+    if args.figure:
+        from . import figures
+
+        res_images = np.stack([np.stack([coll.image(i) if i >= 0 else np.zeros_like(images[0])
+                                         for i in row]) for row in ids])
+        has_labels = bool(np.all(q_labels >= 0))
+        figures.save(figures.query_grid(
+            images, res_images, dist, query_labels=q_labels if has_labels else None,
+            result_labels=coll.labels(ids.ravel()).reshape(ids.shape) if has_labels else None,
+            label_names=names, result_ids=ids), args.figure)
+    if args.json:
+        _emit_json({"k": args.k, "seconds": round(elapsed, 6), "queries": out})
+    else:
+        for q in out:
+            label = f" (label {q['label']})" if q["label"] is not None else ""
+            print(f"query {q['query']}{label}:")
+            print(f"  {'rank':>4}  {'id':>7}  {'distance':>10}  {'label':>10}  source")
+            for r in q["results"]:
+                lab = r["label_name"] or ("" if r["label"] is None else str(r["label"]))
+                print(f"  {r['rank']:>4}  {r['id']:>7}  {r['distance']:>10.4f}  {lab:>10}  "
+                      f"{r['source']}")
+        if args.figure:
+            print(f"figure written to {args.figure}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import DEFAULT_LRAP_NS, evaluate
+
+    metrics = evaluate(args.target, args.dataset, data_dir=args.data_dir,
+                       lrap_ns=args.lrap_n or DEFAULT_LRAP_NS, progress=args.progress)
+    if args.json:
+        _emit_json(metrics)
+        return 0
+    print(f"{args.target} on {args.dataset} (queries vs database, exact ranking):")
+    for key in ("mAP", "P@1", "P@10", "P@100"):
+        print(f"  {key:<6} {metrics[key]:.4f}")
+    curve = metrics.get("LRAP@n")
+    if curve:
+        pairs = ", ".join(f"{n}: {v:.3f}" for n, v in zip(curve["n"], curve["value"], strict=True))
+        print(f"  LRAP@n {pairs}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from . import figures
+    from .clustering import choose_k, elbow_curve, fit_kmeans, search_in_cluster
+    from .clusterstore import save_clustering
+    from .collection import Collection
+    from .metrics import recall_at_k
+
+    coll = Collection.open(args.collection)
+    codes = np.asarray(coll.embeddings)
+    ks = [k for k in range(2, args.k_max + 1) if k < len(codes)]
+    if args.k is None and len(ks) < 2:
+        raise LookalikeError(f"too few items ({len(codes)}) for an elbow curve; pass --k")
+    inertias = elbow_curve(codes, ks, args.seed) if ks else np.array([])
+    k = args.k or choose_k(ks, inertias)
+    if ks and args.figure:
+        figures.save(figures.elbow(ks, inertias, k), args.figure)
+    clustering = fit_kmeans(codes, k, args.seed)
+    save_clustering(coll.path, clustering)
+    rng = np.random.default_rng(args.seed)
+    sample = np.sort(rng.choice(len(coll), size=min(args.sample, len(coll)), replace=False))
+    qids = coll.ids[sample]
+    _, exact = coll.search(codes[sample], args.top_k, qids)
+    _, approx = search_in_cluster(codes[sample], codes, coll.ids, clustering, args.top_k, qids)
+    recall = recall_at_k(approx, exact)
+    sizes = np.bincount(clustering.assignment, minlength=k).tolist()
+    result = {"k": k, "chosen_by": "argument" if args.k else "elbow",
+              "elbow": {"k": ks, "inertia": [round(float(v), 4) for v in inertias]},
+              "cluster_sizes": sizes, f"recall@{args.top_k}_vs_exact": round(recall, 4),
+              "queries": len(sample)}
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"{k} clusters ({result['chosen_by']}), sizes {sizes}")
+        print(f"in-cluster search recall@{args.top_k} vs exact search: {recall:.4f} "
+              f"over {len(sample)} stored items as queries")
+        print(f"saved to {coll.path / 'clusters.npz'}; search with --in-cluster"
+              + (f"; elbow plot in {args.figure}" if args.figure else ""))
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    from . import figures
+    from .modelio import load_model
+    from .reconstruct import denoise
+
+    model = load_model(args.model)
+    ds = _load(args, spec=model.config.input)
+    rng = np.random.default_rng(args.seed)
+    pick = rng.choice(len(ds), size=min(args.n, len(ds)), replace=False)
+    sample = ds.images[pick]
+    noisy, clean = denoise(model, sample, args.noise_factor, args.seed)
+    figures.save(figures.image_rows([("original", sample), ("noisy", noisy),
+                                     ("denoised", clean)], n=args.n), args.out)
+    print(f"figure written to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .collection import Collection
+    from .demo import METRIC_KEYS, report_figures
+    from .evaluation import evaluate
+    from .report import write_report
+
+    coll = Collection.open(args.collection)
+    queries = load_dataset(args.dataset, "queries", data_dir=args.data_dir)
+    database = load_dataset(args.dataset, "database", data_dir=args.data_dir)
+    full = {"model": evaluate(coll.path, args.dataset, queries=queries, database=database),
+            "pixels": evaluate("pixels", args.dataset, queries=queries, database=database)}
+    scores = {n: {k: float(m[k]) for k in METRIC_KEYS} for n, m in full.items()}
+    curves = {n: m["LRAP@n"] for n, m in full.items() if "LRAP@n" in m}
+    write_report(args.out, title=f"lookalike on {args.dataset}", metrics=scores,
+                 figures=report_figures(coll.model, coll, queries, curves),
+                 info={"dataset": args.dataset, "collection": str(coll.path),
+                       "model": f"{coll.model.config.arch} ({coll.model.fingerprint[:12]})"})
+    print(f"report written to {args.out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .collection import Collection
+
+    coll = Collection.open(args.collection)
+    m = coll.manifest
+    size = sum(p.stat().st_size for p in coll.path.rglob("*") if p.is_file())
+    info = {"path": str(coll.path), "count": len(coll), "dim": coll.dim,
+            "model": m["model"], "backend": m["backend"], "dataset": m["dataset"],
+            "size_bytes": size, "created": m["created"], "updated": m["updated"],
+            "skipped": len(m.get("skipped") or [])}
+    if args.json:
+        _emit_json(info)
+    else:
+        for key, value in info.items():
+            print(f"{key:>10}: {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    res = run_demo(args.out, dataset=args.dataset, epochs=args.epochs, data_dir=args.data_dir,
+                   progress=args.progress)
+    print(json.dumps(res.scores, indent=2))
+    print(f"model:      {res.model}\ncollection: {res.collection}\nmetrics:    {res.metrics}\n"
+          f"report:     {res.report}\nwall time:  {res.seconds:.1f} s")
+    print(f"search it:  lookalike search {res.collection} mnist-5k:queries:0 --figure q.png")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
+    p.add_argument("--dataset", default="mnist-5k",
+                   help=f"built-in name ({', '.join(BUILTIN_DATASETS)}), image folder, IDX "
+                        "directory or .npz (default: mnist-5k)")
+    p.add_argument("--data-dir", help="where the IDX files of fashion-mnist / mnist are")
+    p.add_argument("--download", action="store_true",
+                   help="allow downloading mnist into the cache when it is missing")
+    if split:
+        p.add_argument("--split", choices=SPLITS,
+                       help="database, queries or all (default: database for built-in "
+                            "datasets, all for your own data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="lookalike", description="Content-based image retrieval with "
+                     "convolutional (denoising) autoencoders.")
+    parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train an autoencoder on a dataset (labels unused)")
+    _data_args(p)
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--arch", choices=ARCHITECTURES, default="conv-16-8-8")
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--loss", choices=LOSSES, default="bce")
+    p.add_argument("--no-denoise", action="store_true", help="plain autoencoder (no noise)")
+    p.add_argument("--noise-factor", type=float, default=0.5)
+    p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--size", type=_size, help="input size, e.g. 28 or 64x48 (default: the data's)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 grey or 3 RGB")
+    p.add_argument("--latent-dim", type=_positive_int, default=512, help="hourglass only")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("index", help="encode a dataset into a searchable collection")
+    p.add_argument("--model", required=True, help="model directory")
+    _data_args(p)
+    p.add_argument("--out", required=True, help="collection directory to write")
+    p.add_argument("--factory", default="Flat", help="FAISS index factory string (Flat = exact)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing collection")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="find the images nearest to queries")
+    p.add_argument("collection")
+    p.add_argument("queries", nargs="+", metavar="QUERY",
+                   help="an image file, id:N (a stored item) or DATASET[:SPLIT]:INDEX")
+    p.add_argument("-k", type=_positive_int, default=10, help="results per query (default 10)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--figure", help="write a PNG of each query beside its results")
+    p.add_argument("--in-cluster", action="store_true",
+                   help="search only the query's K-means cluster (run 'cluster' first)")
+    p.add_argument("--model", help="check that this model made the collection")
+    p.add_argument("--data-dir", help="IDX directory for dataset-item queries")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("evaluate", help="mAP and P@k on a labelled dataset")
+    p.add_argument("target", help="'pixels', a model directory or a collection directory")
+    _data_args(p, split=False)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--lrap-n", type=_int_list, help="n of the LRAP@n curve, e.g. 1,10,100")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("cluster", help="K-means on a collection's codes, with the elbow curve")
+    p.add_argument("collection")
+    p.add_argument("--k", type=_positive_int, help="number of clusters (default: the elbow)")
+    p.add_argument("--k-max", type=_positive_int, default=15, help="largest k of the elbow curve")
+    p.add_argument("--figure", help="write the elbow plot here (PNG)")
+    p.add_argument("--top-k", type=_positive_int, default=10, help="k of the recall check")
+    p.add_argument("--sample", type=_positive_int, default=1000, help="queries for the check")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("denoise", help="draw noisy vs denoised images")
+    p.add_argument("model")
+    _data_args(p)
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--n", type=_positive_int, default=10)
+    p.add_argument("--noise-factor", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_denoise)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of metrics and figures")
+    p.add_argument("--collection", required=True)
+    _data_args(p, split=False)
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("info", help="describe a collection")
+    p.add_argument("collection")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="the whole pipeline on mnist-5k, with a report")
+    p.add_argument("--out", default="lookalike-demo", help="output directory")
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--dataset", default="mnist-5k", help="a labelled built-in dataset")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.progress = not args.quiet and sys.stderr.isatty()
+    # Our own messages at INFO; other libraries' (FAISS's loader, ...) only from WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.DEBUG if args.verbose else
+                 logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except LookalikeError as exc:
+        print(f"lookalike: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"lookalike: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("lookalike: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

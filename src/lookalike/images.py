@@ -1,0 +1,213 @@
+"""Decoding image files and converting image arrays to what a model expects.
+
+This is the one place where pixels change form:
+
+* :func:`decode_image` turns bytes or a file into ``uint8 (H, W, C)`` with ``C`` = 1
+  (grey) or 3 (RGB). Palette, 1-bit, CMYK, YCbCr and 16-bit images are converted;
+  alpha is composited over white; an animated image gives its first frame.
+* :func:`conform` brings ``uint8 (n, H, W, C)`` images to an :class:`InputSpec`:
+  RGB -> grey by ITU-R 601-2 luma (as Pillow's ``convert("L")``), grey -> RGB by
+  replication, and a bilinear resize when the size differs.
+* :func:`to_float` gives the model's layout: ``float32 (n, C, H, W)`` in [0, 1].
+
+Anything that cannot be decoded raises :class:`~lookalike.errors.ImageError`, and only that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .config import InputSpec
+from .errors import ImageError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+#: Images with more pixels than this are refused before decoding (decompression bombs).
+MAX_PIXELS = 50_000_000
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _open(source: str | os.PathLike[str] | bytes, max_pixels: int) -> Image.Image:
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(fp)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image is too large to decode safely (decompression bomb?)") from None
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory, not an image") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except Exception as exc:  # Pillow raises many types for bad data
+        raise ImageError(f"not a readable image ({type(exc).__name__})") from None
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image has an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image is {width}x{height} pixels, more than the limit of {max_pixels:,}"
+        )
+    return im
+
+
+def _to_array(im: Image.Image) -> np.ndarray:
+    if getattr(im, "is_animated", False):
+        im.seek(0)
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.float64)
+        scale = 257.0 if mode.startswith("I;16") or arr.max(initial=0) <= 65535 else None
+        arr = arr / scale if scale else arr / max(float(arr.max()), 1.0) * 255.0
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)[:, :, None]
+    if mode == "F":
+        arr = np.asarray(im).astype(np.float64)
+        arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)[:, :, None]
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im).convert("RGB")
+        mode = "RGB"
+    if mode in ("1", "L"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)[:, :, None]
+    if mode != "RGB":
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageError(f"unexpected decoded shape {arr.shape}")
+    return arr
+
+
+def decode_image(
+    source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Decode an image file or bytes to ``uint8 (H, W, C)``, ``C`` = 1 or 3.
+
+    Colour images stay RGB even when their pixels happen to be grey; use
+    :func:`conform` to reach a model's channel count.
+
+    Raises:
+        ImageError: for anything that is not a decodable image within ``max_pixels``.
+    """
+    im = _open(source, max_pixels)
+    try:
+        with im:
+            im.load()
+            arr = _to_array(im)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"image data is damaged ({type(exc).__name__}: {exc})") from None
+    return np.ascontiguousarray(arr)
+
+
+def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """:func:`decode_image` for a path, with the path in the error message."""
+    try:
+        return decode_image(path, max_pixels=max_pixels)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """``(height, width, channels)`` read from the header only; ``channels`` is 1 or 3."""
+    im = _open(os.fspath(path), MAX_PIXELS)
+    with im:
+        grey = im.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+        return im.size[1], im.size[0], 1 if grey else 3
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    if image.shape[:2] == (height, width):
+        return image
+    channels = image.shape[2]
+    pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
+    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return out[:, :, None] if channels == 1 else out
+
+
+def _channels(images: np.ndarray, channels: int) -> np.ndarray:
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have == 3 and channels == 1:
+        grey = images.astype(np.float32) @ _LUMA
+        return np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None]
+    if have == 1 and channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    raise ImageError(f"cannot convert {have} channels to {channels}")
+
+
+def conform(images: np.ndarray | Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """Bring images to ``spec``: returns ``uint8 (n, spec.height, spec.width, spec.channels)``.
+
+    ``images`` is a ``uint8 (n, H, W, C)`` array or a sequence of ``uint8 (H, W, C)``
+    arrays of any sizes. An empty input gives an empty ``(0, H, W, C)`` array.
+    """
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+            raise ImageError(
+                f"expected uint8 images of shape (n, H, W, 1|3), got {images.dtype} {images.shape}"
+            )
+        out = _channels(images, spec.channels)
+        if out.shape[1:3] == (spec.height, spec.width):
+            return np.ascontiguousarray(out)
+        return np.stack([_resize(im, spec.height, spec.width) for im in out])
+    result = np.empty((len(images), *spec.shape), dtype=np.uint8)
+    for i, im in enumerate(images):
+        if im.ndim != 3 or im.dtype != np.uint8:
+            raise ImageError(f"expected uint8 (H, W, C) images, got {im.dtype} {im.shape}")
+        result[i] = _resize(_channels(im, spec.channels), spec.height, spec.width)
+    return result
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """``uint8 (n, H, W, C)`` -> ``float32 (n, C, H, W)`` in [0, 1] (the models' layout)."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
+
+
+def from_float(images: np.ndarray) -> np.ndarray:
+    """``float (n, C, H, W)`` in [0, 1] -> ``uint8 (n, H, W, C)`` (inverse of :func:`to_float`)."""
+    arr = np.clip(np.rint(np.asarray(images, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
+
+
+def content_hash(image: np.ndarray) -> str:
+    """SHA-256 (hex) of an image's pixels and shape: equal pixels, equal hash."""
+    h = hashlib.sha256(str(image.shape).encode())
+    h.update(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def is_image_path(path: Path) -> bool:
+    """Whether ``path`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(root: str | os.PathLike[str]) -> list[Path]:
+    """Image files below ``root``, recursively, sorted; symlink loops are not followed twice."""
+    root_path = Path(root)
+    seen: set[str] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root_path, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        found.extend(Path(dirpath) / f for f in filenames if is_image_path(Path(f)))
+    return sorted(found)

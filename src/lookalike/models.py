@@ -1,0 +1,98 @@
+"""The articles' convolutional autoencoders as presets, built from a :class:`ModelConfig`.
+
+* ``conv-16-8-8`` (seeds 000-002): three 3x3 conv + 2x2 max-pool stages of 16, 8, 8
+  filters; the code is the last pooled map, 8 x ceil(H/8) x ceil(W/8) (4x4x8 = 128 for
+  28x28). Pooling rounds up like Keras' ``padding="same"``.
+* ``conv-32-32`` (seed 004): two stages of 32 filters; code 32 x H/4 x W/4 (7x7x32 for 28x28).
+* ``hourglass`` (seed 003): conv stages of 32, 64, 128 filters, then a dense latent of
+  ``latent_dim`` (512); the decoder mirrors it with transposed convolutions.
+
+Decoders return logits (apply a sigmoid for images) so the BCE loss is computed stably.
+A decoder whose natural output size differs from the input (the articles' layers fit
+28x28 only) is resized bilinearly to the input size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+def _conv(cin: int, cout: int, padding: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=padding), nn.ReLU(inplace=True))
+
+
+def _pool() -> nn.MaxPool2d:
+    return nn.MaxPool2d(2, ceil_mode=True)
+
+
+class Autoencoder(nn.Module):
+    """An encoder/decoder pair. ``encode`` gives flat codes ``(n, code_dim)``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, h, w = config.input.channels, config.input.height, config.input.width
+        self.encoder, self.decoder, self.code_shape = _build(config.arch, c, h, w,
+                                                             config.latent_dim)
+        self.code_dim = int(torch.tensor(self.code_shape).prod())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``float32 (n, C, H, W)`` in [0, 1] -> codes ``(n, code_dim)``."""
+        return self.encoder(x).flatten(1)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """Codes ``(n, code_dim)`` -> logits ``(n, C, H, W)``."""
+        out = self.decoder(code.view(len(code), *self.code_shape))
+        size = (self.config.input.height, self.config.input.width)
+        if out.shape[-2:] != size:
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction logits for ``x``."""
+        return self.decode(self.encode(x))
+
+
+def _build(arch: str, c: int, h: int, w: int, latent: int
+           ) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
+    if arch == "conv-16-8-8":
+        encoder = nn.Sequential(_conv(c, 16), _pool(), _conv(16, 8), _pool(), _conv(8, 8), _pool())
+        decoder = nn.Sequential(
+            _conv(8, 8), nn.Upsample(scale_factor=2), _conv(8, 8), nn.Upsample(scale_factor=2),
+            _conv(8, 16, padding=0), nn.Upsample(scale_factor=2), nn.Conv2d(16, c, 3, padding=1),
+        )
+        return encoder, decoder, (8, _ceil_div(h, 8), _ceil_div(w, 8))
+    if arch == "conv-32-32":
+        encoder = nn.Sequential(_conv(c, 32), _pool(), _conv(32, 32), _pool())
+        decoder = nn.Sequential(
+            _conv(32, 32), nn.Upsample(scale_factor=2), _conv(32, 32), nn.Upsample(scale_factor=2),
+            nn.Conv2d(32, c, 3, padding=1),
+        )
+        return encoder, decoder, (32, _ceil_div(h, 4), _ceil_div(w, 4))
+    if arch == "hourglass":
+        hh, ww = h // 8, w // 8
+        encoder = nn.Sequential(
+            _conv(c, 32), _pool(), _conv(32, 64), _pool(), _conv(64, 128), _pool(),
+            nn.Flatten(), nn.Linear(128 * hh * ww, latent),
+        )
+        decoder = nn.Sequential(
+            nn.Linear(latent, 128 * hh * ww), nn.ReLU(inplace=True), nn.Unflatten(1, (128, hh, ww)),
+            nn.ConvTranspose2d(128, 64, 2, stride=2), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(64, 32, 2, stride=2), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(32, c, 2, stride=2),
+        )
+        return encoder, decoder, (latent,)
+    raise AssertionError(f"unhandled architecture {arch}")  # ModelConfig validated it
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def build_model(config: ModelConfig) -> Autoencoder:
+    """A freshly initialised :class:`Autoencoder` for ``config``."""
+    return Autoencoder(config)
