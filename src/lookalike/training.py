@@ -105,7 +105,7 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         train_loss = total / len(x_train)
         history["train_loss"].append(train_loss)
         model.eval()

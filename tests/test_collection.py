@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from lookalike.collection import Collection
+from lookalike.config import InputSpec, ModelConfig, TrainConfig
+from lookalike.datasets import load_dataset
+from lookalike.errors import CollectionError
+from lookalike.modelio import save_model
+from lookalike.training import train_autoencoder
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+    db = load_dataset("digits", "database")
+    res = train_autoencoder(db.images, ModelConfig(input=InputSpec(1, 8, 8)),
+                            TrainConfig(epochs=2, batch_size=64))
+    root = tmp_path_factory.mktemp("coll")
+    model = save_model(root / "model", res.model)
+    coll = Collection.create(root / "c", model, db)
+    return model, db, coll, root
+
+
+def test_layout_and_metadata(model_and_data) -> None:
+    model, db, coll, root = model_and_data
+    names = {p.name for p in (root / "c").iterdir()}
+    assert {"manifest.json", "metadata.sqlite", "ids.npy", "embeddings.npy", "images.npy",
+            "index.faiss", "model"} <= names
+    manifest = json.loads((root / "c" / "manifest.json").read_text())
+    assert manifest["count"] == len(db) and manifest["dim"] == 8
+    assert manifest["model"]["fingerprint"] == model.fingerprint
+    assert manifest["dataset"] == {"name": "digits", "split": "database"}
+    with sqlite3.connect(root / "c" / "metadata.sqlite") as con:
+        rows = con.execute("SELECT id, source, label FROM items ORDER BY id LIMIT 2").fetchall()
+    con.close()
+    assert rows[0] == (0, db.sources[0], int(db.labels[0]))
+    assert (coll.labels() == db.labels).all()
+    assert not list((root).glob(".c.*")), "no temporary directory left behind"
+
+
+def test_search_matches_exact_and_excludes_self(model_and_data) -> None:
+    _, db, coll, _ = model_and_data
+    emb = np.asarray(coll.embeddings)
+    d, i = coll.search_ids([0, 5], 4)
+    assert 0 not in i[0] and 5 not in i[1]
+    full = ((emb[[0, 5], None] - emb[None]) ** 2).sum(-1)
+    for r, q in enumerate([0, 5]):
+        order = [j for j in np.argsort(full[r], kind="stable") if j != q][:4]
+        assert np.allclose(np.sort(full[r][order]), d[r], atol=1e-4)
+    # an image equal to a stored one does not find itself
+    d2, i2 = coll.search_images(db.images[7:8], 3)
+    assert 7 not in i2[0]
+    # reopening gives the same answers
+    again = Collection.open(coll.path)
+    assert (again.search_ids([0, 5], 4)[1] == i).all()
+
+
+def test_other_model_refused(model_and_data, tmp_path) -> None:
+    _, db, coll, _ = model_and_data
+    res = train_autoencoder(db.images[:100], ModelConfig(input=InputSpec(1, 8, 8)),
+                            TrainConfig(epochs=1, seed=9))
+    other = save_model(tmp_path / "other", res.model)
+    with pytest.raises(CollectionError, match="another model"):
+        Collection.open(coll.path, model_dir=other.path)
+
+
+def test_existing_path_refused_and_damage_detected(model_and_data, tmp_path) -> None:
+    model, db, coll, _ = model_and_data
+    with pytest.raises(CollectionError, match="already exists"):
+        Collection.create(coll.path, model, db)
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(coll.path, copy)
+    (copy / "index.faiss").write_bytes((copy / "index.faiss").read_bytes()[:50])
+    with pytest.raises(CollectionError, match="index.faiss"):
+        Collection.open(copy)
+    (copy / "ids.npy").unlink()
+    with pytest.raises(CollectionError, match="ids.npy"):
+        Collection.open(copy)
+    with pytest.raises(CollectionError, match="not a lookalike collection"):
+        Collection.open(tmp_path)

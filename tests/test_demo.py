@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+import json
+
+from lookalike.demo import run_demo
+
+
+def test_demo_writes_everything(tmp_path) -> None:
+    res = run_demo(tmp_path / "out", dataset="digits", epochs=2)
+    metrics = json.loads(res.metrics.read_text())
+    assert set(metrics) == {"model", "pixels"}
+    assert set(metrics["model"]) == {"mAP", "P@1", "P@10", "P@100"}
+    assert 0 < metrics["model"]["mAP"] <= 1
+    html = res.report.read_text()
+    assert html.count("data:image/png;base64,") >= 5
+    assert "http://" not in html and "https://" not in html
+    assert (res.model / "loss.png").is_file()
+    assert (res.collection / "manifest.json").is_file()

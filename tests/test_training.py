@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lookalike.config import InputSpec, ModelConfig, TrainConfig
+from lookalike.datasets import load_dataset
+from lookalike.encoders import ModelEncoder, PixelEncoder
+from lookalike.errors import DataError, ModelError
+from lookalike.modelio import load_model, save_model
+from lookalike.reconstruct import denoise, reconstruct
+from lookalike.training import add_noise, train_autoencoder
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "database")
+
+
+def _train(images, **kw):
+    spec = InputSpec(1, 8, 8)
+    return train_autoencoder(images, ModelConfig(input=spec),
+                             TrainConfig(epochs=kw.pop("epochs", 3), batch_size=64, **kw))
+
+
+def test_training_reduces_loss_and_records_history(digits) -> None:
+    res = _train(digits.images, epochs=6)
+    h = res.history
+    assert len(h["train_loss"]) == 6 and len(h["val_loss"]) == 6
+    assert h["train_loss"][-1] < h["train_loss"][0]
+    assert 1 <= h["best_epoch"] <= 6
+    assert h["val_loss"][h["best_epoch"] - 1] == min(h["val_loss"])
+    assert h["n_val"] == round(len(digits) * 0.1)
+
+
+def test_same_seed_same_weights_other_seed_differs(digits) -> None:
+    a = _train(digits.images[:400], seed=3).model.state_dict()
+    b = _train(digits.images[:400], seed=3).model.state_dict()
+    c = _train(digits.images[:400], seed=4).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_flip_plain_and_mse_train(digits) -> None:
+    res = _train(digits.images[:300], flip=True, denoise=False, loss="mse", epochs=2)
+    assert np.isfinite(res.history["train_loss"]).all()
+
+
+def test_too_few_images() -> None:
+    with pytest.raises(DataError):
+        _train(np.zeros((1, 8, 8, 1), np.uint8))
+
+
+def test_save_load_gives_bit_identical_codes(tmp_path, digits) -> None:
+    res = _train(digits.images[:300])
+    saved = save_model(tmp_path / "m", res.model, TrainConfig(epochs=3), res.history)
+    loaded = load_model(tmp_path / "m")
+    assert loaded.fingerprint == saved.fingerprint
+    assert loaded.history["best_epoch"] == res.history["best_epoch"]
+    codes_a = ModelEncoder(saved).encode(digits.images)
+    codes_b = ModelEncoder(loaded).encode(digits.images)
+    assert codes_a.dtype == np.float32 and codes_a.shape == (len(digits), 8)
+    assert np.array_equal(codes_a, codes_b)
+    # no pickle anywhere: the weights are a safetensors file, the config JSON
+    assert (tmp_path / "m" / "model.safetensors").read_bytes()[8:9] == b"{"
+
+
+def test_damaged_or_foreign_model_dirs(tmp_path, digits) -> None:
+    res = _train(digits.images[:100], epochs=1)
+    save_model(tmp_path / "m", res.model)
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelError, match="fingerprint|damaged"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ModelError, match="not a lookalike model"):
+        load_model(tmp_path)
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nope")
+
+
+def test_newer_format_refused(tmp_path, digits) -> None:
+    import json
+
+    res = _train(digits.images[:100], epochs=1)
+    save_model(tmp_path / "m", res.model)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["format_version"] = 99
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="newer"):
+        load_model(tmp_path / "m")
+
+
+def test_pixel_encoder_and_denoise(digits) -> None:
+    enc = PixelEncoder(digits.spec)
+    codes = enc.encode(digits.images[:5])
+    assert codes.shape == (5, 64) and codes.max() <= 1.0
+    res = _train(digits.images, epochs=8)
+    from lookalike.modelio import LoadedModel
+
+    model = LoadedModel(res.model, res.model.config, None)
+    clean = digits.images[:50]
+    noisy, out = denoise(model, clean, 0.5, seed=0)
+    err_noisy = np.abs(noisy.astype(float) - clean).mean()
+    err_out = np.abs(out.astype(float) - clean).mean()
+    assert err_out < err_noisy  # denoising removes part of the noise
+    assert reconstruct(model, clean).shape == clean.shape
+
+
+def test_add_noise_is_clipped() -> None:
+    x = torch.full((2, 1, 4, 4), 0.5)
+    y = add_noise(x, 2.0, torch.Generator().manual_seed(0))
+    assert y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
