@@ -472,13 +472,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LookalikeError as exc:
         print(f"lookalike: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"lookalike: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokenPipeError:  # output piped into `head` and the like
-        sys.stderr.close()
-        return 0
     except KeyboardInterrupt:
         print("lookalike: interrupted", file=sys.stderr)
         return 130

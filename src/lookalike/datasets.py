@@ -202,7 +202,7 @@ def _mnist_dir(data_dir: Path | None, download: bool) -> Path:
 
 def _npz(path: Path, split: str) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             if "x" not in data:
                 raise DataError(f"{path}: an .npz dataset needs an array named 'x'")
             x = np.asarray(data["x"])
@@ -237,6 +237,8 @@ def _as_uint8_images(x: np.ndarray, path: Path) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{path}: images must be numeric, got {x.dtype}")
     xf = x.astype(np.float64)
+    if not np.all(np.isfinite(xf)):
+        raise DataError(f"{path}: images contain NaN or infinite values")
     if xf.max(initial=0) <= 1.0:
         xf = xf * 255.0
     return np.clip(np.rint(xf), 0, 255).astype(np.uint8)

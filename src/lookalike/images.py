@@ -52,8 +52,10 @@ def _open(source: str | os.PathLike[str] | bytes, max_pixels: int) -> Image.Imag
         raise ImageError(f"not a readable image ({type(exc).__name__})") from None
     width, height = im.size
     if width <= 0 or height <= 0:
+        im.close()
         raise ImageError(f"image has an empty size {width}x{height}")
     if width * height > max_pixels:
+        im.close()
         raise ImageError(
             f"image is {width}x{height} pixels, more than the limit of {max_pixels:,}"
         )
@@ -163,6 +165,8 @@ def conform(images: np.ndarray | Sequence[np.ndarray], spec: InputSpec) -> np.nd
                 f"expected uint8 images of shape (n, H, W, 1|3), got {images.dtype} {images.shape}"
             )
         out = _channels(images, spec.channels)
+        if len(out) == 0:
+            return np.empty((0, *spec.shape), dtype=np.uint8)
         if out.shape[1:3] == (spec.height, spec.width):
             return np.ascontiguousarray(out)
         return np.stack([_resize(im, spec.height, spec.width) for im in out])

@@ -1,0 +1,364 @@
+"""Tests for the command line, run in-process through lookalike.cli.main."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.cli import build_parser, main
+from lookalike.datasets import load_dataset
+
+if TYPE_CHECKING:
+    from conftest import Trained
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+SUBCOMMANDS = ("train", "index", "search", "evaluate", "cluster", "denoise", "report", "info",
+               "demo")
+
+
+def run(capsys: pytest.CaptureFixture[str], argv: Sequence[str]) -> tuple[int, str, str]:
+    """Run the CLI; return (exit code, stdout, stderr). argparse errors exit via SystemExit."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(result: tuple[int, str, str], *needles: str) -> str:
+    """Exit 2, exactly one non-empty stderr line starting with 'lookalike', no traceback."""
+    code, out, err = result
+    assert code == 2, (code, out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lookalike"), err
+    assert "Traceback" not in err + out
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------- user errors
+
+
+def test_train_on_missing_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    line = assert_user_error(run(capsys, ["train", "--dataset", missing, "--epochs", "1",
+                                          "--out", tmp_path / "m"]), str(missing))
+    assert "nor an existing path" in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_on_empty_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(run(capsys, ["train", "--dataset", empty, "--out", tmp_path / "m"]),
+                      "no image files found")
+
+
+def test_train_on_folder_of_non_images(capsys: pytest.CaptureFixture[str],
+                                       tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello")
+    (folder / "b.csv").write_text("1,2,3")
+    assert_user_error(run(capsys, ["train", "--dataset", folder, "--out", tmp_path / "m"]),
+                      "no image files found")
+
+
+def test_unknown_dataset_name(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(run(capsys, ["train", "--dataset", "imagenet-22k", "--out", "m"]),
+                      "imagenet-22k", "neither a built-in dataset")
+
+
+def test_search_missing_collection(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert_user_error(run(capsys, ["search", tmp_path / "nope", "id:0"]), "does not exist")
+
+
+def test_search_directory_that_is_not_a_collection(capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path) -> None:
+    assert_user_error(run(capsys, ["search", tmp_path, "id:0"]),
+                      "not a lookalike collection")
+
+
+def test_index_with_a_non_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert_user_error(run(capsys, ["index", "--model", tmp_path, "--dataset", "digits",
+                                   "--out", tmp_path / "c"]), "not a lookalike model")
+    assert not (tmp_path / "c").exists()
+
+
+def test_index_with_truncated_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                      trained: Trained) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(trained.model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert_user_error(run(capsys, ["index", "--model", broken, "--dataset", "digits",
+                                   "--out", tmp_path / "c"]), str(weights))
+
+
+@pytest.mark.parametrize("k", ["0", "-3", "abc"])
+def test_search_bad_k(capsys: pytest.CaptureFixture[str], trained: Trained, k: str) -> None:
+    assert_user_error(run(capsys, ["search", trained.collection, "id:0", "-k", k]),
+                      "lookalike search: error: argument -k")
+
+
+def test_search_query_that_is_nothing(capsys: pytest.CaptureFixture[str],
+                                      trained: Trained) -> None:
+    assert_user_error(run(capsys, ["search", trained.collection, "no-such-thing.png"]),
+                      "'no-such-thing.png' is not an image file, id:N, or DATASET")
+
+
+def test_search_unknown_id(capsys: pytest.CaptureFixture[str], trained: Trained) -> None:
+    assert_user_error(run(capsys, ["search", trained.collection, "id:999999"]),
+                      "no item with id 999999")
+
+
+def test_search_dataset_index_out_of_range(capsys: pytest.CaptureFixture[str],
+                                           trained: Trained) -> None:
+    assert_user_error(run(capsys, ["search", trained.collection, "digits:queries:359"]),
+                      "has 359 items")
+
+
+def test_search_corrupt_query_image(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                    trained: Trained) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert_user_error(run(capsys, ["search", trained.collection, bad]), str(bad))
+
+
+def test_search_with_another_model(capsys: pytest.CaptureFixture[str], trained: Trained) -> None:
+    assert_user_error(run(capsys, ["search", trained.collection, "id:0",
+                                   "--model", trained.other_model]), "another model")
+
+
+def test_search_in_cluster_without_clustering(capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path, trained: Trained) -> None:
+    coll = tmp_path / "coll"
+    shutil.copytree(trained.collection, coll)
+    (coll / "clusters.npz").unlink(missing_ok=True)
+    assert_user_error(run(capsys, ["search", coll, "id:0", "--in-cluster"]),
+                      "run 'lookalike cluster' first")
+
+
+def test_evaluate_on_neither(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert_user_error(run(capsys, ["evaluate", tmp_path, "--dataset", "digits"]),
+                      "neither 'pixels', a model directory nor a collection")
+
+
+def test_train_zero_epochs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert_user_error(run(capsys, ["train", "--dataset", "digits", "--epochs", "0",
+                                   "--out", tmp_path / "m"]), "--epochs")
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_unknown_arch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert_user_error(run(capsys, ["train", "--dataset", "digits", "--arch", "nope",
+                                   "--out", tmp_path / "m"]), "--arch", "nope")
+
+
+def test_index_existing_collection_needs_overwrite(capsys: pytest.CaptureFixture[str],
+                                                   trained: Trained) -> None:
+    assert_user_error(run(capsys, ["index", "--model", trained.model, "--dataset", "digits",
+                                   "--out", trained.collection]), "--overwrite")
+
+
+def test_broken_pipe_exits_quietly(monkeypatch: pytest.MonkeyPatch, trained: Trained) -> None:
+    def broken(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    class Stderr(io.StringIO):
+        def close(self) -> None:  # main may close stderr; keep what was written readable
+            pass
+
+    monkeypatch.setattr("lookalike.cli.cmd_info", broken)
+    err = Stderr()
+    monkeypatch.setattr("sys.stderr", err)
+    assert main(["info", str(trained.collection)]) == 0
+    assert "error" not in err.getvalue()
+
+
+# ---------------------------------------------------------------------------- happy paths
+
+
+def test_train_writes_a_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    code, stdout, err = run(capsys, ["train", "--dataset", "digits", "--epochs", "1",
+                                     "--device", "cpu", "--out", out])
+    assert code == 0, err
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "loss.png"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "lookalike-model"
+    assert config["model"]["input"] == {"channels": 1, "height": 8, "width": 8}
+    assert config["train"]["epochs"] == 1
+    assert len(config["history"]["train_loss"]) == 1
+    assert config["history"]["dataset"] == "digits"
+    with Image.open(out / "loss.png") as im:
+        assert im.format == "PNG" and im.size[0] > 100
+    assert f"model written to {out}" in stdout
+    assert config["fingerprint"][:12] in stdout
+
+
+def test_index_writes_a_collection(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                   trained: Trained) -> None:
+    out = tmp_path / "coll"
+    code, stdout, err = run(capsys, ["index", "--model", trained.model, "--dataset", "digits",
+                                     "--out", out])
+    assert code == 0, err
+    names = {p.name for p in out.iterdir()}
+    assert names >= {"manifest.json", "metadata.sqlite", "ids.npy", "embeddings.npy",
+                     "images.npy", "index.faiss", "model"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == 1438
+    assert manifest["dataset"] == {"name": "digits", "split": "database"}
+    model_config = json.loads((trained.model / "config.json").read_text())
+    assert manifest["model"]["fingerprint"] == model_config["fingerprint"]
+    embeddings = np.load(out / "embeddings.npy")
+    assert embeddings.shape == (1438, manifest["dim"]) and np.all(np.isfinite(embeddings))
+    assert f"collection written to {out}: 1438 images" in stdout
+
+
+def _search_json(capsys: pytest.CaptureFixture[str], argv: Sequence[object]) -> dict:
+    code, stdout, err = run(capsys, [*argv, "--json"])
+    assert code == 0, err
+    return json.loads(stdout)
+
+
+def test_search_dataset_item_json(capsys: pytest.CaptureFixture[str], trained: Trained) -> None:
+    result = _search_json(capsys, ["search", trained.collection, "digits:queries:0", "-k", "7"])
+    assert result["k"] == 7 and len(result["queries"]) == 1
+    query = result["queries"][0]
+    assert query["query"] == "digits:queries:0"
+    assert query["label"] == int(load_dataset("digits", "queries").labels[0])
+    hits = query["results"]
+    assert [h["rank"] for h in hits] == list(range(1, 8))
+    distances = [h["distance"] for h in hits]
+    assert distances == sorted(distances) and distances[0] >= 0
+    assert len({h["id"] for h in hits}) == 7
+    assert all(h["source"].startswith("digits:database:") for h in hits)
+    assert all(h["label_name"] == str(h["label"]) for h in hits)
+
+
+def test_search_by_id_excludes_itself(capsys: pytest.CaptureFixture[str],
+                                      trained: Trained) -> None:
+    result = _search_json(capsys, ["search", trained.collection, "id:3", "-k", "5"])
+    ids = [h["id"] for h in result["queries"][0]["results"]]
+    assert len(ids) == 5 and 3 not in ids
+
+
+def test_search_image_file_excludes_its_stored_copy(capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path, trained: Trained) -> None:
+    stored = np.load(trained.collection / "images.npy", mmap_mode="r")[12]
+    path = tmp_path / "q.png"
+    Image.fromarray(np.asarray(stored)[:, :, 0]).save(path)
+    result = _search_json(capsys, ["search", trained.collection, path, "-k", "3"])
+    query = result["queries"][0]
+    assert query["label"] is None
+    assert 12 not in [h["id"] for h in query["results"]]
+    assert len(query["results"]) == 3
+
+
+def test_search_text_output(capsys: pytest.CaptureFixture[str], trained: Trained) -> None:
+    code, stdout, err = run(capsys, ["search", trained.collection, "id:0", "id:1", "-k", "2"])
+    assert code == 0, err
+    assert "query id:0" in stdout and "query id:1" in stdout
+    assert stdout.count("digits:database:") == 4
+
+
+def test_search_figure(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                       trained: Trained) -> None:
+    fig = tmp_path / "f.png"
+    code, stdout, err = run(capsys, ["search", trained.collection, "digits:queries:1", "id:5",
+                                     "-k", "4", "--figure", fig])
+    assert code == 0, err
+    with Image.open(fig) as im:
+        assert im.format == "PNG" and min(im.size) > 50
+    assert f"figure written to {fig}" in stdout
+
+
+def test_evaluate_pixels_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, err = run(capsys, ["evaluate", "pixels", "--dataset", "digits", "--json"])
+    assert code == 0, err
+    metrics = json.loads(stdout)
+    for key in ("mAP", "P@1", "P@10", "P@100"):
+        assert 0 <= metrics[key] <= 1
+    assert metrics["LRAP@n"]["n"] == [1, 5, 10, 20, 50, 100, 200, 500, 1000]
+    assert len(metrics["LRAP@n"]["value"]) == 9
+    # P@1 by a brute-force nearest neighbour on the raw pixels
+    q = load_dataset("digits", "queries")
+    db = load_dataset("digits", "database")
+    qx = q.images.reshape(len(q), -1).astype(np.int64)
+    dx = db.images.reshape(len(db), -1).astype(np.int64)
+    d = (qx**2).sum(1)[:, None] - 2 * qx @ dx.T + (dx**2).sum(1)[None, :]
+    nearest = np.argmin(d, axis=1)
+    p1 = float(np.mean(db.labels[nearest] == q.labels))
+    assert metrics["P@1"] == pytest.approx(p1, abs=2 / len(q))
+    assert metrics["P@1"] > 0.9 > metrics["mAP"] > 0.3
+
+
+def test_cluster_then_search_in_cluster(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                        trained: Trained) -> None:
+    coll = tmp_path / "coll"
+    shutil.copytree(trained.collection, coll)
+    code, stdout, err = run(capsys, ["cluster", coll, "--k", "5", "--k-max", "4",
+                                     "--sample", "200", "--json"])
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["k"] == 5 and result["chosen_by"] == "argument"
+    assert len(result["cluster_sizes"]) == 5 and sum(result["cluster_sizes"]) == 1438
+    assert 0 <= result["recall@10_vs_exact"] <= 1
+    assert result["queries"] == 200
+    assert (coll / "clusters.npz").is_file()
+    found = _search_json(capsys, ["search", coll, "id:3", "-k", "4", "--in-cluster"])
+    hits = found["queries"][0]["results"]
+    assert 0 < len(hits) <= 4 and 3 not in [h["id"] for h in hits]
+    with np.load(coll / "clusters.npz") as z:
+        assignment = z["assignment"]
+    assert {int(assignment[h["id"]]) for h in hits} == {int(assignment[3])}
+
+
+def test_info_json(capsys: pytest.CaptureFixture[str], trained: Trained) -> None:
+    code, stdout, err = run(capsys, ["info", trained.collection, "--json"])
+    assert code == 0, err
+    info = json.loads(stdout)
+    assert info["count"] == 1438 and info["path"] == str(trained.collection)
+    assert info["dim"] == len(np.load(trained.collection / "embeddings.npy")[0])
+    assert info["dataset"] == {"name": "digits", "split": "database"}
+    assert info["backend"]["factory"] == "Flat"
+    assert info["size_bytes"] > 0 and info["skipped"] == 0
+
+
+def test_denoise(capsys: pytest.CaptureFixture[str], tmp_path: Path, trained: Trained) -> None:
+    out = tmp_path / "x.png"
+    code, stdout, err = run(capsys, ["denoise", trained.model, "--dataset", "digits",
+                                     "--n", "4", "--out", out])
+    assert code == 0, err
+    with Image.open(out) as im:
+        assert im.format == "PNG"
+    assert f"figure written to {out}" in stdout
+
+
+def test_subcommand_list_is_complete() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("command", [None, *SUBCOMMANDS])
+def test_help(capsys: pytest.CaptureFixture[str], command: str | None) -> None:
+    code, stdout, err = run(capsys, ["--help"] if command is None else [command, "--help"])
+    assert code == 0, err
+    assert stdout.startswith("usage: lookalike" + ("" if command is None else f" {command}"))
