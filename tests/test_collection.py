@@ -17,7 +17,7 @@ from lookalike.training import train_autoencoder
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory):
     db = load_dataset("digits", "database")
-    res = train_autoencoder(db.images, ModelConfig(input=InputSpec(1, 8, 8)),
+    res = train_autoencoder(db.images, ModelConfig(arch="conv-16-8-8", input=InputSpec(1, 8, 8)),
                             TrainConfig(epochs=2, batch_size=64))
     root = tmp_path_factory.mktemp("coll")
     model = save_model(root / "model", res.model)
@@ -61,7 +61,7 @@ def test_search_matches_exact_and_excludes_self(model_and_data) -> None:
 
 def test_other_model_refused(model_and_data, tmp_path) -> None:
     _, db, coll, _ = model_and_data
-    res = train_autoencoder(db.images[:100], ModelConfig(input=InputSpec(1, 8, 8)),
+    res = train_autoencoder(db.images[:100], ModelConfig(arch="conv-16-8-8", input=InputSpec(1, 8, 8)),
                             TrainConfig(epochs=1, seed=9))
     other = save_model(tmp_path / "other", res.model)
     with pytest.raises(CollectionError, match="another model"):

@@ -20,7 +20,7 @@ def digits():
 
 def _train(images, **kw):
     spec = InputSpec(1, 8, 8)
-    return train_autoencoder(images, ModelConfig(input=spec),
+    return train_autoencoder(images, ModelConfig(arch="conv-16-8-8", input=spec),
                              TrainConfig(epochs=kw.pop("epochs", 3), batch_size=64, **kw))
 
 

@@ -14,7 +14,18 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .config import ARCHITECTURES, LOSSES, InputSpec, ModelConfig, TrainConfig
+from .config import (
+    ARCHITECTURES,
+    DEFAULT_ARCH,
+    LOSSES,
+    OBJECTIVES,
+    RERANKERS,
+    InputSpec,
+    ModelConfig,
+    RetrievalConfig,
+    default_retrieval_config,
+    default_train_config,
+)
 from .datasets import BUILTIN_DATASETS, SPLITS, Dataset, load_dataset
 from .errors import LookalikeError
 
@@ -86,13 +97,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         h, w = args.size or (spec.height, spec.width)
         spec = InputSpec(channels=args.channels or spec.channels, height=h, width=w)
     mconf = ModelConfig(arch=args.arch, input=spec, latent_dim=args.latent_dim)
-    tconf = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
-                        denoise=not args.no_denoise, noise_factor=args.noise_factor,
-                        flip=args.flip, val_fraction=args.val_fraction, seed=args.seed,
-                        device=args.device)
+    tconf = default_train_config(
+        args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+        denoise=False if args.no_denoise else (True if args.denoise else None),
+        noise_factor=args.noise_factor, flip=args.flip or None, val_fraction=args.val_fraction,
+        seed=args.seed, device=args.device, objective=args.objective,
+        temperature=args.temperature, augment=args.augment, recon_weight=args.recon_weight)
+    retrieval = default_retrieval_config(args.arch)
+    if args.rerank:
+        retrieval = RetrievalConfig(rerank=args.rerank, diffusion=retrieval.diffusion)
     result = train_autoencoder(ds.images, mconf, tconf, progress=args.progress)
     model = save_model(args.out, result.model, tconf, {**result.history, "dataset": ds.name,
-                                                      "split": ds.split})
+                                                      "split": ds.split}, retrieval)
     figures.save(figures.loss_curves(result.history, result.history.get("best_epoch")),
                  Path(args.out) / "loss.png")
     best = result.history.get("best_epoch")
@@ -180,7 +196,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         dist, ids = search_in_cluster(codes, np.asarray(coll.embeddings), coll.ids, clustering,
                                       args.k, exclude)
     else:
-        dist, ids = coll.search(codes, args.k, exclude)
+        dist, ids = coll.search(codes, args.k, exclude, rerank=False if args.exact else None)
     elapsed = time.perf_counter() - start
     names = coll.label_names
     out = []
@@ -225,7 +241,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import DEFAULT_LRAP_NS, evaluate
 
     metrics = evaluate(args.target, args.dataset, data_dir=args.data_dir,
-                       lrap_ns=args.lrap_n or DEFAULT_LRAP_NS, progress=args.progress)
+                       lrap_ns=args.lrap_n or DEFAULT_LRAP_NS, progress=args.progress,
+                       rerank=False if args.exact else None)
     if args.json:
         _emit_json(metrics)
         return 0
@@ -371,23 +388,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train an autoencoder on a dataset (labels unused)")
+    p = sub.add_parser(
+        "train", help="train an autoencoder on a dataset (labels unused)",
+        description="Train a model. The default, 'contrastive', is lookalike's recipe "
+        "(contrastive + optional denoising objective, diffusion re-ranking); the articles' "
+        "presets train as printed in the articles. Unset options take the preset's defaults.")
     _data_args(p)
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="conv-16-8-8")
-    p.add_argument("--epochs", type=_positive_int, default=20)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--loss", choices=LOSSES, default="bce")
-    p.add_argument("--no-denoise", action="store_true", help="plain autoencoder (no noise)")
-    p.add_argument("--noise-factor", type=float, default=0.5)
+    p.add_argument("--arch", choices=ARCHITECTURES, default=DEFAULT_ARCH,
+                   help=f"preset (default {DEFAULT_ARCH})")
+    p.add_argument("--objective", choices=OBJECTIVES, help="training objective")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--loss", choices=LOSSES, help="reconstruction loss")
+    denoise = p.add_mutually_exclusive_group()
+    denoise.add_argument("--denoise", action="store_true", help="denoising reconstruction")
+    denoise.add_argument("--no-denoise", action="store_true", help="plain reconstruction")
+    p.add_argument("--noise-factor", type=float)
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--temperature", type=float, help="contrastive loss temperature")
+    p.add_argument("--augment", type=float, help="augmentation strength (0 = none, 1 = default)")
+    p.add_argument("--recon-weight", type=float, help="weight of the reconstruction loss "
+                   "in the contrastive objective")
+    p.add_argument("--rerank", choices=RERANKERS, help="ranking stored with the model "
+                   "(default: diffusion for contrastive, none for the articles' presets)")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--size", type=_size, help="input size, e.g. 28 or 64x48 (default: the data's)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 grey or 3 RGB")
-    p.add_argument("--latent-dim", type=_positive_int, default=512, help="hourglass only")
+    p.add_argument("--latent-dim", type=_positive_int,
+                   help="dense code size (hourglass 512, contrastive 128)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("index", help="encode a dataset into a searchable collection")
@@ -407,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", help="write a PNG of each query beside its results")
     p.add_argument("--in-cluster", action="store_true",
                    help="search only the query's K-means cluster (run 'cluster' first)")
+    p.add_argument("--exact", action="store_true",
+                   help="plain nearest codes, without the collection's re-ranking")
     p.add_argument("--model", help="check that this model made the collection")
     p.add_argument("--data-dir", help="IDX directory for dataset-item queries")
     p.set_defaults(func=cmd_search)
@@ -416,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, split=False)
     p.add_argument("--json", action="store_true")
     p.add_argument("--lrap-n", type=_int_list, help="n of the LRAP@n curve, e.g. 1,10,100")
+    p.add_argument("--exact", action="store_true",
+                   help="rank by exact Euclidean distance of the codes, without re-ranking")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("cluster", help="K-means on a collection's codes, with the elbow curve")
@@ -451,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on mnist-5k, with a report")
     p.add_argument("--out", default="lookalike-demo", help="output directory")
-    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--epochs", type=_positive_int, help="default: the recipe's")
     p.add_argument("--dataset", default="mnist-5k", help="a labelled built-in dataset")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_demo)

@@ -7,6 +7,8 @@
 * ``images.npy``: the images as the model sees them, ``uint8 (n, H, W, C)``, so results
   can be shown without going back to the sources;
 * the backend's index file (``index.faiss``);
+* with diffusion re-ranking (the model's retrieval config): the database's k-NN graph,
+  ``graph_ids.npy`` (row indices, ``int64 (n, k)``) and ``graph_sims.npy`` (cosines);
 * ``model/``: a copy of the model that made the codes, so a collection is self-contained.
 
 A collection is written to a temporary directory and renamed into place, so a crash
@@ -28,12 +30,14 @@ from typing import Any
 import numpy as np
 
 from .backends import IndexBackend, new_backend, open_backend
+from .config import RetrievalConfig
 from .datasets import Dataset
 from .encoders import ModelEncoder
 from .errors import CollectionError, LookalikeError
 from .fsutil import atomic_write_json, read_json
 from .images import conform, content_hash
 from .modelio import LoadedModel, load_model
+from .rerank import Diffusion
 from .versions import versions
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,8 @@ class Collection:
         self.model = model
         self.encoder = ModelEncoder(model)
         self._row = {int(i): r for r, i in enumerate(ids)}
+        self.retrieval = RetrievalConfig.from_dict(manifest.get("retrieval") or {})
+        self._diffusion: Diffusion | None = None
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -96,6 +102,9 @@ class Collection:
         ids = np.arange(len(images), dtype=np.int64)
         index = new_backend(backend, encoder.dim, factory=factory)
         index.add(ids, embeddings)
+        retrieval = model.retrieval
+        graph = (Diffusion(embeddings, retrieval.diffusion).neighbours()
+                 if retrieval.rerank == "diffusion" else None)
         labels = (dataset.labels if dataset.labels is not None
                   else np.full(len(images), -1, dtype=np.int64))
 
@@ -107,6 +116,9 @@ class Collection:
             np.save(tmp / "embeddings.npy", embeddings)
             np.save(tmp / "images.npy", images)
             index.save(tmp)
+            if graph is not None:
+                np.save(tmp / "graph_sims.npy", graph[0])
+                np.save(tmp / "graph_ids.npy", graph[1])
             with sqlite3.connect(tmp / "metadata.sqlite") as db:
                 db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
                            " label INTEGER NOT NULL, hash TEXT NOT NULL)")
@@ -126,6 +138,7 @@ class Collection:
                 "count": len(ids),
                 "dim": encoder.dim,
                 "backend": index.settings(),
+                "retrieval": retrieval.to_dict(),
                 "label_names": list(dataset.label_names) if dataset.label_names else None,
                 "skipped": [list(s) for s in dataset.skipped],
                 "created": _now(),
@@ -201,6 +214,31 @@ class Collection:
         return int(self.manifest["dim"])
 
     @property
+    def reranks(self) -> bool:
+        """Whether searches are re-ranked by default (the model's retrieval config)."""
+        return self.retrieval.rerank != "none"
+
+    @property
+    def diffusion(self) -> Diffusion:
+        """The diffusion ranker over this collection's codes (built on first use from the
+        stored graph, or from the codes when the graph files are absent)."""
+        if self._diffusion is None:
+            graph = None
+            if (self.path / "graph_ids.npy").is_file():
+                try:
+                    graph = (np.load(self.path / "graph_sims.npy", allow_pickle=False),
+                             np.load(self.path / "graph_ids.npy", allow_pickle=False))
+                except (OSError, ValueError) as exc:
+                    raise CollectionError(f"{self.path}: the graph files are damaged ({exc}); "
+                                          "rebuild with 'lookalike index'") from None
+                if graph[1].shape[0] != len(self) or graph[0].shape != graph[1].shape:
+                    raise CollectionError(f"{self.path}: the graph does not match the items; "
+                                          "rebuild with 'lookalike index'")
+            self._diffusion = Diffusion(np.asarray(self.embeddings), self.retrieval.diffusion,
+                                        graph)
+        return self._diffusion
+
+    @property
     def label_names(self) -> list[str] | None:
         names = self.manifest.get("label_names")
         return list(names) if names else None
@@ -254,13 +292,26 @@ class Collection:
         return np.asarray(self.embeddings[row])
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
+               rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` for codes ``float32 (m, d)``; ``exclude`` (``int64 (m,)``, -1 none)
         removes one id per query (the query itself). Returns ``(distances, ids)`` of shape
-        ``(m, k)``, padded with +inf / -1."""
+        ``(m, k)``, nearest first, padded with +inf / -1.
+
+        ``rerank`` (default: the collection's setting) ranks by diffusion; its distances
+        are ``1 - score`` (in [0, 1) for items the diffusion reaches, 2..4 for the others,
+        which follow in cosine order) rather than Euclidean.
+        """
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise LookalikeError(f"k must be a positive integer, got {k}")
+        if (self.reranks if rerank is None else rerank) and len(self):
+            rows_ex = None
+            if exclude is not None:
+                rows_ex = np.array([self._row.get(int(e), -1) for e in exclude], dtype=np.int64)
+            scores, rows = self.diffusion.search(
+                np.ascontiguousarray(queries, dtype=np.float32), k, rows_ex)
+            ids = np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
+            return np.where(rows >= 0, 1.0 - scores, np.inf).astype(np.float32), ids
         if exclude is None or not np.any(np.asarray(exclude) >= 0):
             return self.backend.search(queries, k)
         dist, ids = self.backend.search(queries, k + 1)
@@ -273,17 +324,19 @@ class Collection:
             out_i[r, :len(i)] = i
         return out_d, out_i
 
-    def search_images(self, images: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_images(self, images: np.ndarray, k: int, rerank: bool | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """Encode ``uint8 (m, H, W, C)`` images and search; an image whose pixels (as the
         model sees them) equal a stored item's is not returned as its own result."""
         conformed = conform(images, self.encoder.spec)
         found = (self.find(hash=content_hash(im)) for im in conformed)
         exclude = np.array([-1 if f is None else f for f in found], dtype=np.int64)
-        return self.search(self.encoder.encode(conformed), k, exclude)
+        return self.search(self.encoder.encode(conformed), k, exclude, rerank)
 
-    def search_ids(self, ids: np.ndarray | list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_ids(self, ids: np.ndarray | list[int], k: int, rerank: bool | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
         """Search with stored items as queries, each excluded from its own results."""
         arr = np.asarray(ids, dtype=np.int64)
         vectors = np.stack([self.vector(int(i)) for i in arr]) if len(arr) else np.empty(
             (0, self.dim), dtype=np.float32)
-        return self.search(vectors, k, arr)
+        return self.search(vectors, k, arr, rerank)

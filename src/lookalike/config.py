@@ -57,20 +57,24 @@ class InputSpec:
         return _from_dict(cls, data, "input spec")
 
 
-ARCHITECTURES = ("conv-16-8-8", "conv-32-32", "hourglass")
+#: ``contrastive`` is lookalike's default recipe; the others are the articles' presets.
+ARCHITECTURES = ("contrastive", "conv-16-8-8", "conv-32-32", "hourglass")
+DEFAULT_ARCH = "contrastive"
+_DEFAULT_LATENT = {"hourglass": 512, "contrastive": 128}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network to build.
 
-    ``arch`` names a preset (see :mod:`lookalike.models`); ``latent_dim`` is used by the
-    dense-latent ``hourglass`` only.
+    ``arch`` names a preset (see :mod:`lookalike.models`); ``latent_dim`` is the size of
+    the dense code of ``hourglass`` (default 512) and ``contrastive`` (default 128); the
+    articles' conv presets have no dense layer and ignore it.
     """
 
-    arch: str = "conv-16-8-8"
+    arch: str = DEFAULT_ARCH
     input: InputSpec = field(default_factory=InputSpec)
-    latent_dim: int = 512
+    latent_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -81,7 +85,9 @@ class ModelConfig:
             object.__setattr__(self, "input", InputSpec.from_dict(self.input))
         if not isinstance(self.input, InputSpec):
             raise LookalikeError(f"input must be an InputSpec, got {type(self.input).__name__}")
-        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+        if self.latent_dim is None:
+            object.__setattr__(self, "latent_dim", _DEFAULT_LATENT.get(self.arch, 0))
+        if not isinstance(self.latent_dim, int) or self.latent_dim < 0:
             raise LookalikeError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
         if self.arch == "hourglass" and (self.input.height % 8 or self.input.width % 8):
             raise LookalikeError(
@@ -98,16 +104,22 @@ class ModelConfig:
 
 
 LOSSES = ("bce", "mse")
+OBJECTIVES = ("reconstruction", "contrastive")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How a model is trained.
 
-    ``denoise`` adds Gaussian noise of std ``noise_factor`` to the inputs (clipped to
-    [0, 1]) and asks for the clean image back, as the articles do; ``flip`` applies
-    random horizontal flips (seed 003). ``val_fraction`` of the training images is held
-    out to pick the best epoch. ``seed`` makes a run repeatable on one machine.
+    ``objective="reconstruction"`` is the articles' autoencoder: ``denoise`` adds Gaussian
+    noise of std ``noise_factor`` to the inputs (clipped to [0, 1]) and asks for the clean
+    image back. ``objective="contrastive"`` trains the encoder so that two random
+    augmentations of an image (strength ``augment``, see :mod:`lookalike.augment`) get
+    nearby codes and other images far ones (SimCLR's NT-Xent loss at ``temperature``),
+    plus ``recon_weight`` times the denoising reconstruction loss. ``flip`` adds random
+    horizontal flips (seed 003). ``val_fraction`` of the images is held out to pick the
+    best epoch. ``seed`` makes a run repeatable on one machine. The learning rate follows
+    a one-cycle schedule for the contrastive objective and stays constant otherwise.
     """
 
     epochs: int = 20
@@ -120,6 +132,11 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
+    objective: str = "reconstruction"
+    temperature: float = 0.1
+    augment: float = 1.0
+    recon_weight: float = 0.0
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -134,6 +151,15 @@ class TrainConfig:
             raise LookalikeError(f"noise_factor must be in [0, 2], got {self.noise_factor!r}")
         if not 0 <= self.val_fraction < 1:
             raise LookalikeError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.objective not in OBJECTIVES:
+            raise LookalikeError(
+                f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not self.temperature > 0:
+            raise LookalikeError(f"temperature must be > 0, got {self.temperature!r}")
+        if not 0 <= self.augment <= 3:
+            raise LookalikeError(f"augment must be in [0, 3], got {self.augment!r}")
+        if self.recon_weight < 0 or self.weight_decay < 0:
+            raise LookalikeError("recon_weight and weight_decay must be >= 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise LookalikeError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -143,3 +169,77 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return _from_dict(cls, data, "train config")
+
+
+def default_train_config(arch: str, **overrides: Any) -> TrainConfig:
+    """The training settings each preset is meant to be used with; ``overrides`` replace
+    fields (``None`` values are ignored).
+
+    The articles' presets train as the articles do (denoising, Adam 1e-3, batch 128).
+    ``contrastive`` is lookalike's recipe, measured in docs/benchmarks.md.
+    """
+    base = (TrainConfig(objective="contrastive", epochs=60, batch_size=256, lr=2e-3,
+                        temperature=0.1, augment=1.0, weight_decay=1e-4, denoise=False)
+            if arch == "contrastive" else TrainConfig())
+    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+RERANKERS = ("none", "diffusion")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Diffusion re-ranking (see :mod:`lookalike.rerank`): a mutual ``k``-NN graph of the
+    database, edge weights ``max(0, cos)^gamma``, a query linked to its ``query_k``
+    nearest items, ``alpha`` the diffusion's reach, solved by conjugate gradient."""
+
+    k: int = 15
+    query_k: int = 10
+    gamma: float = 3.0
+    alpha: float = 0.99
+    iterations: int = 30
+    tol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        for name in ("k", "query_k", "iterations"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise LookalikeError(f"{name} must be a positive integer")
+        if not 0 < self.alpha < 1:
+            raise LookalikeError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not self.gamma > 0 or not self.tol > 0:
+            raise LookalikeError("gamma and tol must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
+        return _from_dict(cls, data, "diffusion config")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How a model's codes are ranked: ``rerank`` is ``"none"`` (exact Euclidean) or
+    ``"diffusion"``. It travels with the model and the collections made with it."""
+
+    rerank: str = "none"
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def __post_init__(self) -> None:
+        if self.rerank not in RERANKERS:
+            raise LookalikeError(
+                f"rerank must be one of {', '.join(RERANKERS)}, got {self.rerank!r}")
+        if isinstance(self.diffusion, dict):
+            object.__setattr__(self, "diffusion", DiffusionConfig.from_dict(self.diffusion))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetrievalConfig:
+        return _from_dict(cls, data, "retrieval config")
+
+
+def default_retrieval_config(arch: str) -> RetrievalConfig:
+    """Diffusion re-ranking for lookalike's recipe; plain exact search for the articles'."""
+    return RetrievalConfig(rerank="diffusion" if arch == "contrastive" else "none")

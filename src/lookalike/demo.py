@@ -18,7 +18,7 @@ import numpy as np
 from . import figures
 from .clustering import choose_k, elbow_curve
 from .collection import Collection
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, default_train_config
 from .datasets import Dataset, load_dataset
 from .evaluation import evaluate
 from .fsutil import atomic_write_json
@@ -92,7 +92,7 @@ class DemoResult:
     scores: dict[str, dict[str, float]]
 
 
-def run_demo(out: str | os.PathLike[str], *, dataset: str = "mnist-5k", epochs: int = 20,
+def run_demo(out: str | os.PathLike[str], *, dataset: str = "mnist-5k", epochs: int | None = None,
              model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
              data_dir: str | None = None, progress: bool = False) -> DemoResult:
     """Train on ``dataset``'s database split, index it, evaluate model and pixels on its
@@ -104,7 +104,7 @@ def run_demo(out: str | os.PathLike[str], *, dataset: str = "mnist-5k", epochs: 
     database = load_dataset(dataset, "database", data_dir=data_dir)
     queries = load_dataset(dataset, "queries", data_dir=data_dir)
     mconf = model_config or ModelConfig(input=database.spec)
-    tconf = train_config or TrainConfig(epochs=epochs)
+    tconf = train_config or default_train_config(mconf.arch, epochs=epochs)
     log.info("training %s on %d %s images for %d epochs", mconf.arch, len(database),
              dataset, tconf.epochs)
     result = train_autoencoder(database.images, mconf, tconf, progress=progress)
@@ -131,7 +131,7 @@ def run_demo(out: str | os.PathLike[str], *, dataset: str = "mnist-5k", epochs: 
         figures=report_figures(model, collection, queries, curves),
         info={"dataset": dataset, "database / queries": f"{len(database)} / {len(queries)}",
               "model": f"{mconf.arch}, code {result.model.code_dim}-d, {tconf.epochs} epochs, "
-                       f"{'denoising' if tconf.denoise else 'plain'}, {tconf.loss}",
+                       f"objective {tconf.objective}, ranking {model.retrieval.rerank}",
               "training time": f"{result.history['seconds']:.1f} s",
               "demo wall time (before the report)": f"{seconds:.1f} s"},
         notes=["Figures use the protocol of shared/BENCHMARKS.md: exact Euclidean ranking of "

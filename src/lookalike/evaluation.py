@@ -6,7 +6,7 @@ whole database, labels used only to score.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ from .collection import Collection
 from .datasets import Dataset, load_dataset
 from .encoders import ModelEncoder, PixelEncoder
 from .errors import DataError, LookalikeError
-from .metrics import retrieval_metrics
+from .metrics import ranking_metrics, retrieval_metrics
 from .modelio import is_model_dir, load_model
+from .rerank import Diffusion
 
 #: The n of the LRAP@n curve (the articles plot n up to a few hundred).
 DEFAULT_LRAP_NS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -30,33 +31,49 @@ def _require_labels(ds: Dataset) -> np.ndarray:
 
 
 def evaluate_features(q: np.ndarray, q_labels: np.ndarray, db: np.ndarray,
-                      db_labels: np.ndarray, lrap_ns: Sequence[int] = DEFAULT_LRAP_NS
-                      ) -> dict[str, Any]:
-    """:func:`metrics.retrieval_metrics` with the protocol's P@1/10/100."""
+                      db_labels: np.ndarray, lrap_ns: Sequence[int] = DEFAULT_LRAP_NS,
+                      diffusion: Diffusion | None = None, block: int = 256) -> dict[str, Any]:
+    """The protocol's metrics (mAP, P@1/10/100, LRAP@n) for codes ``q`` against ``db``:
+    exact Euclidean ranking, or the ranking of ``diffusion`` (fitted on ``db``)."""
     ns = [n for n in lrap_ns if n <= len(db)]
-    return retrieval_metrics(q, q_labels, db, db_labels, ks=(1, 10, 100), lrap_ns=ns)
+    if diffusion is None:
+        return retrieval_metrics(q, q_labels, db, db_labels, ks=(1, 10, 100), lrap_ns=ns)
+
+    def rankings() -> Iterator[tuple[slice, np.ndarray]]:
+        for start in range(0, len(q), block):
+            rows = slice(start, min(start + block, len(q)))
+            yield rows, np.argsort(-diffusion.scores(q[rows]), axis=1, kind="stable")
+
+    return ranking_metrics(rankings(), q_labels, db_labels, ks=(1, 10, 100), lrap_ns=ns)
 
 
 def evaluate(target: str | os.PathLike[str], dataset: str, *, data_dir: str | None = None,
              lrap_ns: Sequence[int] = DEFAULT_LRAP_NS, progress: bool = False,
-             queries: Dataset | None = None, database: Dataset | None = None
-             ) -> dict[str, Any]:
+             queries: Dataset | None = None, database: Dataset | None = None,
+             rerank: bool | None = None) -> dict[str, Any]:
     """Score ``target`` on ``dataset``.
 
     ``target`` is ``"pixels"`` (the raw-pixel baseline), a model directory (encodes the
     database and query splits), or a collection (its stored codes are the database;
     the queries are encoded with its model). Already-loaded splits may be passed in.
+    ``rerank`` (default: the model's retrieval config) ranks by diffusion; ``False``
+    gives the exact Euclidean ranking of the codes.
     """
+    diffusion: Diffusion | None = None
     queries = queries or load_dataset(dataset, "queries", data_dir=data_dir)
     name = os.fspath(target)
     q_labels = _require_labels(queries)
     if name == "pixels" or is_model_dir(name):
         database = database or load_dataset(dataset, "database", data_dir=data_dir)
         db_labels = _require_labels(database)
+        model = None if name == "pixels" else load_model(name)
         encoder: PixelEncoder | ModelEncoder = (
-            PixelEncoder(database.spec) if name == "pixels" else ModelEncoder(load_model(name)))
+            PixelEncoder(database.spec) if model is None else ModelEncoder(model))
         db = encoder.encode(database.images, progress=progress)
         q = encoder.encode(queries.images, progress=progress)
+        if model is not None and (model.retrieval.rerank == "diffusion" if rerank is None
+                                  else rerank):
+            diffusion = Diffusion(db, model.retrieval.diffusion)
     elif (Path(name) / "manifest.json").is_file():
         coll = Collection.open(name)
         db = np.asarray(coll.embeddings)
@@ -64,7 +81,9 @@ def evaluate(target: str | os.PathLike[str], dataset: str, *, data_dir: str | No
         if np.any(db_labels < 0):
             raise DataError(f"collection {name} has unlabelled items, so it cannot be scored")
         q = coll.encoder.encode(queries.images, progress=progress)
+        if coll.reranks if rerank is None else rerank:
+            diffusion = coll.diffusion
     else:
         raise LookalikeError(
             f"{name!r} is neither 'pixels', a model directory nor a collection directory")
-    return evaluate_features(q, q_labels, db, db_labels, lrap_ns)
+    return evaluate_features(q, q_labels, db, db_labels, lrap_ns, diffusion)

@@ -17,7 +17,7 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -81,7 +81,7 @@ def retrieval_metrics(
     exclude: np.ndarray | None = None,
     block: int = 256,
 ) -> dict[str, object]:
-    """mAP over the full ranking, P@k for each ``k``, and the LRAP@n curve.
+    """mAP over the full Euclidean ranking, P@k for each ``k``, and the LRAP@n curve.
 
     Args:
         queries: ``float32 (n_q, d)`` codes; database: ``float32 (n_db, d)``.
@@ -93,26 +93,39 @@ def retrieval_metrics(
         ``{"mAP": float, "P@1": float, ..., "LRAP@n": {"n": [...], "value": [...]}}``
         (the curve only when ``lrap_ns`` is given).
     """
-    ql = np.asarray(query_labels)
-    dl = np.asarray(database_labels)
-    if len(ql) != len(queries) or len(dl) != len(database):
+    if len(query_labels) != len(queries) or len(database_labels) != len(database):
         raise ValueError("labels must have one entry per query / database item")
     if len(queries) == 0 or len(database) == 0:
         raise ValueError("need at least one query and one database item")
+    n_ranked = len(database) - (0 if exclude is None else 1)
+    return ranking_metrics(ranked_blocks(queries, database, block, exclude), query_labels,
+                           database_labels, ks, lrap_ns, n_ranked=max(n_ranked, 1))
+
+
+def ranking_metrics(
+    rankings: Iterable[tuple[slice, np.ndarray]],
+    query_labels: np.ndarray,
+    database_labels: np.ndarray,
+    ks: Sequence[int] = (1, 10, 100),
+    lrap_ns: Sequence[int] = (),
+    n_ranked: int | None = None,
+) -> dict[str, object]:
+    """The metrics of :func:`retrieval_metrics` for any ranking: ``rankings`` yields
+    ``(rows, order)`` with ``order`` ``int (len(rows), n)`` database indices best first
+    (as :func:`ranked_blocks` does). Only the first ``n_ranked`` columns count."""
+    ql = np.asarray(query_labels)
+    dl = np.asarray(database_labels)
     ap_sum = 0.0
     p_sums = dict.fromkeys(ks, 0.0)
     lrap_sums = dict.fromkeys(lrap_ns, 0.0)
-    n_db = len(database) - (0 if exclude is None else 1)
-    for rows, order in ranked_blocks(queries, database, block, exclude):
-        rel = dl[order] == ql[rows, None]
-        if exclude is not None:
-            rel = rel[:, :max(n_db, 1)]  # the excluded item sits last
+    for rows, order in rankings:
+        rel = dl[order[:, :n_ranked]] == ql[rows, None]
         ap_sum += float(average_precision(rel).sum())
         for k in ks:
             p_sums[k] += float(precision_at(rel, k).sum())
         for n in lrap_ns:
             lrap_sums[n] += float(lrap_at(rel, n).sum())
-    nq = len(queries)
+    nq = len(ql)
     out: dict[str, object] = {"mAP": ap_sum / nq}
     out.update({f"P@{k}": p_sums[k] / nq for k in ks})
     if lrap_ns:

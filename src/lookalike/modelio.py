@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, RetrievalConfig, TrainConfig, default_retrieval_config
 from .errors import LookalikeError, ModelError
 from .fsutil import atomic_write, atomic_write_json, read_json
 from .models import Autoencoder, build_model
@@ -41,6 +41,7 @@ class LoadedModel:
     history: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
     path: Path | None = None
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -52,9 +53,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def save_model(directory: str | os.PathLike[str], module: Autoencoder,
-               train: TrainConfig | None = None, history: dict[str, Any] | None = None
-               ) -> LoadedModel:
-    """Write ``module`` to ``directory`` (created if needed) and return it as loaded."""
+               train: TrainConfig | None = None, history: dict[str, Any] | None = None,
+               retrieval: RetrievalConfig | None = None) -> LoadedModel:
+    """Write ``module`` to ``directory`` (created if needed) and return it as loaded.
+    ``retrieval`` defaults to the preset's (:func:`config.default_retrieval_config`)."""
+    retrieval = retrieval or default_retrieval_config(module.config.arch)
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise ModelError(f"{out} exists and is not a directory")
@@ -68,12 +71,13 @@ def save_model(directory: str | os.PathLike[str], module: Autoencoder,
         "fingerprint": fingerprint,
         "model": module.config.to_dict(),
         "train": train.to_dict() if train else None,
+        "retrieval": retrieval.to_dict(),
         "history": history or {},
         "code_dim": module.code_dim,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions(),
     })
-    return LoadedModel(module, module.config, train, history or {}, fingerprint, out)
+    return LoadedModel(module, module.config, train, history or {}, fingerprint, out, retrieval)
 
 
 def is_model_dir(path: str | os.PathLike[str]) -> bool:
@@ -110,6 +114,7 @@ def load_model(directory: str | os.PathLike[str], device: str = "cpu") -> Loaded
     try:
         config = ModelConfig.from_dict(meta["model"])
         train = TrainConfig.from_dict(meta["train"]) if meta.get("train") else None
+        retrieval = RetrievalConfig.from_dict(meta.get("retrieval") or {"rerank": "none"})
     except (KeyError, LookalikeError) as exc:
         raise ModelError(f"{d / CONFIG}: bad config ({exc})") from None
     module = build_model(config)
@@ -120,4 +125,5 @@ def load_model(directory: str | os.PathLike[str], device: str = "cpu") -> Loaded
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"{d / WEIGHTS}: cannot load weights ({first})") from None
     module.eval().to(torch.device(device))
-    return LoadedModel(module, config, train, meta.get("history") or {}, fingerprint, d)
+    return LoadedModel(module, config, train, meta.get("history") or {}, fingerprint, d,
+                       retrieval)

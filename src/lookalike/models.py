@@ -4,6 +4,9 @@
   filters; the code is the last pooled map, 8 x ceil(H/8) x ceil(W/8) (4x4x8 = 128 for
   28x28). Pooling rounds up like Keras' ``padding="same"``.
 * ``conv-32-32`` (seed 004): two stages of 32 filters; code 32 x H/4 x W/4 (7x7x32 for 28x28).
+* ``contrastive`` (lookalike's recipe): conv stages of 32, 64, 64 filters with batch
+  norm, a dense code of ``latent_dim`` (128), L2-normalised; a mirrored decoder for the
+  (optional) denoising loss and a projection head used only by the contrastive loss.
 * ``hourglass`` (seed 003): conv stages of 32, 64, 128 filters, then a dense latent of
   ``latent_dim`` (512); the decoder mirrors it with transposed convolutions.
 
@@ -40,9 +43,26 @@ class Autoencoder(nn.Module):
                                                              config.latent_dim)
         self.code_dim = int(torch.tensor(self.code_shape).prod())
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``float32 (n, C, H, W)`` in [0, 1] -> codes ``(n, code_dim)``."""
+        self.head = (nn.Sequential(
+            nn.BatchNorm1d(self.code_dim), nn.ReLU(), nn.Linear(self.code_dim, self.code_dim),
+            nn.BatchNorm1d(self.code_dim), nn.ReLU(), nn.Linear(self.code_dim, 64))
+            if config.arch == "contrastive" else None)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's raw output, flat: ``(n, code_dim)``."""
         return self.encoder(x).flatten(1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``float32 (n, C, H, W)`` in [0, 1] -> codes ``(n, code_dim)`` (L2-normalised for
+        ``contrastive``, whose codes are compared by angle)."""
+        z = self.features(x)
+        return F.normalize(z, dim=1) if self.head is not None else z
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Projection head for the contrastive loss: features -> L2-normalised ``(n, 64)``."""
+        if self.head is None:
+            raise RuntimeError(f"{self.config.arch} has no projection head")
+        return F.normalize(self.head(features), dim=1)
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         """Codes ``(n, code_dim)`` -> logits ``(n, C, H, W)``."""
@@ -54,11 +74,28 @@ class Autoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction logits for ``x``."""
-        return self.decode(self.encode(x))
+        return self.decode(self.features(x))
+
+
+def _bn_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 
 def _build(arch: str, c: int, h: int, w: int, latent: int
            ) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
+    if arch == "contrastive":
+        hh, ww = _ceil_div(h, 4), _ceil_div(w, 4)
+        encoder = nn.Sequential(
+            _bn_conv(c, 32), _pool(), _bn_conv(32, 64), _pool(), _bn_conv(64, 64),
+            nn.Flatten(), nn.Linear(64 * hh * ww, latent),
+        )
+        decoder = nn.Sequential(
+            nn.Linear(latent, 64 * hh * ww), nn.ReLU(inplace=True), nn.Unflatten(1, (64, hh, ww)),
+            nn.Upsample(scale_factor=2), _conv(64, 32), nn.Upsample(scale_factor=2),
+            nn.Conv2d(32, c, 3, padding=1),
+        )
+        return encoder, decoder, (latent,)
     if arch == "conv-16-8-8":
         encoder = nn.Sequential(_conv(c, 16), _pool(), _conv(16, 8), _pool(), _conv(8, 8), _pool())
         decoder = nn.Sequential(

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .augment import augment, nt_xent
 from .config import ModelConfig, TrainConfig
 from .errors import DataError, LookalikeError
 from .images import conform, to_float
@@ -58,16 +59,47 @@ def add_noise(x: torch.Tensor, factor: float, generator: torch.Generator | None 
     return (x + factor * noise).clamp_(0.0, 1.0)
 
 
+def _batch_loss(model: Autoencoder, target: torch.Tensor, train: TrainConfig,
+                gen: torch.Generator) -> torch.Tensor:
+    """One training batch's loss for ``train.objective`` (random views/noise from ``gen``)."""
+    device = target.device
+    if train.flip and train.objective == "reconstruction":
+        flip = (torch.rand(len(target), generator=gen) < 0.5).to(device)
+        target = torch.where(flip[:, None, None, None], target.flip(-1), target)
+    if train.objective == "contrastive":
+        views = torch.cat([augment(target, train.augment, train.flip, gen),
+                           augment(target, train.augment, train.flip, gen)])
+        z = model.project(model.features(views))
+        loss = nt_xent(z[:len(target)], z[len(target):], train.temperature)
+        if train.recon_weight == 0:
+            return loss
+        weight = train.recon_weight
+    else:
+        loss, weight = torch.zeros((), device=device), 1.0
+    inputs = target
+    if train.denoise:
+        noise = torch.randn(target.shape, generator=gen).to(device)
+        inputs = (target + train.noise_factor * noise).clamp(0.0, 1.0)
+    return loss + weight * reconstruction_loss(model(inputs), target, train.loss)
+
+
 def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: TrainConfig,
                       progress: bool = False) -> TrainResult:
     """Train a fresh autoencoder on ``images`` (``uint8 (n, H, W, C)``, converted to
-    ``model_config.input``). Labels are never seen.
+    ``model_config.input``) with ``train.objective``. Labels are never seen.
+
+    The validation loss (on ``val_fraction`` of the images, with noise and views drawn
+    once from the seed) picks the epoch whose weights are returned.
 
     Raises:
-        DataError: fewer than 2 images.
+        DataError: fewer than 2 images (4 for the contrastive objective).
     """
-    if len(images) < 2:
-        raise DataError(f"need at least 2 training images, got {len(images)}")
+    minimum = 4 if train.objective == "contrastive" else 2
+    if len(images) < minimum:
+        raise DataError(f"need at least {minimum} training images, got {len(images)}")
+    if train.objective == "contrastive" and model_config.arch != "contrastive":
+        raise LookalikeError(f"the contrastive objective needs the 'contrastive' architecture, "
+                             f"not {model_config.arch!r}")
     device = resolve_device(train.device)
     torch.manual_seed(train.seed)
     gen = torch.Generator().manual_seed(train.seed)
@@ -76,12 +108,16 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     order = torch.randperm(len(x_all), generator=gen)
     x_train = x_all[order[n_val:]].to(device)
     x_val = x_all[order[:n_val]].to(device)
-    val_noise_gen = torch.Generator().manual_seed(train.seed + 1)
-    x_val_in = (add_noise(x_val.cpu(), train.noise_factor, val_noise_gen).to(device)
-                if train.denoise else x_val)
 
     model = build_model(model_config).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=train.lr)
+    opt = (torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+           if train.weight_decay else torch.optim.Adam(model.parameters(), lr=train.lr))
+    batches = [(i, min(i + train.batch_size, len(x_train)))
+               for i in range(0, len(x_train), train.batch_size)]
+    batches = [b for b in batches if b[1] - b[0] >= minimum // 2 + 1] or batches
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=train.lr, pct_start=0.1,
+                                                 total_steps=train.epochs * len(batches))
+             if train.objective == "contrastive" else None)
     history: dict[str, Any] = {"train_loss": [], "val_loss": []}
     best = float("inf")
     best_state: dict[str, torch.Tensor] = {}
@@ -89,42 +125,28 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     bar = tqdm(range(train.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
-        perm = torch.randperm(len(x_train), generator=gen)
-        total = 0.0
-        for i in range(0, len(perm), train.batch_size):
-            idx = perm[i:i + train.batch_size]
-            target = x_train[idx.to(device)]
-            if train.flip:
-                flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
-                target = torch.where(flip[:, None, None, None], target.flip(-1), target)
-            inputs = target
-            if train.denoise:
-                noise = torch.randn(target.shape, generator=gen).to(device)
-                inputs = (target + train.noise_factor * noise).clamp(0.0, 1.0)
-            loss = reconstruction_loss(model(inputs), target, train.loss)
+        perm = torch.randperm(len(x_train), generator=gen).to(device)
+        total = seen = 0.0
+        for lo, hi in batches:
+            loss = _batch_loss(model, x_train[perm[lo:hi]], train, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
-        train_loss = total / len(x_train)
-        history["train_loss"].append(train_loss)
-        model.eval()
+            if sched is not None:
+                sched.step()
+            total += float(loss.detach()) * (hi - lo)
+            seen += hi - lo
+        history["train_loss"].append(total / seen)
         if n_val:
-            with torch.inference_mode():
-                val_loss = sum(
-                    float(reconstruction_loss(model(x_val_in[j:j + 1024]),
-                                              x_val[j:j + 1024], train.loss)) * len(x_val[j:j + 1024])
-                    for j in range(0, n_val, 1024)
-                ) / n_val
-            history["val_loss"].append(val_loss)
-        score = history["val_loss"][-1] if n_val else train_loss
+            history["val_loss"].append(_validate(model, x_val, train))
+        score = history["val_loss"][-1] if n_val else history["train_loss"][-1]
         if score < best:
             best = score
             history["best_epoch"] = epoch + 1
             best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{train_loss:.4f}",
+        bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}",
                         **({"val": f"{history['val_loss'][-1]:.4f}"} if n_val else {}))
-        log.debug("epoch %d: train %.5f%s", epoch + 1, train_loss,
+        log.debug("epoch %d: train %.5f%s", epoch + 1, history["train_loss"][-1],
                   f" val {history['val_loss'][-1]:.5f}" if n_val else "")
     seconds = time.perf_counter() - start
     history["seconds"] = round(seconds, 3)
@@ -134,3 +156,17 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     model.load_state_dict(best_state)
     model.to("cpu").eval()
     return TrainResult(model, history)
+
+
+def _validate(model: Autoencoder, x_val: torch.Tensor, train: TrainConfig) -> float:
+    """Validation loss with noise and views drawn from a fixed seed (comparable epochs)."""
+    gen = torch.Generator().manual_seed(train.seed + 1)
+    model.eval()
+    total = 0.0
+    with torch.inference_mode():
+        for j in range(0, len(x_val), train.batch_size):
+            xb = x_val[j:j + train.batch_size]
+            if train.objective == "contrastive" and len(xb) < 2:
+                continue
+            total += float(_batch_loss(model, xb, train, gen)) * len(xb)
+    return total / len(x_val)

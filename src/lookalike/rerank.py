@@ -1,0 +1,140 @@
+"""Label-free re-ranking by diffusion on the database's k-NN graph (Iscen et al.,
+"Efficient diffusion on region manifolds", CVPR 2017; Zhou et al. 2004).
+
+The database codes (L2-normalised) form a mutual k-nearest-neighbour graph weighted by
+``max(0, cos)^gamma``, symmetrically normalised to ``S``. A query links to its
+``query_k`` nearest database items with the same weights (vector ``y``); its ranking
+is the solution ``f`` of ``(I - alpha S) f = y``, found by conjugate gradient. Items the
+diffusion does not reach are ranked after the reached ones by their plain cosine.
+
+Nothing here sees labels or the query images at fit time: only the database codes.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+
+from .config import DiffusionConfig
+from .errors import LookalikeError
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class Diffusion:
+    """Diffusion ranking over a fixed database of codes ``float32 (n, d)``."""
+
+    def __init__(self, codes: np.ndarray, config: DiffusionConfig | None = None,
+                 neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """``neighbours``: the graph's ``(cosines float32 (n, k), rows int64 (n, k))`` as
+        returned by :meth:`neighbours` earlier (a collection stores them), else computed."""
+        self.config = config or DiffusionConfig()
+        self.codes = _normalise(codes)
+        self.index = faiss.IndexFlatIP(self.codes.shape[1])
+        self.index.add(self.codes)
+        self._neighbours = neighbours if neighbours is not None else self._knn()
+        self.graph = self._graph()
+
+    def _knn(self) -> tuple[np.ndarray, np.ndarray]:
+        k = min(self.config.k, len(self.codes) - 1)
+        if k < 1:
+            return (np.zeros((len(self.codes), 0), np.float32),
+                    np.zeros((len(self.codes), 0), np.int64))
+        sims, ids = self.index.search(self.codes, k + 1)
+        # drop each item itself (usually first; not always when codes are duplicated)
+        rows = np.arange(len(ids))[:, None]
+        keep = ids != rows
+        keep[keep.sum(axis=1) > k, -1] = False  # itself was not found: drop the farthest
+        return (sims[keep].reshape(len(ids), k).astype(np.float32),
+                ids[keep].reshape(len(ids), k).astype(np.int64))
+
+    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
+        """The database's k-NN lists ``(cosines float32 (n, k), rows int64 (n, k))``."""
+        return self._neighbours
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def _graph(self) -> sp.csr_matrix:
+        n = len(self.codes)
+        sims, ids = self._neighbours
+        k = ids.shape[1]
+        if k < 1:
+            return sp.csr_matrix((n, n), dtype=np.float32)
+        w = np.maximum(sims, 0) ** self.config.gamma
+        a = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), k), ids.ravel())),
+                          shape=(n, n), dtype=np.float32)
+        a = a.minimum(a.T)  # mutual neighbours only: robust to hubs
+        deg = np.asarray(a.sum(axis=1)).ravel()
+        inv = sp.diags((1.0 / np.sqrt(np.where(deg > 0, deg, 1.0))).astype(np.float32))
+        return (inv @ a @ inv).tocsr()
+
+    def _seeds(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        kq = min(self.config.query_k, len(self))
+        sims, ids = self.index.search(q, kq)
+        return sims, ids
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """Ranking scores ``float32 (m, n)``, higher = closer. Unreached items score their
+        cosine minus 2, so they follow every reached item in cosine order."""
+        q = _normalise(queries)
+        n = len(self)
+        sims, ids = self._seeds(q)
+        y = np.zeros((n, len(q)), dtype=np.float32)
+        cols = np.repeat(np.arange(len(q)), ids.shape[1])
+        y[ids.ravel(), cols] = np.maximum(sims, 0).ravel() ** self.config.gamma
+        f = self._solve(y).T
+        cos = q @ self.codes.T
+        top = f.max(axis=1, keepdims=True)
+        reached = f > 1e-6 * np.maximum(top, 1e-30)
+        return np.where(reached, f / np.maximum(top, 1e-30), cos - 2.0).astype(np.float32)
+
+    def _solve(self, y: np.ndarray) -> np.ndarray:
+        """Batched conjugate gradient for ``(I - alpha S) X = Y`` (SPD), one column a query."""
+        alpha, s = self.config.alpha, self.graph
+        x = np.zeros_like(y)
+        r = y.copy()
+        p = r.copy()
+        rs = np.einsum("ij,ij->j", r, r)
+        stop = (self.config.tol ** 2) * np.maximum(rs, 1e-30)
+        for _ in range(self.config.iterations):
+            ap = p - alpha * (s @ p)
+            step = rs / np.maximum(np.einsum("ij,ij->j", p, ap), 1e-30)
+            x += step * p
+            r -= step * ap
+            rs_new = np.einsum("ij,ij->j", r, r)
+            if np.all(rs_new <= stop):
+                break
+            p = r + (rs_new / np.maximum(rs, 1e-30)) * p
+            rs = rs_new
+        return x
+
+    def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
+               block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` database rows by diffusion score: ``(scores float32 (m, k), rows int64
+        (m, k))``, best first; ``exclude`` (``int64 (m,)``, -1 none) drops one row per query."""
+        if k <= 0:
+            raise LookalikeError(f"k must be a positive integer, got {k}")
+        m = len(queries)
+        kk = min(k, len(self))
+        out_s = np.full((m, k), -np.inf, dtype=np.float32)
+        out_i = np.full((m, k), -1, dtype=np.int64)
+        for start in range(0, m, block):
+            sc = self.scores(queries[start:start + block])
+            if exclude is not None:
+                ex = exclude[start:start + block]
+                has = np.flatnonzero(ex >= 0)
+                sc[has, ex[has]] = -np.inf
+            part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
+            order = np.take_along_axis(part, np.argsort(-np.take_along_axis(sc, part, 1),
+                                                        axis=1, kind="stable"), 1)
+            vals = np.take_along_axis(sc, order, 1)
+            valid = np.isfinite(vals)
+            out_s[start:start + len(sc), :kk] = np.where(valid, vals, -np.inf)
+            out_i[start:start + len(sc), :kk] = np.where(valid, order, -1)
+        return out_s, out_i
