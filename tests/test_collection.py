@@ -84,3 +84,27 @@ def test_existing_path_refused_and_damage_detected(model_and_data, tmp_path) -> 
         Collection.open(copy)
     with pytest.raises(CollectionError, match="not a lookalike collection"):
         Collection.open(tmp_path)
+
+
+def test_reranked_collection(tmp_path) -> None:
+    from lookalike.config import default_train_config
+
+    db = load_dataset("digits", "database")
+    spec = InputSpec(1, 8, 8)
+    res = train_autoencoder(db.images, ModelConfig(arch="contrastive", input=spec),
+                            default_train_config("contrastive", epochs=2))
+    model = save_model(tmp_path / "m", res.model)
+    assert model.retrieval.rerank == "diffusion"
+    coll = Collection.create(tmp_path / "c", model, db)
+    assert coll.reranks and (tmp_path / "c" / "graph_ids.npy").is_file()
+    n = len(coll)
+    # re-ranking reorders, it never changes the set of ids for k = database size
+    _, reranked = coll.search_ids([3], n)
+    _, exact = coll.search_ids([3], n, rerank=False)
+    assert sorted(reranked[0][reranked[0] >= 0].tolist()) == sorted(
+        exact[0][exact[0] >= 0].tolist())
+    assert 3 not in reranked[0] and (reranked[0] >= 0).sum() == n - 1
+    d, _ = coll.search_ids([3], 10)
+    assert (np.diff(d[0]) >= 0).all()
+    reopened = Collection.open(tmp_path / "c")
+    assert (reopened.search_ids([3], 10)[1] == coll.search_ids([3], 10)[1]).all()

@@ -111,3 +111,29 @@ def test_add_noise_is_clipped() -> None:
     x = torch.full((2, 1, 4, 4), 0.5)
     y = add_noise(x, 2.0, torch.Generator().manual_seed(0))
     assert y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
+
+
+def test_contrastive_objective_trains_and_codes_are_unit_length(digits) -> None:
+    from lookalike.config import default_train_config
+
+    spec = InputSpec(1, 8, 8)
+    tc = default_train_config("contrastive", epochs=3, batch_size=128)
+    res = train_autoencoder(digits.images[:600], ModelConfig(arch="contrastive", input=spec), tc)
+    assert res.history["train_loss"][-1] < res.history["train_loss"][0]
+    from lookalike.modelio import LoadedModel
+
+    codes = ModelEncoder(LoadedModel(res.model, res.model.config, tc)).encode(digits.images[:20])
+    assert codes.shape == (20, 128)
+    assert np.allclose(np.linalg.norm(codes, axis=1), 1.0, atol=1e-5)
+
+
+def test_contrastive_with_reconstruction_and_wrong_arch(digits) -> None:
+    from lookalike.config import default_train_config
+    from lookalike.errors import LookalikeError
+
+    spec = InputSpec(1, 8, 8)
+    tc = default_train_config("contrastive", epochs=1, recon_weight=1.0, denoise=True)
+    res = train_autoencoder(digits.images[:300], ModelConfig(arch="contrastive", input=spec), tc)
+    assert np.isfinite(res.history["val_loss"]).all()
+    with pytest.raises(LookalikeError, match="contrastive"):
+        train_autoencoder(digits.images[:300], ModelConfig(arch="conv-16-8-8", input=spec), tc)
