@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.rerank:
         retrieval = RetrievalConfig(rerank=args.rerank, diffusion=retrieval.diffusion)
     result = train_autoencoder(ds.images, mconf, tconf, progress=args.progress)
-    model = save_model(args.out, result.model, tconf, {**result.history, "dataset": ds.name,
+    model = save_model(args.out, result.model, result.train, {**result.history, "dataset": ds.name,
                                                       "split": ds.split}, retrieval)
     figures.save(figures.loss_curves(result.history, result.history.get("best_epoch")),
                  Path(args.out) / "loss.png")

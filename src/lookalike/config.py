@@ -118,11 +118,13 @@ class TrainConfig:
     nearby codes and other images far ones (SimCLR's NT-Xent loss at ``temperature``),
     plus ``recon_weight`` times the denoising reconstruction loss. ``flip`` adds random
     horizontal flips (seed 003). ``val_fraction`` of the images is held out to pick the
-    best epoch. ``seed`` makes a run repeatable on one machine. The learning rate follows
+    best epoch. ``epochs=None`` derives the count from the data: enough epochs to see
+    ``budget`` images (at least 1, at most 200), so a run costs about the same on 4,000
+    images as on 60,000. ``seed`` makes a run repeatable on one machine. The learning rate follows
     a one-cycle schedule for the contrastive objective and stays constant otherwise.
     """
 
-    epochs: int = 20
+    epochs: int | None = 20
     batch_size: int = 128
     lr: float = 1e-3
     loss: str = "bce"
@@ -137,10 +139,13 @@ class TrainConfig:
     augment: float = 1.0
     recon_weight: float = 0.0
     weight_decay: float = 0.0
+    budget: int = 240_000
 
     def __post_init__(self) -> None:
-        if not isinstance(self.epochs, int) or self.epochs < 1:
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
             raise LookalikeError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not isinstance(self.budget, int) or self.budget < 1:
+            raise LookalikeError(f"budget must be a positive integer, got {self.budget!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise LookalikeError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not self.lr > 0:
@@ -163,6 +168,13 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise LookalikeError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
+    def resolve(self, n_train: int) -> TrainConfig:
+        """This config with ``epochs`` fixed for ``n_train`` training images."""
+        if self.epochs is not None:
+            return self
+        epochs = int(min(200, max(1, round(self.budget / max(n_train, 1)))))
+        return dataclasses.replace(self, epochs=epochs)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -178,7 +190,7 @@ def default_train_config(arch: str, **overrides: Any) -> TrainConfig:
     The articles' presets train as the articles do (denoising, Adam 1e-3, batch 128).
     ``contrastive`` is lookalike's recipe, measured in docs/benchmarks.md.
     """
-    base = (TrainConfig(objective="contrastive", epochs=60, batch_size=256, lr=2e-3,
+    base = (TrainConfig(objective="contrastive", epochs=None, batch_size=256, lr=2e-3,
                         temperature=0.1, augment=1.0, weight_decay=1e-4, denoise=False)
             if arch == "contrastive" else TrainConfig())
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})

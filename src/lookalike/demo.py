@@ -105,9 +105,9 @@ def run_demo(out: str | os.PathLike[str], *, dataset: str = "mnist-5k", epochs: 
     queries = load_dataset(dataset, "queries", data_dir=data_dir)
     mconf = model_config or ModelConfig(input=database.spec)
     tconf = train_config or default_train_config(mconf.arch, epochs=epochs)
-    log.info("training %s on %d %s images for %d epochs", mconf.arch, len(database),
-             dataset, tconf.epochs)
+    log.info("training %s on %d %s images", mconf.arch, len(database), dataset)
     result = train_autoencoder(database.images, mconf, tconf, progress=progress)
+    tconf = result.train
     model = save_model(root / "model", result.model, tconf, result.history)
     figures.save(figures.loss_curves(result.history, result.history.get("best_epoch")),
                  root / "model" / "loss.png")

@@ -39,10 +39,11 @@ def resolve_device(device: str) -> torch.device:
 class TrainResult:
     """The trained model (best epoch's weights, on CPU, in eval mode) and its history:
     ``train_loss`` and ``val_loss`` per epoch, ``best_epoch`` (1-based), ``seconds``,
-    ``images_per_second``."""
+    ``images_per_second``; and the training config with its epochs resolved."""
 
     model: Autoencoder
     history: dict[str, Any]
+    train: TrainConfig
 
 
 def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
@@ -108,6 +109,8 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     order = torch.randperm(len(x_all), generator=gen)
     x_train = x_all[order[n_val:]].to(device)
     x_val = x_all[order[:n_val]].to(device)
+    train = train.resolve(len(x_train))
+    assert train.epochs is not None
 
     model = build_model(model_config).to(device)
     opt = (torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
@@ -153,9 +156,10 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     history["images_per_second"] = round(len(x_train) * train.epochs / max(seconds, 1e-9), 1)
     history["n_train"] = len(x_train)
     history["n_val"] = n_val
+    history["epochs"] = train.epochs
     model.load_state_dict(best_state)
     model.to("cpu").eval()
-    return TrainResult(model, history)
+    return TrainResult(model, history, train)
 
 
 def _validate(model: Autoencoder, x_val: torch.Tensor, train: TrainConfig) -> float:
