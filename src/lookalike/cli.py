@@ -96,13 +96,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.size or args.channels:
         h, w = args.size or (spec.height, spec.width)
         spec = InputSpec(channels=args.channels or spec.channels, height=h, width=w)
-    mconf = ModelConfig(arch=args.arch, input=spec, latent_dim=args.latent_dim)
+    mconf = ModelConfig(arch=args.arch, input=spec, latent_dim=args.latent_dim,
+                        **({"width": args.width} if args.width else {}))
     tconf = default_train_config(
         args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
         denoise=False if args.no_denoise else (True if args.denoise else None),
         noise_factor=args.noise_factor, flip=args.flip or None, val_fraction=args.val_fraction,
         seed=args.seed, device=args.device, objective=args.objective,
-        temperature=args.temperature, augment=args.augment, recon_weight=args.recon_weight)
+        temperature=args.temperature, augment=args.augment, recon_weight=args.recon_weight,
+        budget=args.budget, precision=args.precision)
     retrieval = default_retrieval_config(args.arch)
     if args.rerank:
         retrieval = RetrievalConfig(rerank=args.rerank, diffusion=retrieval.diffusion)
@@ -413,11 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "in the contrastive objective")
     p.add_argument("--rerank", choices=RERANKERS, help="ranking stored with the model "
                    "(default: diffusion for contrastive, none for the articles' presets)")
+    p.add_argument("--budget", type=_positive_int, help="images to see when --epochs is unset "
+                   "(the recipe derives its epochs from it)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 autocast where the CPU/GPU supports it")
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--size", type=_size, help="input size, e.g. 28 or 64x48 (default: the data's)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 grey or 3 RGB")
+    p.add_argument("--width", type=_positive_int, help="contrastive: first conv stage's filters")
     p.add_argument("--latent-dim", type=_positive_int,
                    help="dense code size (hourglass 512, contrastive 128)")
     p.set_defaults(func=cmd_train)

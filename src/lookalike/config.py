@@ -75,6 +75,7 @@ class ModelConfig:
     arch: str = DEFAULT_ARCH
     input: InputSpec = field(default_factory=InputSpec)
     latent_dim: int | None = None
+    width: int = 32
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -89,6 +90,8 @@ class ModelConfig:
             object.__setattr__(self, "latent_dim", _DEFAULT_LATENT.get(self.arch, 0))
         if not isinstance(self.latent_dim, int) or self.latent_dim < 0:
             raise LookalikeError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
+        if not isinstance(self.width, int) or not 4 <= self.width <= 512:
+            raise LookalikeError(f"width must be an integer in 4..512, got {self.width!r}")
         if self.arch == "hourglass" and (self.input.height % 8 or self.input.width % 8):
             raise LookalikeError(
                 f"hourglass needs height and width divisible by 8, got "
@@ -117,7 +120,8 @@ class TrainConfig:
     augmentations of an image (strength ``augment``, see :mod:`lookalike.augment`) get
     nearby codes and other images far ones (SimCLR's NT-Xent loss at ``temperature``),
     plus ``recon_weight`` times the denoising reconstruction loss. ``flip`` adds random
-    horizontal flips (seed 003). ``val_fraction`` of the images is held out to pick the
+    horizontal flips (seed 003). ``precision="auto"`` trains in bfloat16 autocast where
+    the CPU or GPU supports it (fp32 master weights), else in fp32. ``val_fraction`` of the images is held out to pick the
     best epoch. ``epochs=None`` derives the count from the data: enough epochs to see
     ``budget`` images (at least 1, at most 200), so a run costs about the same on 4,000
     images as on 60,000. ``seed`` makes a run repeatable on one machine. The learning rate follows
@@ -139,7 +143,8 @@ class TrainConfig:
     augment: float = 1.0
     recon_weight: float = 0.0
     weight_decay: float = 0.0
-    budget: int = 240_000
+    budget: int = 320_000
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
@@ -165,6 +170,8 @@ class TrainConfig:
             raise LookalikeError(f"augment must be in [0, 3], got {self.augment!r}")
         if self.recon_weight < 0 or self.weight_decay < 0:
             raise LookalikeError("recon_weight and weight_decay must be >= 0")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise LookalikeError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise LookalikeError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -203,7 +210,10 @@ RERANKERS = ("none", "diffusion")
 class DiffusionConfig:
     """Diffusion re-ranking (see :mod:`lookalike.rerank`): a mutual ``k``-NN graph of the
     database, edge weights ``max(0, cos)^gamma``, a query linked to its ``query_k``
-    nearest items, ``alpha`` the diffusion's reach, solved by conjugate gradient."""
+    nearest items, ``alpha`` the diffusion's reach, solved by conjugate gradient. Before
+    that, ``expand`` > 0 replaces each database code by the weighted mean of its ``expand``
+    nearest codes (database-side augmentation) and each query likewise over the database
+    (query expansion); 0 turns it off."""
 
     k: int = 15
     query_k: int = 10
@@ -211,8 +221,11 @@ class DiffusionConfig:
     alpha: float = 0.99
     iterations: int = 30
     tol: float = 1e-4
+    expand: int = 3
 
     def __post_init__(self) -> None:
+        if not isinstance(self.expand, int) or self.expand < 0:
+            raise LookalikeError(f"expand must be an integer >= 0, got {self.expand!r}")
         for name in ("k", "query_k", "iterations"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise LookalikeError(f"{name} must be a positive integer")

@@ -4,7 +4,7 @@
   filters; the code is the last pooled map, 8 x ceil(H/8) x ceil(W/8) (4x4x8 = 128 for
   28x28). Pooling rounds up like Keras' ``padding="same"``.
 * ``conv-32-32`` (seed 004): two stages of 32 filters; code 32 x H/4 x W/4 (7x7x32 for 28x28).
-* ``contrastive`` (lookalike's recipe): conv stages of 32, 64, 64 filters with batch
+* ``contrastive`` (lookalike's recipe): conv stages of w, 2w, 2w filters (``width`` w = 32) with batch
   norm, a dense code of ``latent_dim`` (128), L2-normalised; a mirrored decoder for the
   (optional) denoising loss and a projection head used only by the contrastive loss.
 * ``hourglass`` (seed 003): conv stages of 32, 64, 128 filters, then a dense latent of
@@ -40,7 +40,7 @@ class Autoencoder(nn.Module):
         self.config = config
         c, h, w = config.input.channels, config.input.height, config.input.width
         self.encoder, self.decoder, self.code_shape = _build(config.arch, c, h, w,
-                                                             config.latent_dim)
+                                                             config.latent_dim or 0, config.width)
         self.code_dim = int(torch.tensor(self.code_shape).prod())
 
         self.head = (nn.Sequential(
@@ -82,18 +82,19 @@ def _bn_conv(cin: int, cout: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-def _build(arch: str, c: int, h: int, w: int, latent: int
+def _build(arch: str, c: int, h: int, w: int, latent: int, width: int = 32
            ) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
     if arch == "contrastive":
         hh, ww = _ceil_div(h, 4), _ceil_div(w, 4)
+        a, b = width, 2 * width
         encoder = nn.Sequential(
-            _bn_conv(c, 32), _pool(), _bn_conv(32, 64), _pool(), _bn_conv(64, 64),
-            nn.Flatten(), nn.Linear(64 * hh * ww, latent),
+            _bn_conv(c, a), _pool(), _bn_conv(a, b), _pool(), _bn_conv(b, b),
+            nn.Flatten(), nn.Linear(b * hh * ww, latent),
         )
         decoder = nn.Sequential(
-            nn.Linear(latent, 64 * hh * ww), nn.ReLU(inplace=True), nn.Unflatten(1, (64, hh, ww)),
-            nn.Upsample(scale_factor=2), _conv(64, 32), nn.Upsample(scale_factor=2),
-            nn.Conv2d(32, c, 3, padding=1),
+            nn.Linear(latent, b * hh * ww), nn.ReLU(inplace=True), nn.Unflatten(1, (b, hh, ww)),
+            nn.Upsample(scale_factor=2), _conv(b, a), nn.Upsample(scale_factor=2),
+            nn.Conv2d(a, c, 3, padding=1),
         )
         return encoder, decoder, (latent,)
     if arch == "conv-16-8-8":

@@ -1,7 +1,10 @@
 """Label-free re-ranking by diffusion on the database's k-NN graph (Iscen et al.,
 "Efficient diffusion on region manifolds", CVPR 2017; Zhou et al. 2004).
 
-The database codes (L2-normalised) form a mutual k-nearest-neighbour graph weighted by
+Optionally first (``expand`` > 0), database-side augmentation and query expansion
+(Arandjelović & Zisserman 2012; Radenović et al. 2018): each code is replaced by the
+``max(0, cos)^3``-weighted mean of its ``expand`` nearest database codes (itself
+included), then re-normalised. The database codes (L2-normalised) then form a mutual k-nearest-neighbour graph weighted by
 ``max(0, cos)^gamma``, symmetrically normalised to ``S``. A query links to its
 ``query_k`` nearest database items with the same weights (vector ``y``); its ranking
 is the solution ``f`` of ``(I - alpha S) f = y``, found by conjugate gradient. Items the
@@ -37,8 +40,19 @@ class Diffusion:
         self.codes = _normalise(codes)
         self.index = faiss.IndexFlatIP(self.codes.shape[1])
         self.index.add(self.codes)
+        if self.config.expand:
+            self.codes = self._expand(self.codes)
+            self.index = faiss.IndexFlatIP(self.codes.shape[1])
+            self.index.add(self.codes)
         self._neighbours = neighbours if neighbours is not None else self._knn()
         self.graph = self._graph()
+
+    def _expand(self, x: np.ndarray) -> np.ndarray:
+        """Weighted mean of each code's ``expand`` nearest database codes, normalised."""
+        k = min(self.config.expand, len(self.codes))
+        sims, ids = self.index.search(x, k)
+        w = np.maximum(sims, 0) ** 3
+        return _normalise(np.einsum("mk,mkd->md", w, self.codes[ids]) + 1e-12 * x)
 
     def _knn(self) -> tuple[np.ndarray, np.ndarray]:
         k = min(self.config.k, len(self.codes) - 1)
@@ -83,6 +97,8 @@ class Diffusion:
         """Ranking scores ``float32 (m, n)``, higher = closer. Unreached items score their
         cosine minus 2, so they follow every reached item in cosine order."""
         q = _normalise(queries)
+        if self.config.expand:
+            q = self._expand(q)
         n = len(self)
         sims, ids = self._seeds(q)
         y = np.zeros((n, len(q)), dtype=np.float32)

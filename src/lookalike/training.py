@@ -46,6 +46,24 @@ class TrainResult:
     train: TrainConfig
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX)."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if probe is not None and probe():
+        return True
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(amx is not None and amx())
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Resolve ``TrainConfig.precision`` on ``device``: ``auto`` means bf16 where native."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return cpu_supports_bf16()
+    return precision == "bf16"
+
+
 def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     """Mean BCE (on logits) or MSE (on sigmoid outputs) between a batch and its target."""
     if loss == "bce":
@@ -70,7 +88,9 @@ def _batch_loss(model: Autoencoder, target: torch.Tensor, train: TrainConfig,
     if train.objective == "contrastive":
         views = torch.cat([augment(target, train.augment, train.flip, gen),
                            augment(target, train.augment, train.flip, gen)])
-        z = model.project(model.features(views))
+        if device.type == "cpu":
+            views = views.contiguous(memory_format=torch.channels_last)
+        z = model.project(model.features(views)).float()
         loss = nt_xent(z[:len(target)], z[len(target):], train.temperature)
         if train.recon_weight == 0:
             return loss
@@ -81,7 +101,7 @@ def _batch_loss(model: Autoencoder, target: torch.Tensor, train: TrainConfig,
     if train.denoise:
         noise = torch.randn(target.shape, generator=gen).to(device)
         inputs = (target + train.noise_factor * noise).clamp(0.0, 1.0)
-    return loss + weight * reconstruction_loss(model(inputs), target, train.loss)
+    return loss + weight * reconstruction_loss(model(inputs).float(), target, train.loss)
 
 
 def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: TrainConfig,
@@ -113,6 +133,10 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     assert train.epochs is not None
 
     model = build_model(model_config).to(device)
+    bf16 = use_bf16(train.precision, device)
+    if device.type == "cpu":  # oneDNN's convolutions are faster in NHWC
+        model = model.to(memory_format=torch.channels_last)
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
     opt = (torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
            if train.weight_decay else torch.optim.Adam(model.parameters(), lr=train.lr))
     batches = [(i, min(i + train.batch_size, len(x_train)))
@@ -131,7 +155,8 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
         perm = torch.randperm(len(x_train), generator=gen).to(device)
         total = seen = 0.0
         for lo, hi in batches:
-            loss = _batch_loss(model, x_train[perm[lo:hi]], train, gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = _batch_loss(model, x_train[perm[lo:hi]], train, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -157,8 +182,9 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     history["n_train"] = len(x_train)
     history["n_val"] = n_val
     history["epochs"] = train.epochs
+    history["precision"] = "bf16" if bf16 else "fp32"
     model.load_state_dict(best_state)
-    model.to("cpu").eval()
+    model.to("cpu", memory_format=torch.contiguous_format).eval()
     return TrainResult(model, history, train)
 
 
