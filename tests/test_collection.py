@@ -108,3 +108,28 @@ def test_reranked_collection(tmp_path) -> None:
     assert (np.diff(d[0]) >= 0).all()
     reopened = Collection.open(tmp_path / "c")
     assert (reopened.search_ids([3], 10)[1] == coll.search_ids([3], 10)[1]).all()
+
+
+def test_add_and_remove_persist_and_are_searchable(tmp_path) -> None:
+    db = load_dataset("digits", "database")
+    res = train_autoencoder(db.images[:300], ModelConfig(arch="conv-16-8-8", input=InputSpec(1, 8, 8)),
+                            TrainConfig(epochs=1))
+    model = save_model(tmp_path / "m", res.model)
+    coll = Collection.create(tmp_path / "c", model, db.subset(np.arange(200), "database"))
+    extra = load_dataset("digits", "queries")
+    new = coll.add(extra.images[:5], [f"q{i}" for i in range(5)], extra.labels[:5])
+    assert new.tolist() == list(range(200, 205)) and len(coll) == 205
+    again = coll.add(extra.images[:2], ["dup0", "dup1"])  # same pixels: not added twice
+    assert again.tolist() == [200, 201] and len(coll) == 205
+    _, hits = coll.search_images(extra.images[:1] // 2 * 2, 1)  # a near copy finds it
+    assert coll.remove([3, 201, 999]) == 2
+    reopened = Collection.open(tmp_path / "c")
+    assert len(reopened) == 203 and 3 not in reopened.ids and 204 in reopened.ids
+    assert reopened.items([204])[0].source == "q4"
+    assert reopened.labels([204])[0] == extra.labels[4]
+    _, ids = reopened.search_ids(reopened.ids, 203)
+    assert not np.isin([3, 201], ids).any()
+    assert np.array_equal(reopened.image(204), extra.images[4])
+    # only the current generation's files remain
+    names = {p.name for p in (tmp_path / "c").iterdir()}
+    assert "ids.npy" not in names and sum(n.startswith("ids.") for n in names) == 1

@@ -54,7 +54,8 @@ class IndexBackend(ABC):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
     @abstractmethod
-    def save(self, directory: str | os.PathLike[str]) -> None: ...
+    def save(self, directory: str | os.PathLike[str], filename: str | None = None) -> str:
+        """Write the index into ``directory`` (atomically); returns the file name used."""
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
@@ -108,10 +109,12 @@ class FaissBackend(IndexBackend):
         distances[ids < 0] = np.inf
         return distances, ids.astype(np.int64)
 
-    def save(self, directory: str | os.PathLike[str]) -> None:
+    def save(self, directory: str | os.PathLike[str], filename: str | None = None) -> str:
         from .fsutil import atomic_write
 
-        atomic_write(Path(directory) / self.FILE, lambda tmp: faiss.write_index(self.index, tmp))
+        name = filename or self.FILE
+        atomic_write(Path(directory) / name, lambda tmp: faiss.write_index(self.index, tmp))
+        return name
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "factory": self.factory, "metric": "l2"}
@@ -119,7 +122,7 @@ class FaissBackend(IndexBackend):
     @classmethod
     def load(cls, directory: str | os.PathLike[str], settings: dict[str, Any],
              dim: int) -> FaissBackend:
-        path = Path(directory) / cls.FILE
+        path = Path(directory) / settings.get("file", cls.FILE)
         if not path.is_file():
             raise CollectionError(f"{path} is missing; rebuild the collection with 'lookalike index'")
         try:

@@ -34,7 +34,7 @@ from .config import RetrievalConfig
 from .datasets import Dataset
 from .encoders import ModelEncoder
 from .errors import CollectionError, LookalikeError
-from .fsutil import atomic_write_json, read_json
+from .fsutil import atomic_write, atomic_write_json, read_json
 from .images import conform, content_hash
 from .modelio import LoadedModel, load_model
 from .rerank import Diffusion
@@ -44,7 +44,31 @@ log = logging.getLogger(__name__)
 
 FORMAT = "lookalike-collection"
 FORMAT_VERSION = 1
-FILES = ("manifest.json", "metadata.sqlite", "ids.npy", "embeddings.npy", "images.npy")
+DEFAULT_FILES = {"ids": "ids.npy", "embeddings": "embeddings.npy", "images": "images.npy",
+                 "index": "index.faiss"}
+
+
+def _write_state(directory: Path, generation: int, ids: np.ndarray, embeddings: np.ndarray,
+                 images: np.ndarray, backend: IndexBackend,
+                 graph: tuple[np.ndarray, np.ndarray] | None) -> dict[str, str]:
+    """Write one generation of the array files and the index (each atomically) and return
+    their names. Generation 0 uses the plain names; later ones add ``.<generation>``."""
+    tag = f".{generation}" if generation else ""
+    files = {"ids": f"ids{tag}.npy", "embeddings": f"embeddings{tag}.npy",
+             "images": f"images{tag}.npy", "index": f"index{tag}.faiss"}
+    arrays: dict[str, np.ndarray] = {"ids": ids, "embeddings": embeddings, "images": images}
+    if graph is not None:
+        files.update(graph_sims=f"graph_sims{tag}.npy", graph_ids=f"graph_ids{tag}.npy")
+        arrays.update(graph_sims=graph[0], graph_ids=graph[1])
+    for key, arr in arrays.items():
+        atomic_write(directory / files[key], lambda tmp, a=arr: _save_npy(tmp, a))
+    backend.save(directory, files["index"])
+    return files
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array))
 
 
 @dataclass(frozen=True)
@@ -112,13 +136,7 @@ class Collection:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             shutil.copytree(model.path, tmp / "model")
-            np.save(tmp / "ids.npy", ids)
-            np.save(tmp / "embeddings.npy", embeddings)
-            np.save(tmp / "images.npy", images)
-            index.save(tmp)
-            if graph is not None:
-                np.save(tmp / "graph_sims.npy", graph[0])
-                np.save(tmp / "graph_ids.npy", graph[1])
+            files = _write_state(tmp, 0, ids, embeddings, images, index, graph)
             with sqlite3.connect(tmp / "metadata.sqlite") as db:
                 db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
                            " label INTEGER NOT NULL, hash TEXT NOT NULL)")
@@ -139,6 +157,8 @@ class Collection:
                 "dim": encoder.dim,
                 "backend": index.settings(),
                 "retrieval": retrieval.to_dict(),
+                "generation": 0,
+                "files": files,
                 "label_names": list(dataset.label_names) if dataset.label_names else None,
                 "skipped": [list(s) for s in dataset.skipped],
                 "created": _now(),
@@ -180,9 +200,12 @@ class Collection:
                 f"{p} was written by a newer lookalike (collection format {version}, this one "
                 f"reads up to {FORMAT_VERSION}); upgrade lookalike"
             )
-        for name in FILES[1:]:
-            if not (p / name).is_file():
-                raise CollectionError(f"{p / name} is missing; rebuild with 'lookalike index'")
+        files = {**DEFAULT_FILES, **(manifest.get("files") or {})}
+        for key in ("ids", "embeddings", "images"):
+            if not (p / files[key]).is_file():
+                raise CollectionError(f"{p / files[key]} is missing; rebuild with 'lookalike index'")
+        if not (p / "metadata.sqlite").is_file():
+            raise CollectionError(f"{p / 'metadata.sqlite'} is missing; rebuild with 'lookalike index'")
         model = load_model(model_dir if model_dir is not None else p / "model")
         if model.fingerprint != manifest["model"]["fingerprint"]:
             raise CollectionError(
@@ -190,16 +213,16 @@ class Collection:
                 f", this model is {model.fingerprint[:12]}); re-index with this model"
             )
         try:
-            ids = np.load(p / "ids.npy", allow_pickle=False)
-            embeddings = np.load(p / "embeddings.npy", allow_pickle=False, mmap_mode="r")
-            images = np.load(p / "images.npy", allow_pickle=False, mmap_mode="r")
+            ids = np.load(p / files["ids"], allow_pickle=False)
+            embeddings = np.load(p / files["embeddings"], allow_pickle=False, mmap_mode="r")
+            images = np.load(p / files["images"], allow_pickle=False, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise CollectionError(f"{p}: an array file is damaged ({exc}); rebuild with "
                                   "'lookalike index'") from None
         dim = int(manifest["dim"])
         if embeddings.shape != (len(ids), dim) or len(images) != len(ids):
             raise CollectionError(f"{p}: ids, embeddings and images do not line up; rebuild")
-        backend = open_backend(p, manifest["backend"], dim)
+        backend = open_backend(p, {**manifest["backend"], "file": files["index"]}, dim)
         if len(backend) != len(ids):
             raise CollectionError(f"{p}: the index holds {len(backend)} vectors, the collection "
                                   f"{len(ids)}; rebuild with 'lookalike index'")
@@ -214,6 +237,12 @@ class Collection:
         return int(self.manifest["dim"])
 
     @property
+    def files(self) -> dict[str, str]:
+        """The current generation's file names (``ids``, ``embeddings``, ``images``,
+        ``index``, and ``graph_ids``/``graph_sims`` when re-ranking)."""
+        return {**DEFAULT_FILES, **(self.manifest.get("files") or {})}
+
+    @property
     def reranks(self) -> bool:
         """Whether searches are re-ranked by default (the model's retrieval config)."""
         return self.retrieval.rerank != "none"
@@ -224,10 +253,11 @@ class Collection:
         stored graph, or from the codes when the graph files are absent)."""
         if self._diffusion is None:
             graph = None
-            if (self.path / "graph_ids.npy").is_file():
+            files = self.files
+            if files.get("graph_ids") and (self.path / files["graph_ids"]).is_file():
                 try:
-                    graph = (np.load(self.path / "graph_sims.npy", allow_pickle=False),
-                             np.load(self.path / "graph_ids.npy", allow_pickle=False))
+                    graph = (np.load(self.path / files["graph_sims"], allow_pickle=False),
+                             np.load(self.path / files["graph_ids"], allow_pickle=False))
                 except (OSError, ValueError) as exc:
                     raise CollectionError(f"{self.path}: the graph files are damaged ({exc}); "
                                           "rebuild with 'lookalike index'") from None
@@ -272,10 +302,11 @@ class Collection:
         return np.array([it.label if it else -1 for it in self.items(ids)], dtype=np.int64)
 
     def find(self, *, source: str | None = None, hash: str | None = None) -> int | None:
-        """The id of the item with that source or content hash, or ``None``."""
+        """The id of a stored item with that source or content hash, or ``None``. (Rows
+        left by an interrupted change whose id is not in the collection are ignored.)"""
         column, value = ("source", source) if source is not None else ("hash", hash)
-        rows = self._query(f"SELECT id FROM items WHERE {column} = ? LIMIT 1", (value,))
-        return int(rows[0][0]) if rows else None
+        rows = self._query(f"SELECT id FROM items WHERE {column} = ? ORDER BY id", (value,))
+        return next((int(r[0]) for r in rows if int(r[0]) in self._row), None)
 
     def image(self, item_id: int) -> np.ndarray:
         """The stored image of ``item_id``: ``uint8 (H, W, C)``."""
@@ -340,3 +371,90 @@ class Collection:
         vectors = np.stack([self.vector(int(i)) for i in arr]) if len(arr) else np.empty(
             (0, self.dim), dtype=np.float32)
         return self.search(vectors, k, arr, rerank)
+
+    # ------------------------------------------------------------------ changes
+    def add(self, images: np.ndarray | list[np.ndarray], sources: list[str],
+            labels: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """Encode and add images (``uint8 (n, H, W, C)`` or a list of ``(H, W, C)`` of any
+        size); returns the id of each, ``int64 (n,)``. An image whose pixels (as the model
+        sees them) are already stored is not added again: its existing id is returned.
+
+        The change is committed when the manifest is replaced: a crash before leaves the
+        collection as it was.
+        """
+        if len(sources) != len(images):
+            raise LookalikeError("give one source per image")
+        conformed = conform(images, self.encoder.spec)
+        lab = (np.full(len(conformed), -1, np.int64) if labels is None
+               else np.asarray(labels, dtype=np.int64))
+        hashes = [content_hash(im) for im in conformed]
+        out = np.empty(len(conformed), dtype=np.int64)
+        new_rows: list[int] = []
+        seen: dict[str, int] = {}
+        next_id = int(self.ids.max()) + 1 if len(self.ids) else 0
+        for i, h in enumerate(hashes):
+            existing = seen.get(h)
+            existing = self.find(hash=h) if existing is None else existing
+            if existing is None:
+                existing = next_id
+                next_id += 1
+                new_rows.append(i)
+                seen[h] = existing
+            out[i] = existing
+        if not new_rows:
+            return out
+        rows = np.array(new_rows)
+        new_ids = out[rows]
+        codes = self.encoder.encode(conformed[rows])
+        ids = np.concatenate([self.ids, new_ids])
+        embeddings = np.concatenate([np.asarray(self.embeddings), codes])
+        stored = np.concatenate([np.asarray(self.images), conformed[rows]])
+        self.backend.add(new_ids, codes)
+        db = sqlite3.connect(self.path / "metadata.sqlite")
+        try:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", (
+                    (int(new_ids[j]), sources[r], int(lab[r]), hashes[r])
+                    for j, r in enumerate(rows)))
+        finally:
+            db.close()
+        self._commit(ids, embeddings, stored)
+        return out
+
+    def remove(self, ids: np.ndarray | list[int]) -> int:
+        """Remove items by id; unknown ids are ignored. Returns how many were removed."""
+        gone = {int(i) for i in np.asarray(ids).ravel()} & set(self._row)
+        if not gone:
+            return 0
+        keep = np.array([int(i) not in gone for i in self.ids])
+        self.backend.remove(np.array(sorted(gone), dtype=np.int64))
+        self._commit(self.ids[keep], np.asarray(self.embeddings)[keep],
+                     np.asarray(self.images)[keep])
+        db = sqlite3.connect(self.path / "metadata.sqlite")
+        try:
+            with db:
+                db.executemany("DELETE FROM items WHERE id = ?", ((i,) for i in sorted(gone)))
+        finally:
+            db.close()
+        return len(gone)
+
+    def _commit(self, ids: np.ndarray, embeddings: np.ndarray, images: np.ndarray) -> None:
+        """Write a new generation and switch the manifest to it (the commit point), then
+        delete the previous generation's files."""
+        old = self.files
+        generation = int(self.manifest.get("generation", 0)) + 1
+        graph = (Diffusion(embeddings, self.retrieval.diffusion).neighbours()
+                 if self.retrieval.rerank == "diffusion" else None)
+        files = _write_state(self.path, generation, ids, embeddings, images, self.backend, graph)
+        manifest = {**self.manifest, "count": len(ids), "generation": generation,
+                    "files": files, "updated": _now()}
+        atomic_write_json(self.path / "manifest.json", manifest)
+        self.manifest = manifest
+        self.ids, self.embeddings, self.images = ids, embeddings, images
+        self._row = {int(i): r for r, i in enumerate(ids)}
+        self._diffusion = None
+        for name in set(old.values()) - set(files.values()):
+            try:
+                (self.path / name).unlink()
+            except FileNotFoundError:
+                pass
