@@ -366,6 +366,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535, got {value}")
+    return value
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in MB, got {text!r}") from None
+    if not 0 < value <= 1e6:  # (also refuses nan and inf)
+        raise argparse.ArgumentTypeError(f"expected a size in MB in (0, 1000000], got {text!r}")
+    return value
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .service import serve
+    except ImportError as exc:
+        raise LookalikeError(f"serving needs the 'serve' extra ({exc.name} is missing): "
+                             "pip install 'lookalike[serve]'") from None
+
+    def ready(url: str) -> None:
+        print(f"serving {args.collection} at {url} (API docs at {url}docs); Ctrl-C to stop",
+              flush=True)
+
+    level = "debug" if args.verbose else "warning" if args.quiet else "info"
+    serve(args.collection, args.host, args.port,
+          max_upload_bytes=int(args.max_upload_mb * 2**20), on_ready=ready, log_level=level)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
     p.add_argument("--dataset", default="mnist-5k",
@@ -491,6 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("collection")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("serve", help="the search service and its web page (FastAPI on uvicorn)")
+    p.add_argument("collection")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-upload-mb", type=_megabytes, default=10.0,
+                   help="largest request carrying images, in MiB (default 10; 413 past it)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the whole pipeline on mnist-5k, with a report")
     p.add_argument("--out", default="lookalike-demo", help="output directory")

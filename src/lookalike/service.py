@@ -1,0 +1,579 @@
+"""The HTTP search service: a FastAPI app over one collection, and the page at ``/``.
+
+Build the app with :func:`create_app`; ``lookalike serve`` runs it on uvicorn. Routes:
+
+* ``POST /api/search``: multipart (``file``, optional ``k``, ``rerank``) or JSON
+  ``{"id": N, "k": 10, "rerank": null}``; returns the results and the time taken;
+* ``GET /api/items/{id}``, ``GET /api/items/{id}/image[?size=112]``: metadata and the
+  stored image as PNG (from the collection's arrays, never from a path);
+* ``POST /api/items`` (multipart, one or more files), ``DELETE /api/items/{id}``;
+* ``GET /api/health``, ``GET /api/stats``; FastAPI's ``/docs`` and ``/openapi.json``.
+
+Every error is JSON ``{"detail": "<message>"}``: 400 for a file that is not an image (or
+a decompression bomb, refused before decoding), 404 for an unknown id, 409 for a change the
+collection cannot make, 413 past ``max_upload_bytes``, 415 for another content type, 422
+for bad parameters.
+
+A :class:`~lookalike.collection.Collection` is not thread-safe; :class:`SharedCollection`
+lets searches run together under a shared lock and gives each change the collection alone,
+so a search sees the collection before or after a change, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.types import Message
+
+from .collection import Collection
+from .errors import ImageError, LookalikeError
+from .images import MAX_PIXELS, decode_image
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
+DEFAULT_MAX_K = 100
+THUMBNAIL = 112
+_MAX_ID = 2**63 - 1
+_MEDIA = {"multipart": "multipart/form-data", "json": "application/json"}
+
+
+# ---------------------------------------------------------------------------- locking
+class ReadWriteLock:
+    """Many readers or one writer. A waiting writer stops new readers from entering, so a
+    steady stream of searches cannot starve a change."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class ExclusiveLock:
+    """One caller at a time, readers included (the simple alternative to
+    :class:`ReadWriteLock`; ``benchmarks/service.py`` compares the two)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    write = read
+
+
+Lock = ReadWriteLock | ExclusiveLock
+LOCKS: dict[str, type[Lock]] = {"rw": ReadWriteLock, "exclusive": ExclusiveLock}
+
+
+# ---------------------------------------------------------------------------- collection
+@dataclass(frozen=True)
+class Hit:
+    """One search result: ``label`` is -1 when unknown."""
+
+    id: int
+    distance: float
+    label: int
+    source: str
+
+
+class UnknownItem(LookalikeError):
+    """No item with that id."""
+
+
+class Refused(LookalikeError):
+    """A change the collection cannot make (e.g. emptying a re-ranking collection)."""
+
+
+class SharedCollection:
+    """A :class:`Collection` that many threads may use at once.
+
+    Reads (searches, metadata, images) hold ``lock.read()``; ``add`` and ``remove`` hold
+    ``lock.write()``. After a change the diffusion ranker is rebuilt while the write lock is
+    still held, so readers never build it themselves (that would be a write). If a change
+    fails half-way the collection is opened again from disk, whose manifest is the commit
+    point, so memory never drifts from what is stored.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], lock: str = "rw") -> None:
+        if lock not in LOCKS:
+            raise ValueError(f"lock must be one of {', '.join(LOCKS)}, got {lock!r}")
+        self.path = Path(path)
+        self.lock: Lock = LOCKS[lock]()
+        self._coll = Collection.open(self.path)
+        self._prime()
+
+    def _prime(self) -> None:
+        if self._coll.reranks and len(self._coll):
+            self._coll.diffusion  # noqa: B018 - built now, under the write lock, not by a reader
+
+    @property
+    def reranks(self) -> bool:
+        return self._coll.reranks
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock.read():
+            coll = self._coll
+            m = coll.manifest
+            spec = coll.encoder.spec
+            return {"count": len(coll), "dimension": coll.dim,
+                    "model": {"arch": m["model"]["arch"], "fingerprint": m["model"]["fingerprint"]},
+                    "input": {"channels": spec.channels, "height": spec.height, "width": spec.width},
+                    "index": dict(m["backend"]),
+                    "rerank": coll.retrieval.rerank, "reranks": coll.reranks,
+                    "dataset": m.get("dataset"), "label_names": coll.label_names,
+                    "updated": m.get("updated")}
+
+    def _hits(self, dist: np.ndarray, ids: np.ndarray) -> list[Hit]:
+        items = self._coll.items(ids)
+        return [Hit(it.id, float(d), it.label, it.source)
+                for d, it in zip(dist, items, strict=True) if it is not None]
+
+    def search_image(self, image: np.ndarray, k: int, rerank: bool | None) -> list[Hit]:
+        """Results for ``uint8 (H, W, C)``, nearest first (padding dropped)."""
+        with self.lock.read():
+            dist, ids = self._coll.search_images(image[None], k, rerank)
+            return self._hits(dist[0], ids[0])
+
+    def search_id(self, item_id: int, k: int, rerank: bool | None) -> list[Hit]:
+        """Results for a stored item, itself excluded. Raises :class:`UnknownItem`."""
+        with self.lock.read():
+            self._check(item_id)
+            dist, ids = self._coll.search_ids([item_id], k, rerank)
+            return self._hits(dist[0], ids[0])
+
+    def _check(self, item_id: int) -> None:
+        try:
+            self._coll.vector(item_id)
+        except LookalikeError:
+            raise UnknownItem(f"no item with id {item_id}") from None
+
+    def item(self, item_id: int) -> tuple[int, str, int, str]:
+        """``(id, source, label, hash)``. Raises :class:`UnknownItem`."""
+        with self.lock.read():
+            self._check(item_id)
+            found = self._coll.items([item_id])[0]
+            if found is None:  # pragma: no cover - metadata and arrays always agree
+                raise UnknownItem(f"no item with id {item_id}")
+            return found.id, found.source, found.label, found.hash
+
+    def image(self, item_id: int) -> tuple[np.ndarray, str]:
+        """The stored image ``uint8 (H, W, C)`` and its content hash."""
+        with self.lock.read():
+            self._check(item_id)
+            found = self._coll.items([item_id])[0]
+            return np.array(self._coll.image(item_id)), found.hash if found else ""
+
+    def label_names(self) -> list[str] | None:
+        return self._coll.label_names
+
+    def add(self, images: list[np.ndarray], sources: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Add images; returns ``(ids int64 (n,), new bool (n,), count)``; ``new`` is False
+        where the content was already stored, or came earlier in ``images`` (the existing
+        id is returned)."""
+        with self.lock.write():
+            before = self._coll.ids
+            ids = self._change(lambda c: c.add(images, sources))
+            first = np.zeros(len(ids), dtype=bool)
+            first[np.unique(ids, return_index=True)[1]] = True
+            return ids, first & ~np.isin(ids, before), len(self._coll)
+
+    def remove(self, item_id: int) -> int:
+        """Remove one item; returns the new count. Raises :class:`UnknownItem`, or
+        :class:`Refused` for the last item of a re-ranking collection (its k-NN graph cannot
+        be built on nothing)."""
+        with self.lock.write():
+            self._check(item_id)
+            if len(self._coll) == 1 and self._coll.reranks:
+                raise Refused("cannot remove the last item of a re-ranking collection")
+            self._change(lambda c: c.remove([item_id]))
+            return len(self._coll)
+
+    def _change(self, fn: Callable[[Collection], Any]) -> Any:
+        try:
+            out = fn(self._coll)
+        except BaseException:
+            log.exception("a change to %s failed; reopening it from disk", self.path)
+            self._coll = Collection.open(self.path)
+            self._prime()
+            raise
+        self._prime()
+        return out
+
+
+# ---------------------------------------------------------------------------- HTTP helpers
+class SearchOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(10, ge=1, description="number of results")
+    rerank: bool | None = Field(None, description="null: the collection's default; false: exact")
+
+
+class SearchById(SearchOptions):
+    id: int = Field(ge=0, le=_MAX_ID, description="a stored item's id")
+
+
+def _message(errors: Any) -> str:
+    parts = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        parts.append(f"{'.'.join(loc) or 'request'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"upload is larger than the limit of {limit:,} bytes")
+
+
+def _capped(request: Request, limit: int) -> Request:
+    """The same request, its body refused with 413 past ``limit`` bytes: at once when the
+    Content-Length says so, otherwise as soon as the bytes received pass it (chunked)."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise HTTPException(400, f"bad Content-Length header {length!r}")
+        if int(length) > limit:
+            raise _too_large(limit)
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _too_large(limit)
+        return message
+
+    return Request(request.scope, receive)
+
+
+def _media(request: Request) -> str:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    for key, value in _MEDIA.items():
+        if ctype == value:
+            return key
+    raise HTTPException(415, f"expected {' or '.join(_MEDIA.values())}, got {ctype or 'no content type'}")
+
+
+def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    try:
+        return decode_image(data, max_pixels=max_pixels)
+    except ImageError as exc:
+        raise HTTPException(400, f"{name}: {exc}") from None
+
+
+def _png(image: np.ndarray, size: int | None) -> bytes:
+    """PNG of ``uint8 (H, W, C)``; with ``size``, scaled so its longer side is ``size``
+    (nearest neighbour when enlarging, so small images stay crisp)."""
+    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    if size is not None:
+        h, w = image.shape[:2]
+        scale = size / max(h, w)
+        target = (max(1, round(w * scale)), max(1, round(h * scale)))
+        resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX
+        pil = pil.resize(target, resample)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _source(upload: UploadFile, n: int) -> str:
+    name = os.path.basename(upload.filename or "") or f"image-{n}"
+    return "upload:" + "".join(c if c.isprintable() else "?" for c in name)[:200]
+
+
+# ---------------------------------------------------------------------------- the app
+def create_app(collection_path: str | os.PathLike[str], *,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_k: int = DEFAULT_MAX_K,
+               max_pixels: int = MAX_PIXELS, lock: str = "rw") -> FastAPI:
+    """The service for the collection at ``collection_path`` (opened now).
+
+    ``max_upload_bytes`` caps a request body that carries images (413 past it);
+    ``max_k`` caps ``k`` (422 past it); ``max_pixels`` refuses larger images before
+    decoding; ``lock`` is ``"rw"`` (searches run together) or ``"exclusive"``.
+
+    Raises:
+        CollectionError: the collection cannot be opened.
+        ValueError: a bad setting.
+    """
+    for name, value in (("max_upload_bytes", max_upload_bytes), ("max_k", max_k),
+                        ("max_pixels", max_pixels)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    shared = SharedCollection(collection_path, lock=lock)
+    app = FastAPI(title="lookalike", summary=f"Image search over {shared.path.name}",
+                  version=_version())
+    app.state.collection = shared
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _error(422, _message(exc.errors()))
+
+    @app.exception_handler(UnknownItem)
+    async def unknown_item(request: Request, exc: UnknownItem) -> Response:
+        return _error(404, str(exc))
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> Response:
+        return _error(409, str(exc))
+
+    @app.exception_handler(LookalikeError)
+    async def bad_input(request: Request, exc: LookalikeError) -> Response:
+        return _error(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+    def options(data: dict[str, Any], model: type[SearchOptions]) -> SearchOptions:
+        try:
+            opts = model.model_validate(data)
+        except ValidationError as exc:
+            raise HTTPException(422, _message(exc.errors())) from None
+        if opts.k > max_k:
+            raise HTTPException(422, f"k: must be at most {max_k}, got {opts.k}")
+        if opts.rerank and not shared.reranks:
+            raise HTTPException(422, "rerank: this collection has no re-ranking; leave it out")
+        return opts
+
+    def results(request: Request, hits: list[Hit], query: dict[str, Any], opts: SearchOptions,
+                seconds: float) -> dict[str, Any]:
+        root = request.scope.get("root_path", "")
+        names = shared.label_names()
+        reranked = shared.reranks if opts.rerank is None else opts.rerank
+        return {"query": query, "k": opts.k, "rerank": reranked,
+                "distance": "diffusion (1 - score)" if reranked else "euclidean",
+                "seconds": round(seconds, 6),
+                "results": [{"rank": r, "id": h.id,
+                             "distance": round(h.distance, 6) if math.isfinite(h.distance) else None,
+                             "label": h.label if h.label >= 0 else None,
+                             "label_name": names[h.label] if names and 0 <= h.label < len(names)
+                             else None,
+                             "source": h.source,
+                             "thumbnail_url": f"{root}/api/items/{h.id}/image?size={THUMBNAIL}"}
+                            for r, h in enumerate(hits, start=1)]}
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await run_in_threadpool(fn, *args)
+
+    search_body = {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "the query image"},
+            "k": {"type": "integer", "minimum": 1, "maximum": max_k, "default": 10},
+            "rerank": {"type": "boolean", "description": "omit for the collection's default"}}}},
+        "application/json": {"schema": SearchById.model_json_schema()}}}
+
+    @app.post("/api/search", tags=["search"], openapi_extra={"requestBody": search_body},
+              summary="Search with an uploaded image or a stored item's id")
+    async def search(request: Request) -> dict[str, Any]:
+        media = _media(request)
+        req = _capped(request, max_upload_bytes)
+        if media == "json":
+            try:
+                data = await req.json()
+            except ValueError:
+                raise HTTPException(422, "request: the body is not valid JSON") from None
+            if not isinstance(data, dict):
+                raise HTTPException(422, 'request: expected a JSON object like {"id": 3, "k": 10}')
+            opts = options(data, SearchById)
+            assert isinstance(opts, SearchById)
+            start = time.perf_counter()
+            hits = await run(shared.search_id, opts.id, opts.k, opts.rerank)
+            return results(request, hits, {"id": opts.id}, opts, time.perf_counter() - start)
+        async with req.form(max_files=1, max_fields=10) as form:
+            upload, fields = _one_file(form)
+            data = await upload.read()
+            name = upload.filename or "file"
+        opts = options(fields, SearchOptions)
+        start = time.perf_counter()
+        image = await run(_decode, data, name, max_pixels)
+        hits = await run(shared.search_image, image, opts.k, opts.rerank)
+        query = {"filename": name, "height": image.shape[0], "width": image.shape[1]}
+        return results(request, hits, query, opts, time.perf_counter() - start)
+
+    @app.get("/api/items/{item_id}", tags=["items"], summary="An item's metadata")
+    def get_item(request: Request, item_id: int = PathParam(ge=0, le=_MAX_ID)) -> dict[str, Any]:
+        i, source, label, digest = shared.item(item_id)
+        names = shared.label_names()
+        root = request.scope.get("root_path", "")
+        return {"id": i, "source": source, "label": label if label >= 0 else None,
+                "label_name": names[label] if names and 0 <= label < len(names) else None,
+                "hash": digest, "image_url": f"{root}/api/items/{i}/image",
+                "thumbnail_url": f"{root}/api/items/{i}/image?size={THUMBNAIL}"}
+
+    @app.get("/api/items/{item_id}/image", tags=["items"], summary="An item's stored image (PNG)",
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def get_image(request: Request, item_id: int = PathParam(ge=0, le=_MAX_ID),
+                  size: int | None = Query(None, ge=8, le=1024,
+                                           description="longer side in pixels")) -> Response:
+        image, digest = shared.image(item_id)
+        etag = f'"{digest[:32]}-{size or 0}"'
+        # ids can be reused after a delete, so caches must revalidate; the ETag is the content.
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(_png(image, size), media_type="image/png", headers=headers)
+
+    items_body = {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["files"], "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}
+
+    @app.post("/api/items", tags=["items"], status_code=201, openapi_extra={"requestBody": items_body},
+              summary="Add one or more images (the same content twice keeps one item)")
+    async def add_items(request: Request) -> dict[str, Any]:
+        if _media(request) != "multipart":
+            raise HTTPException(415, "upload images as multipart/form-data (field 'files')")
+        req = _capped(request, max_upload_bytes)
+        async with req.form(max_files=1000, max_fields=10) as form:
+            uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            blobs = [(await u.read(), u.filename or f"image-{n}", _source(u, n))
+                     for n, u in enumerate(uploads)]
+        if not blobs:
+            raise HTTPException(422, "files: no image files in the upload")
+        # Decode every file before changing anything: one bad file adds nothing.
+        images = [await run(_decode, data, name, max_pixels) for data, name, _ in blobs]
+        sources = [s for _, _, s in blobs]
+        ids, new, count = await run(shared.add, images, sources)
+        root = request.scope.get("root_path", "")
+        return {"items": [{"id": int(i), "source": s, "added": bool(a),
+                           "thumbnail_url": f"{root}/api/items/{int(i)}/image?size={THUMBNAIL}"}
+                          for i, s, a in zip(ids, sources, new, strict=True)],
+                "count": count}
+
+    @app.delete("/api/items/{item_id}", tags=["items"], summary="Remove an item")
+    async def delete_item(item_id: int = PathParam(ge=0, le=_MAX_ID)) -> dict[str, Any]:
+        count = await run(shared.remove, item_id)
+        return {"id": item_id, "removed": True, "count": count}
+
+    @app.get("/api/health", tags=["service"], summary="Liveness")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/stats", tags=["service"], summary="Count, dimension, model, index type")
+    def stats() -> dict[str, Any]:
+        return {**shared.stats(), "max_upload_bytes": max_upload_bytes, "max_k": max_k}
+
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        return FileResponse(STATIC / "index.html", headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:",
+            "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _one_file(form: FormData) -> tuple[UploadFile, dict[str, Any]]:
+    uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    if not uploads:
+        raise HTTPException(422, "file: give an image file (multipart field 'file') or JSON "
+                                 '{"id": N}')
+    fields: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, str):
+            if key not in ("k", "rerank"):
+                raise HTTPException(422, f"{key}: unknown field; expected file, k, rerank")
+            if value != "":  # an empty field means "the default"
+                fields[key] = value
+    return uploads[0], fields
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, *,
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+          on_ready: Callable[[str], None] | None = None, log_level: str = "info") -> None:
+    """Run the app on uvicorn until interrupted. ``port`` 0 picks a free port; ``on_ready``
+    is called with the page's URL once the socket is bound (before serving)."""
+    import socket
+
+    import uvicorn
+
+    app = create_app(collection_path, max_upload_bytes=max_upload_bytes)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    if on_ready is not None:
+        on_ready(f"http://{shown}:{bound}/")
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+

@@ -1,0 +1,320 @@
+// The lookalike page: query by a dropped, picked or drawn image, or by clicking a result.
+// Plain browser JavaScript, no build step; every URL is relative to the page.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    stats: $("stats"), drop: $("drop"), file: $("file"), canvas: $("canvas"), preview: $("preview"),
+    previewCaption: $("preview-caption"), hint: $("hint"), clear: $("clear"),
+    searchDrawing: $("search-drawing"), k: $("k"), ranking: $("ranking"), rankingNote: $("ranking-note"),
+    rerank: $("ranking-rerank"), exact: $("ranking-exact"), query: $("query"),
+    queryImage: $("query-image"), queryText: $("query-text"), status: $("status"), results: $("results"),
+  };
+  const state = {
+    stats: null,        // GET api/stats
+    last: null,         // the last query: {kind: "image", blob, name, url} or {kind: "id", id}
+    drawn: false,       // whether the canvas holds strokes
+    seq: 0,             // answers to older requests are dropped
+  };
+  // Ink and paper: white on black for grey collections (as MNIST/digits), black on white for colour.
+  let paper = "#000";
+  let ink = "#fff";
+
+  // ------------------------------------------------------------------ status
+  function say(text, error = false) {
+    els.status.textContent = text;
+    els.status.classList.toggle("error", error);
+  }
+
+  async function errorText(response) {
+    try {
+      const body = await response.json();
+      if (body && typeof body.detail === "string") return body.detail;
+    } catch (_) { /* not JSON */ }
+    return `${response.status} ${response.statusText}`;
+  }
+
+  // ------------------------------------------------------------------ collection
+  async function loadStats() {
+    const response = await fetch("api/stats");
+    if (!response.ok) throw new Error(await errorText(response));
+    const s = await response.json();
+    state.stats = s;
+    const input = s.input;
+    const ranking = s.reranks ? `${s.rerank} re-ranking` : "exact search";
+    els.stats.textContent = `${s.count.toLocaleString()} images · ${s.model.arch} model, ` +
+      `${s.dimension}-d codes · index ${s.index.name} ${s.index.factory || ""} · ${ranking}`;
+    els.k.max = s.max_k;
+    els.ranking.hidden = !s.reranks;
+    els.rankingNote.hidden = s.reranks;
+    const grey = input.channels === 1;
+    paper = grey ? "#000" : "#fff";
+    ink = grey ? "#fff" : "#000";
+    els.canvas.style.background = paper;
+    els.preview.width = input.width;
+    els.preview.height = input.height;
+    els.previewCaption.textContent = `as the model sees it (${input.width}×${input.height})`;
+    els.hint.textContent = `Draw a digit or a shape large and centred: it is cropped, centred ` +
+      `and shrunk to ${input.width}×${input.height} ${grey ? "grey" : "colour"} pixels.`;
+    clearCanvas();
+  }
+
+  // ------------------------------------------------------------------ searching
+  function rerankValue() {
+    if (!state.stats || !state.stats.reranks) return null;
+    return els.rerank.checked;
+  }
+
+  function kValue() {
+    const k = Number.parseInt(els.k.value, 10);
+    return Number.isFinite(k) ? k : 10;
+  }
+
+  async function search(query) {
+    state.last = query;
+    const seq = ++state.seq;
+    const rerank = rerankValue();
+    let request;
+    if (query.kind === "id") {
+      const body = { id: query.id, k: kValue() };
+      if (rerank !== null) body.rerank = rerank;
+      request = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+      showQuery(`api/items/${query.id}/image?size=112`, `item #${query.id}`);
+    } else {
+      const form = new FormData();
+      form.append("file", query.blob, query.name);
+      form.append("k", String(kValue()));
+      if (rerank !== null) form.append("rerank", String(rerank));
+      request = { method: "POST", body: form };
+      showQuery(query.url, query.name);
+    }
+    say("searching…");
+    let response;
+    try {
+      response = await fetch("api/search", request);
+    } catch (err) {
+      if (seq === state.seq) say(`the server cannot be reached (${err.message})`, true);
+      return;
+    }
+    if (seq !== state.seq) return;
+    if (!response.ok) {
+      say(await errorText(response), true);
+      return;
+    }
+    render(await response.json());
+  }
+
+  function showQuery(url, text) {
+    const shown = els.queryImage.getAttribute("src");
+    if (shown && shown !== url && shown.startsWith("blob:")) URL.revokeObjectURL(shown);
+    els.query.hidden = false;
+    els.queryImage.src = url;
+    els.queryText.textContent = `Query: ${text}`;
+  }
+
+  function render(answer) {
+    const list = els.results;
+    list.replaceChildren();
+    for (const r of answer.results) {
+      const li = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "result";
+      button.dataset.id = String(r.id);
+      const label = r.label_name ?? (r.label === null ? "?" : String(r.label));
+      button.title = `#${r.id} · ${r.source} · distance ${r.distance} · click to search with it`;
+      const img = document.createElement("img");
+      img.src = r.thumbnail_url;
+      img.alt = `item ${r.id}, label ${label}`;
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      const lab = document.createElement("span");
+      lab.className = "label";
+      lab.textContent = label;
+      const dist = document.createElement("span");
+      dist.className = "distance";
+      dist.textContent = r.distance === null ? "–" : r.distance.toFixed(3);
+      meta.append(lab, dist);
+      button.append(img, meta);
+      button.addEventListener("click", () => search({ kind: "id", id: r.id }));
+      li.append(button);
+      list.append(li);
+    }
+    const how = answer.rerank ? "re-ranked" : "exact";
+    const ms = (answer.seconds * 1000).toFixed(1);
+    say(answer.results.length
+      ? `${answer.results.length} results, ${how}, in ${ms} ms (distance: ${answer.distance}). Click one to search with it.`
+      : "no results (the collection is empty)");
+  }
+
+  // ------------------------------------------------------------------ files
+  function searchFile(file) {
+    if (!file) return;
+    if (file.size > (state.stats ? state.stats.max_upload_bytes : Infinity)) {
+      say(`${file.name} is larger than the server's limit of ${state.stats.max_upload_bytes.toLocaleString()} bytes`, true);
+      return;
+    }
+    search({ kind: "image", blob: file, name: file.name || "image", url: URL.createObjectURL(file) });
+  }
+
+  els.file.addEventListener("change", () => {
+    searchFile(els.file.files[0]);
+    els.file.value = "";
+  });
+  els.drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); els.file.click(); }
+  });
+  els.drop.addEventListener("click", (e) => { if (e.target === els.drop) els.file.click(); });
+  for (const type of ["dragenter", "dragover"]) {
+    els.drop.addEventListener(type, (e) => { e.preventDefault(); els.drop.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    els.drop.addEventListener(type, () => els.drop.classList.remove("over"));
+  }
+  els.drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    searchFile(e.dataTransfer.files[0]);
+  });
+  // A file dropped beside the zone must not replace the page.
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+
+  // ------------------------------------------------------------------ drawing
+  const ctx = els.canvas.getContext("2d", { willReadFrequently: true });
+  let drawing = false;
+  let lastPoint = null;
+  let autoSearch = 0;
+
+  function clearCanvas() {
+    ctx.fillStyle = paper;
+    ctx.fillRect(0, 0, els.canvas.width, els.canvas.height);
+    const p = els.preview.getContext("2d");
+    p.fillStyle = paper;
+    p.fillRect(0, 0, els.preview.width, els.preview.height);
+    state.drawn = false;
+    els.searchDrawing.disabled = true;
+  }
+
+  function strokeWidth() {
+    // About 1.4 input pixels once a drawing that fills the canvas is shrunk to the input size,
+    // and never thinner than a tenth of the canvas (MNIST's strokes are 2 to 3 of 28 pixels).
+    const w = state.stats ? state.stats.input.width : 28;
+    return els.canvas.width * Math.max(0.09, 1.4 / w);
+  }
+
+  function point(e) {
+    const box = els.canvas.getBoundingClientRect();
+    return {
+      x: (e.clientX - box.left) * (els.canvas.width / box.width),
+      y: (e.clientY - box.top) * (els.canvas.height / box.height),
+    };
+  }
+
+  function line(a, b) {
+    ctx.strokeStyle = ink;
+    ctx.fillStyle = ink;
+    ctx.lineWidth = strokeWidth();
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(a.x, a.y);
+    ctx.lineTo(b.x, b.y);
+    ctx.stroke();
+  }
+
+  els.canvas.addEventListener("pointerdown", (e) => {
+    e.preventDefault();
+    els.canvas.setPointerCapture(e.pointerId);
+    drawing = true;
+    clearTimeout(autoSearch);
+    lastPoint = point(e);
+    line(lastPoint, lastPoint);
+  });
+  els.canvas.addEventListener("pointermove", (e) => {
+    if (!drawing) return;
+    const p = point(e);
+    line(lastPoint, p);
+    lastPoint = p;
+  });
+  const endStroke = () => {
+    if (!drawing) return;
+    drawing = false;
+    state.drawn = true;
+    els.searchDrawing.disabled = false;
+    updatePreview();
+    // Search when the hand rests: a digit of several strokes searches once, at the end.
+    clearTimeout(autoSearch);
+    autoSearch = setTimeout(searchDrawing, 700);
+  };
+  els.canvas.addEventListener("pointerup", endStroke);
+  els.canvas.addEventListener("pointercancel", endStroke);
+  els.clear.addEventListener("click", () => { clearTimeout(autoSearch); clearCanvas(); });
+  els.searchDrawing.addEventListener("click", () => { clearTimeout(autoSearch); searchDrawing(); });
+
+  // The drawing, cropped to its ink, centred in a square with a margin (as MNIST centres
+  // its digits in 20 of 28 pixels), at four times the input size: the server shrinks it.
+  function croppedDrawing() {
+    const { width, height } = els.canvas;
+    const pixels = ctx.getImageData(0, 0, width, height).data;
+    const background = paper === "#000" ? 0 : 255;
+    let x0 = width, y0 = height, x1 = -1, y1 = -1;
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        if (Math.abs(pixels[(y * width + x) * 4] - background) > 32) {
+          if (x < x0) x0 = x;
+          if (x > x1) x1 = x;
+          if (y < y0) y0 = y;
+          if (y > y1) y1 = y;
+        }
+      }
+    }
+    if (x1 < 0) return null;
+    const input = state.stats ? state.stats.input : { width: 28, height: 28 };
+    const side = Math.max(x1 - x0 + 1, y1 - y0 + 1);
+    const margin = input.width >= 16 ? 0.2 : 0.06;
+    const box = side / (1 - 2 * margin);
+    const out = document.createElement("canvas");
+    out.width = input.width * 4;
+    out.height = input.height * 4;
+    const o = out.getContext("2d");
+    o.fillStyle = paper;
+    o.fillRect(0, 0, out.width, out.height);
+    const cx = (x0 + x1 + 1) / 2, cy = (y0 + y1 + 1) / 2;
+    o.imageSmoothingQuality = "high";
+    o.drawImage(els.canvas, cx - box / 2, cy - box / 2, box, box, 0, 0, out.width, out.height);
+    return out;
+  }
+
+  function updatePreview() {
+    const crop = croppedDrawing();
+    const p = els.preview.getContext("2d");
+    p.fillStyle = paper;
+    p.fillRect(0, 0, els.preview.width, els.preview.height);
+    if (crop) {
+      p.imageSmoothingQuality = "high";
+      p.drawImage(crop, 0, 0, els.preview.width, els.preview.height);
+    }
+  }
+
+  function searchDrawing() {
+    const crop = croppedDrawing();
+    if (!crop) { say("draw something first", true); return; }
+    crop.toBlob((blob) => {
+      if (!blob) { say("this browser could not turn the drawing into a PNG", true); return; }
+      search({ kind: "image", blob, name: "drawing.png", url: URL.createObjectURL(blob) });
+    }, "image/png");
+  }
+
+  // ------------------------------------------------------------------ options
+  function again() { if (state.last) search(state.last); }
+  els.rerank.addEventListener("change", again);
+  els.exact.addEventListener("change", again);
+  els.k.addEventListener("change", again);
+
+  clearCanvas();
+  loadStats().catch((err) => {
+    els.stats.textContent = "the collection could not be loaded";
+    say(String(err.message || err), true);
+  });
+})();
