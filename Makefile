@@ -13,12 +13,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# Debian packages: Fashion-MNIST's IDX files (tests skip fashion-mnist checks without them).
+# Debian packages: Fashion-MNIST's IDX files (tests skip fashion-mnist checks without them)
+# and chromium, the headless browser of tests/test_browser.py (which fails without it).
 system:
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	  else echo "note: install the Debian package dataset-fashion-mnist for fashion-mnist"; fi; \
+	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "note: install the Debian package chromium for the browser tests"; fi; \
 	fi
 
 demo: $(STAMP)

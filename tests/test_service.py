@@ -1,0 +1,521 @@
+"""The HTTP service (lookalike.service): every endpoint and every error, with FastAPI's test
+client, against small real collections; results are compared with the Collection's own."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageFile
+
+from lookalike import service
+from lookalike.cli import main
+from lookalike.collection import Collection
+from lookalike.datasets import load_dataset
+from lookalike.errors import CollectionError
+from lookalike.service import ReadWriteLock, create_app
+
+
+def _quiet(argv: list[str]) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    assert code == 0, f"{argv}: exit {code}\n{out.getvalue()}\n{err.getvalue()}"
+
+
+@pytest.fixture(scope="module")
+def exact_collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Digits indexed by an articles' preset: no re-ranking."""
+    import torch
+
+    root = tmp_path_factory.mktemp("exact")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _quiet(["-q", "train", "--dataset", "digits", "--arch", "conv-16-8-8", "--epochs", "1",
+                "--device", "cpu", "--seed", "0", "--out", str(root / "model")])
+        _quiet(["-q", "index", "--model", str(root / "model"), "--dataset", "digits",
+                "--out", str(root / "collection")])
+    finally:
+        torch.set_num_threads(before)
+    return root / "collection"
+
+
+@pytest.fixture()
+def rerank_path(trained, tmp_path: Path) -> Path:
+    """A private copy of the shared re-ranking (contrastive + diffusion) collection."""
+    return Path(shutil.copytree(trained.collection, tmp_path / "collection"))
+
+
+@pytest.fixture()
+def client(rerank_path: Path, torch_one_thread: None) -> Iterator[TestClient]:
+    with TestClient(create_app(rerank_path)) as c:
+        yield c
+
+
+@pytest.fixture()
+def exact_client(exact_collection: Path, tmp_path: Path, torch_one_thread: None) -> Iterator[TestClient]:
+    path = shutil.copytree(exact_collection, tmp_path / "exact")
+    with TestClient(create_app(path)) as c:
+        yield c
+
+
+def png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+@pytest.fixture(scope="module")
+def queries() -> np.ndarray:
+    """Digits the collections do not hold: ``uint8 (359, 8, 8, 1)``."""
+    return load_dataset("digits", "queries").images
+
+
+def upload(client: TestClient, data: bytes, name: str = "q.png", **fields: str):
+    return client.post("/api/search", files={"file": (name, data, "image/png")}, data=fields)
+
+
+def ids_of(response) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [r["id"] for r in response.json()["results"]]
+
+
+# ---------------------------------------------------------------------------- service info
+def test_health_and_stats(client: TestClient, rerank_path: Path) -> None:
+    assert client.get("/api/health").json() == {"status": "ok"}
+    stats = client.get("/api/stats").json()
+    coll = Collection.open(rerank_path)
+    assert stats["count"] == len(coll) and stats["dimension"] == coll.dim
+    assert stats["model"] == {"arch": "contrastive", "fingerprint": coll.manifest["model"]["fingerprint"]}
+    assert stats["index"]["name"] == "faiss" and stats["index"]["factory"] == "Flat"
+    assert stats["rerank"] == "diffusion" and stats["reranks"] is True
+    assert stats["input"] == {"channels": 1, "height": 8, "width": 8}
+    assert stats["label_names"] == [str(i) for i in range(10)]
+    assert stats["max_upload_bytes"] == 10 * 2**20 and stats["max_k"] == 100
+
+
+def test_openapi_docs(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert {"/api/search", "/api/items", "/api/items/{item_id}", "/api/items/{item_id}/image",
+            "/api/health", "/api/stats"} <= set(schema["paths"])
+    body = schema["paths"]["/api/search"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_page_and_static_files(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and kind in r.headers["content-type"]
+    # no build step and nothing fetched from elsewhere: every reference is relative
+    for f in sorted(service.STATIC.iterdir()):
+        text = f.read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, f.name
+    assert client.get("/static/../service.py").status_code == 404
+
+
+# ---------------------------------------------------------------------------- search
+def test_search_by_upload_matches_the_collection(client: TestClient, rerank_path: Path,
+                                                 queries: np.ndarray) -> None:
+    coll = Collection.open(rerank_path)
+    for rerank in (None, True, False):
+        fields = {"k": "7"} if rerank is None else {"k": "7", "rerank": str(rerank).lower()}
+        r = upload(client, png(queries[0]), **fields)
+        body = r.json()
+        _, want = coll.search_images(queries[:1], 7, rerank=rerank)
+        assert ids_of(r) == want[0].tolist()
+        assert body["rerank"] is (rerank is not False) and body["k"] == 7
+        assert body["query"] == {"filename": "q.png", "height": 8, "width": 8}
+        assert body["seconds"] >= 0
+        distances = [x["distance"] for x in body["results"]]
+        assert distances == sorted(distances)
+        first = body["results"][0]
+        item = coll.items([first["id"]])[0]
+        assert first["rank"] == 1 and first["source"] == item.source
+        assert first["label"] == item.label and first["label_name"] == str(item.label)
+        assert first["thumbnail_url"] == f"/api/items/{first['id']}/image?size=112"
+    assert body["distance"] == "euclidean"
+
+
+def test_search_by_id_excludes_the_query(client: TestClient, rerank_path: Path) -> None:
+    coll = Collection.open(rerank_path)
+    for rerank in (None, False):
+        payload = {"id": 5, "k": 5} if rerank is None else {"id": 5, "k": 5, "rerank": rerank}
+        r = client.post("/api/search", json=payload)
+        _, want = coll.search_ids([5], 5, rerank=rerank)
+        assert ids_of(r) == want[0].tolist() and 5 not in ids_of(r)
+        assert r.json()["query"] == {"id": 5}
+    assert len(ids_of(client.post("/api/search", json={"id": 5}))) == 10  # k defaults to 10
+
+
+def test_exact_collection_has_no_rerank_toggle(exact_client: TestClient, queries: np.ndarray) -> None:
+    stats = exact_client.get("/api/stats").json()
+    assert stats["reranks"] is False and stats["rerank"] == "none"
+    default = upload(exact_client, png(queries[3]), k="4")
+    assert default.json()["rerank"] is False and default.json()["distance"] == "euclidean"
+    assert ids_of(upload(exact_client, png(queries[3]), k="4", rerank="false")) == ids_of(default)
+    r = upload(exact_client, png(queries[3]), rerank="true")
+    assert r.status_code == 422 and "no re-ranking" in r.json()["detail"]
+
+
+def test_colour_and_large_uploads_are_conformed(client: TestClient, queries: np.ndarray) -> None:
+    big = np.repeat(np.repeat(queries[1], 8, axis=0), 8, axis=1)  # 64x64 grey
+    rgb = np.repeat(big, 3, axis=2)
+    jpeg = io.BytesIO()
+    Image.fromarray(rgb).save(jpeg, "JPEG", quality=95)
+    r = client.post("/api/search", files={"file": ("q.jpg", jpeg.getvalue(), "image/jpeg")},
+                    data={"k": "3", "rerank": "false"})
+    assert r.status_code == 200 and r.json()["query"]["width"] == 64
+    assert len(r.json()["results"]) == 3
+
+
+# ---------------------------------------------------------------------------- items
+def test_item_metadata_and_image(client: TestClient, rerank_path: Path) -> None:
+    coll = Collection.open(rerank_path)
+    item = coll.items([3])[0]
+    meta = client.get("/api/items/3").json()
+    assert meta == {"id": 3, "source": item.source, "label": item.label,
+                    "label_name": str(item.label), "hash": item.hash,
+                    "image_url": "/api/items/3/image", "thumbnail_url": "/api/items/3/image?size=112"}
+    r = client.get("/api/items/3/image")
+    assert r.headers["content-type"] == "image/png"
+    assert np.array_equal(decode_png(r.content), coll.image(3)[:, :, 0])
+    thumb = client.get("/api/items/3/image", params={"size": 112})
+    big = decode_png(thumb.content)
+    assert big.shape == (112, 112)
+    # nearest neighbour: each stored pixel becomes a 14x14 block
+    assert np.array_equal(big[::14, ::14], coll.image(3)[:, :, 0])
+    again = client.get("/api/items/3/image", params={"size": 112},
+                       headers={"If-None-Match": thumb.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+
+
+def test_add_then_search_sees_it_and_delete_removes_it(client: TestClient, rerank_path: Path,
+                                                        queries: np.ndarray) -> None:
+    count = client.get("/api/stats").json()["count"]
+    files = [("files", (f"q{i}.png", png(queries[i]), "image/png")) for i in (10, 11)]
+    r = client.post("/api/items", files=files)
+    assert r.status_code == 201, r.text
+    added = r.json()["items"]
+    assert [a["source"] for a in added] == ["upload:q10.png", "upload:q11.png"]
+    assert all(a["added"] for a in added) and r.json()["count"] == count + 2
+    new_id = added[0]["id"]
+    assert client.get(f"/api/items/{new_id}").json()["label"] is None
+    # the very next search finds it: a near-copy (one grey level off) ranks it first
+    near = queries[10].copy()
+    near[0, 0, 0] = near[0, 0, 0] + 1 if near[0, 0, 0] < 255 else 254
+    assert ids_of(upload(client, png(near), k="3", rerank="false"))[0] == new_id
+    assert new_id in ids_of(upload(client, png(near), k="10"))  # re-ranked too
+    # the change is on disk
+    assert Collection.open(rerank_path).items([new_id])[0].source == "upload:q10.png"
+
+    assert client.delete(f"/api/items/{new_id}").json() == {"id": new_id, "removed": True,
+                                                            "count": count + 1}
+    assert client.get(f"/api/items/{new_id}").status_code == 404
+    assert new_id not in ids_of(upload(client, png(near), k="20", rerank="false"))
+    assert len(Collection.open(rerank_path)) == count + 1
+
+
+def test_adding_known_content_returns_the_existing_id(client: TestClient, rerank_path: Path,
+                                                      queries: np.ndarray) -> None:
+    stored = Collection.open(rerank_path).image(7)
+    files = [("files", ("a.png", png(queries[20]), "image/png")),
+             ("files", ("b.png", png(queries[20]), "image/png")),
+             ("files", ("c.png", png(stored), "image/png"))]
+    items = client.post("/api/items", files=files).json()["items"]
+    assert items[0]["id"] == items[1]["id"] and [i["added"] for i in items] == [True, False, False]
+    assert items[2]["id"] == 7
+
+
+def test_deleting_down_to_one_item(tmp_path: Path, trained, torch_one_thread: None) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "three.npz", x=rng.integers(0, 256, (3, 8, 8), dtype=np.uint8),
+             y=np.array([1, 2, 3]))
+    _quiet(["-q", "index", "--model", str(trained.model), "--dataset", str(tmp_path / "three.npz"),
+            "--out", str(tmp_path / "c")])
+    with TestClient(create_app(tmp_path / "c")) as c:
+        assert len(ids_of(c.post("/api/search", json={"id": 0, "k": 10}))) == 2  # k > count
+        assert c.delete("/api/items/0").status_code == 200
+        assert c.delete("/api/items/1").status_code == 200
+        r = c.delete("/api/items/2")
+        assert r.status_code == 409 and "last item" in r.json()["detail"]
+        assert c.get("/api/items/2").status_code == 200
+        assert c.get("/api/stats").json()["count"] == 1
+
+
+# ---------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("data", [b"hello, not an image", b"", png(np.zeros((8, 8), np.uint8))[:40]])
+def test_not_an_image_is_400(client: TestClient, data: bytes) -> None:
+    r = client.post("/api/search", files={"file": ("bad.png", data, "image/png")})
+    assert r.status_code == 400 and r.json()["detail"].startswith("bad.png: ")
+    count = client.get("/api/stats").json()["count"]
+    files = [("files", ("good.png", png(np.full((8, 8), 9, np.uint8)), "image/png")),
+             ("files", ("bad.png", data, "image/png"))]
+    r = client.post("/api/items", files=files)
+    assert r.status_code == 400 and "bad.png" in r.json()["detail"]
+    assert client.get("/api/stats").json()["count"] == count  # nothing added
+
+
+@pytest.mark.parametrize("path", ["/api/items/999999", "/api/items/999999/image"])
+def test_unknown_id_is_404(client: TestClient, path: str) -> None:
+    r = client.get(path)
+    assert r.status_code == 404 and r.json() == {"detail": "no item with id 999999"}
+
+
+def test_unknown_id_is_404_for_search_and_delete(client: TestClient) -> None:
+    for r in (client.post("/api/search", json={"id": 999999}), client.delete("/api/items/999999")):
+        assert r.status_code == 404 and r.json() == {"detail": "no item with id 999999"}
+    assert client.get("/api/nothing").json() == {"detail": "Not Found"}
+
+
+def test_upload_past_the_limit_is_413(rerank_path: Path) -> None:
+    with TestClient(create_app(rerank_path, max_upload_bytes=2000)) as c:
+        big = png(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+        assert len(big) > 2000
+        for path, field in (("/api/search", "file"), ("/api/items", "files")):
+            r = c.post(path, files={field: ("big.png", big, "image/png")})
+            assert r.status_code == 413, r.text
+            assert r.json() == {"detail": "upload is larger than the limit of 2,000 bytes"}
+        # no Content-Length (chunked): the streamed read stops at the limit
+        parts = [b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n\r\n",
+                 big, b"\r\n--b--\r\n"]
+        r = c.post("/api/search", content=iter(parts),
+                   headers={"content-type": "multipart/form-data; boundary=b"})
+        assert "content-length" not in r.request.headers and r.status_code == 413
+        r = c.post("/api/search", content=b"x" * 3000, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        # within the limit all is well
+        small = png(np.zeros((8, 8), np.uint8))
+        assert c.post("/api/search", files={"file": ("s.png", small, "image/png")}).status_code == 200
+    with pytest.raises(ValueError, match="max_upload_bytes"):
+        create_app(rerank_path, max_upload_bytes=0)
+
+
+def test_decompression_bomb_is_refused_before_decoding(client: TestClient, rerank_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(bomb, "PNG")  # 64 Mpx > the 50 Mpx limit, ~60 kB
+    assert len(bomb.getvalue()) < 200_000
+    loads: list[object] = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loads.append(im) or real_load(im))
+    r = client.post("/api/search", files={"file": ("bomb.png", bomb.getvalue(), "image/png")})
+    assert r.status_code == 400 and "8000x8000" in r.json()["detail"] and "limit" in r.json()["detail"]
+    assert loads == []  # the header was read, the pixels never
+    # the pixel limit is a setting
+    with TestClient(create_app(rerank_path, max_pixels=1000)) as c:
+        r = c.post("/api/search", files={"file": ("p.png", png(np.zeros((40, 40), np.uint8)), "image/png")})
+        assert r.status_code == 400 and "1,000" in r.json()["detail"]
+    assert loads == []
+
+
+@pytest.mark.parametrize(("request_kwargs", "message"), [
+    ({"json": {"id": 1, "k": 0}}, "k: Input should be greater than or equal to 1"),
+    ({"json": {"id": 1, "k": 101}}, "k: must be at most 100, got 101"),
+    ({"json": {"id": 1, "k": "many"}}, "k: Input should be a valid integer"),
+    ({"json": {"id": -1}}, "id: Input should be greater than or equal to 0"),
+    ({"json": {"id": 1, "colour": "red"}}, "colour: Extra inputs are not permitted"),
+    ({"json": {"k": 3}}, "id: Field required"),
+    ({"json": {"id": 1, "rerank": "perhaps"}}, "rerank: Input should be a valid boolean"),
+    ({"json": [1, 2]}, "expected a JSON object"),
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, "not valid JSON"),
+    ({"files": {"file": ("q.png", png(np.zeros((8, 8), np.uint8)), "image/png")}, "data": {"k": "x"}},
+     "k: Input should be a valid integer"),
+    ({"files": {"file": ("q.png", png(np.zeros((8, 8), np.uint8)), "image/png")},
+      "data": {"colour": "red"}}, "colour: unknown field"),
+])
+def test_bad_search_parameters_are_422(client: TestClient, request_kwargs: dict, message: str) -> None:
+    r = client.post("/api/search", **request_kwargs)
+    assert r.status_code == 422 and message in r.json()["detail"], r.text
+
+
+def test_bad_path_and_query_parameters_are_422(client: TestClient) -> None:
+    for path, message in (("/api/items/abc", "item_id: Input should be a valid integer"),
+                          ("/api/items/-3", "item_id: Input should be greater than or equal to 0"),
+                          (f"/api/items/{2**70}", "item_id: Input should be less than or equal to"),
+                          ("/api/items/3/image?size=4", "size: Input should be greater than or equal to 8"),
+                          ("/api/items/3/image?size=big", "size: Input should be a valid integer")):
+        r = client.get(path)
+        assert r.status_code == 422 and message in r.json()["detail"], (path, r.text)
+    assert client.delete("/api/items/x").status_code == 422
+    r = client.post("/api/search", files={"k": (None, "3")})  # multipart without a file
+    assert r.status_code == 422 and "give an image file" in r.json()["detail"]
+    r = client.post("/api/items", files={"k": (None, "3")})
+    assert r.status_code == 422 and "no image files" in r.json()["detail"]
+    r = client.post("/api/items", files={"files": ("a.png", b"", "image/png")}, data={"x": "1"})
+    assert r.status_code == 400  # the empty file is not an image
+
+
+def test_other_content_types_are_415(client: TestClient) -> None:
+    r = client.post("/api/search", content=b"id=3", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "multipart/form-data or application/json" in r.json()["detail"]
+    r = client.post("/api/items", json={"id": 3})
+    assert r.status_code == 415 and "multipart" in r.json()["detail"]
+
+
+def test_bad_settings_and_collections(tmp_path: Path, rerank_path: Path) -> None:
+    with pytest.raises(CollectionError, match="does not exist"):
+        create_app(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="lock"):
+        create_app(rerank_path, lock="none")
+    with pytest.raises(ValueError, match="max_k"):
+        create_app(rerank_path, max_k=-1)
+
+
+# ---------------------------------------------------------------------------- concurrency
+def test_concurrent_searches_while_adding_and_removing(client: TestClient, queries: np.ndarray) -> None:
+    start = client.get("/api/stats").json()["count"]
+    statuses: list[int] = []
+    added: list[int] = []
+    removed: list[int] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def searcher(n: int) -> None:
+        i = 0
+        while not stop.is_set() or i < 5:
+            q = queries[(n * 7 + i) % 100]
+            r = (upload(client, png(q), k="5", rerank=("false" if i % 2 else "true")) if i % 3
+                 else client.post("/api/search", json={"id": int(i * 13 % 1000), "k": 5}))
+            with lock:
+                statuses.append(r.status_code)
+            i += 1
+
+    def writer(n: int) -> None:
+        for j in range(6):
+            q = queries[100 + n * 10 + j]
+            r = client.post("/api/items", files={"files": (f"w{n}-{j}.png", png(q), "image/png")})
+            with lock:
+                statuses.append(r.status_code)
+            item = r.json()["items"][0]["id"]
+            if j % 3 == 2:
+                d = client.delete(f"/api/items/{item}")
+                with lock:
+                    statuses.append(d.status_code)
+                    removed.append(item)
+            else:
+                with lock:
+                    added.append(item)
+
+    with ThreadPoolExecutor(8) as pool:
+        searches = [pool.submit(searcher, n) for n in range(5)]
+        writes = [pool.submit(writer, n) for n in range(2)]
+        for f in writes:
+            f.result()
+        stop.set()
+        for f in searches:
+            f.result()
+    assert set(statuses) <= {200, 201} and len(statuses) > 40, sorted(set(statuses))
+    assert len(set(added)) == 8 and len(set(removed)) == 4
+    assert client.get("/api/stats").json()["count"] == start + 8
+    for item in added:  # not lost: stored and found by search
+        assert client.get(f"/api/items/{item}").status_code == 200
+        near = np.asarray(Image.open(io.BytesIO(client.get(f"/api/items/{item}/image").content)))
+        near = near[:, :, None].copy()
+        near[0, 0, 0] = near[0, 0, 0] + 1 if near[0, 0, 0] < 255 else 254
+        assert item in ids_of(upload(client, png(near), k="3", rerank="false"))
+    for item in set(removed) - set(added):  # (an add may reuse the largest id after a delete)
+        assert client.get(f"/api/items/{item}").status_code == 404
+
+
+def test_read_write_lock() -> None:
+    lock = ReadWriteLock()
+    inside: list[str] = []
+    both_read = threading.Barrier(2, timeout=5)
+
+    def reader() -> None:
+        with lock.read():
+            both_read.wait()  # two readers at once, or this times out
+            inside.append("r")
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    assert inside == ["r", "r"]
+
+    order: list[str] = []
+
+    def writer() -> None:
+        with lock.write():
+            order.append("w")
+
+    def late_reader() -> None:
+        with lock.read():
+            order.append("r2")
+
+    with lock.read():
+        w = threading.Thread(target=writer)
+        w.start()
+        deadline = time.monotonic() + 5
+        while not lock._writers_waiting and time.monotonic() < deadline:
+            time.sleep(0.005)
+        late = threading.Thread(target=late_reader)
+        late.start()
+        time.sleep(0.05)
+        assert order == []  # the writer waits for the reader; the new reader for the writer
+    w.join(5)
+    late.join(5)
+    assert order == ["w", "r2"]
+
+
+# ---------------------------------------------------------------------------- command line
+def test_serve_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                       rerank_path: Path) -> None:
+    calls: list[tuple] = []
+
+    def fake_serve(path, host, port, *, max_upload_bytes, on_ready, log_level):
+        calls.append((path, host, port, max_upload_bytes, log_level))
+        on_ready(f"http://{host}:{port}/")
+
+    monkeypatch.setattr(service, "serve", fake_serve)
+    assert main(["serve", str(rerank_path), "--port", "8123", "--max-upload-mb", "2"]) == 0
+    assert calls == [(str(rerank_path), "127.0.0.1", 8123, 2 * 2**20, "info")]
+    assert "http://127.0.0.1:8123/" in capsys.readouterr().out
+    for bad in (["--port", "70000"], ["--port", "http"], ["--max-upload-mb", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", str(rerank_path), *bad])
+        assert exit_.value.code == 2
+    monkeypatch.undo()
+    assert main(["serve", str(rerank_path.parent / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_serve_reports_a_port_in_use(rerank_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(rerank_path), "--port", str(port)]) == 2
+    assert "in use" in capsys.readouterr().err
+
+
+def test_importing_the_service_does_not_start_or_import_uvicorn() -> None:
+    code = "import sys, lookalike.service; print(json.dumps('uvicorn' in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    assert json.loads(out) is False
