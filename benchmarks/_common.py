@@ -48,7 +48,9 @@ def write_section(name: str, body: str, doc: Path = DOC) -> Path:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in the doc
     (appending the section when absent), so each benchmark script owns its section."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n\nEvery figure here is written by a script in `benchmarks/`; each section says how to re-run it.\n"
+    intro = ("# Benchmarks\n\nEvery figure here is written by a script in `benchmarks/`; "
+             "each section says how to re-run it.\n")
+    text = doc.read_text() if doc.exists() else intro
     block = f"{start}\n{body.rstrip()}\n{end}"
     if start in text and end in text:
         text = text[:text.index(start)] + block + text[text.index(end) + len(end):]

@@ -12,7 +12,6 @@ only to score. Every model trains on the database split only.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -27,7 +26,6 @@ from _common import commit, machine, now, table, write_section  # noqa: E402
 from lookalike.config import (  # noqa: E402
     InputSpec,
     ModelConfig,
-    TrainConfig,
     default_retrieval_config,
     default_train_config,
 )
@@ -46,14 +44,14 @@ def variants(full: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [
         {"name": "raw pixels", "kind": "pixels", "diffuse": False},
         {"name": "PCA-32 of pixels", "kind": "pca", "diffuse": False},
-        {"name": "raw pixels + diffusion", "kind": "pixels", "diffuse": True},
         {"name": "article conv-16-8-8 (denoising AE, 20 epochs)", "kind": "model",
          "arch": "conv-16-8-8", "diffuse": False},
-        {"name": "article conv-16-8-8 + diffusion", "kind": "model", "arch": "conv-16-8-8",
-         "diffuse": True},
     ]
-    if full:
+    if full:  # the ablations (diffusion over 60,000 items takes ~10 min a row here)
         rows += [
+            {"name": "raw pixels + diffusion", "kind": "pixels", "diffuse": True},
+            {"name": "article conv-16-8-8 + diffusion", "kind": "model", "arch": "conv-16-8-8",
+             "diffuse": True},
             {"name": "article conv-32-32 (denoising AE, 20 epochs)", "kind": "model",
              "arch": "conv-32-32", "diffuse": False},
             {"name": "article hourglass (denoising AE, 32x32, 20 epochs)", "kind": "model",
@@ -121,7 +119,8 @@ def run_dataset(name: str, full: bool, work: Path, reuse: bool) -> list[dict[str
             cache[key] = (xd, xq, train_s, enc_s)
         xd, xq, train_s, enc_s = cache[key]
         t2 = time.perf_counter()
-        diffusion = Diffusion(xd, default_retrieval_config("contrastive").diffusion) if row["diffuse"] else None
+        diffusion = (Diffusion(xd, default_retrieval_config("contrastive").diffusion)
+                     if row["diffuse"] else None)
         m = evaluate_features(xq, q.labels, xd, db.labels, lrap_ns=(), diffusion=diffusion)
         eval_s = time.perf_counter() - t2
         res = {"dataset": name, "name": row["name"], **{k: float(m[k]) for k in KEYS},

@@ -118,14 +118,15 @@ class TrainConfig:
     noise of std ``noise_factor`` to the inputs (clipped to [0, 1]) and asks for the clean
     image back. ``objective="contrastive"`` trains the encoder so that two random
     augmentations of an image (strength ``augment``, see :mod:`lookalike.augment`) get
-    nearby codes and other images far ones (SimCLR's NT-Xent loss at ``temperature``),
-    plus ``recon_weight`` times the denoising reconstruction loss. ``flip`` adds random
-    horizontal flips (seed 003). ``precision="auto"`` trains in bfloat16 autocast where
-    the CPU or GPU supports it (fp32 master weights), else in fp32. ``val_fraction`` of the images is held out to pick the
-    best epoch. ``epochs=None`` derives the count from the data: enough epochs to see
-    ``budget`` images (at least 1, at most 200), so a run costs about the same on 4,000
-    images as on 60,000. ``seed`` makes a run repeatable on one machine. The learning rate follows
-    a one-cycle schedule for the contrastive objective and stays constant otherwise.
+    nearby codes and other images far ones (SimCLR's NT-Xent loss at ``temperature``), plus
+    ``recon_weight`` times the denoising reconstruction loss. ``flip`` adds random
+    horizontal flips (seed 003). ``precision="auto"`` trains in bfloat16 autocast where the
+    CPU or GPU supports it (fp32 master weights), else in fp32. ``val_fraction`` of the
+    images is held out to pick the best epoch. ``epochs=None`` derives the count from the
+    data: enough epochs to see ``budget`` images (at least 1, at most 200), so a run costs
+    about the same on 4,000 images as on 60,000. ``seed`` makes a run repeatable on one
+    machine. The learning rate follows a one-cycle schedule for the contrastive objective
+    and stays constant otherwise.
     """
 
     epochs: int | None = 20

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .collection import Collection
 from .datasets import Dataset, load_dataset
@@ -32,7 +33,8 @@ def _require_labels(ds: Dataset) -> np.ndarray:
 
 def evaluate_features(q: np.ndarray, q_labels: np.ndarray, db: np.ndarray,
                       db_labels: np.ndarray, lrap_ns: Sequence[int] = DEFAULT_LRAP_NS,
-                      diffusion: Diffusion | None = None, block: int = 256) -> dict[str, Any]:
+                      diffusion: Diffusion | None = None, block: int = 256,
+                      progress: bool = False) -> dict[str, Any]:
     """The protocol's metrics (mAP, P@1/10/100, LRAP@n) for codes ``q`` against ``db``:
     exact Euclidean ranking, or the ranking of ``diffusion`` (fitted on ``db``)."""
     ns = [n for n in lrap_ns if n <= len(db)]
@@ -40,7 +42,8 @@ def evaluate_features(q: np.ndarray, q_labels: np.ndarray, db: np.ndarray,
         return retrieval_metrics(q, q_labels, db, db_labels, ks=(1, 10, 100), lrap_ns=ns)
 
     def rankings() -> Iterator[tuple[slice, np.ndarray]]:
-        for start in range(0, len(q), block):
+        starts = range(0, len(q), block)
+        for start in tqdm(starts, desc="ranking", unit="block", disable=not progress):
             rows = slice(start, min(start + block, len(q)))
             yield rows, np.argsort(-diffusion.scores(q[rows]), axis=1, kind="stable")
 
@@ -86,4 +89,4 @@ def evaluate(target: str | os.PathLike[str], dataset: str, *, data_dir: str | No
     else:
         raise LookalikeError(
             f"{name!r} is neither 'pixels', a model directory nor a collection directory")
-    return evaluate_features(q, q_labels, db, db_labels, lrap_ns, diffusion)
+    return evaluate_features(q, q_labels, db, db_labels, lrap_ns, diffusion, progress=progress)

@@ -3,12 +3,12 @@
 
 Optionally first (``expand`` > 0), database-side augmentation and query expansion
 (Arandjelović & Zisserman 2012; Radenović et al. 2018): each code is replaced by the
-``max(0, cos)^3``-weighted mean of its ``expand`` nearest database codes (itself
-included), then re-normalised. The database codes (L2-normalised) then form a mutual k-nearest-neighbour graph weighted by
-``max(0, cos)^gamma``, symmetrically normalised to ``S``. A query links to its
-``query_k`` nearest database items with the same weights (vector ``y``); its ranking
-is the solution ``f`` of ``(I - alpha S) f = y``, found by conjugate gradient. Items the
-diffusion does not reach are ranked after the reached ones by their plain cosine.
+``max(0, cos)^3``-weighted mean of its ``expand`` nearest database codes (itself included),
+then re-normalised. The database codes (L2-normalised) then form a mutual k-nearest-
+neighbour graph weighted by ``max(0, cos)^gamma``, symmetrically normalised to ``S``. A
+query links to its ``query_k`` nearest database items with the same weights (vector ``y``);
+its ranking is the solution ``f`` of ``(I - alpha S) f = y``, found by conjugate gradient.
+Items the diffusion does not reach are ranked after the reached ones by their plain cosine.
 
 Nothing here sees labels or the query images at fit time: only the database codes.
 """

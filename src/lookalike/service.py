@@ -550,7 +550,7 @@ def _version() -> str:
 
 
 def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, *,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, lock: str = "rw",
           on_ready: Callable[[str], None] | None = None, log_level: str = "info") -> None:
     """Run the app on uvicorn until interrupted. ``port`` 0 picks a free port; ``on_ready``
     is called with the page's URL once the socket is bound (before serving)."""
@@ -558,7 +558,7 @@ def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port
 
     import uvicorn
 
-    app = create_app(collection_path, max_upload_bytes=max_upload_bytes)
+    app = create_app(collection_path, max_upload_bytes=max_upload_bytes, lock=lock)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
