@@ -24,8 +24,8 @@ from lookalike import service
 from lookalike.cli import main
 from lookalike.collection import Collection
 from lookalike.datasets import load_dataset
-from lookalike.errors import CollectionError
-from lookalike.service import ReadWriteLock, create_app
+from lookalike.errors import CollectionError, ImageError
+from lookalike.service import ReadWriteLock, SharedCollection, UnknownItem, create_app
 
 
 def _quiet(argv: list[str]) -> None:
@@ -439,6 +439,45 @@ def test_concurrent_searches_while_adding_and_removing(client: TestClient, queri
         assert client.get(f"/api/items/{item}").status_code == 404
 
 
+def test_changes_that_queue_up_share_a_commit(rerank_path: Path, queries: np.ndarray,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              torch_one_thread: None) -> None:
+    shared = SharedCollection(rerank_path)
+    calls: list[int] = []
+    real_add = Collection.add
+
+    def slow_add(self, images, sources, labels=None):
+        calls.append(len(images))
+        time.sleep(0.3)  # a commit in progress: the changes behind it queue up
+        return real_add(self, images, sources, labels)
+
+    monkeypatch.setattr(Collection, "add", slow_add)
+    bad = np.zeros((8, 8, 2), np.uint8)  # two channels: the collection refuses it
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(shared.add, [queries[0]], ["first"])
+        time.sleep(0.1)
+        queued = [pool.submit(shared.add, *change) for change in (
+            ([queries[1]], ["b"]), ([queries[1]], ["b-again"]), ([bad], ["bad"]), ([queries[2]], ["c"]))]
+        gone = pool.submit(shared.remove, 0)
+        unknown = pool.submit(shared.remove, 999_999)
+        results = [f.result() for f in [first, *queued[:2], queued[3]]]
+        with pytest.raises(ImageError, match="channels"):
+            queued[2].result()
+        with pytest.raises(UnknownItem):
+            unknown.result()
+        assert isinstance(gone.result(), int)
+    # one commit for the first, one for the four queued adds (which failed on the bad image,
+    # so each was then tried alone)
+    assert calls[:2] == [1, 4] and len(calls) == 6
+    ids = [int(r[0][0]) for r in results]
+    assert ids[1] == ids[2] and len(set(ids)) == 3
+    assert [bool(r[1][0]) for r in results] == [True, True, False, True]
+    assert shared.item(ids[3])[1] == "c"
+    with pytest.raises(UnknownItem):
+        shared.item(0)
+    assert len(Collection.open(rerank_path)) == results[-1][2]
+
+
 def test_read_write_lock() -> None:
     lock = ReadWriteLock()
     inside: list[str] = []
@@ -512,6 +551,26 @@ def test_serve_reports_a_port_in_use(rerank_path: Path, capsys: pytest.CaptureFi
         port = taken.getsockname()[1]
         assert main(["serve", str(rerank_path), "--port", str(port)]) == 2
     assert "in use" in capsys.readouterr().err
+
+
+def test_serve_binds_a_tcp_socket_with_nodelay(rerank_path: Path, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    import socket
+
+    import uvicorn
+
+    seen: list[tuple[int, str]] = []
+
+    def fake_run(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
+        seen.append((sockets[0].proto, server.config.log_level))
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    urls: list[str] = []
+    service.serve(rerank_path, "127.0.0.1", 0, on_ready=urls.append, log_level="warning")
+    # asyncio sets TCP_NODELAY on accepted connections only when the socket says IPPROTO_TCP;
+    # without it each keep-alive response waited ~40 ms for a delayed ACK
+    assert seen == [(socket.IPPROTO_TCP, "warning")]
+    assert urls[0].startswith("http://127.0.0.1:") and not urls[0].endswith(":0/")
 
 
 def test_importing_the_service_does_not_start_or_import_uvicorn() -> None:

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +144,11 @@ class SharedCollection:
     """A :class:`Collection` that many threads may use at once.
 
     Reads (searches, metadata, images) hold ``lock.read()``; ``add`` and ``remove`` hold
-    ``lock.write()``. After a change the diffusion ranker is rebuilt while the write lock is
-    still held, so readers never build it themselves (that would be a write). If a change
-    fails half-way the collection is opened again from disk, whose manifest is the commit
-    point, so memory never drifts from what is stored.
+    ``lock.write()``, and changes that queue up during a commit share the next one. After
+    a change the diffusion ranker is rebuilt while the write lock is still held, so readers
+    never build it themselves (that would be a write). If a change fails half-way the
+    collection is opened again from disk, whose manifest is the commit point, so memory
+    never drifts from what is stored.
     """
 
     def __init__(self, path: str | os.PathLike[str], lock: str = "rw") -> None:
@@ -157,6 +158,9 @@ class SharedCollection:
         self.lock: Lock = LOCKS[lock]()
         self._coll = Collection.open(self.path)
         self._prime()
+        self._queue = threading.Condition(threading.Lock())
+        self._pending: list[_Change] = []
+        self._committing = False
 
     def _prime(self) -> None:
         if self._coll.reranks and len(self._coll):
@@ -224,36 +228,131 @@ class SharedCollection:
 
     def add(self, images: list[np.ndarray], sources: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
         """Add images; returns ``(ids int64 (n,), new bool (n,), count)``; ``new`` is False
-        where the content was already stored, or came earlier in ``images`` (the existing
-        id is returned)."""
-        with self.lock.write():
-            before = self._coll.ids
-            ids = self._change(lambda c: c.add(images, sources))
-            first = np.zeros(len(ids), dtype=bool)
-            first[np.unique(ids, return_index=True)[1]] = True
-            return ids, first & ~np.isin(ids, before), len(self._coll)
+        where the content was already stored, or came earlier in the same commit (the
+        existing id is returned)."""
+        out: tuple[np.ndarray, np.ndarray, int] = self._submit(_Change("add", images, sources))
+        return out
 
     def remove(self, item_id: int) -> int:
-        """Remove one item; returns the new count. Raises :class:`UnknownItem`, or
-        :class:`Refused` for the last item of a re-ranking collection (its k-NN graph cannot
-        be built on nothing)."""
-        with self.lock.write():
-            self._check(item_id)
-            if len(self._coll) == 1 and self._coll.reranks:
-                raise Refused("cannot remove the last item of a re-ranking collection")
-            self._change(lambda c: c.remove([item_id]))
-            return len(self._coll)
+        """Remove one item; returns the count after the commit. Raises :class:`UnknownItem`,
+        or :class:`Refused` for the last item of a re-ranking collection (its k-NN graph
+        cannot be built on nothing)."""
+        count: int = self._submit(_Change("remove", item_id=item_id))
+        return count
+
+    # Group commit. Every change rewrites the collection's arrays (fsynced) and its k-NN
+    # graph, which costs the same for one item as for fifty; so changes that arrive while
+    # a commit runs wait for it and then go in together, in one commit. A caller returns
+    # once its own change is committed.
+    def _submit(self, change: _Change) -> Any:
+        with self._queue:
+            self._pending.append(change)
+            while not change.finished:
+                if self._committing:
+                    self._queue.wait()
+                    continue
+                self._committing = True
+                batch, self._pending = self._pending, []
+                self._queue.release()
+                try:
+                    self._apply(batch)
+                finally:
+                    self._queue.acquire()
+                    self._committing = False
+                    self._queue.notify_all()
+        if change.error is not None:
+            raise change.error
+        return change.result
+
+    def _apply(self, batch: list[_Change]) -> None:
+        """Apply ``batch`` under the write lock: removes first (so an add in the batch never
+        returns an id removed in it), then every add in one call; each change gets its
+        result or its own error."""
+        try:
+            with self.lock.write():
+                removes = [c for c in batch if c.kind == "remove"]
+                adds = [c for c in batch if c.kind == "add"]
+                gone: list[int] = []
+                for c in removes:
+                    try:
+                        self._check(c.item_id)
+                        if c.item_id in gone:
+                            raise UnknownItem(f"no item with id {c.item_id}")
+                        if self._coll.reranks and len(self._coll) - len(gone) <= 1:
+                            raise Refused("cannot remove the last item of a re-ranking collection")
+                        gone.append(c.item_id)
+                    except LookalikeError as exc:
+                        c.error = exc
+                if gone:
+                    try:
+                        self._change(lambda coll: coll.remove(gone))
+                    except Exception as exc:
+                        for c in removes:
+                            c.error = c.error or exc
+                for c in removes:
+                    if c.error is None:
+                        c.result = len(self._coll)
+                if len(adds) > 1:
+                    try:
+                        self._add(adds)
+                    except Exception:  # find the bad one: each alone
+                        for c in adds:
+                            self._add_alone(c)
+                elif adds:
+                    self._add_alone(adds[0])
+                self._prime()
+        except BaseException as exc:
+            for c in batch:
+                if c.result is None:
+                    c.error = c.error or exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for c in batch:
+                c.finished = True
+
+    def _add_alone(self, change: _Change) -> None:
+        try:
+            self._add([change])
+        except Exception as exc:
+            change.error = exc
+
+    def _add(self, changes: list[_Change]) -> None:
+        images = [im for c in changes for im in c.images]
+        sources = [s for c in changes for s in c.sources]
+        before = self._coll.ids
+        ids = self._change(lambda coll: coll.add(images, sources))
+        first = np.zeros(len(ids), dtype=bool)
+        first[np.unique(ids, return_index=True)[1]] = True
+        new = first & ~np.isin(ids, before)
+        count = len(self._coll)
+        at = 0
+        for c in changes:
+            n = len(c.images)
+            c.result = (ids[at:at + n], new[at:at + n], count)
+            at += n
 
     def _change(self, fn: Callable[[Collection], Any]) -> Any:
         try:
-            out = fn(self._coll)
+            return fn(self._coll)
         except BaseException:
             log.exception("a change to %s failed; reopening it from disk", self.path)
             self._coll = Collection.open(self.path)
             self._prime()
             raise
-        self._prime()
-        return out
+
+
+@dataclass(eq=False)
+class _Change:
+    """One queued change and, once committed, its result or error."""
+
+    kind: str  # "add" or "remove"
+    images: list[np.ndarray] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    item_id: int = -1
+    result: Any = None
+    error: BaseException | None = None
+    finished: bool = False
 
 
 # ---------------------------------------------------------------------------- HTTP helpers
@@ -560,7 +659,9 @@ def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port
 
     app = create_app(collection_path, max_upload_bytes=max_upload_bytes, lock=lock)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
+    # without it every keep-alive response waits ~40 ms (Nagle against delayed ACKs).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
