@@ -15,8 +15,9 @@ collection cannot make, 413 past ``max_upload_bytes``, 415 for another content t
 for bad parameters.
 
 A :class:`~lookalike.collection.Collection` is not thread-safe; :class:`SharedCollection`
-lets searches run together under a shared lock and gives each change the collection alone,
-so a search sees the collection before or after a change, never half of one.
+puts a lock around it (one call at a time by default, or shared by searches) and commits
+queued changes together, so a search sees the collection before or after a change, never
+half of one.
 """
 
 from __future__ import annotations
@@ -61,19 +62,29 @@ _MEDIA = {"multipart": "multipart/form-data", "json": "application/json"}
 
 # ---------------------------------------------------------------------------- locking
 class ReadWriteLock:
-    """Many readers or one writer. A waiting writer stops new readers from entering, so a
-    steady stream of searches cannot starve a change."""
+    """Many readers or one writer.
 
-    def __init__(self) -> None:
+    A writer that has waited ``patience`` seconds stops new readers from entering, so a
+    steady stream of searches cannot starve a change; until then readers keep entering
+    (and, in :class:`SharedCollection`, more changes queue up to share the commit).
+    """
+
+    def __init__(self, patience: float = 0.0) -> None:
+        if not patience >= 0:
+            raise ValueError(f"patience must be >= 0 seconds, got {patience!r}")
+        self.patience = patience
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
-        self._writers_waiting = 0
+        self._waiting: list[float] = []  # when each waiting writer began to wait
+
+    def _writer_due(self) -> bool:
+        return bool(self._waiting) and time.monotonic() - self._waiting[0] >= self.patience
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer or self._writers_waiting:
+            while self._writer or self._writer_due():
                 self._cond.wait()
             self._readers += 1
         try:
@@ -87,12 +98,13 @@ class ReadWriteLock:
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:
-            self._writers_waiting += 1
+            since = time.monotonic()
+            self._waiting.append(since)
             try:
                 while self._writer or self._readers:
                     self._cond.wait()
             finally:
-                self._writers_waiting -= 1
+                self._waiting.remove(since)
             self._writer = True
         try:
             yield
@@ -103,8 +115,8 @@ class ReadWriteLock:
 
 
 class ExclusiveLock:
-    """One caller at a time, readers included (the simple alternative to
-    :class:`ReadWriteLock`; ``benchmarks/service.py`` compares the two)."""
+    """One caller at a time, readers included (``benchmarks/service.py`` compares it with
+    :class:`ReadWriteLock`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -118,7 +130,12 @@ class ExclusiveLock:
 
 
 Lock = ReadWriteLock | ExclusiveLock
-LOCKS: dict[str, type[Lock]] = {"rw": ReadWriteLock, "exclusive": ExclusiveLock}
+#: ``exclusive`` is the default: on two cores, with searches that mostly hold the GIL, it
+#: serves as many searches as ``rw`` and commits changes in half the time, because a commit
+#: waits for one search rather than for dozens running together (docs/benchmarks.md).
+#: ``rw`` may pay where many cores run encoders that release the GIL.
+LOCKS: dict[str, Callable[[], Lock]] = {"exclusive": ExclusiveLock,
+                                        "rw": lambda: ReadWriteLock(patience=0.1)}
 
 
 # ---------------------------------------------------------------------------- collection
@@ -144,14 +161,14 @@ class SharedCollection:
     """A :class:`Collection` that many threads may use at once.
 
     Reads (searches, metadata, images) hold ``lock.read()``; ``add`` and ``remove`` hold
-    ``lock.write()``, and changes that queue up during a commit share the next one. After
-    a change the diffusion ranker is rebuilt while the write lock is still held, so readers
-    never build it themselves (that would be a write). If a change fails half-way the
-    collection is opened again from disk, whose manifest is the commit point, so memory
-    never drifts from what is stored.
+    ``lock.write()`` (one lock for both with ``"exclusive"``), and changes that queue up
+    during a commit share the next one. After a change the diffusion ranker is rebuilt
+    while the write lock is still held, so readers never build it themselves (that would be
+    a write). If a change fails half-way the collection is opened again from disk, whose
+    manifest is the commit point, so memory never drifts from what is stored.
     """
 
-    def __init__(self, path: str | os.PathLike[str], lock: str = "rw") -> None:
+    def __init__(self, path: str | os.PathLike[str], lock: str = "exclusive") -> None:
         if lock not in LOCKS:
             raise ValueError(f"lock must be one of {', '.join(LOCKS)}, got {lock!r}")
         self.path = Path(path)
@@ -252,10 +269,9 @@ class SharedCollection:
                     self._queue.wait()
                     continue
                 self._committing = True
-                batch, self._pending = self._pending, []
                 self._queue.release()
                 try:
-                    self._apply(batch)
+                    self._apply()
                 finally:
                     self._queue.acquire()
                     self._committing = False
@@ -264,12 +280,16 @@ class SharedCollection:
             raise change.error
         return change.result
 
-    def _apply(self, batch: list[_Change]) -> None:
-        """Apply ``batch`` under the write lock: removes first (so an add in the batch never
-        returns an id removed in it), then every add in one call; each change gets its
-        result or its own error."""
+    def _apply(self) -> None:
+        """Take the write lock, then every pending change (those that came while it waited
+        too), and apply them: removes first (so an add in the batch never returns an id
+        removed in it), then every add in one call; each change gets its result or its own
+        error."""
+        batch: list[_Change] = []
         try:
             with self.lock.write():
+                with self._queue:
+                    batch, self._pending = self._pending, []
                 removes = [c for c in batch if c.kind == "remove"]
                 adds = [c for c in batch if c.kind == "add"]
                 gone: list[int] = []
@@ -443,12 +463,13 @@ def _source(upload: UploadFile, n: int) -> str:
 # ---------------------------------------------------------------------------- the app
 def create_app(collection_path: str | os.PathLike[str], *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_k: int = DEFAULT_MAX_K,
-               max_pixels: int = MAX_PIXELS, lock: str = "rw") -> FastAPI:
+               max_pixels: int = MAX_PIXELS, lock: str = "exclusive") -> FastAPI:
     """The service for the collection at ``collection_path`` (opened now).
 
     ``max_upload_bytes`` caps a request body that carries images (413 past it);
     ``max_k`` caps ``k`` (422 past it); ``max_pixels`` refuses larger images before
-    decoding; ``lock`` is ``"rw"`` (searches run together) or ``"exclusive"``.
+    decoding; ``lock`` is ``"exclusive"`` (one call at a time) or ``"rw"`` (searches run
+    together; see :data:`LOCKS`).
 
     Raises:
         CollectionError: the collection cannot be opened.
@@ -649,7 +670,7 @@ def _version() -> str:
 
 
 def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, *,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, lock: str = "rw",
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, lock: str = "exclusive",
           on_ready: Callable[[str], None] | None = None, log_level: str = "info") -> None:
     """Run the app on uvicorn until interrupted. ``port`` 0 picks a free port; ``on_ready``
     is called with the page's URL once the socket is bound (before serving)."""
