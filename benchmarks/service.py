@@ -1,18 +1,20 @@
 """Load test of the search service on loopback: concurrent clients, a fixed number of
 requests, adds and deletes mixed into the searches.
 
-    python benchmarks/service.py                          # 50 clients, 2,000 requests, both locks
-    python benchmarks/service.py --clients 20 --requests 500 --locks rw
+    python benchmarks/service.py                          # 50 clients, 2,000 requests a run
+    python benchmarks/service.py --clients 20 --requests 500 --locks rw --writes 0.15
     python benchmarks/service.py --collection coll        # an existing collection (copied)
 
 Without ``--collection`` it trains the recipe for one epoch on mnist-5k and indexes the
 database split (4,000 images): the model's quality does not matter here, its cost does.
-Each lock gets a fresh copy of the collection and its own ``lookalike.service.serve``
+A run per lock (``exclusive``, ``rw``) and per share of writes (default: none, then 15%),
+each on a fresh copy of the collection served by its own ``lookalike.service.serve``
 process on 127.0.0.1 (a free port). Requests: searches by an uploaded PNG (mnist-5k query
 images) and by a stored id, half re-ranked and half exact, plus adds of new images and
-deletes of items this run added. At the end every item this run added and did not delete
+deletes of items the run added. At the end every item the run added and did not delete
 must be stored and found by an exact search with a near-copy of its image (one grey level
-off), and every deleted one must be gone.
+off), and every deleted one must be gone. Every request goes to loopback; the number of
+requests is fixed and a run stops after 10 minutes whatever is left.
 
 Writes the table to docs/benchmarks.md (section "service") and prints it.
 """
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -42,7 +46,15 @@ from _common import commit, machine, now, table, write_section  # noqa: E402
 from lookalike.cli import main as lookalike  # noqa: E402
 from lookalike.datasets import load_dataset  # noqa: E402
 
-MIX = {"search-image": 0.70, "search-id": 0.15, "add": 0.10, "delete": 0.05}
+KINDS = ("search-image", "search-id", "add", "delete")
+
+
+def mix(writes: float) -> dict[str, float]:
+    """Shares of each request kind: ``writes`` split 2:1 between adds and deletes, the rest
+    of the requests searches, 5 by image for 1 by id."""
+    searches = 1.0 - writes
+    return {"search-image": searches * 5 / 6, "search-id": searches / 6,
+            "add": writes * 2 / 3, "delete": writes / 3}
 DEADLINE_S = 600  # a run stops here whatever is left (bounded, reported as incomplete)
 
 
@@ -94,7 +106,7 @@ class Server:
 
 @dataclass
 class Run:
-    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in MIX})
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
     errors: Counter[str] = field(default_factory=Counter)
     done: int = 0
     seconds: float = 0.0
@@ -103,68 +115,125 @@ class Run:
     complete: bool = True
 
 
-async def load(url: str, clients: int, requests: int, queries: np.ndarray, new_images: np.ndarray,
-               stored_ids: np.ndarray, seed: int) -> Run:
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client connection. (httpx's async pool spends about a
+    millisecond of CPU a request at 50 connections, on the same two cores as the server: the
+    load generator must cost far less than what it measures.)"""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"", content_type: str = ""
+                      ) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                + (f"Content-Type: {content_type}\r\n" if content_type else "") + "\r\n")
+        try:
+            self.writer.write(head.encode() + body)
+            await self.writer.drain()
+            lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+            data = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        except BaseException:
+            await self.close()
+            raise
+        if headers.get("connection") == "close":
+            await self.close()
+        return status, data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+def multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    boundary = "lookalike-benchmark-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    for field_name, filename, data in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; '
+                     f'filename="{filename}"\r\nContent-Type: image/png\r\n\r\n'.encode()
+                     + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+async def load(url: str, clients: int, requests: int, writes: float, queries: np.ndarray,
+               new_images: np.ndarray, stored_ids: np.ndarray, seed: int) -> Run:
     rng = np.random.default_rng(seed)
-    kinds = rng.choice(list(MIX), size=requests, p=list(MIX.values()))
+    shares = mix(writes)
+    kinds = rng.choice(list(shares), size=requests, p=list(shares.values()))
+    query_pngs = [png(q) for q in queries]  # encoded once: the clients only send
+    new_pngs = [png(im) for im in new_images]
+    host, port = url.removeprefix("http://").split(":")
     run = Run()
     pool: list[int] = []  # added by this run, not yet deleted: the delete candidates
     next_new = 0
     plan = iter(range(requests))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     deadline = time.monotonic() + DEADLINE_S
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as http:
-        for i in range(10):  # warm-up (first encodes, connections), not timed
-            await http.post("/api/search", files={"file": ("w.png", png(queries[i]), "image/png")})
+    connections = [Connection(host, int(port)) for _ in range(clients)]
+    for i in range(10):  # warm-up (first encodes), not timed
+        body, ctype = multipart({}, [("file", "w.png", query_pngs[i])])
+        await connections[0].request("POST", "/api/search", body, ctype)
 
-        async def client() -> None:
-            nonlocal next_new
-            for n in plan:
-                if time.monotonic() > deadline:
-                    run.complete = False
-                    return
-                kind = str(kinds[n])
-                if kind == "delete" and not pool:
-                    kind = "search-id"
-                rerank = {} if n % 2 else {"rerank": "false"}
-                start = time.perf_counter()
-                try:
-                    if kind == "search-image":
-                        q = png(queries[n % len(queries)])
-                        r = await http.post("/api/search", data={"k": "10", **rerank},
-                                            files={"file": (f"q{n}.png", q, "image/png")})
-                    elif kind == "search-id":
-                        body = {"id": int(stored_ids[n % len(stored_ids)]), "k": 10}
-                        if rerank:
-                            body["rerank"] = False
-                        r = await http.post("/api/search", json=body)
-                    elif kind == "add":
-                        image = new_images[next_new % len(new_images)]
-                        next_new += 1
-                        r = await http.post("/api/items", files={
-                            "files": (f"new{n}.png", png(image), "image/png")})
-                    else:
-                        victim = pool.pop(int(rng.integers(len(pool))))
-                        r = await http.delete(f"/api/items/{victim}")
-                except httpx.HTTPError as exc:
-                    run.errors[f"{kind}: {type(exc).__name__}"] += 1
-                    continue
-                run.latencies[kind].append(time.perf_counter() - start)
-                run.done += 1
-                if r.status_code >= 400:
-                    run.errors[f"{kind}: HTTP {r.status_code}"] += 1
+    async def client(http: Connection) -> None:
+        nonlocal next_new
+        for n in plan:
+            if time.monotonic() > deadline:
+                run.complete = False
+                return
+            kind = str(kinds[n])
+            if kind == "delete" and not pool:
+                kind = "search-id"
+            exact = n % 2 == 0
+            start = time.perf_counter()
+            try:
+                if kind == "search-image":
+                    fields = {"k": "10", **({"rerank": "false"} if exact else {})}
+                    status, data = await http.request("POST", "/api/search", *multipart(
+                        fields, [("file", f"q{n}.png", query_pngs[n % len(query_pngs)])]))
+                elif kind == "search-id":
+                    body = {"id": int(stored_ids[n % len(stored_ids)]), "k": 10,
+                            **({"rerank": False} if exact else {})}
+                    status, data = await http.request("POST", "/api/search", json.dumps(body).encode(),
+                                                      "application/json")
                 elif kind == "add":
-                    item = r.json()["items"][0]
-                    if item["added"]:
-                        run.presence[item["id"]] += 1
-                        pool.append(item["id"])
-                elif kind == "delete":
-                    run.presence[victim] -= 1
-                    run.deleted.add(victim)
+                    image = new_pngs[next_new % len(new_pngs)]
+                    next_new += 1
+                    status, data = await http.request("POST", "/api/items", *multipart(
+                        {}, [("files", f"new{n}.png", image)]))
+                else:
+                    victim = pool.pop(int(rng.integers(len(pool))))
+                    status, data = await http.request("DELETE", f"/api/items/{victim}")
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                run.errors[f"{kind}: {type(exc).__name__}"] += 1
+                continue
+            run.latencies[kind].append(time.perf_counter() - start)
+            run.done += 1
+            if status >= 400:
+                run.errors[f"{kind}: HTTP {status}"] += 1
+            elif kind == "add":
+                item = json.loads(data)["items"][0]
+                if item["added"]:
+                    run.presence[item["id"]] += 1
+                    pool.append(item["id"])
+            elif kind == "delete":
+                run.presence[victim] -= 1
+                run.deleted.add(victim)
+        await http.close()
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        run.seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in connections))
+    run.seconds = time.perf_counter() - t0
     return run
 
 
@@ -192,11 +261,22 @@ def ms(values: list[float], q: float) -> str:
     return f"{np.percentile(values, q) * 1000:.0f}" if values else "–"
 
 
+def fraction_list(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected fractions in [0, 1), got {text!r}")
+    return values
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--locks", default="rw,exclusive", help="comma-separated: rw, exclusive")
+    ap.add_argument("--requests", type=int, default=2000, help="per run (one run per lock and mix)")
+    ap.add_argument("--locks", default="exclusive,rw", help="comma-separated: exclusive (the "
+                    "default lock of the service), rw")
+    ap.add_argument("--writes", type=fraction_list, default=[0.0, 0.15],
+                    help="share(s) of adds + deletes (2:1), comma-separated; a run for each "
+                         "(default 0,0.15: searches only, then with changes)")
     ap.add_argument("--collection", help="an existing collection (default: train and index mnist-5k)")
     ap.add_argument("--threads", type=int, default=1,
                     help="OMP_NUM_THREADS of the server (default 1: requests are the parallelism; "
@@ -206,64 +286,77 @@ def main() -> None:
     args = ap.parse_args()
     if not 1 <= args.clients <= 500 or not 1 <= args.requests <= 100_000:
         raise SystemExit("--clients must be in 1..500 and --requests in 1..100000")
+    locks = [s.strip() for s in args.locks.split(",") if s.strip()]
 
     queries = load_dataset("mnist-5k", "queries").images
+    rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         work = Path(tmp)
         source = Path(args.collection) if args.collection else build_collection(work)
-        rows, notes = [], []
-        for lock in [s.strip() for s in args.locks.split(",") if s.strip()]:
-            coll = work / f"serve-{lock}"
-            shutil.copytree(source, coll)
-            stored = np.load(coll / "ids.npy")
-            server = Server(coll, lock, args.threads or None)
-            try:
-                # searches use the first 500 query images; adds bring in the other 500, new content
-                run = asyncio.run(load(server.url, args.clients, args.requests, queries[:500],
-                                       queries[500:], stored, args.seed))
-                found, kept, still = check(server.url, run)
-                stats = httpx.get(server.url + "/api/stats").json()
-            finally:
-                server.stop()
-            every = [x for v in run.latencies.values() for x in v]
-            errors = sum(run.errors.values())
-            ok = found == kept and still == 0 and errors == 0 and run.complete
-            rows.append([lock, str(args.clients), f"{run.done:,}", f"{run.done / run.seconds:.0f}",
-                         ms(every, 50), ms(every, 95), ms(every, 99),
-                         ms(run.latencies["search-image"], 50), ms(run.latencies["add"], 50),
-                         ms(run.latencies["delete"], 50), str(errors),
-                         f"{'yes' if ok else 'NO'} ({found}/{kept}, {still} deleted left)"])
-            counts = {k: len(v) for k, v in run.latencies.items()}
-            notes.append(f"{lock}: {counts}, errors {dict(run.errors) or 0}, final count "
-                         f"{stats['count']:,}" + ("" if run.complete else ", STOPPED AT THE DEADLINE"))
-            print(rows[-1], notes[-1], flush=True)
+        for writes in args.writes:
+            for lock in locks:
+                coll = work / f"serve-{lock}-{writes}"
+                shutil.copytree(source, coll)
+                stored = np.load(coll / "ids.npy")
+                server = Server(coll, lock, args.threads or None)
+                try:
+                    # searches use the first 500 query images; adds the other 500 (new content)
+                    run = asyncio.run(load(server.url, args.clients, args.requests, writes,
+                                           queries[:500], queries[500:], stored, args.seed))
+                    found, kept, still = check(server.url, run)
+                    stats = httpx.get(server.url + "/api/stats").json()
+                finally:
+                    server.stop()
+                shutil.rmtree(coll)
+                every = [x for v in run.latencies.values() for x in v]
+                errors = sum(run.errors.values())
+                ok = found == kept and still == 0 and errors == 0 and run.complete
+                searchable = (f"{'yes' if ok else 'NO'} ({found}/{kept} found, {still} deleted left)"
+                              if writes else "(no changes)")
+                rows.append([lock, f"{writes:.0%}", f"{run.done:,}", f"{run.done / run.seconds:.0f}",
+                             ms(every, 50), ms(every, 95), ms(every, 99),
+                             ms(run.latencies["search-image"], 50), ms(run.latencies["add"], 50),
+                             ms(run.latencies["delete"], 50), str(errors), searchable])
+                counts = ", ".join(f"{len(v)} {k}" for k, v in run.latencies.items() if v)
+                notes.append(f"{lock}, {writes:.0%} writes: {counts}; final count {stats['count']:,}"
+                             + (f"; errors {dict(run.errors)}" if run.errors else "")
+                             + ("" if run.complete else "; STOPPED AT THE DEADLINE"))
+                print(" | ".join(rows[-1]), "--", notes[-1], flush=True)
 
-    header = ["lock", "clients", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms",
+    header = ["lock", "writes", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms",
               "search p50", "add p50", "delete p50", "errors", "all added searchable"]
-    model = stats["model"]["arch"]
+    writes_arg = ",".join(f"{w:g}" for w in args.writes)
     body = "\n".join([
         "## Service load test",
         "",
-        f"`python benchmarks/service.py --clients {args.clients} --requests {args.requests}"
-        f" --locks {args.locks}` — {now()}, commit {commit()}, {machine()}.",
+        f"`python benchmarks/service.py --clients {args.clients} --requests {args.requests} "
+        f"--locks {args.locks} --writes {writes_arg}` — {now()}, commit {commit()}, {machine()}.",
         "",
         f"Collection: {'mnist-5k database (4,000 images), ' if not args.collection else ''}"
-        f"{model} model, {stats['dimension']}-d codes, index {stats['index']['name']} "
-        f"{stats['index'].get('factory', '')}, re-ranking {stats['rerank']}. One uvicorn process on "
-        f"127.0.0.1 (OMP_NUM_THREADS={args.threads or 'default'}), the clients (httpx, asyncio) in "
-        "another on the same machine. Mix: "
-        + ", ".join(f"{int(v * 100)}% {k}" for k, v in MIX.items())
-        + "; searches k = 10, half re-ranked, half exact. Latency is per request as the client sees it "
-        "(queueing included). *All added searchable*: every item added and not deleted is stored and "
-        "an exact search with a near-copy of its image returns it; every deleted one is gone.",
+        f"{stats['model']['arch']} model, {stats['dimension']}-d codes, index {stats['index']['name']} "
+        f"{stats['index'].get('factory', '')}, re-ranking {stats['rerank']}. One `lookalike.service` "
+        f"process (uvicorn) on 127.0.0.1 with OMP_NUM_THREADS={args.threads or 'default'}; "
+        f"{args.clients} concurrent keep-alive clients (plain HTTP/1.1 over asyncio) in another process "
+        "on the same machine, "
+        f"{args.requests:,} requests a run. Requests: searches (k = 10, half re-ranked, half exact), "
+        "5 by an uploaded PNG for 1 by a stored id, and the *writes* share of changes: adds of one "
+        "new image and deletes of an item the run added, 2:1. Latency is per request as the client "
+        "sees it, queueing included. *All added searchable*: every item added and not deleted is "
+        "stored and an exact search with a near-copy of its image (one grey level off) returns it, "
+        "and every deleted one is gone.",
         "",
         table(header, rows),
         "",
-        "Requests per kind and errors: " + "; ".join(notes) + ".",
+        "Requests by kind: " + "; ".join(notes) + ".",
         "",
-        "`rw` lets searches run together and gives a change the collection alone; `exclusive` "
-        "serialises every call. An add or a delete rewrites the collection's arrays and rebuilds the "
-        "k-NN graph, so its latency grows with the collection and every search waits for it.",
+        "`exclusive` (the service's default) lets one call at a time use the collection; `rw` lets "
+        "searches run together and gives a change the collection alone, once the change has waited "
+        "0.1 s (until then searches keep entering). Changes that queue up during a commit share the "
+        "next one (group commit). On two cores the searches mostly hold the GIL, so `rw` serves no "
+        "more of them, and a change must wait for dozens of slowed searches to drain rather than for "
+        "one: `exclusive` commits faster. Each commit rewrites the collection's arrays (fsynced) and "
+        "rebuilds the k-NN graph over every item (O(n²)), and searches wait for it: with changes in "
+        "the mix, commits bound the throughput, and their cost grows with the collection.",
     ])
     print(body)
     if not args.no_write:
