@@ -23,7 +23,7 @@ from .datasets import Dataset, load_dataset
 from .evaluation import evaluate
 from .fsutil import atomic_write_json
 from .modelio import LoadedModel, save_model
-from .reconstruct import denoise, reconstruct
+from .reconstruct import denoise, has_trained_decoder, reconstruct
 from .report import write_report
 from .training import train_autoencoder
 
@@ -44,11 +44,12 @@ def report_figures(model: LoadedModel, collection: Collection, queries: Dataset,
         out.append(("Training and validation loss per epoch (best epoch dashed)",
                     figures.to_png(figures.loss_curves(hist, hist.get("best_epoch")))))
     sample = queries.images[rng.choice(len(queries), size=min(10, len(queries)), replace=False)]
-    noisy, clean = denoise(model, sample, 0.5, seed)
-    out.append(("Query images, their reconstructions, noisy copies (factor 0.5) and denoised",
-                figures.to_png(figures.image_rows([
-                    ("original", sample), ("reconstructed", reconstruct(model, sample)),
-                    ("noisy", noisy), ("denoised", clean)]))))
+    if has_trained_decoder(model):
+        noisy, clean = denoise(model, sample, 0.5, seed)
+        out.append(("Query images, their reconstructions, noisy copies (factor 0.5) and denoised",
+                    figures.to_png(figures.image_rows([
+                        ("original", sample), ("reconstructed", reconstruct(model, sample)),
+                        ("noisy", noisy), ("denoised", clean)]))))
     pick = rng.choice(len(queries), size=min(n_queries, len(queries)), replace=False)
     q_images = queries.images[pick]
     dist, ids = collection.search_images(q_images, k)
