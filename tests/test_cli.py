@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-SUBCOMMANDS = ("train", "index", "search", "evaluate", "cluster", "denoise", "report", "info",
+SUBCOMMANDS = ("serve", "train", "index", "search", "evaluate", "cluster", "denoise", "report", "info",
                "demo")
 
 

@@ -133,3 +133,22 @@ def test_add_and_remove_persist_and_are_searchable(tmp_path) -> None:
     # only the current generation's files remain
     names = {p.name for p in (tmp_path / "c").iterdir()}
     assert "ids.npy" not in names and sum(n.startswith("ids.") for n in names) == 1
+
+
+def test_ids_never_reused_and_removing_everything(tmp_path) -> None:
+    from lookalike.config import default_train_config
+
+    db = load_dataset("digits", "database")
+    res = train_autoencoder(db.images[:100], ModelConfig(arch="contrastive", input=InputSpec(1, 8, 8)),
+                            default_train_config("contrastive", epochs=1))
+    model = save_model(tmp_path / "m", res.model)
+    coll = Collection.create(tmp_path / "c", model, db.subset(np.arange(20), "database"))
+    assert coll.remove([19]) == 1
+    new = coll.add(db.images[50:51], ["x"])
+    assert new.tolist() == [20]  # not 19 again
+    assert coll.remove(coll.ids) == 20 and len(coll) == 0
+    reopened = Collection.open(tmp_path / "c")
+    assert len(reopened) == 0
+    d, i = reopened.search_images(db.images[:1], 3)
+    assert (i == -1).all()
+    assert reopened.add(db.images[60:61], ["y"]).tolist() == [21]

@@ -391,7 +391,9 @@ class Collection:
         out = np.empty(len(conformed), dtype=np.int64)
         new_rows: list[int] = []
         seen: dict[str, int] = {}
-        next_id = int(self.ids.max()) + 1 if len(self.ids) else 0
+        # ids only grow: a removed id is never given to another image
+        next_id = max(int(self.manifest.get("next_id", 0)),
+                      int(self.ids.max()) + 1 if len(self.ids) else 0)
         for i, h in enumerate(hashes):
             existing = seen.get(h)
             existing = self.find(hash=h) if existing is None else existing
@@ -418,7 +420,7 @@ class Collection:
                     for j, r in enumerate(rows)))
         finally:
             db.close()
-        self._commit(ids, embeddings, stored)
+        self._commit(ids, embeddings, stored, next_id=next_id)
         return out
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
@@ -427,9 +429,8 @@ class Collection:
         if not gone:
             return 0
         keep = np.array([int(i) not in gone for i in self.ids])
-        self.backend.remove(np.array(sorted(gone), dtype=np.int64))
         self._commit(self.ids[keep], np.asarray(self.embeddings)[keep],
-                     np.asarray(self.images)[keep])
+                     np.asarray(self.images)[keep], removed=np.array(sorted(gone), np.int64))
         db = sqlite3.connect(self.path / "metadata.sqlite")
         try:
             with db:
@@ -438,21 +439,27 @@ class Collection:
             db.close()
         return len(gone)
 
-    def _commit(self, ids: np.ndarray, embeddings: np.ndarray, images: np.ndarray) -> None:
+    def _commit(self, ids: np.ndarray, embeddings: np.ndarray, images: np.ndarray,
+                removed: np.ndarray | None = None, next_id: int | None = None) -> None:
         """Write a new generation and switch the manifest to it (the commit point), then
-        delete the previous generation's files."""
+        delete the previous generation's files. ``removed`` ids leave the index here."""
         old = self.files
         generation = int(self.manifest.get("generation", 0)) + 1
-        graph = (Diffusion(embeddings, self.retrieval.diffusion).neighbours()
-                 if self.retrieval.rerank == "diffusion" else None)
+        diffusion = (Diffusion(embeddings, self.retrieval.diffusion)
+                     if self.retrieval.rerank == "diffusion" and len(ids) else None)
+        graph = diffusion.neighbours() if diffusion is not None else None
+        if removed is not None:
+            self.backend.remove(removed)
         files = _write_state(self.path, generation, ids, embeddings, images, self.backend, graph)
         manifest = {**self.manifest, "count": len(ids), "generation": generation,
-                    "files": files, "updated": _now()}
+                    "files": files, "updated": _now(),
+                    "next_id": max(int(self.manifest.get("next_id", 0)), next_id or 0,
+                                   *(int(a.max()) + 1 for a in (ids, self.ids) if len(a)))}
         atomic_write_json(self.path / "manifest.json", manifest)
         self.manifest = manifest
         self.ids, self.embeddings, self.images = ids, embeddings, images
         self._row = {int(i): r for r, i in enumerate(ids)}
-        self._diffusion = None
+        self._diffusion = diffusion
         for name in set(old.values()) - set(files.values()):
             try:
                 (self.path / name).unlink()
