@@ -341,14 +341,30 @@ def test_info_json(capsys: pytest.CaptureFixture[str], trained: Trained) -> None
     assert info["size_bytes"] > 0 and info["skipped"] == 0
 
 
-def test_denoise(capsys: pytest.CaptureFixture[str], tmp_path: Path, trained: Trained) -> None:
+def test_denoise(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    model = tmp_path / "dae"
+    code, _, err = run(capsys, ["-q", "train", "--arch", "conv-16-8-8", "--dataset", "digits",
+                                "--epochs", "1", "--out", model])
+    assert code == 0, err
     out = tmp_path / "x.png"
-    code, stdout, err = run(capsys, ["denoise", trained.model, "--dataset", "digits",
+    code, stdout, err = run(capsys, ["denoise", model, "--dataset", "digits",
                                      "--n", "4", "--out", out])
     assert code == 0, err
     with Image.open(out) as im:
         assert im.format == "PNG"
     assert f"figure written to {out}" in stdout
+
+
+def test_denoise_refuses_an_untrained_decoder(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                              trained: Trained) -> None:
+    from lookalike.modelio import load_model
+    from lookalike.reconstruct import has_trained_decoder
+
+    if has_trained_decoder(load_model(trained.model)):
+        pytest.skip("the default recipe trains its decoder")
+    code, _, err = run(capsys, ["denoise", trained.model, "--dataset", "digits",
+                                "--out", tmp_path / "x.png"])
+    assert code == 2 and "decoder is untrained" in err and "Traceback" not in err
 
 
 def test_subcommand_list_is_complete() -> None:
