@@ -21,3 +21,12 @@ def test_demo_writes_everything(tmp_path) -> None:
     assert "http://" not in html and "https://" not in html
     assert (res.model / "loss.png").is_file()
     assert (res.collection / "manifest.json").is_file()
+
+
+def test_demo_command_says_how_to_serve(tmp_path, capsys) -> None:
+    from lookalike.cli import main
+
+    assert main(["-q", "demo", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"lookalike serve {tmp_path / 'collection'}" in out
+    assert json.loads((tmp_path / "metrics.json").read_text())["pixels"]["mAP"] > 0

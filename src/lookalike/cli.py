@@ -362,7 +362,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(json.dumps(res.scores, indent=2))
     print(f"model:      {res.model}\ncollection: {res.collection}\nmetrics:    {res.metrics}\n"
           f"report:     {res.report}\nwall time:  {res.seconds:.1f} s")
-    print(f"search it:  lookalike search {res.collection} mnist-5k:queries:0 --figure q.png")
+    print(f"search it:  lookalike search {res.collection} {args.dataset}:queries:0 --figure q.png")
+    print(f"serve it:   lookalike serve {res.collection}   (then open http://127.0.0.1:8000/)")
     return 0
 
 
