@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import DataError
+from .fsutil import fsync_dir
 
 __all__ = ["MNIST_FILES", "MNIST_MIRRORS", "default_cache_dir", "download_mnist", "fetch"]
 
@@ -88,20 +89,6 @@ def _mismatch(expected: Mapping[str, str], actual: Mapping[str, str]) -> str | N
         if actual[algorithm] != want:
             return f"{algorithm} {actual[algorithm]} does not match expected {want}"
     return None
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (best effort; not possible everywhere)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def fetch(
@@ -186,7 +173,7 @@ def fetch(
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     logger.info("saved %s (%d bytes)", dest, received)
     return dest
 

@@ -28,7 +28,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], Any]) -> P
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
@@ -49,7 +49,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.load(fh)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort; not possible everywhere)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
