@@ -113,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                       "split": ds.split}, retrieval)
     figures.save(figures.loss_curves(result.history, result.history.get("best_epoch")),
                  Path(args.out) / "loss.png")
-    best = result.history.get("best_epoch")
+    best = int(result.history["best_epoch"])
     val = result.history["val_loss"][best - 1] if result.history["val_loss"] else None
     print(f"model written to {args.out} ({mconf.arch}, code {result.model.code_dim}-d, "
           f"best epoch {best}" + (f", val loss {val:.4f}" if val is not None else "")
@@ -201,7 +201,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         dist, ids = coll.search(codes, args.k, exclude, rerank=False if args.exact else None)
     elapsed = time.perf_counter() - start
     names = coll.label_names
-    out = []
+    out: list[dict[str, Any]] = []
     for desc, q_label, drow, irow in zip(descs, q_labels, dist, ids, strict=True):
         results = []
         for rank, (d, item) in enumerate(zip(drow, coll.items(irow), strict=True), start=1):
@@ -271,9 +271,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     if args.k is None and len(ks) < 2:
         raise LookalikeError(f"too few items ({len(codes)}) for an elbow curve; pass --k")
     inertias = elbow_curve(codes, ks, args.seed) if ks else np.array([])
-    k = args.k or choose_k(ks, inertias)
+    k = args.k or choose_k(ks, inertias.tolist())
     if ks and args.figure:
-        figures.save(figures.elbow(ks, inertias, k), args.figure)
+        figures.save(figures.elbow(ks, inertias.tolist(), k), args.figure)
     clustering = fit_kmeans(codes, k, args.seed)
     save_clustering(coll.path, clustering)
     rng = np.random.default_rng(args.seed)

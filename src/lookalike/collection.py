@@ -17,6 +17,7 @@ never leaves a half-written one under its name.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -61,7 +62,7 @@ def _write_state(directory: Path, generation: int, ids: np.ndarray, embeddings: 
         files.update(graph_sims=f"graph_sims{tag}.npy", graph_ids=f"graph_ids{tag}.npy")
         arrays.update(graph_sims=graph[0], graph_ids=graph[1])
     for key, arr in arrays.items():
-        atomic_write(directory / files[key], lambda tmp, a=arr: _save_npy(tmp, a))
+        atomic_write(directory / files[key], functools.partial(_save_npy, array=arr))
     backend.save(directory, files["index"])
     return files
 

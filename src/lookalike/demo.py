@@ -56,16 +56,16 @@ def report_figures(model: LoadedModel, collection: Collection, queries: Dataset,
     result_images = np.stack([
         np.stack([collection.image(i) if i >= 0 else np.zeros_like(collection.image(0))
                   for i in row]) for row in ids])
-    labelled = queries.labels is not None
+    q_labels = queries.labels
     out.append((f"Queries (left) and their top {k} results; green = same label, red = not",
                 figures.to_png(figures.query_grid(
                     q_images, result_images, dist,
-                    query_labels=queries.labels[pick] if labelled else None,
+                    query_labels=q_labels[pick] if q_labels is not None else None,
                     result_labels=collection.labels(ids.ravel()).reshape(ids.shape)
-                    if labelled else None,
+                    if q_labels is not None else None,
                     label_names=collection.label_names, result_ids=ids))))
     if curves:
-        ns = next(iter(curves.values()))["n"]
+        ns = [int(n) for n in next(iter(curves.values()))["n"]]
         out.append(("LRAP@n as in the articles, computed correctly (a query with no relevant "
                     "result in its first n scores 0)",
                     figures.to_png(figures.lrap_curve(ns, {k_: c["value"]
@@ -76,7 +76,7 @@ def report_figures(model: LoadedModel, collection: Collection, queries: Dataset,
         sub = sub[rng.choice(len(sub), 5000, replace=False)]
     ks = [k_ for k_ in ks if k_ < len(sub)]
     if len(ks) >= 2:
-        inertias = elbow_curve(sub, ks, seed)
+        inertias = elbow_curve(sub, ks, seed).tolist()
         out.append(("K-means elbow on the collection's codes (inertia vs k; the elbow marked)",
                     figures.to_png(figures.elbow(ks, inertias, choose_k(ks, inertias)))))
     return out

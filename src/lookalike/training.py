@@ -135,7 +135,7 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     model = build_model(model_config).to(device)
     bf16 = use_bf16(train.precision, device)
     if device.type == "cpu":  # oneDNN's convolutions are faster in NHWC
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         x_train = x_train.contiguous(memory_format=torch.channels_last)
     opt = (torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
            if train.weight_decay else torch.optim.Adam(model.parameters(), lr=train.lr))
@@ -184,7 +184,7 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     history["epochs"] = train.epochs
     history["precision"] = "bf16" if bf16 else "fp32"
     model.load_state_dict(best_state)
-    model.to("cpu", memory_format=torch.contiguous_format).eval()
+    model.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     return TrainResult(model, history, train)
 
 
