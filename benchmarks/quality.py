@@ -64,13 +64,13 @@ def variants(full: bool) -> list[dict[str, Any]]:
          "arch": "contrastive", "train": contrastive_only, "diffuse": False},
         {"name": "contrastive + diffusion", "kind": "model", "arch": "contrastive",
          "train": contrastive_only, "diffuse": True},
-        {"name": "contrastive + denoising reconstruction, cosine", "kind": "model",
-         "arch": "contrastive", "train": with_recon, "diffuse": False},
-        {"name": "contrastive + denoising reconstruction + diffusion", "kind": "model",
-         "arch": "contrastive", "train": with_recon, "diffuse": True},
     ]
     if full:
         rows += [
+            {"name": "contrastive + denoising reconstruction, cosine", "kind": "model",
+             "arch": "contrastive", "train": with_recon, "diffuse": False},
+            {"name": "contrastive + denoising reconstruction + diffusion", "kind": "model",
+             "arch": "contrastive", "train": with_recon, "diffuse": True},
             {"name": "contrastive + diffusion, half-strength augmentation", "kind": "model",
              "arch": "contrastive", "train": {**contrastive_only, "augment": 0.5}, "diffuse": True},
             {"name": "contrastive + diffusion, half the training budget", "kind": "model",
