@@ -281,5 +281,5 @@ def load_idx_split(
         raise DataError(
             f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}"
         )
-    logger.info("loaded %s split from %s: %d images of %dx%d", split, directory, *images.shape)
+    logger.debug("loaded %s split from %s: %d images of %dx%d", split, directory, *images.shape)
     return images, labels.astype(np.int64)
