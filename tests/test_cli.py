@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-SUBCOMMANDS = ("serve", "train", "index", "search", "evaluate", "cluster", "denoise", "report", "info",
-               "demo")
+SUBCOMMANDS = ("serve", "add", "remove", "train", "index", "search", "evaluate", "cluster",
+               "denoise", "report", "info", "demo")
 
 
 def run(capsys: pytest.CaptureFixture[str], argv: Sequence[str]) -> tuple[int, str, str]:
@@ -378,3 +378,29 @@ def test_help(capsys: pytest.CaptureFixture[str], command: str | None) -> None:
     code, stdout, err = run(capsys, ["--help"] if command is None else [command, "--help"])
     assert code == 0, err
     assert stdout.startswith("usage: lookalike" + ("" if command is None else f" {command}"))
+
+
+def test_add_and_remove_commands(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                 trained: Trained) -> None:
+    coll = tmp_path / "c"
+    shutil.copytree(trained.collection, coll)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"n{i}.png")
+    (folder / "bad.png").write_bytes(b"not an image")
+    code, out, err = run(capsys, ["add", coll, folder])
+    assert code == 0, err
+    assert "added 3 image(s)" in out and "1 skipped" in out
+    code, out, _ = run(capsys, ["add", coll, folder / "n0.png"])
+    assert code == 0 and "added 0 image(s)" in out and "1 already present" in out
+    code, out, _ = run(capsys, ["search", coll, folder / "n1.png", "-k", "1", "--json", "--exact"])
+    assert code == 0  # the added image is stored, so it is excluded from its own results
+    code, out, err = run(capsys, ["remove", coll, "0", "--source", f"{folder}/n*.png"])
+    assert code == 0, err
+    assert "removed 4 item(s)" in out
+    code, _, err = run(capsys, ["remove", coll, "--source", "nothing-matches-*"])
+    assert code == 2 and err.count("\n") == 1
+    code, _, err = run(capsys, ["add", coll, tmp_path / "missing.png"])
+    assert code == 2 and "does not exist" in err

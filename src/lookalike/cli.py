@@ -336,6 +336,58 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add(args: argparse.Namespace) -> int:
+    from .collection import Collection
+    from .images import find_images, is_image_path, load_image
+
+    coll = Collection.open(args.collection)
+    files: list[Path] = []
+    for raw in args.paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(find_images(path))
+        elif path.is_file() and is_image_path(path):
+            files.append(path)
+        elif path.exists():
+            log.warning("skipped %s: not an image file extension", path)
+        else:
+            raise LookalikeError(f"{path} does not exist")
+    images, sources, skipped = [], [], []
+    for f in files:
+        try:
+            images.append(load_image(f))
+            sources.append(str(f))
+        except LookalikeError as exc:
+            skipped.append((str(f), str(exc).removeprefix(f"{f}: ")))
+    for name, reason in skipped:
+        log.warning("skipped %s: %s", name, reason)
+    if not images:
+        raise LookalikeError("no readable image to add")
+    before = len(coll)
+    ids = coll.add(images, sources)
+    added = len(coll) - before
+    print(f"added {added} image(s) to {coll.path}; {len(ids) - added} already present; "
+          f"{len(skipped)} skipped; {len(coll)} in all")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from .collection import Collection
+
+    coll = Collection.open(args.collection)
+    ids = {int(i) for i in args.ids}
+    if args.source:
+        items = coll.items(coll.ids)
+        ids |= {it.id for it in items if it and fnmatch.fnmatchcase(it.source, args.source)}
+    if not ids:
+        raise LookalikeError("nothing to remove: give ids or a --source pattern that matches")
+    removed = coll.remove(sorted(ids))
+    print(f"removed {removed} item(s) from {coll.path}; {len(coll)} left")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .collection import Collection
 
@@ -524,6 +576,17 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, split=False)
     p.add_argument("--out", required=True, help="HTML file to write")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("add", help="add image files or folders to a collection (no rebuild)")
+    p.add_argument("collection")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
+    p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser("remove", help="remove items from a collection by id or source pattern")
+    p.add_argument("collection")
+    p.add_argument("ids", nargs="*", type=int, metavar="ID")
+    p.add_argument("--source", help="remove every item whose source matches this glob")
+    p.set_defaults(func=cmd_remove)
 
     p = sub.add_parser("info", help="describe a collection")
     p.add_argument("collection")
