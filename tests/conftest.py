@@ -1,10 +1,11 @@
-"""Shared fixtures: one tiny model (and a second one) trained on digits, and a collection."""
+"""Shared fixtures: one tiny model (and a second one) trained on digits, and a collection;
+a collection made by an articles' preset (no re-ranking); running the CLI quietly."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,3 +57,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         _run_quietly(["-q", "index", "--model", str(t.model), "--dataset", "digits",
                       "--out", str(t.collection)])
     return t
+
+
+@pytest.fixture(scope="session")
+def exact_collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Digits indexed by an articles' preset: no re-ranking."""
+    root = tmp_path_factory.mktemp("exact")
+    with _one_thread():
+        _run_quietly(["-q", "train", "--dataset", "digits", "--arch", "conv-16-8-8", "--epochs", "1",
+                      "--device", "cpu", "--seed", "0", "--out", str(root / "model")])
+        _run_quietly(["-q", "index", "--model", str(root / "model"), "--dataset", "digits",
+                      "--out", str(root / "collection")])
+    return root / "collection"
+
+
+@pytest.fixture()
+def run_quietly() -> Callable[[list[str]], None]:
+    """Run the CLI with its output captured; fail with that output on a non-zero exit."""
+    return _run_quietly

@@ -3,7 +3,6 @@ client, against small real collections; results are compared with the Collection
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import shutil
@@ -26,31 +25,6 @@ from lookalike.collection import Collection
 from lookalike.datasets import load_dataset
 from lookalike.errors import CollectionError, ImageError
 from lookalike.service import ReadWriteLock, SharedCollection, UnknownItem, create_app
-
-
-def _quiet(argv: list[str]) -> None:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    assert code == 0, f"{argv}: exit {code}\n{out.getvalue()}\n{err.getvalue()}"
-
-
-@pytest.fixture(scope="module")
-def exact_collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Digits indexed by an articles' preset: no re-ranking."""
-    import torch
-
-    root = tmp_path_factory.mktemp("exact")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _quiet(["-q", "train", "--dataset", "digits", "--arch", "conv-16-8-8", "--epochs", "1",
-                "--device", "cpu", "--seed", "0", "--out", str(root / "model")])
-        _quiet(["-q", "index", "--model", str(root / "model"), "--dataset", "digits",
-                "--out", str(root / "collection")])
-    finally:
-        torch.set_num_threads(before)
-    return root / "collection"
 
 
 @pytest.fixture()
@@ -248,12 +222,13 @@ def test_adding_known_content_returns_the_existing_id(client: TestClient, rerank
     assert items[2]["id"] == 7
 
 
-def test_deleting_down_to_one_item(tmp_path: Path, trained, torch_one_thread: None) -> None:
+def test_deleting_down_to_one_item(tmp_path: Path, trained, torch_one_thread: None,
+                                   run_quietly) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "three.npz", x=rng.integers(0, 256, (3, 8, 8), dtype=np.uint8),
              y=np.array([1, 2, 3]))
-    _quiet(["-q", "index", "--model", str(trained.model), "--dataset", str(tmp_path / "three.npz"),
-            "--out", str(tmp_path / "c")])
+    run_quietly(["-q", "index", "--model", str(trained.model), "--dataset",
+                 str(tmp_path / "three.npz"), "--out", str(tmp_path / "c")])
     with TestClient(create_app(tmp_path / "c")) as c:
         assert len(ids_of(c.post("/api/search", json={"id": 0, "k": 10}))) == 2  # k > count
         assert c.delete("/api/items/0").status_code == 200
