@@ -338,7 +338,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     from .collection import Collection
-    from .images import find_images, is_image_path, load_image
+    from .images import find_images, is_image_path, load_images
 
     coll = Collection.open(args.collection)
     files: list[Path] = []
@@ -352,19 +352,11 @@ def cmd_add(args: argparse.Namespace) -> int:
             log.warning("skipped %s: not an image file extension", path)
         else:
             raise LookalikeError(f"{path} does not exist")
-    images, sources, skipped = [], [], []
-    for f in files:
-        try:
-            images.append(load_image(f))
-            sources.append(str(f))
-        except LookalikeError as exc:
-            skipped.append((str(f), str(exc).removeprefix(f"{f}: ")))
-    for name, reason in skipped:
-        log.warning("skipped %s: %s", name, reason)
+    images, kept, skipped = load_images(files, progress=args.progress)
     if not images:
         raise LookalikeError("no readable image to add")
     before = len(coll)
-    ids = coll.add(images, sources)
+    ids = coll.add(images, [str(f) for f in kept])
     added = len(coll) - before
     print(f"added {added} image(s) to {coll.path}; {len(ids) - added} already present; "
           f"{len(skipped)} skipped; {len(coll)} in all")

@@ -19,7 +19,6 @@ The split ``"all"`` returns every image in file order.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -27,13 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .config import InputSpec
 from .errors import DataError, ImageError
-from .images import conform, find_images, image_size, load_image
-
-log = logging.getLogger(__name__)
+from .images import conform, find_images, image_size, load_images
 
 BUILTIN_DATASETS = ("mnist-5k", "fashion-mnist", "mnist", "digits")
 SPLITS = ("database", "queries", "all")
@@ -278,18 +274,7 @@ def load_folder(root: Path, split: str = "all", spec: InputSpec | None = None,
     paths = find_images(root)
     if not paths:
         raise DataError(f"{root}: no image files found (looked for common image extensions)")
-    spec = spec or infer_spec(paths)
-    images: list[np.ndarray] = []
-    kept: list[Path] = []
-    skipped: list[tuple[str, str]] = []
-    for p in tqdm(paths, desc="reading images", unit="img", disable=not progress):
-        try:
-            images.append(conform([load_image(p)], spec)[0])
-            kept.append(p)
-        except ImageError as exc:
-            skipped.append((str(p), str(exc).removeprefix(f"{p}: ")))
-    for path, reason in skipped:
-        log.warning("skipped %s: %s", path, reason)
+    images, kept, skipped = load_images(paths, spec or infer_spec(paths), progress)
     if not kept:
         raise DataError(f"{root}: none of the {len(paths)} image files could be read")
     rel = [p.relative_to(root) for p in kept]

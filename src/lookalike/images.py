@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -24,9 +25,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .config import InputSpec
 from .errors import ImageError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 #: Images with more pixels than this are refused before decoding (decompression bombs).
@@ -122,6 +126,30 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
         return decode_image(path, max_pixels=max_pixels)
     except ImageError as exc:
         raise ImageError(f"{path}: {exc}") from None
+
+
+def load_images(paths: Sequence[str | os.PathLike[str]], spec: InputSpec | None = None,
+                progress: bool = False
+                ) -> tuple[list[np.ndarray], list[Path], list[tuple[str, str]]]:
+    """Decode many files, skipping the unreadable ones instead of stopping.
+
+    Returns the images (``uint8 (H, W, C)``, or ``spec``'s shape when given), the paths they
+    came from, and ``(path, reason)`` for every file skipped (each also logged as a warning).
+    """
+    images: list[np.ndarray] = []
+    kept: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for p in tqdm(paths, desc="reading images", unit="img", disable=not progress):
+        try:
+            image = load_image(p)
+        except ImageError as exc:
+            skipped.append((str(p), str(exc).removeprefix(f"{p}: ")))
+            continue
+        images.append(image if spec is None else conform([image], spec)[0])
+        kept.append(Path(p))
+    for path, reason in skipped:
+        log.warning("skipped %s: %s", path, reason)
+    return images, kept, skipped
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int, int]:
