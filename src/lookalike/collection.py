@@ -23,6 +23,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,14 @@ def _write_state(directory: Path, generation: int, ids: np.ndarray, embeddings: 
         atomic_write(directory / files[key], functools.partial(_save_npy, array=arr))
     backend.save(directory, files["index"])
     return files
+
+
+def _ranker(embeddings: np.ndarray, retrieval: RetrievalConfig) -> Diffusion | None:
+    """The diffusion ranker over ``embeddings`` when ``retrieval`` re-ranks and there is
+    anything to rank; its graph is what a collection stores."""
+    if retrieval.rerank != "diffusion" or len(embeddings) == 0:
+        return None
+    return Diffusion(embeddings, retrieval.diffusion)
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -128,8 +137,8 @@ class Collection:
         index = new_backend(backend, encoder.dim, factory=factory)
         index.add(ids, embeddings)
         retrieval = model.retrieval
-        graph = (Diffusion(embeddings, retrieval.diffusion).neighbours()
-                 if retrieval.rerank == "diffusion" else None)
+        ranker = _ranker(embeddings, retrieval)
+        graph = ranker.neighbours() if ranker is not None else None
         labels = (dataset.labels if dataset.labels is not None
                   else np.full(len(images), -1, dtype=np.int64))
 
@@ -275,6 +284,21 @@ class Collection:
         return list(names) if names else None
 
     # ------------------------------------------------------------------ metadata
+    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Run ``sql`` for every row in one SQLite transaction."""
+        db = sqlite3.connect(self.path / "metadata.sqlite")
+        try:
+            with db:
+                db.executemany(sql, rows)
+        finally:
+            db.close()
+
+    def _next_id(self) -> int:
+        """The smallest id never given out: ids only grow, so a removed id is never given
+        to another image."""
+        return max(int(self.manifest.get("next_id", 0)),
+                   int(self.ids.max()) + 1 if len(self.ids) else 0)
+
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         db = sqlite3.connect(f"file:{self.path / 'metadata.sqlite'}?mode=ro", uri=True)
         try:
@@ -392,9 +416,7 @@ class Collection:
         out = np.empty(len(conformed), dtype=np.int64)
         new_rows: list[int] = []
         seen: dict[str, int] = {}
-        # ids only grow: a removed id is never given to another image
-        next_id = max(int(self.manifest.get("next_id", 0)),
-                      int(self.ids.max()) + 1 if len(self.ids) else 0)
+        next_id = self._next_id()
         for i, h in enumerate(hashes):
             existing = seen.get(h)
             existing = self.find(hash=h) if existing is None else existing
@@ -413,14 +435,8 @@ class Collection:
         embeddings = np.concatenate([np.asarray(self.embeddings), codes])
         stored = np.concatenate([np.asarray(self.images), conformed[rows]])
         self.backend.add(new_ids, codes)
-        db = sqlite3.connect(self.path / "metadata.sqlite")
-        try:
-            with db:
-                db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", (
-                    (int(new_ids[j]), sources[r], int(lab[r]), hashes[r])
-                    for j, r in enumerate(rows)))
-        finally:
-            db.close()
+        self._write("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", (
+            (int(new_ids[j]), sources[r], int(lab[r]), hashes[r]) for j, r in enumerate(rows)))
         self._commit(ids, embeddings, stored, next_id=next_id)
         return out
 
@@ -432,12 +448,7 @@ class Collection:
         keep = np.array([int(i) not in gone for i in self.ids])
         self._commit(self.ids[keep], np.asarray(self.embeddings)[keep],
                      np.asarray(self.images)[keep], removed=np.array(sorted(gone), np.int64))
-        db = sqlite3.connect(self.path / "metadata.sqlite")
-        try:
-            with db:
-                db.executemany("DELETE FROM items WHERE id = ?", ((i,) for i in sorted(gone)))
-        finally:
-            db.close()
+        self._write("DELETE FROM items WHERE id = ?", ((i,) for i in sorted(gone)))
         return len(gone)
 
     def _commit(self, ids: np.ndarray, embeddings: np.ndarray, images: np.ndarray,
@@ -446,16 +457,14 @@ class Collection:
         delete the previous generation's files. ``removed`` ids leave the index here."""
         old = self.files
         generation = int(self.manifest.get("generation", 0)) + 1
-        diffusion = (Diffusion(embeddings, self.retrieval.diffusion)
-                     if self.retrieval.rerank == "diffusion" and len(ids) else None)
+        diffusion = _ranker(embeddings, self.retrieval)
         graph = diffusion.neighbours() if diffusion is not None else None
         if removed is not None:
             self.backend.remove(removed)
         files = _write_state(self.path, generation, ids, embeddings, images, self.backend, graph)
         manifest = {**self.manifest, "count": len(ids), "generation": generation,
                     "files": files, "updated": _now(),
-                    "next_id": max(int(self.manifest.get("next_id", 0)), next_id or 0,
-                                   *(int(a.max()) + 1 for a in (ids, self.ids) if len(a)))}
+                    "next_id": max(self._next_id(), next_id or 0)}
         atomic_write_json(self.path / "manifest.json", manifest)
         self.manifest = manifest
         self.ids, self.embeddings, self.images = ids, embeddings, images
