@@ -394,7 +394,25 @@ def test_add_and_remove_commands(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert code == 0, err
     assert "added 3 image(s)" in out and "1 skipped" in out
     code, out, _ = run(capsys, ["add", coll, folder / "n0.png"])
-    assert code == 0 and "added 0 image(s)" in out and "1 already present" in out
+    assert code == 0 and "added 0 image(s)" in out and "1 already there by path" in out
+    shutil.copy(folder / "n0.png", tmp_path / "copy.png")
+    code, out, _ = run(capsys, ["add", coll, tmp_path / "copy.png"])
+    assert code == 0 and "added 0 image(s)" in out and "1 by content" in out
+    # --update: a changed file keeps its id, gets its new pixels and code
+    from lookalike.collection import Collection
+
+    before = Collection.open(coll)
+    n2 = before.sources()[str(folder / "n2.png")][0]
+    old_code = before.vector(n2).copy()
+    Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / "n2.png")
+    code, out, _ = run(capsys, ["add", coll, folder])
+    assert code == 0 and "0 updated" in out  # without --update, a known path is left alone
+    code, out, _ = run(capsys, ["add", coll, folder, "--update"])
+    assert code == 0 and "1 updated" in out and "added 0" in out, out
+    after = Collection.open(coll)
+    assert len(after) == len(before) and after.sources()[str(folder / "n2.png")][0] == n2
+    assert not np.allclose(after.vector(n2), old_code)
+    assert after.search_ids([n2], 1)[1][0, 0] != n2
     code, out, _ = run(capsys, ["search", coll, folder / "n1.png", "-k", "1", "--json", "--exact"])
     assert code == 0  # the added image is stored, so it is excluded from its own results
     code, out, err = run(capsys, ["remove", coll, "0", "--source", f"{folder}/n*.png"])

@@ -127,8 +127,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     ds = _load(args, spec=model.config.input)
-    coll = Collection.create(args.out, model, ds, factory=args.factory, overwrite=args.overwrite,
-                             progress=args.progress)
+    coll = Collection.create(args.out, model, ds, factory=args.factory,
+                             search_params=args.search_params, overwrite=args.overwrite,
+                             progress=args.progress, chunk=args.checkpoint_every)
     print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
           + (f", {len(ds.skipped)} file(s) skipped" if ds.skipped else ""))
     return 0
@@ -336,13 +337,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_add(args: argparse.Namespace) -> int:
-    from .collection import Collection
-    from .images import find_images, is_image_path, load_images
+def _image_files(paths: Sequence[str]) -> list[Path]:
+    """The image files named by ``paths`` (files, or folders searched recursively)."""
+    from .images import find_images, is_image_path
 
-    coll = Collection.open(args.collection)
     files: list[Path] = []
-    for raw in args.paths:
+    for raw in paths:
         path = Path(raw)
         if path.is_dir():
             files.extend(find_images(path))
@@ -352,14 +352,47 @@ def cmd_add(args: argparse.Namespace) -> int:
             log.warning("skipped %s: not an image file extension", path)
         else:
             raise LookalikeError(f"{path} does not exist")
-    images, kept, skipped = load_images(files, progress=args.progress)
-    if not images:
-        raise LookalikeError("no readable image to add")
+    return files
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .collection import Collection
+    from .images import conform, content_hash, load_images
+
+    coll = Collection.open(args.collection)
+    files = _image_files(args.paths)
+    present = coll.sources()
+    todo = [f for f in files if args.update or str(f) not in present]
     before = len(coll)
-    ids = coll.add(images, [str(f) for f in kept])
-    added = len(coll) - before
-    print(f"added {added} image(s) to {coll.path}; {len(ids) - added} already present; "
-          f"{len(skipped)} skipped; {len(coll)} in all")
+    added = dupes = updated = 0
+    skipped: list[tuple[str, str]] = []
+    # Each batch is one commit: a crash loses at most the batch in progress, and running
+    # the same command again skips the files already added (by source path).
+    with tqdm(total=len(files), initial=len(files) - len(todo), desc="adding", unit="img",
+              disable=not args.progress) as bar:
+        for start in range(0, len(todo), args.batch):
+            batch = todo[start:start + args.batch]
+            images, kept, bad = load_images(batch)
+            skipped += bad
+            new = [(im, str(f)) for im, f in zip(images, kept, strict=True) if str(f) not in present]
+            old = [(present[str(f)][0], im) for im, f in zip(images, kept, strict=True)
+                   if str(f) in present
+                   and content_hash(conform([im], coll.encoder.spec)[0]) != present[str(f)][1]]
+            if new:
+                count = len(coll)
+                coll.add([im for im, _ in new], [src for _, src in new])
+                added += len(coll) - count
+                dupes += len(new) - (len(coll) - count)
+            if old:
+                updated += coll.update([i for i, _ in old], [im for _, im in old])
+            bar.update(len(batch))
+    if not files or (len(skipped) == len(files)):
+        raise LookalikeError("no readable image to add")
+    print(f"added {added} image(s) to {coll.path}; {len(files) - len(todo)} already there by "
+          f"path, {dupes} by content; {updated} updated; {len(skipped)} skipped; "
+          f"{len(coll)} in all (was {before})")
     return 0
 
 
@@ -515,7 +548,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory")
     _data_args(p)
     p.add_argument("--out", required=True, help="collection directory to write")
-    p.add_argument("--factory", default="Flat", help="FAISS index factory string (Flat = exact)")
+    p.add_argument("--factory", default="auto",
+                   help="FAISS index factory string: Flat (exact), IVF4096,Flat, HNSW32...; auto "
+                        "(default): exact up to 100k codes, an inverted file above")
+    p.add_argument("--search-params", default=None, metavar="PARAMS",
+                   help="FAISS search parameters, e.g. nprobe=64 or efSearch=128 (auto chooses)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=8192, metavar="N",
+                   help="save codes every N images; rerunning an interrupted index resumes "
+                        "(default 8192)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing collection")
     p.set_defaults(func=cmd_index)
 
@@ -572,6 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("add", help="add image files or folders to a collection (no rebuild)")
     p.add_argument("collection")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
+    p.add_argument("--update", action="store_true",
+                   help="re-encode files already in the collection whose pixels changed")
+    p.add_argument("--batch", type=_positive_int, default=1024, metavar="N",
+                   help="commit every N files: an interrupted add resumes where it stopped")
     p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("remove", help="remove items from a collection by id or source pattern")

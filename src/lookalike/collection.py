@@ -11,18 +11,25 @@
   ``graph_ids.npy`` (row indices, ``int64 (n, k)``) and ``graph_sims.npy`` (cosines);
 * ``model/``: a copy of the model that made the codes, so a collection is self-contained.
 
-A collection is written to a temporary directory and renamed into place, so a crash
-never leaves a half-written one under its name.
+The manifest records the SHA-256 and size of every array and index file of the current
+generation, checked on open, so a damaged or truncated file is named rather than read.
+
+A new collection is built in ``.<name>.partial/`` beside it and renamed into place, so a
+crash never leaves a half-written one under its name. Its codes are checkpointed there
+chunk by chunk: running the same ``create`` again (same model, same images) resumes from
+the last finished chunk. Replacing a collection (``overwrite``) first moves the old one to
+``.<name>.old``, which :meth:`Collection.open` and :meth:`Collection.create` move back if
+a crash came between the two renames.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,14 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from .backends import IndexBackend, new_backend, open_backend
+from .backends import IndexBackend, choose_factory, new_backend, open_backend
 from .config import RetrievalConfig
 from .datasets import Dataset
 from .encoders import ModelEncoder
 from .errors import CollectionError, LookalikeError
-from .fsutil import atomic_write, atomic_write_json, read_json
+from .fsutil import atomic_write, atomic_write_json, fsync_dir, read_json
 from .images import conform, content_hash
-from .modelio import LoadedModel, load_model
+from .modelio import LoadedModel, file_sha256, load_model
 from .rerank import Diffusion
 from .versions import versions
 
@@ -66,6 +73,110 @@ def _write_state(directory: Path, generation: int, ids: np.ndarray, embeddings: 
         atomic_write(directory / files[key], functools.partial(_save_npy, array=arr))
     backend.save(directory, files["index"])
     return files
+
+
+def _checksums(directory: Path, files: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """``{file name: {"sha256": ..., "bytes": ...}}`` for the generation's files."""
+    return {name: {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
+            for name in sorted(set(files.values()))}
+
+
+def _verify(directory: Path, checksums: dict[str, dict[str, Any]]) -> None:
+    """Raise :class:`CollectionError` naming the first file whose size or SHA-256 differs
+    from the manifest's record."""
+    for name, want in checksums.items():
+        path = directory / name
+        if not path.is_file():
+            raise CollectionError(f"{path} is missing; rebuild the collection with 'lookalike index'")
+        size = path.stat().st_size
+        if size != want.get("bytes", size):
+            raise CollectionError(f"{path} is damaged (truncated: {size} bytes, the manifest says "
+                                  f"{want['bytes']}); rebuild the collection with 'lookalike index'")
+        if file_sha256(path) != want.get("sha256"):
+            raise CollectionError(f"{path} is damaged (its checksum does not match the manifest); "
+                                  "rebuild the collection with 'lookalike index'")
+
+
+def _check_sqlite(path: Path) -> None:
+    """SQLite's own quick consistency check of the metadata table."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+            db.execute("SELECT count(*) FROM items").fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise CollectionError(f"{path} is damaged ({exc}); rebuild the collection with "
+                              "'lookalike index'") from None
+    if result != "ok":
+        raise CollectionError(f"{path} is damaged ({result}); rebuild the collection with "
+                              "'lookalike index'")
+
+
+def _recover(target: Path) -> None:
+    """Undo a replacement interrupted between its two renames: the old collection, moved
+    aside to ``.<name>.old``, goes back under its name."""
+    old = target.parent / f".{target.name}.old"
+    if old.is_dir() and not target.exists():
+        os.replace(old, target)
+        fsync_dir(target.parent)
+        log.warning("restored %s from an interrupted replacement", target)
+    elif old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _job_key(model: LoadedModel, images: np.ndarray, chunk: int) -> str:
+    """What a checkpointed encoding run depends on: the model, the images, the chunking."""
+    h = hashlib.sha256(f"{model.fingerprint}:{images.shape}:{chunk}:".encode())
+    h.update(np.ascontiguousarray(images).data)
+    return h.hexdigest()
+
+
+def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, images: np.ndarray,
+                     chunk: int = 8192, progress: bool = False) -> np.ndarray:
+    """Encode ``images`` chunk by chunk, each chunk's codes saved atomically in
+    ``stage/chunks``; chunks already there from an interrupted run with the same model and
+    images are loaded instead of encoded again."""
+    key = _job_key(model, images, chunk)
+    job = stage / "job.json"
+    chunks = stage / "chunks"
+    try:
+        same = job.is_file() and read_json(job).get("key") == key
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        if stage.exists():
+            shutil.rmtree(stage)
+        chunks.mkdir(parents=True)
+        atomic_write_json(job, {"key": key, "count": len(images), "chunk": chunk})
+    out = np.empty((len(images), encoder.dim), dtype=np.float32)
+    starts = range(0, len(images), chunk)
+    done = [s for s in starts if (chunks / f"codes.{s:09d}.npy").is_file()]
+    if done:
+        log.warning("resuming: %d of %d images already encoded",
+                    min(len(done) * chunk, len(images)), len(images))
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(images), desc="encoding", unit="img", disable=not progress,
+              initial=0) as bar:
+        for start in starts:
+            path = chunks / f"codes.{start:09d}.npy"
+            stop = min(start + chunk, len(images))
+            codes = None
+            if start in done:
+                try:
+                    codes = np.load(path, allow_pickle=False)
+                except (OSError, ValueError):
+                    codes = None
+                if codes is not None and codes.shape != (stop - start, encoder.dim):
+                    codes = None
+            if codes is None:
+                codes = encoder.encode(images[start:stop])
+                atomic_write(path, functools.partial(_save_npy, array=codes))
+            out[start:stop] = codes
+            bar.update(stop - start)
+    return out
 
 
 def _ranker(embeddings: np.ndarray, retrieval: RetrievalConfig) -> Diffusion | None:
@@ -116,25 +227,47 @@ class Collection:
     # ------------------------------------------------------------------ create / open
     @classmethod
     def create(cls, path: str | os.PathLike[str], model: LoadedModel, dataset: Dataset, *,
-               backend: str = "faiss", factory: str = "Flat", overwrite: bool = False,
-               progress: bool = False) -> Collection:
+               backend: str = "faiss", factory: str = "auto", search_params: str | None = None,
+               overwrite: bool = False, progress: bool = False, chunk: int = 8192,
+               codes: np.ndarray | None = None) -> Collection:
         """Encode ``dataset`` with ``model`` and write a collection at ``path``.
+
+        ``factory`` is a FAISS index factory string, or ``"auto"`` to choose by size
+        (:func:`lookalike.backends.choose_factory`); ``search_params`` (``"nprobe=64"``)
+        override the chosen ones. Codes are checkpointed every ``chunk`` images: after a
+        crash, the same call resumes. ``codes`` (``float32 (n, d)``), when given, were made
+        by this model elsewhere (another engine) and are used as they are.
 
         Raises:
             CollectionError: ``path`` exists (and not ``overwrite``), or the dataset is empty.
         """
         target = Path(path)
+        _recover(target)
         if target.exists() and not overwrite:
             raise CollectionError(f"{target} already exists; choose another --out or pass --overwrite")
         if len(dataset) == 0:
             raise CollectionError("cannot index an empty dataset")
         if model.path is None:
             raise CollectionError("the model must be saved (have a directory) before indexing")
+        if chunk <= 0:
+            raise LookalikeError(f"chunk must be a positive integer, got {chunk}")
         encoder = ModelEncoder(model)
         images = conform(dataset.images, encoder.spec)
-        embeddings = encoder.encode(images, progress=progress)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stage = target.parent / f".{target.name}.partial"
+        if codes is None:
+            embeddings = encode_resumable(stage, encoder, model, images, chunk, progress)
+        else:
+            embeddings = np.ascontiguousarray(codes, dtype=np.float32)
+            if embeddings.shape != (len(images), encoder.dim):
+                raise LookalikeError(f"codes must have shape ({len(images)}, {encoder.dim}), "
+                                     f"got {embeddings.shape}")
+            stage.mkdir(parents=True, exist_ok=True)
         ids = np.arange(len(images), dtype=np.int64)
-        index = new_backend(backend, encoder.dim, factory=factory)
+        if factory == "auto":
+            factory, chosen = choose_factory(len(ids))
+            search_params = chosen if search_params is None else search_params
+        index = new_backend(backend, encoder.dim, factory=factory, search_params=search_params or "")
         index.add(ids, embeddings)
         retrieval = model.retrieval
         ranker = _ranker(embeddings, retrieval)
@@ -142,12 +275,15 @@ class Collection:
         labels = (dataset.labels if dataset.labels is not None
                   else np.full(len(images), -1, dtype=np.int64))
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = stage / "collection"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        shutil.copytree(model.path, tmp / "model")
+        files = _write_state(tmp, 0, ids, embeddings, images, index, graph)
+        db = sqlite3.connect(tmp / "metadata.sqlite")
         try:
-            shutil.copytree(model.path, tmp / "model")
-            files = _write_state(tmp, 0, ids, embeddings, images, index, graph)
-            with sqlite3.connect(tmp / "metadata.sqlite") as db:
+            with db:
                 db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
                            " label INTEGER NOT NULL, hash TEXT NOT NULL)")
                 db.execute("CREATE INDEX items_hash ON items(hash)")
@@ -156,44 +292,49 @@ class Collection:
                     (int(i), s, int(lab), content_hash(im))
                     for i, s, lab, im in zip(ids, dataset.sources, labels, images, strict=True)
                 ))
+        finally:
             db.close()
-            manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "model": {"fingerprint": model.fingerprint, "arch": model.config.arch,
-                          "input": model.config.input.to_dict()},
-                "dataset": {"name": dataset.name, "split": dataset.split},
-                "count": len(ids),
-                "dim": encoder.dim,
-                "backend": index.settings(),
-                "retrieval": retrieval.to_dict(),
-                "generation": 0,
-                "files": files,
-                "label_names": list(dataset.label_names) if dataset.label_names else None,
-                "skipped": [list(s) for s in dataset.skipped],
-                "created": _now(),
-                "updated": _now(),
-                "versions": versions(),
-            }
-            atomic_write_json(tmp / "manifest.json", manifest)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": {"fingerprint": model.fingerprint, "arch": model.config.arch,
+                      "input": model.config.input.to_dict()},
+            "dataset": {"name": dataset.name, "split": dataset.split},
+            "count": len(ids),
+            "dim": encoder.dim,
+            "backend": index.settings(),
+            "retrieval": retrieval.to_dict(),
+            "generation": 0,
+            "files": files,
+            "checksums": _checksums(tmp, files),
+            "label_names": list(dataset.label_names) if dataset.label_names else None,
+            "skipped": [list(s) for s in dataset.skipped],
+            "created": _now(),
+            "updated": _now(),
+            "versions": versions(),
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+        old = target.parent / f".{target.name}.old"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
         log.info("indexed %d images into %s", len(ids), target)
         return cls.open(target)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], model_dir: str | os.PathLike[str] | None = None
-             ) -> Collection:
-        """Open a collection; with ``model_dir``, check that this model made it.
+    def open(cls, path: str | os.PathLike[str], model_dir: str | os.PathLike[str] | None = None,
+             verify: bool = True) -> Collection:
+        """Open a collection; with ``model_dir``, check that this model made it. With
+        ``verify``, every array and index file is checked against the manifest's checksums.
 
         Raises:
             CollectionError: missing or damaged files, a newer format, another model.
         """
         p = Path(path)
+        _recover(p)
         if not p.is_dir():
             raise CollectionError(f"collection {p} does not exist")
         if not (p / "manifest.json").is_file():
@@ -216,6 +357,9 @@ class Collection:
                 raise CollectionError(f"{p / files[key]} is missing; rebuild with 'lookalike index'")
         if not (p / "metadata.sqlite").is_file():
             raise CollectionError(f"{p / 'metadata.sqlite'} is missing; rebuild with 'lookalike index'")
+        if verify and manifest.get("checksums"):
+            _verify(p, manifest["checksums"])
+        _check_sqlite(p / "metadata.sqlite")
         model = load_model(model_dir if model_dir is not None else p / "model")
         if model.fingerprint != manifest["model"]["fingerprint"]:
             raise CollectionError(
@@ -333,6 +477,12 @@ class Collection:
         rows = self._query(f"SELECT id FROM items WHERE {column} = ? ORDER BY id", (value,))
         return next((int(r[0]) for r in rows if int(r[0]) in self._row), None)
 
+    def sources(self) -> dict[str, tuple[int, str]]:
+        """``{source: (id, content hash)}`` of the stored items (rows left by an interrupted
+        change are not items)."""
+        return {src: (int(i), h) for i, src, h in self._query("SELECT id, source, hash FROM items")
+                if int(i) in self._row}
+
     def image(self, item_id: int) -> np.ndarray:
         """The stored image of ``item_id``: ``uint8 (H, W, C)``."""
         row = self._row.get(int(item_id))
@@ -440,6 +590,39 @@ class Collection:
         self._commit(ids, embeddings, stored, next_id=next_id)
         return out
 
+    def update(self, ids: np.ndarray | list[int], images: np.ndarray | list[np.ndarray]) -> int:
+        """Give stored items new images (a changed file): each keeps its id, source and
+        label; its pixels, hash and code are replaced, in one commit. Returns how many
+        changed (an image equal to the stored one changes nothing).
+
+        Raises:
+            LookalikeError: an unknown id, or not one image per id.
+        """
+        wanted = [int(i) for i in np.asarray(ids).ravel()]
+        if len(wanted) != len(images):
+            raise LookalikeError("give one image per id")
+        unknown = [i for i in wanted if i not in self._row]
+        if unknown:
+            raise LookalikeError(f"no item with id {unknown[0]} in {self.path}")
+        conformed = conform(images, self.encoder.spec)
+        stored = {it.id: it.hash for it in self.items(wanted) if it is not None}
+        changed = [j for j, i in enumerate(wanted) if content_hash(conformed[j]) != stored.get(i)]
+        if not changed:
+            return 0
+        rows = np.array([self._row[wanted[j]] for j in changed])
+        change_ids = np.array([wanted[j] for j in changed], dtype=np.int64)
+        codes = self.encoder.encode(conformed[changed])
+        embeddings = np.array(self.embeddings)
+        pixels = np.array(self.images)
+        embeddings[rows] = codes
+        pixels[rows] = conformed[changed]
+        self.backend.remove(change_ids)
+        self.backend.add(change_ids, codes)
+        self._commit(self.ids.copy(), embeddings, pixels)
+        self._write("UPDATE items SET hash = ? WHERE id = ?", (
+            (content_hash(conformed[j]), wanted[j]) for j in changed))
+        return len(changed)
+
     def remove(self, ids: np.ndarray | list[int]) -> int:
         """Remove items by id; unknown ids are ignored. Returns how many were removed."""
         gone = {int(i) for i in np.asarray(ids).ravel()} & set(self._row)
@@ -463,7 +646,7 @@ class Collection:
             self.backend.remove(removed)
         files = _write_state(self.path, generation, ids, embeddings, images, self.backend, graph)
         manifest = {**self.manifest, "count": len(ids), "generation": generation,
-                    "files": files, "updated": _now(),
+                    "files": files, "checksums": _checksums(self.path, files), "updated": _now(),
                     "next_id": max(self._next_id(), next_id or 0)}
         atomic_write_json(self.path / "manifest.json", manifest)
         self.manifest = manifest
