@@ -56,7 +56,7 @@ class Autoencoder(nn.Module):
         """``float32 (n, C, H, W)`` in [0, 1] -> codes ``(n, code_dim)`` (L2-normalised for
         ``contrastive``, whose codes are compared by angle)."""
         z = self.features(x)
-        return F.normalize(z, dim=1) if self.head is not None else z
+        return F.normalize(z.float(), dim=1) if self.head is not None else z
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Projection head for the contrastive loss: features -> L2-normalised ``(n, 64)``."""
@@ -131,6 +131,23 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+ARTICLE_PRESETS = ("conv-16-8-8", "conv-32-32", "hourglass")
+
+
+def _keras_init(module: nn.Module) -> None:
+    """Keras' defaults (Glorot-uniform kernels, zero biases), so the articles' presets
+    start where the articles' Keras models start."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def build_model(config: ModelConfig) -> Autoencoder:
-    """A freshly initialised :class:`Autoencoder` for ``config``."""
-    return Autoencoder(config)
+    """A freshly initialised :class:`Autoencoder` for ``config`` (the articles' presets
+    initialised as Keras does)."""
+    model = Autoencoder(config)
+    if config.arch in ARTICLE_PRESETS:
+        _keras_init(model)
+    return model

@@ -137,20 +137,20 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     if device.type == "cpu":  # oneDNN's convolutions are faster in NHWC
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         x_train = x_train.contiguous(memory_format=torch.channels_last)
-    opt = (torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-           if train.weight_decay else torch.optim.Adam(model.parameters(), lr=train.lr))
+    opt = _optimizer(model, train)
     batches = [(i, min(i + train.batch_size, len(x_train)))
                for i in range(0, len(x_train), train.batch_size)]
     batches = [b for b in batches if b[1] - b[0] >= minimum // 2 + 1] or batches
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=train.lr, pct_start=0.1,
                                                  total_steps=train.epochs * len(batches))
              if train.objective == "contrastive" else None)
-    history: dict[str, Any] = {"train_loss": [], "val_loss": []}
+    history: dict[str, Any] = {"train_loss": [], "val_loss": [], "epoch_seconds": []}
     best = float("inf")
     best_state: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     bar = tqdm(range(train.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in bar:
+        epoch_start = time.perf_counter()
         model.train()
         perm = torch.randperm(len(x_train), generator=gen).to(device)
         total = seen = 0.0
@@ -165,6 +165,7 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
             total += float(loss.detach()) * (hi - lo)
             seen += hi - lo
         history["train_loss"].append(total / seen)
+        history["epoch_seconds"].append(round(time.perf_counter() - epoch_start, 4))
         if n_val:
             history["val_loss"].append(_validate(model, x_val, train))
         score = history["val_loss"][-1] if n_val else history["train_loss"][-1]
@@ -186,6 +187,18 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     model.load_state_dict(best_state)
     model.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     return TrainResult(model, history, train)
+
+
+def _optimizer(model: Autoencoder, train: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (AdamW with weight decay), fused into one kernel where PyTorch has it."""
+    cls = torch.optim.AdamW if train.weight_decay else torch.optim.Adam
+    kwargs: dict[str, Any] = {"lr": train.lr}
+    if train.weight_decay:
+        kwargs["weight_decay"] = train.weight_decay
+    try:
+        return cls(model.parameters(), fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # no fused kernel for this device or dtype
+        return cls(model.parameters(), **kwargs)
 
 
 def _validate(model: Autoencoder, x_val: torch.Tensor, train: TrainConfig) -> float:
