@@ -43,15 +43,15 @@ EXACT_LIMIT = 100_000
 def choose_factory(n: int) -> tuple[str, str]:
     """The index for ``n`` codes: ``("Flat", "")`` (exact) up to :data:`EXACT_LIMIT`, above
     it ``("IVF{nlist},Flat", "nprobe=...")`` with ``nlist`` the power of two nearest
-    ``4 * sqrt(n)`` (4096 at 1M) and ``nprobe = nlist / 64`` (at least 16).
+    ``sqrt(n)`` (1024 at 1M) and ``nprobe = nlist / 32`` (at least 16).
 
     An inverted file rather than HNSW because it supports removal (``lookalike remove``),
     builds in a fraction of HNSW's time and costs no memory per vector beyond the codes.
     """
     if n <= EXACT_LIMIT:
         return "Flat", ""
-    nlist = 1 << int(round(np.log2(4 * np.sqrt(n))))
-    return f"IVF{nlist},Flat", f"nprobe={max(16, nlist // 64)}"
+    nlist = 1 << int(round(np.log2(np.sqrt(n))))
+    return f"IVF{nlist},Flat", f"nprobe={max(16, nlist // 32)}"
 
 
 class IndexBackend(ABC):
