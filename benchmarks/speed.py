@@ -66,12 +66,10 @@ def median_rate(n: int, fn: Callable[[], Any], repeats: int) -> float:
 
 
 def keras_available() -> bool:
-    try:
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the peer can run (found, not imported: TensorFlow stays out of this process)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("keras", "tensorflow"))
 
 
 def run_keras(train: np.ndarray, query: np.ndarray, epochs: int, work: Path) -> dict[str, Any]:
