@@ -179,10 +179,15 @@ def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, ima
     return out
 
 
+DIFFUSION_LIMIT = 100_000
+
+
 def _ranker(embeddings: np.ndarray, retrieval: RetrievalConfig) -> Diffusion | None:
     """The diffusion ranker over ``embeddings`` when ``retrieval`` re-ranks and there is
-    anything to rank; its graph is what a collection stores."""
-    if retrieval.rerank != "diffusion" or len(embeddings) == 0:
+    anything to rank; its graph is what a collection stores. Above
+    :data:`DIFFUSION_LIMIT` items there is none: its exact k-NN graph costs O(n²)."""
+    if (retrieval.rerank != "diffusion" or len(embeddings) == 0
+            or len(embeddings) > DIFFUSION_LIMIT):
         return None
     return Diffusion(embeddings, retrieval.diffusion)
 
@@ -398,8 +403,9 @@ class Collection:
 
     @property
     def reranks(self) -> bool:
-        """Whether searches are re-ranked by default (the model's retrieval config)."""
-        return self.retrieval.rerank != "none"
+        """Whether searches are re-ranked by default: the model's retrieval config, up to
+        :data:`DIFFUSION_LIMIT` items (larger collections are searched by their index)."""
+        return self.retrieval.rerank != "none" and len(self) <= DIFFUSION_LIMIT
 
     @property
     def diffusion(self) -> Diffusion:
