@@ -6,7 +6,8 @@
 * ``ids.npy`` (``int64 (n,)``) and ``embeddings.npy`` (``float32 (n, d)``), row-aligned;
 * ``images.npy``: the images as the model sees them, ``uint8 (n, H, W, C)``, so results
   can be shown without going back to the sources;
-* the backend's index file (``index.faiss``);
+* the backend's index file (``index.faiss``), or for the milvus backend a JSON pointer to
+  the remote collection (``index.milvus.json``, see :mod:`lookalike.milvus_backend`);
 * with diffusion re-ranking (the model's retrieval config): the database's k-NN graph,
   ``graph_ids.npy`` (row indices, ``int64 (n, k)``) and ``graph_sims.npy`` (cosines);
 * ``model/``: a copy of the model that made the codes, so a collection is self-contained.
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import IndexBackend, new_backend, open_backend
+from .backends import IndexBackend, discard_backend, new_backend, open_backend
 from .config import RetrievalConfig
 from .datasets import Dataset
 from .encoders import ModelEncoder
@@ -64,8 +65,28 @@ def _write_state(directory: Path, generation: int, ids: np.ndarray, embeddings: 
         arrays.update(graph_sims=graph[0], graph_ids=graph[1])
     for key, arr in arrays.items():
         atomic_write(directory / files[key], functools.partial(_save_npy, array=arr))
-    backend.save(directory, files["index"])
+    files["index"] = backend.save(directory, files["index"])
     return files
+
+
+def _abandon(index: IndexBackend) -> None:
+    """Delete what a new collection's backend wrote outside the directory (a remote
+    collection) when the collection is not created after all, and let go of it."""
+    try:
+        index.drop()
+    except Exception as exc:  # the first error is the one to report
+        log.warning("could not delete the new index's remote data: %s", exc)
+    finally:
+        index.close()
+
+
+def _backend_settings(path: Path) -> dict[str, Any] | None:
+    """The backend settings of the collection at ``path``, if it has a readable manifest."""
+    try:
+        manifest = read_json(path / "manifest.json")
+        return dict(manifest["backend"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _ranker(embeddings: np.ndarray, retrieval: RetrievalConfig) -> Diffusion | None:
@@ -117,8 +138,14 @@ class Collection:
     @classmethod
     def create(cls, path: str | os.PathLike[str], model: LoadedModel, dataset: Dataset, *,
                backend: str = "faiss", factory: str = "Flat", overwrite: bool = False,
-               progress: bool = False) -> Collection:
+               progress: bool = False, backend_options: dict[str, Any] | None = None,
+               codes: np.ndarray | None = None) -> Collection:
         """Encode ``dataset`` with ``model`` and write a collection at ``path``.
+
+        ``backend_options`` go to the backend (the milvus backend's ``uri`` and
+        ``collection``); ``codes`` (``float32 (n, d)``, row-aligned with ``dataset``), when
+        given, are the dataset's codes already made by this model (``lookalike.ray_engine``),
+        and nothing is encoded here.
 
         Raises:
             CollectionError: ``path`` exists (and not ``overwrite``), or the dataset is empty.
@@ -132,10 +159,18 @@ class Collection:
             raise CollectionError("the model must be saved (have a directory) before indexing")
         encoder = ModelEncoder(model)
         images = conform(dataset.images, encoder.spec)
-        embeddings = encoder.encode(images, progress=progress)
+        if codes is not None and np.shape(codes) != (len(images), encoder.dim):
+            raise CollectionError(f"codes of shape {np.shape(codes)} do not fit {len(images)} images "
+                                  f"and {encoder.dim}-d codes")
+        embeddings = (encoder.encode(images, progress=progress) if codes is None
+                      else np.ascontiguousarray(codes, dtype=np.float32))
         ids = np.arange(len(images), dtype=np.int64)
-        index = new_backend(backend, encoder.dim, factory=factory)
-        index.add(ids, embeddings)
+        index = new_backend(backend, encoder.dim, factory=factory, **(backend_options or {}))
+        try:  # a backend keeping vectors elsewhere (a server) writes them first
+            index.add(ids, embeddings)
+        except BaseException:
+            _abandon(index)
+            raise
         retrieval = model.retrieval
         ranker = _ranker(embeddings, retrieval)
         graph = ranker.neighbours() if ranker is not None else None
@@ -176,12 +211,17 @@ class Collection:
                 "versions": versions(),
             }
             atomic_write_json(tmp / "manifest.json", manifest)
+            replaced = _backend_settings(target) if target.exists() else None
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            _abandon(index)
             raise
+        index.close()
+        if replaced is not None:
+            discard_backend(replaced)
         log.info("indexed %d images into %s", len(ids), target)
         return cls.open(target)
 
@@ -233,10 +273,15 @@ class Collection:
         if embeddings.shape != (len(ids), dim) or len(images) != len(ids):
             raise CollectionError(f"{p}: ids, embeddings and images do not line up; rebuild")
         backend = open_backend(p, {**manifest["backend"], "file": files["index"]}, dim)
+        backend.reconcile(ids, embeddings)  # after a change written remotely, never committed
         if len(backend) != len(ids):
             raise CollectionError(f"{p}: the index holds {len(backend)} vectors, the collection "
                                   f"{len(ids)}; rebuild with 'lookalike index'")
         return cls(p, manifest, backend, ids, embeddings, images, model)
+
+    def close(self) -> None:
+        """Let go of the backend's connections (a Milvus server, Milvus Lite's file lock)."""
+        self.backend.close()
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
