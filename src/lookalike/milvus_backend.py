@@ -54,7 +54,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .backends import IndexBackend, _check
-from .errors import CollectionError, LookalikeError
+from .errors import CollectionError, LookalikeError, RemoteError
 from .fsutil import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -185,11 +185,11 @@ def _connect(uri: str) -> Any:
                                            timeout=CONNECT_TIMEOUT)
         except Exception as exc:
             if local and _lite_locked(uri):
-                raise CollectionError(
+                raise RemoteError(
                     f"Milvus Lite file {uri} is in use by another process (Milvus Lite allows one "
                     "process at a time; stop it, or use a Milvus server)") from None
             what = "open Milvus Lite file" if local else "connect to Milvus at"
-            raise CollectionError(f"cannot {what} {uri}: {_reason(exc)}") from None
+            raise RemoteError(f"cannot {what} {uri}: {_reason(exc)}") from None
         if local:
             _LITE_USERS[uri] = _LITE_USERS.get(uri, 0) + 1
     return client
@@ -204,7 +204,7 @@ def probe(uri: str) -> None:
     except Exception as exc:
         if not _is_remote_error(exc):
             raise
-        raise CollectionError(f"Milvus at {uri} does not answer: {_reason(exc)}") from None
+        raise RemoteError(f"Milvus at {uri} does not answer: {_reason(exc)}") from None
     finally:
         _disconnect(uri, client)
 
@@ -274,7 +274,7 @@ class MilvusBackend(IndexBackend):
         except Exception as exc:
             if not _is_remote_error(exc):
                 raise
-            raise CollectionError(
+            raise RemoteError(
                 f"Milvus at {self.uri}: {what} in collection {self.collection!r} failed: "
                 f"{_reason(exc)}") from None
 
