@@ -20,6 +20,7 @@ the ``scale`` extra) and only a pointer to them in the directory.
 
 from __future__ import annotations
 
+import importlib
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -168,33 +169,39 @@ class FaissBackend(IndexBackend):
 
 
 BACKENDS: dict[str, type[IndexBackend]] = {"faiss": FaissBackend}
+#: Backends defined in other modules: imported, and so registered in BACKENDS, when named.
+LAZY_BACKENDS = {"milvus": "lookalike.milvus_backend"}
+
+
+def backend_class(name: str) -> type[IndexBackend] | None:
+    """The backend class registered under ``name``, or ``None``."""
+    if name not in BACKENDS and name in LAZY_BACKENDS:
+        importlib.import_module(LAZY_BACKENDS[name])
+    return BACKENDS.get(name)
 
 
 def new_backend(name: str, dim: int, **options: Any) -> IndexBackend:
     """A new, empty backend by name (``"faiss"`` or ``"milvus"``)."""
-    if name not in BACKENDS:
-        raise LookalikeError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    return BACKENDS[name](dim, **options)
+    cls = backend_class(name)
+    if cls is None:
+        known = ", ".join(sorted({*BACKENDS, *LAZY_BACKENDS}))
+        raise LookalikeError(f"unknown backend {name!r}; expected one of {known}")
+    return cls(dim, **options)
 
 
 def open_backend(directory: str | os.PathLike[str], settings: dict[str, Any],
                  dim: int) -> IndexBackend:
     """Load the backend that ``settings`` (from a manifest) describe."""
     name = settings.get("name", "faiss")
-    if name not in BACKENDS:
+    cls = backend_class(name)
+    if cls is None:
         raise CollectionError(f"collection uses unknown backend {name!r}")
-    return BACKENDS[name].load(directory, settings, dim)
+    return cls.load(directory, settings, dim)
 
 
 def discard_backend(settings: dict[str, Any]) -> None:
     """Delete what the backend described by ``settings`` keeps outside its collection's
     directory (nothing for FAISS); for a collection that is being replaced."""
-    cls = BACKENDS.get(settings.get("name", "faiss"))
+    cls = backend_class(settings.get("name", "faiss"))
     if cls is not None:
         cls.discard(settings)
-
-
-# Registered here, after IndexBackend exists; pymilvus itself is imported only when used.
-from .milvus_backend import MilvusBackend  # noqa: E402
-
-BACKENDS[MilvusBackend.name] = MilvusBackend

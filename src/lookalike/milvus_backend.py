@@ -45,6 +45,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +54,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .backends import IndexBackend, _check
+from .backends import BACKENDS, IndexBackend, _check
 from .errors import CollectionError, LookalikeError, RemoteError
 from .fsutil import atomic_write_json, read_json
 
@@ -68,6 +69,9 @@ INSERT_BATCH = 10_000
 #: Queries per search request, and ids per ``id in [...]`` filter.
 QUERY_BATCH = 256
 ID_BATCH = 1_000
+#: Milvus Lite searches FLAT by broadcasting queries against every row, (nq, n, d) float32
+#: at once; queries are sent in groups that keep this under ~256 MB.
+LITE_FLAT_BYTES = 256 * 2**20
 #: Milvus answers at most this many results per query.
 MAX_K = 16_384
 CONNECT_TIMEOUT = 10.0
@@ -300,13 +304,23 @@ class MilvusBackend(IndexBackend):
             self._client.create_index(self.collection, index, sync=False)
             self._client.load_collection(self.collection)
 
-    def _ensure_loaded(self) -> None:
-        """Load the collection for search (a server restarted, or a new Milvus Lite process)."""
+    def _ensure_loaded(self, attempts: int = 3) -> None:
+        """Load the collection for search (a server restarted, or a new Milvus Lite process).
+        Milvus Lite 3.2 may fail a load that overlaps its background compaction ("file seems
+        not fully written"); a load is idempotent, so it is tried again a few times."""
         pymilvus = _pymilvus()
         with self._remote("loading"):
             state = self._client.get_load_state(self.collection).get("state")
-            if state != pymilvus.client.types.LoadState.Loaded:
-                self._client.load_collection(self.collection)
+            if state == pymilvus.client.types.LoadState.Loaded:
+                return
+            for attempt in range(attempts):
+                try:
+                    self._client.load_collection(self.collection)
+                    return
+                except pymilvus.MilvusException:
+                    if attempt == attempts - 1:
+                        raise
+                    time.sleep(1.0 + attempt)
 
     def _describe_dim(self) -> int:
         with self._remote("describing"):
@@ -390,9 +404,12 @@ class MilvusBackend(IndexBackend):
         params = dict(self.search_params)
         if "ef" in params:
             params["ef"] = max(params["ef"], k)
+        batch = QUERY_BATCH
+        if is_local(self.uri) and self.index_type == "FLAT" and len(q) > 1:
+            batch = int(np.clip(LITE_FLAT_BYTES // (max(1, len(self)) * self.dim * 4), 1, QUERY_BATCH))
         with self._remote("searching"):
-            for start in range(0, len(q), QUERY_BATCH):
-                block = q[start:start + QUERY_BATCH]
+            for start in range(0, len(q), batch):
+                block = q[start:start + batch]
                 hits = self._client.search(
                     self.collection, data=block.tolist(), limit=k, anns_field=VECTOR,
                     output_fields=[VECTOR], search_params={"metric_type": "L2", "params": params},
@@ -524,3 +541,6 @@ def _is_remote_error(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(exc, grpc.RpcError)
+
+
+BACKENDS[MilvusBackend.name] = MilvusBackend
