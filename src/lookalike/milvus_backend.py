@@ -230,7 +230,9 @@ def _disconnect(uri: str, client: Any) -> None:
             from milvus_lite.server_manager import server_manager_instance
         except ImportError:  # pragma: no cover - a server URI never gets here
             return
-        server_manager_instance.release_server(uri)
+        release = getattr(server_manager_instance, "release_server", None)  # (milvus-lite >= 2.4)
+        if release is not None:
+            release(uri)
 
 
 class MilvusBackend(IndexBackend):
