@@ -36,10 +36,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine, now, table, write_section  # noqa: E402
-
 import faiss  # noqa: E402
 import torch  # noqa: E402
+from _common import commit, machine, now, table, write_section  # noqa: E402
 
 from lookalike.augment import augment  # noqa: E402
 from lookalike.backends import FaissBackend, choose_factory  # noqa: E402
@@ -315,7 +314,8 @@ def report(f: dict[str, Any], keras: bool) -> str:
     r = f["recipe"]
     lines += ["", f"The default recipe (contrastive, batch 256): trains at {r['train_img_s']:,.0f} img/s "
                   f"({r['train_precision']}), encodes at {r['encode_img_s']:,.0f} img/s.", "",
-              f"### Exact search: {se['queries']:,} queries in {se['db']:,} codes ({se['dim']}-d), k={se['k']}",
+              f"### Exact search: {se['queries']:,} queries in {se['db']:,} codes ({se['dim']}-d), "
+              f"k={se['k']}",
               "",
               table(["engine", "queries/s", "lookalike ×"], [
                   ["scikit-learn NearestNeighbors (the articles' choice)", f"{se['sklearn_qps']:,.0f}",
@@ -330,7 +330,8 @@ def report(f: dict[str, Any], keras: bool) -> str:
               "### Approximate search (`--factory auto`), codes of fashion-mnist and random augmentations "
               f"of it ({f['ann_codes_seconds']:.0f} s to make), 5,000 queries (test images), k=10",
               "",
-              table(["codes", "index", "build s", "bytes/vector", "queries/s", "recall@10", "exact queries/s"],
+              table(["codes", "index", "build s", "bytes/vector", "queries/s", "recall@10",
+                     "exact queries/s"],
                     [[f"{a['n']:,}", f"{a['index']} {a['params']}".strip(), f"{a['build_s']:.1f}",
                       f"{a['bytes_per_vector']:.0f}", f"{a['qps']:,.0f}", f"{a['recall_at_10']:.3f}",
                       f"{a['exact_qps']:,.0f}"] for a in f["ann"]])]

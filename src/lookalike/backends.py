@@ -8,6 +8,9 @@ queries by squared Euclidean distance:
 * ``search(queries (m, d), k) -> (distances float32 (m, k), ids int64 (m, k))``, nearest
   first; when fewer than ``k`` items exist, the tail is padded with id -1 and distance +inf.
 * ``save(directory)`` / ``load(directory, settings)``
+* ``reconcile(ids, vectors)``, ``close()``, ``drop()``: for backends that keep the vectors
+  outside the collection directory (a server), bringing them back to the committed state,
+  letting go of the connection, and deleting them; nothing to do for a file.
 
 :class:`FaissBackend` is the default: a FAISS index described by a factory string
 (``"Flat"`` = exact search) wrapped in ``IndexIDMap2`` so ids are ours, with optional
@@ -15,10 +18,13 @@ search-time parameters (``"nprobe=32"``, ``"efSearch=64"``). ``"auto"`` picks by
 collection's size (:func:`choose_factory`): exact search up to :data:`EXACT_LIMIT` codes,
 an inverted file above it, whose scan of ``nprobe`` of its ``nlist`` lists keeps recall@10
 at or above 0.95 on lookalike's codes (``benchmarks/speed.py`` measures it).
+:class:`~lookalike.milvus_backend.MilvusBackend` keeps the vectors in Milvus (``pymilvus``,
+the ``scale`` extra) and only a pointer to them in the directory.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -81,6 +87,32 @@ class IndexBackend(ABC):
     @abstractmethod
     def settings(self) -> dict[str, Any]:
         """JSON-able settings that :func:`open_backend` needs to load this backend."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: str | os.PathLike[str], settings: dict[str, Any],
+             dim: int) -> IndexBackend:
+        """The backend saved in ``directory`` with these ``settings`` (from a manifest)."""
+
+    def reconcile(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Bring an index kept outside the collection directory back to the committed
+        ``ids`` (``vectors`` row-aligned) after a change that was written there but never
+        committed. A file written per generation needs nothing."""
+        return None  # nothing, for a backend that is a file
+
+    def close(self) -> None:
+        """Let go of connections; the backend is not used afterwards."""
+        return None  # nothing, for a backend that is a file
+
+    def drop(self) -> None:
+        """Delete whatever this backend keeps outside the collection directory."""
+        return None  # nothing, for a backend that is a file
+
+    @classmethod
+    def discard(cls, settings: dict[str, Any]) -> None:
+        """Delete what a collection with these settings keeps outside its directory
+        (a collection being overwritten); best effort."""
+        return None  # nothing, for a backend that is a file
 
 
 class FaissBackend(IndexBackend):
@@ -176,20 +208,40 @@ class FaissBackend(IndexBackend):
         return cls(dim, settings.get("factory", "Flat"), index, settings.get("search_params", ""))
 
 
-BACKENDS: dict[str, type[FaissBackend]] = {"faiss": FaissBackend}
+BACKENDS: dict[str, type[IndexBackend]] = {"faiss": FaissBackend}
+#: Backends defined in other modules: imported, and so registered in BACKENDS, when named.
+LAZY_BACKENDS = {"milvus": "lookalike.milvus_backend"}
+
+
+def backend_class(name: str) -> type[IndexBackend] | None:
+    """The backend class registered under ``name``, or ``None``."""
+    if name not in BACKENDS and name in LAZY_BACKENDS:
+        importlib.import_module(LAZY_BACKENDS[name])
+    return BACKENDS.get(name)
 
 
 def new_backend(name: str, dim: int, **options: Any) -> IndexBackend:
-    """A new, empty backend by name (``"faiss"``)."""
-    if name not in BACKENDS:
-        raise LookalikeError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    return BACKENDS[name](dim, **options)
+    """A new, empty backend by name (``"faiss"`` or ``"milvus"``)."""
+    cls = backend_class(name)
+    if cls is None:
+        known = ", ".join(sorted({*BACKENDS, *LAZY_BACKENDS}))
+        raise LookalikeError(f"unknown backend {name!r}; expected one of {known}")
+    return cls(dim, **options)
 
 
 def open_backend(directory: str | os.PathLike[str], settings: dict[str, Any],
                  dim: int) -> IndexBackend:
     """Load the backend that ``settings`` (from a manifest) describe."""
     name = settings.get("name", "faiss")
-    if name not in BACKENDS:
+    cls = backend_class(name)
+    if cls is None:
         raise CollectionError(f"collection uses unknown backend {name!r}")
-    return BACKENDS[name].load(directory, settings, dim)
+    return cls.load(directory, settings, dim)
+
+
+def discard_backend(settings: dict[str, Any]) -> None:
+    """Delete what the backend described by ``settings`` keeps outside its collection's
+    directory (nothing for FAISS); for a collection that is being replaced."""
+    cls = backend_class(settings.get("name", "faiss"))
+    if cls is not None:
+        cls.discard(settings)

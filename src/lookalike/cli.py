@@ -74,11 +74,15 @@ def _load(args: argparse.Namespace, spec: InputSpec | None = None) -> Dataset:
     split = _default_split(args.dataset, getattr(args, "split", None))
     ds = load_dataset(args.dataset, split, data_dir=args.data_dir, input_spec=spec,
                       download=getattr(args, "download", False), progress=args.progress)
+    _report_skipped(ds)
+    return ds
+
+
+def _report_skipped(ds: Dataset) -> None:
     if ds.skipped:
         log.warning("skipped %d unreadable file(s):", len(ds.skipped))
         for path, reason in ds.skipped:
             log.warning("  %s: %s", path, reason)
-    return ds
 
 
 def _emit_json(obj: Any) -> None:
@@ -121,17 +125,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The milvus backend's URI and remote collection name; checked, and the server
+    reached, before anything is encoded."""
+    if args.backend != "milvus":
+        if args.milvus_uri:
+            raise LookalikeError("--milvus-uri is for --backend milvus")
+        return {}
+    if not args.milvus_uri:
+        raise LookalikeError("--backend milvus needs --milvus-uri (a local PATH.db for Milvus Lite, "
+                             "or http://host:19530)")
+    from .milvus_backend import collection_name, index_spec, is_local, normalize_uri, probe
+
+    uri = normalize_uri(args.milvus_uri)
+    out = Path(args.out).absolute()
+    if is_local(uri) and Path(uri).is_relative_to(out):
+        raise LookalikeError(f"the Milvus Lite file {uri} must lie outside the collection directory "
+                             f"{out}, which is written anew")
+    if args.factory != "auto":
+        index_spec(args.factory)
+    probe(uri)
+    return {"uri": uri, "collection": collection_name(out)}
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from .collection import Collection
     from .modelio import load_model
 
+    options = _backend_options(args)
     model = load_model(args.model)
-    ds = _load(args, spec=model.config.input)
-    coll = Collection.create(args.out, model, ds, factory=args.factory,
+    codes = None
+    if args.engine == "ray":
+        from .ray_engine import RayConfig, load_and_encode
+
+        ds, codes = load_and_encode(
+            args.dataset, _default_split(args.dataset, args.split), model, data_dir=args.data_dir,
+            config=RayConfig(address=args.ray_address), download=args.download,
+            progress=args.progress, verbose=args.verbose)
+        _report_skipped(ds)
+    else:
+        if args.ray_address:
+            raise LookalikeError("--ray-address is for --engine ray")
+        ds = _load(args, spec=model.config.input)
+    coll = Collection.create(args.out, model, ds, backend=args.backend, factory=args.factory,
                              search_params=args.search_params, overwrite=args.overwrite,
-                             progress=args.progress, chunk=args.checkpoint_every)
+                             progress=args.progress, chunk=args.checkpoint_every,
+                             backend_options=options, codes=codes)
+    coll.close()
     print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
-          + (f", {len(ds.skipped)} file(s) skipped" if ds.skipped else ""))
+          + (f", {len(ds.skipped)} file(s) skipped" if ds.skipped else "")
+          + (f", index in Milvus at {options['uri']}" if options else ""))
     return 0
 
 
@@ -549,14 +592,26 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--out", required=True, help="collection directory to write")
     p.add_argument("--factory", default="auto",
-                   help="FAISS index factory string: Flat (exact), IVF4096,Flat, HNSW32...; auto "
-                        "(default): exact up to 100k codes, an inverted file above")
+                   help="index: a FAISS factory string: Flat (exact), IVF1024,Flat, HNSW32...; the "
+                        "milvus backend takes Flat, IVF<nlist>,Flat and HNSW<M>; auto (default): "
+                        "exact up to 100k codes, an inverted file above")
     p.add_argument("--search-params", default=None, metavar="PARAMS",
                    help="FAISS search parameters, e.g. nprobe=64 or efSearch=128 (auto chooses)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=8192, metavar="N",
                    help="save codes every N images; rerunning an interrupted index resumes "
                         "(default 8192)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing collection")
+    p.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                   help="where the codes are searched: FAISS files in the collection (default) "
+                        "or a Milvus collection (needs the 'scale' extra)")
+    p.add_argument("--milvus-uri", metavar="URI",
+                   help="with --backend milvus: a local PATH.db (Milvus Lite, embedded) or "
+                        "http://host:19530 (a Milvus server; token in $MILVUS_TOKEN)")
+    p.add_argument("--engine", choices=("in-process", "ray"), default="in-process",
+                   help="who reads and encodes the images: this process (default) or Ray Data "
+                        "(needs the 'scale' extra)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="with --engine ray: a Ray cluster's address (default: a local Ray)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="find the images nearest to queries")

@@ -6,7 +6,8 @@
 * ``ids.npy`` (``int64 (n,)``) and ``embeddings.npy`` (``float32 (n, d)``), row-aligned;
 * ``images.npy``: the images as the model sees them, ``uint8 (n, H, W, C)``, so results
   can be shown without going back to the sources;
-* the backend's index file (``index.faiss``);
+* the backend's index file (``index.faiss``), or for the milvus backend a JSON pointer to
+  the remote collection (``index.milvus.json``, see :mod:`lookalike.milvus_backend`);
 * with diffusion re-ranking (the model's retrieval config): the database's k-NN graph,
   ``graph_ids.npy`` (row indices, ``int64 (n, k)``) and ``graph_sims.npy`` (cosines);
 * ``model/``: a copy of the model that made the codes, so a collection is self-contained.
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import IndexBackend, choose_factory, new_backend, open_backend
+from .backends import IndexBackend, choose_factory, discard_backend, new_backend, open_backend
 from .config import RetrievalConfig
 from .datasets import Dataset
 from .encoders import ModelEncoder
@@ -71,7 +72,7 @@ def _write_state(directory: Path, generation: int, ids: np.ndarray, embeddings: 
         arrays.update(graph_sims=graph[0], graph_ids=graph[1])
     for key, arr in arrays.items():
         atomic_write(directory / files[key], functools.partial(_save_npy, array=arr))
-    backend.save(directory, files["index"])
+    files["index"] = backend.save(directory, files["index"])
     return files
 
 
@@ -182,6 +183,26 @@ def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, ima
 DIFFUSION_LIMIT = 100_000
 
 
+def _abandon(index: IndexBackend) -> None:
+    """Delete what a new collection's backend wrote outside the directory (a remote
+    collection) when the collection is not created after all, and let go of it."""
+    try:
+        index.drop()
+    except Exception as exc:  # the first error is the one to report
+        log.warning("could not delete the new index's remote data: %s", exc)
+    finally:
+        index.close()
+
+
+def _backend_settings(path: Path) -> dict[str, Any] | None:
+    """The backend settings of the collection at ``path``, if it has a readable manifest."""
+    try:
+        manifest = read_json(path / "manifest.json")
+        return dict(manifest["backend"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _ranker(embeddings: np.ndarray, retrieval: RetrievalConfig) -> Diffusion | None:
     """The diffusion ranker over ``embeddings`` when ``retrieval`` re-ranks and there is
     anything to rank; its graph is what a collection stores. Above
@@ -234,14 +255,18 @@ class Collection:
     def create(cls, path: str | os.PathLike[str], model: LoadedModel, dataset: Dataset, *,
                backend: str = "faiss", factory: str = "auto", search_params: str | None = None,
                overwrite: bool = False, progress: bool = False, chunk: int = 8192,
+               backend_options: dict[str, Any] | None = None,
                codes: np.ndarray | None = None) -> Collection:
         """Encode ``dataset`` with ``model`` and write a collection at ``path``.
 
         ``factory`` is a FAISS index factory string, or ``"auto"`` to choose by size
         (:func:`lookalike.backends.choose_factory`); ``search_params`` (``"nprobe=64"``)
         override the chosen ones. Codes are checkpointed every ``chunk`` images: after a
-        crash, the same call resumes. ``codes`` (``float32 (n, d)``), when given, were made
-        by this model elsewhere (another engine) and are used as they are.
+        crash, the same call resumes. ``backend_options`` go to the backend (the milvus
+        backend's ``uri`` and ``collection``); ``codes`` (``float32 (n, d)``, row-aligned
+        with ``dataset``), when given, are the dataset's codes already made by this model
+        (``lookalike.ray_engine``), and nothing is encoded here.
+
 
         Raises:
             CollectionError: ``path`` exists (and not ``overwrite``), or the dataset is empty.
@@ -258,22 +283,27 @@ class Collection:
             raise LookalikeError(f"chunk must be a positive integer, got {chunk}")
         encoder = ModelEncoder(model)
         images = conform(dataset.images, encoder.spec)
+        if codes is not None and np.shape(codes) != (len(images), encoder.dim):
+            raise CollectionError(f"codes of shape {np.shape(codes)} do not fit {len(images)} images "
+                                  f"and {encoder.dim}-d codes")
         target.parent.mkdir(parents=True, exist_ok=True)
         stage = target.parent / f".{target.name}.partial"
         if codes is None:
             embeddings = encode_resumable(stage, encoder, model, images, chunk, progress)
         else:
             embeddings = np.ascontiguousarray(codes, dtype=np.float32)
-            if embeddings.shape != (len(images), encoder.dim):
-                raise LookalikeError(f"codes must have shape ({len(images)}, {encoder.dim}), "
-                                     f"got {embeddings.shape}")
             stage.mkdir(parents=True, exist_ok=True)
         ids = np.arange(len(images), dtype=np.int64)
         if factory == "auto":
             factory, chosen = choose_factory(len(ids))
             search_params = chosen if search_params is None else search_params
-        index = new_backend(backend, encoder.dim, factory=factory, search_params=search_params or "")
-        index.add(ids, embeddings)
+        index = new_backend(backend, encoder.dim, factory=factory, search_params=search_params or "",
+                            **(backend_options or {}))
+        try:  # a backend keeping vectors elsewhere (a server) writes them first
+            index.add(ids, embeddings)
+        except BaseException:
+            _abandon(index)
+            raise
         retrieval = model.retrieval
         ranker = _ranker(embeddings, retrieval)
         graph = ranker.neighbours() if ranker is not None else None
@@ -281,51 +311,61 @@ class Collection:
                   else np.full(len(images), -1, dtype=np.int64))
 
         tmp = stage / "collection"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        shutil.copytree(model.path, tmp / "model")
-        files = _write_state(tmp, 0, ids, embeddings, images, index, graph)
-        db = sqlite3.connect(tmp / "metadata.sqlite")
         try:
-            with db:
-                db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
-                           " label INTEGER NOT NULL, hash TEXT NOT NULL)")
-                db.execute("CREATE INDEX items_hash ON items(hash)")
-                db.execute("CREATE INDEX items_source ON items(source)")
-                db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", (
-                    (int(i), s, int(lab), content_hash(im))
-                    for i, s, lab, im in zip(ids, dataset.sources, labels, images, strict=True)
-                ))
-        finally:
-            db.close()
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": {"fingerprint": model.fingerprint, "arch": model.config.arch,
-                      "input": model.config.input.to_dict()},
-            "dataset": {"name": dataset.name, "split": dataset.split},
-            "count": len(ids),
-            "dim": encoder.dim,
-            "backend": index.settings(),
-            "retrieval": retrieval.to_dict(),
-            "generation": 0,
-            "files": files,
-            "checksums": _checksums(tmp, files),
-            "label_names": list(dataset.label_names) if dataset.label_names else None,
-            "skipped": [list(s) for s in dataset.skipped],
-            "created": _now(),
-            "updated": _now(),
-            "versions": versions(),
-        }
-        atomic_write_json(tmp / "manifest.json", manifest)
-        old = target.parent / f".{target.name}.old"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            shutil.copytree(model.path, tmp / "model")
+            files = _write_state(tmp, 0, ids, embeddings, images, index, graph)
+            db = sqlite3.connect(tmp / "metadata.sqlite")
+            try:
+                with db:
+                    db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
+                               " label INTEGER NOT NULL, hash TEXT NOT NULL)")
+                    db.execute("CREATE INDEX items_hash ON items(hash)")
+                    db.execute("CREATE INDEX items_source ON items(source)")
+                    db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", (
+                        (int(i), s, int(lab), content_hash(im))
+                        for i, s, lab, im in zip(ids, dataset.sources, labels, images, strict=True)
+                    ))
+            finally:
+                db.close()
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "model": {"fingerprint": model.fingerprint, "arch": model.config.arch,
+                          "input": model.config.input.to_dict()},
+                "dataset": {"name": dataset.name, "split": dataset.split},
+                "count": len(ids),
+                "dim": encoder.dim,
+                "backend": index.settings(),
+                "retrieval": retrieval.to_dict(),
+                "generation": 0,
+                "files": files,
+                "checksums": _checksums(tmp, files),
+                "label_names": list(dataset.label_names) if dataset.label_names else None,
+                "skipped": [list(s) for s in dataset.skipped],
+                "created": _now(),
+                "updated": _now(),
+                "versions": versions(),
+            }
+            atomic_write_json(tmp / "manifest.json", manifest)
+            replaced = _backend_settings(target) if target.exists() else None
+            old = target.parent / f".{target.name}.old"
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        except BaseException:
+            # the checkpointed codes stay in the stage, for the next run to resume from
+            shutil.rmtree(tmp, ignore_errors=True)
+            _abandon(index)
+            raise
         shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(stage, ignore_errors=True)
+        index.close()
+        if replaced is not None:
+            discard_backend(replaced)
         log.info("indexed %d images into %s", len(ids), target)
         return cls.open(target)
 
@@ -382,10 +422,15 @@ class Collection:
         if embeddings.shape != (len(ids), dim) or len(images) != len(ids):
             raise CollectionError(f"{p}: ids, embeddings and images do not line up; rebuild")
         backend = open_backend(p, {**manifest["backend"], "file": files["index"]}, dim)
+        backend.reconcile(ids, embeddings)  # after a change written remotely, never committed
         if len(backend) != len(ids):
             raise CollectionError(f"{p}: the index holds {len(backend)} vectors, the collection "
                                   f"{len(ids)}; rebuild with 'lookalike index'")
         return cls(p, manifest, backend, ids, embeddings, images, model)
+
+    def close(self) -> None:
+        """Let go of the backend's connections (a Milvus server, Milvus Lite's file lock)."""
+        self.backend.close()
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:

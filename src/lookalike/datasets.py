@@ -271,21 +271,51 @@ def load_folder(root: Path, split: str = "all", spec: InputSpec | None = None,
     """Every image below ``root`` (recursively), converted to ``spec`` (inferred when
     ``None``, see :func:`infer_spec`). Labels come from the first-level subfolder names
     when every image lies in one. Unreadable files are skipped and listed in ``skipped``."""
+    paths = folder_images(root)
+    images, kept, skipped = load_images(paths, spec or infer_spec(paths), progress)
+    full = folder_dataset(root, images, kept, skipped, len(paths))
+    return full if split == "all" else full.subset(split_indices(len(full), split), split)
+
+
+def folder_images(root: Path) -> list[Path]:
+    """The image files of a folder dataset, in dataset order (see :func:`load_folder`)."""
     paths = find_images(root)
     if not paths:
         raise DataError(f"{root}: no image files found (looked for common image extensions)")
-    images, kept, skipped = load_images(paths, spec or infer_spec(paths), progress)
+    return paths
+
+
+def folder_dataset(root: Path, images: Sequence[np.ndarray], kept: Sequence[Path],
+                   skipped: Sequence[tuple[str, str]], found: int) -> Dataset:
+    """The split ``"all"`` of a folder from its decoded images (one size), the files they
+    came from, in :func:`folder_images` order, and the files skipped, of ``found`` files:
+    labels from the first-level subfolders when every image lies in one."""
     if not kept:
-        raise DataError(f"{root}: none of the {len(paths)} image files could be read")
+        raise DataError(f"{root}: none of the {found} image files could be read")
     rel = [p.relative_to(root) for p in kept]
     labels = names = None
     if all(len(r.parts) > 1 for r in rel):
         names = tuple(sorted({r.parts[0] for r in rel}))
         lookup = {n: i for i, n in enumerate(names)}
         labels = np.array([lookup[r.parts[0]] for r in rel], dtype=np.int64)
-    full = Dataset(str(root), "all", np.stack(images), labels,
+    return Dataset(str(root), "all", np.stack(images), labels,
                    tuple(str(p) for p in kept), names, tuple(skipped))
-    return full if split == "all" else full.subset(split_indices(len(full), split), split)
+
+
+def is_folder(spec: str | os.PathLike[str]) -> bool:
+    """Whether :func:`load_dataset` reads ``spec`` as a folder of image files (rather than
+    a built-in dataset, an ``.npz`` file or an IDX directory)."""
+    name = os.fspath(spec)
+    path = Path(name)
+    if name in BUILTIN_DATASETS or not path.is_dir():
+        return False
+    from .idx import find_idx_split
+
+    try:
+        find_idx_split(path, "train")
+    except DataError:
+        return True
+    return False
 
 
 def load_dataset(
@@ -331,13 +361,6 @@ def load_dataset(
         if path.suffix.lower() == ".npz":
             return _npz(path, split)
         raise DataError(f"{path}: a dataset file must be an .npz; for images, pass their folder")
-    from .idx import find_idx_split
-
-    try:
-        find_idx_split(path, "train")
-        has_idx = True
-    except DataError:
-        has_idx = False
-    if has_idx:
-        return _idx_dir(path, split)
-    return load_folder(path, split, input_spec, progress)
+    if is_folder(path):
+        return load_folder(path, split, input_spec, progress)
+    return _idx_dir(path, split)

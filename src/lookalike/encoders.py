@@ -82,7 +82,10 @@ class ModelEncoder:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.bf16):
             for i in tqdm(steps, desc="encoding", unit="batch", disable=not progress):
-                batch = torch.from_numpy(conform(images[i:i + self.batch_size], self.spec))
+                part = conform(images[i:i + self.batch_size], self.spec)
+                if not part.flags.writeable:  # torch warns on read-only arrays (memory maps)
+                    part = part.copy()
+                batch = torch.from_numpy(part)
                 # (n, H, W, C) viewed as (n, C, H, W) is channels-last already
                 x = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
                 if self.device.type != "cpu":

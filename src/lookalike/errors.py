@@ -25,3 +25,7 @@ class ModelError(LookalikeError):
 
 class CollectionError(LookalikeError):
     """A collection directory is missing, damaged, or does not fit the model."""
+
+
+class RemoteError(CollectionError):
+    """A remote index (a Milvus server, Milvus Lite) could not be reached or refused a call."""

@@ -12,7 +12,7 @@ Build the app with :func:`create_app`; ``lookalike serve`` runs it on uvicorn. R
 Every error is JSON ``{"detail": "<message>"}``: 400 for a file that is not an image (or
 a decompression bomb, refused before decoding), 404 for an unknown id, 409 for a change the
 collection cannot make, 413 past ``max_upload_bytes``, 415 for another content type, 422
-for bad parameters.
+for bad parameters, 503 when a remote index (a Milvus server) fails or cannot be reached.
 
 A :class:`~lookalike.collection.Collection` is not thread-safe; :class:`SharedCollection`
 puts a lock around it (one call at a time by default, or shared by searches) and commits
@@ -47,7 +47,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.types import Message
 
 from .collection import Collection
-from .errors import ImageError, LookalikeError
+from .errors import ImageError, LookalikeError, RemoteError
 from .images import MAX_PIXELS, decode_image
 
 log = logging.getLogger(__name__)
@@ -500,6 +500,10 @@ def create_app(collection_path: str | os.PathLike[str], *,
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused) -> Response:
         return _error(409, str(exc))
+
+    @app.exception_handler(RemoteError)
+    async def remote_error(request: Request, exc: RemoteError) -> Response:
+        return _error(503, str(exc))
 
     @app.exception_handler(LookalikeError)
     async def bad_input(request: Request, exc: LookalikeError) -> Response:
