@@ -86,7 +86,7 @@ def test_checkpoints_of_another_model_are_not_reused(tmp_path: Path, trained: Tr
 
 def _index_cmd(trained: Trained, out: Path) -> list[str]:
     return [sys.executable, "-m", "lookalike.cli", "-q", "index", "--model", str(trained.model),
-            "--dataset", "digits", "--out", str(out), "--checkpoint-every", "64"]
+            "--dataset", "digits", "--out", str(out), "--checkpoint-every", "16"]
 
 
 def _env() -> dict[str, str]:
@@ -103,18 +103,25 @@ def test_sigkill_during_index_then_rerun(tmp_path: Path, trained: Trained) -> No
     reference = Collection.open(ref_path)
     target = tmp_path / "c"
     rng = np.random.default_rng(0)
+    chunks = tmp_path / ".c.partial" / "chunks"
     mid_run = 0  # kills that left checkpoints behind (the run was cut while encoding)
-    for attempt in range(10):
+    for attempt in range(6):
+        before = len(list(chunks.glob("codes.*.npy")))
         proc = subprocess.Popen(_index_cmd(trained, target) + ["--overwrite"], env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 1.0) * full)
+        if attempt % 2 == 0:  # right after a new checkpoint: surely mid-run
+            deadline = time.perf_counter() + 120
+            while (proc.poll() is None and time.perf_counter() < deadline
+                   and len(list(chunks.glob("codes.*.npy"))) <= before):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.05))
+        else:  # anywhere, start-up and the final renames included
+            time.sleep(rng.uniform(0.3, 1.0) * full)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        mid_run += any((tmp_path / ".c.partial").glob("chunks/codes.*.npy"))
+        mid_run += any(chunks.glob("codes.*.npy"))
         if target.exists():  # it finished (or had finished earlier): complete and equal
             _same(Collection.open(target), reference)
-        if attempt >= 3 and mid_run:
-            break
     assert mid_run, "no kill landed while the run was encoding"
     subprocess.run(_index_cmd(trained, target) + ["--overwrite"], check=True, env=_env(),
                    capture_output=True)
@@ -150,9 +157,17 @@ def test_sigkill_during_add_then_rerun(tmp_path: Path, trained: Trained) -> None
     rng = np.random.default_rng(1)
     counts: list[int] = []
     for _ in range(8):
+        stamp = (target / "manifest.json").stat().st_mtime_ns
         proc = subprocess.Popen(cmd + [str(target), str(folder)], env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.4, 0.9) * full)
+        if len(counts) % 2 == 0:  # just after a commit: surely mid-add
+            deadline = time.perf_counter() + 120
+            while (proc.poll() is None and time.perf_counter() < deadline
+                   and (target / "manifest.json").stat().st_mtime_ns == stamp):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.2))
+        else:
+            time.sleep(rng.uniform(0.4, 0.9) * full)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         c = Collection.open(target)
