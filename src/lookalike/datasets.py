@@ -270,11 +270,14 @@ def load_folder(root: Path, split: str = "all", spec: InputSpec | None = None,
                 progress: bool = False) -> Dataset:
     """Every image below ``root`` (recursively), converted to ``spec`` (inferred when
     ``None``, see :func:`infer_spec`). Labels come from the first-level subfolder names
-    when every image lies in one. Unreadable files are skipped and listed in ``skipped``."""
-    paths = find_images(root)
+    when every image lies in one. Unreadable files (and folders) are skipped and listed in
+    ``skipped``; symlinked folders are followed, each real folder once (:func:`find_images`)."""
+    unlisted: list[tuple[str, str]] = []
+    paths = find_images(root, unlisted)
     if not paths:
         raise DataError(f"{root}: no image files found (looked for common image extensions)")
     images, kept, skipped = load_images(paths, spec or infer_spec(paths), progress)
+    skipped = unlisted + skipped
     if not kept:
         raise DataError(f"{root}: none of the {len(paths)} image files could be read")
     rel = [p.relative_to(root) for p in kept]
