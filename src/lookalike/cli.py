@@ -74,10 +74,8 @@ def _load(args: argparse.Namespace, spec: InputSpec | None = None) -> Dataset:
     split = _default_split(args.dataset, getattr(args, "split", None))
     ds = load_dataset(args.dataset, split, data_dir=args.data_dir, input_spec=spec,
                       download=getattr(args, "download", False), progress=args.progress)
-    if ds.skipped:
-        log.warning("skipped %d unreadable file(s):", len(ds.skipped))
-        for path, reason in ds.skipped:
-            log.warning("  %s: %s", path, reason)
+    if ds.skipped:  # (each one was logged with its reason as it was met)
+        log.warning("skipped %d unreadable file(s) or folder(s)", len(ds.skipped))
     return ds
 
 
@@ -124,13 +122,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from .collection import Collection
     from .modelio import load_model
+    from .skipreport import REPORT_NAME, write_report
 
     model = load_model(args.model)
     ds = _load(args, spec=model.config.input)
     coll = Collection.create(args.out, model, ds, factory=args.factory, overwrite=args.overwrite,
                              progress=args.progress)
+    report = write_report(args.report or Path(args.out) / REPORT_NAME, ds.skipped, "index")
     print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
-          + (f", {len(ds.skipped)} file(s) skipped" if ds.skipped else ""))
+          + (f"; skipped {len(ds.skipped)} file(s) (see {report})" if ds.skipped else ""))
     return 0
 
 
@@ -339,27 +339,36 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from .collection import Collection
     from .images import find_images, is_image_path, load_images
+    from .skipreport import REPORT_NAME, write_report
 
     coll = Collection.open(args.collection)
+    report = Path(args.report) if args.report else coll.path / REPORT_NAME
     files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
     for raw in args.paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(find_images(path))
+            files.extend(find_images(path, skipped))
         elif path.is_file() and is_image_path(path):
             files.append(path)
         elif path.exists():
-            log.warning("skipped %s: not an image file extension", path)
+            reason = f"not an image file extension ({path.suffix or 'none'})"
+            log.warning("skipped %s: %s", path, reason)
+            skipped.append((str(path), reason))
         else:
             raise LookalikeError(f"{path} does not exist")
-    images, kept, skipped = load_images(files, progress=args.progress)
+    images, kept, unreadable = load_images(files, progress=args.progress)
+    skipped += unreadable
+    if skipped:
+        write_report(report, skipped, "add", append=True)
+    see = f" (see {report})" if skipped else ""
     if not images:
-        raise LookalikeError("no readable image to add")
+        raise LookalikeError(f"no readable image to add; {len(skipped)} skipped{see}")
     before = len(coll)
     ids = coll.add(images, [str(f) for f in kept])
     added = len(coll) - before
     print(f"added {added} image(s) to {coll.path}; {len(ids) - added} already present; "
-          f"{len(skipped)} skipped; {len(coll)} in all")
+          f"{len(skipped)} skipped{see}; {len(coll)} in all")
     return 0
 
 
@@ -462,6 +471,13 @@ def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
                             "datasets, all for your own data)")
 
 
+_SKIPPING = ("A file that cannot be read (damaged, not an image, too large, unreadable) is "
+             "skipped, never the end of the run: each is listed with its reason in the report "
+             "(JSON lines: path, reason, command, time) and the exit status stays 0 as long as "
+             "one image was stored; it is 2 when none could be. Symlinked folders are followed, "
+             "each real folder once.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -511,10 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense code size (hourglass 512, contrastive 128)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("index", help="encode a dataset into a searchable collection")
+    p = sub.add_parser("index", help="encode a dataset into a searchable collection",
+                       description="Encode a dataset into a searchable collection. " + _SKIPPING)
     p.add_argument("--model", required=True, help="model directory")
     _data_args(p)
     p.add_argument("--out", required=True, help="collection directory to write")
+    p.add_argument("--report", help="where to list the skipped files, JSON lines "
+                   "(default: OUT/skipped.jsonl, written even when empty)")
     p.add_argument("--factory", default="Flat", help="FAISS index factory string (Flat = exact)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing collection")
     p.set_defaults(func=cmd_index)
@@ -569,9 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="HTML file to write")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("add", help="add image files or folders to a collection (no rebuild)")
+    p = sub.add_parser("add", help="add image files or folders to a collection (no rebuild)",
+                       description="Encode image files and folders (recursively) and add them "
+                       "to a collection, without rebuilding it. " + _SKIPPING)
     p.add_argument("collection")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
+    p.add_argument("--report", help="JSON-lines list of the skipped files to append to "
+                   "(default: COLLECTION/skipped.jsonl)")
     p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("remove", help="remove items from a collection by id or source pattern")
