@@ -17,6 +17,8 @@ import numpy as np
 from .config import (
     ARCHITECTURES,
     DEFAULT_ARCH,
+    DUPLICATE_K,
+    DUPLICATE_THRESHOLD,
     LOSSES,
     OBJECTIVES,
     RERANKERS,
@@ -372,6 +374,26 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from .collection import Collection
+    from .duplicates import find_duplicates
+
+    coll = Collection.open(args.collection)
+    groups = find_duplicates(coll, threshold=args.threshold, k=args.k)
+    sources = {it.id: it.source for it in coll.items([i for g in groups for i in g]) if it}
+    if args.json:
+        _emit_json({"threshold": args.threshold, "k": args.k, "items": len(coll),
+                    "groups": [[{"id": i, "source": sources.get(i)} for i in g] for g in groups]})
+        return 0
+    print(f"{len(groups)} group(s) of near-duplicates among {len(coll)} items "
+          f"(aligned pixel correlation >= {args.threshold})")
+    for number, group in enumerate(groups, start=1):
+        print(f"group {number} ({len(group)} items):")
+        for i in group:
+            print(f"  {i:>7}  {sources.get(i, '')}")
+    return 0
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     import fnmatch
 
@@ -418,6 +440,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"search it:  lookalike search {res.collection} {args.dataset}:queries:0 --figure q.png")
     print(f"serve it:   lookalike serve {res.collection}   (then open http://127.0.0.1:8000/)")
     return 0
+
+
+def _correlation(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got {text!r}") from None
+    if not -1.0 <= value <= 1.0:  # (also refuses nan)
+        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got {text!r}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -602,6 +634,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", type=int, metavar="ID")
     p.add_argument("--source", help="remove every item whose source matches this glob")
     p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser(
+        "duplicates", help="groups of near-duplicate images in a collection",
+        description="Groups of near-duplicate images: one picture resized, re-encoded or "
+        "cropped by a few percent. Each item's k nearest codes are the candidates; a pair is "
+        "a near-duplicate when the Pearson correlation of their stored pixels, after the best "
+        "small shift and scale, reaches the threshold. Memory grows as items x k.")
+    p.add_argument("collection")
+    p.add_argument("--threshold", type=_correlation, default=DUPLICATE_THRESHOLD,
+                   help=f"aligned pixel correlation in [-1, 1] (default {DUPLICATE_THRESHOLD})")
+    p.add_argument("-k", "--k", type=_positive_int, default=DUPLICATE_K,
+                   help=f"candidates per item: its nearest codes (default {DUPLICATE_K})")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_duplicates)
 
     p = sub.add_parser("info", help="describe a collection")
     p.add_argument("collection")
