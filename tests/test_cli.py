@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-SUBCOMMANDS = ("serve", "add", "remove", "train", "index", "search", "evaluate", "cluster",
-               "denoise", "report", "info", "demo")
+SUBCOMMANDS = ("serve", "add", "remove", "duplicates", "train", "index", "search", "evaluate",
+               "cluster", "denoise", "report", "info", "demo")
 
 
 def run(capsys: pytest.CaptureFixture[str], argv: Sequence[str]) -> tuple[int, str, str]:

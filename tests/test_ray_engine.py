@@ -96,14 +96,16 @@ def test_folder_ray_equals_in_process(local_ray: None, folder: Path, exact_colle
         with caplog.at_level(logging.WARNING, logger="lookalike"):
             code, out, err = _run(base + ["--out", str(tmp_path / engine), "--engine", engine])
         assert code == 0 and out.startswith(f"collection written to {tmp_path / engine}: 40 images"), err
-        assert out.rstrip().endswith("2 file(s) skipped")
+        assert f"skipped 2 file(s) (see {tmp_path / engine / 'skipped.jsonl'})" in out
         warnings[engine] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     _assert_same_collection(tmp_path / "in-process", tmp_path / "ray")
     skipped = json.loads((tmp_path / "ray" / "manifest.json").read_text())["skipped"]
     assert [Path(p).name for p, _ in skipped] == ["damaged.png", "empty.jpg"]
     # reported as the in-process engine reports them: one line each, and a summary
     assert warnings["ray"] == warnings["in-process"]
-    assert "skipped 2 unreadable file(s):" in warnings["ray"]
+    assert "skipped 2 unreadable file(s) or folder(s)" in warnings["ray"]
+    reports = [(tmp_path / e / "skipped.jsonl").read_text().splitlines() for e in ("in-process", "ray")]
+    assert [json.loads(r)["path"] for r in reports[0]] == [json.loads(r)["path"] for r in reports[1]]
     # a split of a folder (queries: a seeded permutation of the files) is the same split
     code, _, err = _run(base + ["--out", str(tmp_path / "q-in"), "--split", "queries"])
     assert code == 0, err

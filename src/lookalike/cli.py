@@ -17,6 +17,8 @@ import numpy as np
 from .config import (
     ARCHITECTURES,
     DEFAULT_ARCH,
+    DUPLICATE_K,
+    DUPLICATE_THRESHOLD,
     LOSSES,
     OBJECTIVES,
     RERANKERS,
@@ -79,10 +81,8 @@ def _load(args: argparse.Namespace, spec: InputSpec | None = None) -> Dataset:
 
 
 def _report_skipped(ds: Dataset) -> None:
-    if ds.skipped:
-        log.warning("skipped %d unreadable file(s):", len(ds.skipped))
-        for path, reason in ds.skipped:
-            log.warning("  %s: %s", path, reason)
+    if ds.skipped:  # (each one was logged with its reason as it was met)
+        log.warning("skipped %d unreadable file(s) or folder(s)", len(ds.skipped))
 
 
 def _emit_json(obj: Any) -> None:
@@ -151,6 +151,7 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_index(args: argparse.Namespace) -> int:
     from .collection import Collection
     from .modelio import load_model
+    from .skipreport import REPORT_NAME, write_report
 
     options = _backend_options(args)
     model = load_model(args.model)
@@ -172,8 +173,9 @@ def cmd_index(args: argparse.Namespace) -> int:
                              progress=args.progress, chunk=args.checkpoint_every,
                              backend_options=options, codes=codes)
     coll.close()
+    report = write_report(args.report or Path(args.out) / REPORT_NAME, ds.skipped, "index")
     print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
-          + (f", {len(ds.skipped)} file(s) skipped" if ds.skipped else "")
+          + (f"; skipped {len(ds.skipped)} file(s) (see {report})" if ds.skipped else "")
           + (f", index in Milvus at {options['uri']}" if options else ""))
     return 0
 
@@ -380,19 +382,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_files(paths: Sequence[str]) -> list[Path]:
-    """The image files named by ``paths`` (files, or folders searched recursively)."""
+def _image_files(paths: Sequence[str], skipped: list[tuple[str, str]]) -> list[Path]:
+    """The image files named by ``paths`` (files, or folders searched recursively); what
+    is passed over (other extensions, folders that cannot be listed) goes to ``skipped``."""
     from .images import find_images, is_image_path
 
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(find_images(path))
+            files.extend(find_images(path, skipped))
         elif path.is_file() and is_image_path(path):
             files.append(path)
         elif path.exists():
-            log.warning("skipped %s: not an image file extension", path)
+            reason = f"not an image file extension ({path.suffix or 'none'})"
+            log.warning("skipped %s: %s", path, reason)
+            skipped.append((str(path), reason))
         else:
             raise LookalikeError(f"{path} does not exist")
     return files
@@ -403,39 +408,69 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     from .collection import Collection
     from .images import conform, content_hash, load_images
+    from .skipreport import REPORT_NAME, write_report
 
     coll = Collection.open(args.collection)
-    files = _image_files(args.paths)
+    report = Path(args.report) if args.report else coll.path / REPORT_NAME
+    skipped: list[tuple[str, str]] = []
+    files = _image_files(args.paths, skipped)
     present = coll.sources()
     todo = [f for f in files if args.update or str(f) not in present]
     before = len(coll)
-    added = dupes = updated = 0
-    skipped: list[tuple[str, str]] = []
+    added = dupes = updated = loaded = 0
     # Each batch is one commit: a crash loses at most the batch in progress, and running
     # the same command again skips the files already added (by source path).
-    with tqdm(total=len(files), initial=len(files) - len(todo), desc="adding", unit="img",
-              disable=not args.progress) as bar:
-        for start in range(0, len(todo), args.batch):
-            batch = todo[start:start + args.batch]
-            images, kept, bad = load_images(batch)
-            skipped += bad
-            new = [(im, str(f)) for im, f in zip(images, kept, strict=True) if str(f) not in present]
-            old = [(present[str(f)][0], im) for im, f in zip(images, kept, strict=True)
-                   if str(f) in present
-                   and content_hash(conform([im], coll.encoder.spec)[0]) != present[str(f)][1]]
-            if new:
-                count = len(coll)
-                coll.add([im for im, _ in new], [src for _, src in new])
-                added += len(coll) - count
-                dupes += len(new) - (len(coll) - count)
-            if old:
-                updated += coll.update([i for i, _ in old], [im for _, im in old])
-            bar.update(len(batch))
-    if not files or (len(skipped) == len(files)):
-        raise LookalikeError("no readable image to add")
+    try:
+        with tqdm(total=len(files), initial=len(files) - len(todo), desc="adding", unit="img",
+                  disable=not args.progress) as bar:
+            for start in range(0, len(todo), args.batch):
+                batch = todo[start:start + args.batch]
+                images, kept, bad = load_images(batch)
+                skipped += bad
+                loaded += len(kept)
+                new = [(im, str(f)) for im, f in zip(images, kept, strict=True)
+                       if str(f) not in present]
+                old = [(present[str(f)][0], im) for im, f in zip(images, kept, strict=True)
+                       if str(f) in present
+                       and content_hash(conform([im], coll.encoder.spec)[0]) != present[str(f)][1]]
+                if new:
+                    count = len(coll)
+                    coll.add([im for im, _ in new], [src for _, src in new])
+                    added += len(coll) - count
+                    dupes += len(new) - (len(coll) - count)
+                if old:
+                    updated += coll.update([i for i, _ in old], [im for _, im in old])
+                bar.update(len(batch))
+    finally:
+        if skipped:
+            write_report(report, skipped, "add", append=True)
+        coll.close()
+    see = f" (see {report})" if skipped else ""
+    if not loaded and len(todo) == len(files):  # nothing readable, nothing there before
+        raise LookalikeError(f"no readable image to add; {len(skipped)} skipped{see}")
     print(f"added {added} image(s) to {coll.path}; {len(files) - len(todo)} already there by "
-          f"path, {dupes} by content; {updated} updated; {len(skipped)} skipped; "
+          f"path, {dupes} by content; {updated} updated; {len(skipped)} skipped{see}; "
           f"{len(coll)} in all (was {before})")
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from .collection import Collection
+    from .duplicates import find_duplicates
+
+    coll = Collection.open(args.collection)
+    groups = find_duplicates(coll, threshold=args.threshold, k=args.k)
+    sources = {it.id: it.source for it in coll.items([i for g in groups for i in g]) if it}
+    if args.json:
+        _emit_json({"threshold": args.threshold, "k": args.k, "items": len(coll),
+                    "groups": [[{"id": i, "source": sources.get(i)} for i in g] for g in groups]})
+        return 0
+    print(f"{len(groups)} group(s) of near-duplicates among {len(coll)} items "
+          f"(aligned pixel correlation >= {args.threshold})")
+    for number, group in enumerate(groups, start=1):
+        print(f"group {number} ({len(group)} items):")
+        for i in group:
+            print(f"  {i:>7}  {sources.get(i, '')}")
     return 0
 
 
@@ -485,6 +520,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"search it:  lookalike search {res.collection} {args.dataset}:queries:0 --figure q.png")
     print(f"serve it:   lookalike serve {res.collection}   (then open http://127.0.0.1:8000/)")
     return 0
+
+
+def _correlation(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got {text!r}") from None
+    if not -1.0 <= value <= 1.0:  # (also refuses nan)
+        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got {text!r}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -538,6 +583,13 @@ def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
                             "datasets, all for your own data)")
 
 
+_SKIPPING = ("A file that cannot be read (damaged, not an image, too large, unreadable) is "
+             "skipped, never the end of the run: each is listed with its reason in the report "
+             "(JSON lines: path, reason, command, time) and the exit status stays 0 as long as "
+             "one image was stored; it is 2 when none could be. Symlinked folders are followed, "
+             "each real folder once.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -587,10 +639,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense code size (hourglass 512, contrastive 128)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("index", help="encode a dataset into a searchable collection")
+    p = sub.add_parser("index", help="encode a dataset into a searchable collection",
+                       description="Encode a dataset into a searchable collection. " + _SKIPPING)
     p.add_argument("--model", required=True, help="model directory")
     _data_args(p)
     p.add_argument("--out", required=True, help="collection directory to write")
+    p.add_argument("--report", help="where to list the skipped files, JSON lines "
+                   "(default: OUT/skipped.jsonl, written even when empty)")
     p.add_argument("--factory", default="auto",
                    help="index: a FAISS factory string: Flat (exact), IVF1024,Flat, HNSW32...; the "
                         "milvus backend takes Flat, IVF<nlist>,Flat and HNSW<M>; auto (default): "
@@ -664,13 +719,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="HTML file to write")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("add", help="add image files or folders to a collection (no rebuild)")
+    p = sub.add_parser("add", help="add image files or folders to a collection (no rebuild)",
+                       description="Encode image files and folders (recursively) and add them "
+                       "to a collection, without rebuilding it. " + _SKIPPING)
     p.add_argument("collection")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
     p.add_argument("--update", action="store_true",
                    help="re-encode files already in the collection whose pixels changed")
     p.add_argument("--batch", type=_positive_int, default=1024, metavar="N",
                    help="commit every N files: an interrupted add resumes where it stopped")
+    p.add_argument("--report", help="JSON-lines list of the skipped files to append to "
+                   "(default: COLLECTION/skipped.jsonl)")
     p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("remove", help="remove items from a collection by id or source pattern")
@@ -678,6 +737,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", type=int, metavar="ID")
     p.add_argument("--source", help="remove every item whose source matches this glob")
     p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser(
+        "duplicates", help="groups of near-duplicate images in a collection",
+        description="Groups of near-duplicate images: one picture resized, re-encoded or "
+        "cropped by a few percent. Each item's k nearest codes are the candidates; a pair is "
+        "a near-duplicate when the Pearson correlation of their stored pixels, after the best "
+        "small shift and scale, reaches the threshold. Memory grows as items x k.")
+    p.add_argument("collection")
+    p.add_argument("--threshold", type=_correlation, default=DUPLICATE_THRESHOLD,
+                   help=f"aligned pixel correlation in [-1, 1] (default {DUPLICATE_THRESHOLD})")
+    p.add_argument("-k", "--k", type=_positive_int, default=DUPLICATE_K,
+                   help=f"candidates per item: its nearest codes (default {DUPLICATE_K})")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_duplicates)
 
     p = sub.add_parser("info", help="describe a collection")
     p.add_argument("collection")

@@ -269,3 +269,9 @@ class RetrievalConfig:
 def default_retrieval_config(arch: str) -> RetrievalConfig:
     """Diffusion re-ranking for lookalike's recipe; plain exact search for the articles'."""
     return RetrievalConfig(rerank="diffusion" if arch == "contrastive" else "none")
+
+
+#: ``lookalike duplicates``: the aligned pixel correlation of a near-duplicate pair, and the
+#: candidates per item (its nearest codes); see :mod:`lookalike.duplicates`.
+DUPLICATE_THRESHOLD = 0.995
+DUPLICATE_K = 10

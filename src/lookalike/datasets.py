@@ -270,16 +270,19 @@ def load_folder(root: Path, split: str = "all", spec: InputSpec | None = None,
                 progress: bool = False) -> Dataset:
     """Every image below ``root`` (recursively), converted to ``spec`` (inferred when
     ``None``, see :func:`infer_spec`). Labels come from the first-level subfolder names
-    when every image lies in one. Unreadable files are skipped and listed in ``skipped``."""
-    paths = folder_images(root)
+    when every image lies in one. Unreadable files (and folders) are skipped and listed in
+    ``skipped``; symlinked folders are followed, each real folder once (:func:`find_images`)."""
+    unlisted: list[tuple[str, str]] = []
+    paths = folder_images(root, unlisted)
     images, kept, skipped = load_images(paths, spec or infer_spec(paths), progress)
-    full = folder_dataset(root, images, kept, skipped, len(paths))
+    full = folder_dataset(root, images, kept, unlisted + skipped, len(paths))
     return full if split == "all" else full.subset(split_indices(len(full), split), split)
 
 
-def folder_images(root: Path) -> list[Path]:
-    """The image files of a folder dataset, in dataset order (see :func:`load_folder`)."""
-    paths = find_images(root)
+def folder_images(root: Path, unlisted: list[tuple[str, str]] | None = None) -> list[Path]:
+    """The image files of a folder dataset, in dataset order (see :func:`load_folder`);
+    folders that cannot be listed are appended to ``unlisted`` as ``(path, reason)``."""
+    paths = find_images(root, unlisted)
     if not paths:
         raise DataError(f"{root}: no image files found (looked for common image extensions)")
     return paths

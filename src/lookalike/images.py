@@ -11,16 +11,21 @@ This is the one place where pixels change form:
 * :func:`to_float` gives the model's layout: ``float32 (n, C, H, W)`` in [0, 1].
 
 Anything that cannot be decoded raises :class:`~lookalike.errors.ImageError`, and only that.
+Only the formats of :data:`IMAGE_EXTENSIONS` are decoded (:data:`FORMATS`), whatever a file is
+called: a renamed PSD, EPS or ICO file is refused before any of Pillow's other decoders sees it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import struct
 import warnings
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +43,42 @@ MAX_PIXELS = 50_000_000
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+#: Pillow's names of the formats decoded: those of :data:`IMAGE_EXTENSIONS` (DIB is a BMP
+#: without its file header; cameras' multi-picture JPEGs open through JPEG, as MPO).
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "DIB", "TIFF", "WEBP")
+#: What Pillow raises for damaged or hostile data: the exceptions its own fuzz tests accept
+#: (``Tests/oss-fuzz/test_fuzzers.py``: OSError, SyntaxError, MemoryError, ValueError,
+#: NotImplementedError, OverflowError) and those that fuzzing our loader found escaping a
+#: decoder (IndexError, struct.error, zlib.error) or that plugins turn into SyntaxError only
+#: while opening (KeyError, TypeError, EOFError). Anything else is a bug, ours or Pillow's,
+#: and is not hidden as "damaged image".
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, SyntaxError, MemoryError, ValueError, NotImplementedError, OverflowError,
+    IndexError, KeyError, TypeError, EOFError, ZeroDivisionError, struct.error, zlib.error)
+
+
+@contextlib.contextmanager
+def _pillow_warnings() -> Iterator[None]:
+    """Decompression-bomb warnings become errors; the UserWarnings Pillow gives about damaged
+    metadata it then skips (TIFF and EXIF tags) are not shown (the pixels decide)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _why(exc: BaseException) -> str:
+    """``Type: message`` on one line, at most 160 characters (a reason in a report)."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _open(source: str | os.PathLike[str] | bytes, max_pixels: int) -> Image.Image:
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(fp)
+        with _pillow_warnings():
+            im = Image.open(fp, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("image is too large to decode safely (decompression bomb?)") from None
     except FileNotFoundError:
@@ -52,8 +87,15 @@ def _open(source: str | os.PathLike[str] | bytes, max_pixels: int) -> Image.Imag
         raise ImageError("is a directory, not an image") from None
     except PermissionError:
         raise ImageError("permission denied") from None
-    except Exception as exc:  # Pillow raises many types for bad data
-        raise ImageError(f"not a readable image ({type(exc).__name__})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not a readable image (not a PNG, JPEG, GIF, BMP, TIFF or WebP "
+                         "file, or a damaged one)") from None
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's refusal: ELOOP, EIO, ...
+            raise ImageError(f"cannot be read ({exc.strerror or exc})") from None
+        raise ImageError(f"not a readable image ({_why(exc)})") from None
+    except DECODE_ERRORS as exc:
+        raise ImageError(f"not a readable image ({_why(exc)})") from None
     width, height = im.size
     if width <= 0 or height <= 0:
         im.close()
@@ -90,7 +132,10 @@ def _to_array(im: Image.Image) -> np.ndarray:
     if mode in ("1", "L"):
         return np.asarray(im.convert("L"), dtype=np.uint8)[:, :, None]
     if mode != "RGB":
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+        try:
+            im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+        except ValueError:  # no conversion (I;16S, I;32B, ...): not damaged, but not usable
+            raise ImageError(f"unsupported pixel format {mode}") from None
     arr = np.asarray(im, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageError(f"unexpected decoded shape {arr.shape}")
@@ -110,13 +155,15 @@ def decode_image(
     """
     im = _open(source, max_pixels)
     try:
-        with im:
+        with im, _pillow_warnings():
             im.load()
             arr = _to_array(im)
     except ImageError:
         raise
-    except Exception as exc:
-        raise ImageError(f"image data is damaged ({type(exc).__name__}: {exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image is too large to decode safely (decompression bomb?)") from None
+    except DECODE_ERRORS as exc:
+        raise ImageError(f"image data is damaged ({_why(exc)})") from None
     return np.ascontiguousarray(arr)
 
 
@@ -229,12 +276,25 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def find_images(root: str | os.PathLike[str]) -> list[Path]:
-    """Image files below ``root``, recursively, sorted; symlink loops are not followed twice."""
+def find_images(root: str | os.PathLike[str],
+                errors: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Image files below ``root``, recursively, sorted.
+
+    Symlinks to folders are followed, but each real folder is visited once, so a link to a
+    parent (a loop) or two links to one folder give each file once. A folder that cannot be
+    listed is logged and, when ``errors`` is given, appended to it as ``(path, reason)``.
+    """
     root_path = Path(root)
     seen: set[str] = set()
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root_path, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:
+        reason = f"folder cannot be read ({exc.strerror or exc})"
+        log.warning("skipped %s: %s", exc.filename, reason)
+        if errors is not None:
+            errors.append((str(exc.filename), reason))
+
+    for dirpath, dirnames, filenames in os.walk(root_path, onerror=unreadable, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []

@@ -202,7 +202,8 @@ def encode_folder(root: Path, model: LoadedModel, config: RayConfig = RayConfig(
     """The folder's dataset (split ``"all"``, exactly as
     :func:`~lookalike.datasets.load_folder` gives it for the model's input) and its codes,
     read, decoded and encoded on Ray."""
-    paths = folder_images(root)
+    unlisted: list[tuple[str, str]] = []
+    paths = folder_images(root, unlisted)
     spec = model.config.input
     with ray_session(config, verbose) as ray:
         _quiet_context(ray, progress, preserve_order=False)
@@ -227,7 +228,7 @@ def encode_folder(root: Path, model: LoadedModel, config: RayConfig = RayConfig(
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     kept = [p for p, good in zip(paths, ok, strict=True) if good]
-    dataset = folder_dataset(root, list(images[ok]), kept, skipped, len(paths))
+    dataset = folder_dataset(root, list(images[ok]), kept, unlisted + skipped, len(paths))
     return dataset, codes[ok]
 
 
