@@ -337,7 +337,8 @@ def test_info_json(capsys: pytest.CaptureFixture[str], trained: Trained) -> None
     assert info["count"] == 1438 and info["path"] == str(trained.collection)
     assert info["dim"] == len(np.load(trained.collection / "embeddings.npy")[0])
     assert info["dataset"] == {"name": "digits", "split": "database"}
-    assert info["backend"]["factory"] == "Flat"
+    assert info["backend"]["factory"] == "Flat" and info["index"] == "Flat"
+    assert info["rerank"] == "diffusion" and info["generation"] == 0
     assert info["size_bytes"] > 0 and info["skipped"] == 0
 
 

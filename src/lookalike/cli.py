@@ -494,13 +494,20 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .collection import Collection
 
+    from .skipreport import REPORT_NAME, read_report
+
     coll = Collection.open(args.collection)
     m = coll.manifest
     size = sum(p.stat().st_size for p in coll.path.rglob("*") if p.is_file())
+    report = coll.path / REPORT_NAME
+    skipped = len(read_report(report)) if report.is_file() else len(m.get("skipped") or [])
+    backend = m["backend"]
+    index = " ".join(str(v) for v in (backend.get("factory"), backend.get("search_params")) if v)
     info = {"path": str(coll.path), "count": len(coll), "dim": coll.dim,
-            "model": m["model"], "backend": m["backend"], "dataset": m["dataset"],
+            "model": m["model"], "index": index, "backend": backend, "dataset": m["dataset"],
+            "rerank": "diffusion" if coll.reranks else "none",
             "size_bytes": size, "created": m["created"], "updated": m["updated"],
-            "skipped": len(m.get("skipped") or [])}
+            "generation": m.get("generation", 0), "skipped": skipped}
     if args.json:
         _emit_json(info)
     else:
