@@ -131,7 +131,7 @@ def ann_rows(codes: np.ndarray, queries: np.ndarray, sizes: list[int], k: int, r
         candidates = [("auto: " + auto_factory, auto_factory, auto_params)]
         if auto_factory == "Flat":  # show what the inverted file would do at this size too
             nlist = 1 << int(round(np.log2(np.sqrt(n))))
-            candidates.append(("IVF (by formula)", f"IVF{nlist},Flat", f"nprobe={max(16, nlist // 32)}"))
+            candidates.append(("IVF (by formula)", f"IVF{nlist},Flat", f"nprobe={max(16, nlist // 64)}"))
         if n <= 100_000:
             candidates.append(("HNSW32", "HNSW32", "efSearch=64"))
         for label, factory, params in candidates:

@@ -214,7 +214,8 @@ def test_an_interrupted_replacement_is_undone(tmp_path: Path, trained: Trained) 
 def test_choose_factory_by_size() -> None:
     assert choose_factory(1000) == ("Flat", "")
     assert choose_factory(100_000) == ("Flat", "")
-    assert choose_factory(1_000_000) == ("IVF1024,Flat", "nprobe=32")
+    assert choose_factory(1_000_000) == ("IVF1024,Flat", "nprobe=16")
+    assert choose_factory(16_000_000) == ("IVF4096,Flat", "nprobe=64")
     assert choose_factory(200_000) == ("IVF512,Flat", "nprobe=16")
 
 
