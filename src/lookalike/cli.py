@@ -493,7 +493,6 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .collection import Collection
-
     from .skipreport import REPORT_NAME, read_report
 
     coll = Collection.open(args.collection)
