@@ -207,8 +207,11 @@ def main() -> None:
         "## Retrieval quality",
         "",
         f"`python benchmarks/quality.py` (or `--datasets NAME` for one) — last run {now()}, "
-        f"commit {commit()}, {machine()}; that run's wall time {wall / 60:.1f} min. Other "
-        "processes shared the 2 cores during the run, so times are upper bounds.",
+        f"commit {commit()}, {machine()}; that run's wall time {wall / 60:.1f} min"
+        + (" (with `--reuse`: models trained by an earlier run were re-encoded and re-scored; "
+           "their `train s` is from that run; datasets not named keep their earlier rows)"
+           if args.reuse else "")
+        + ". Other processes shared the 2 cores during the run, so times are upper bounds.",
         "",
         "Protocol of `shared/BENCHMARKS.md`: queries against the database split, the whole "
         "database ranked, labels used only to score. Models train on the database images "
