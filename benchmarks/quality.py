@@ -209,8 +209,10 @@ def main() -> None:
         f"`python benchmarks/quality.py` (or `--datasets NAME` for one) — last run {now()}, "
         f"commit {commit()}, {machine()}; that run's wall time {wall / 60:.1f} min"
         + (" (with `--reuse`: models trained by an earlier run were re-encoded and re-scored; "
-           "their `train s` is from that run; datasets not named keep their earlier rows)"
-           if args.reuse else "")
+           "their `train s` is from that run)" if args.reuse else "")
+        + (f" for {', '.join(names)}; the other datasets' rows are from an earlier run "
+           "(results_NAME.json under the work folder)" if set(names) != {"mnist-5k", "fashion-mnist"}
+           else "")
         + ". Other processes shared the 2 cores during the run, so times are upper bounds.",
         "",
         "Protocol of `shared/BENCHMARKS.md`: queries against the database split, the whole "
