@@ -4,6 +4,7 @@ figures the speed issue names."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_speed_benchmark_smoke_run() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--tiny", "--json"],
                          capture_output=True, text=True, check=True, cwd=ROOT,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1",
+                         env={**os.environ, "OMP_NUM_THREADS": "1",
                               "PYTHONWARNINGS": "ignore"}).stdout
     figures = json.loads(out[out.index("\n{") + 1:])
     for key in ("search_ratio_vs_faiss_flat", "search_ratio_vs_sklearn", "ann_recall_at_10", "ann_qps"):
