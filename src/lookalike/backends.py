@@ -43,6 +43,26 @@ def _check(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
     return v
 
 
+def _check_rows(ids: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids int64 (n,), vectors float32 (n, dim))`` for ``add``, or a one-line error."""
+    v = _check(vectors, dim, "vectors")
+    i = np.ascontiguousarray(ids, dtype=np.int64)
+    if i.shape != (len(v),):
+        raise LookalikeError(f"ids must have shape ({len(v)},), got {i.shape}")
+    return i, v
+
+
+def _check_k(k: int) -> None:
+    if k <= 0:
+        raise LookalikeError(f"k must be a positive integer, got {k}")
+
+
+def _last_line(exc: RuntimeError, default: str) -> str:
+    """The last line of a FAISS error (its C++ message), or ``default``."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else default
+
+
 EXACT_LIMIT = 100_000
 
 
@@ -134,26 +154,22 @@ class FaissBackend(IndexBackend):
             try:
                 inner = faiss.index_factory(dim, factory, faiss.METRIC_L2)
             except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "bad factory"
-                raise LookalikeError(f"bad FAISS factory string {factory!r}: {first}") from None
+                raise LookalikeError(f"bad FAISS factory string {factory!r}: "
+                                     f"{_last_line(exc, 'bad factory')}") from None
             index = faiss.IndexIDMap2(inner)
         self.index = index
         if search_params:
             try:
                 faiss.ParameterSpace().set_index_parameters(index, search_params)  # type: ignore[arg-type]
             except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "bad parameter"
                 raise LookalikeError(f"bad FAISS search parameters {search_params!r} for "
-                                     f"{factory!r}: {first}") from None
+                                     f"{factory!r}: {_last_line(exc, 'bad parameter')}") from None
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        v = _check(vectors, self.dim, "vectors")
-        i = np.ascontiguousarray(ids, dtype=np.int64)
-        if i.shape != (len(v),):
-            raise LookalikeError(f"ids must have shape ({len(v)},), got {i.shape}")
+        i, v = _check_rows(ids, vectors, self.dim)
         if len(v) == 0:
             return
         if not self.index.is_trained:
@@ -171,8 +187,7 @@ class FaissBackend(IndexBackend):
                                   "collection with another --factory (Flat or IVF)") from None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if k <= 0:
-            raise LookalikeError(f"k must be a positive integer, got {k}")
+        _check_k(k)
         q = _check(queries, self.dim, "queries")
         if len(self) == 0 or len(q) == 0:
             return (np.full((len(q), k), np.inf, dtype=np.float32),

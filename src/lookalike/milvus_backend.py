@@ -54,7 +54,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .backends import BACKENDS, IndexBackend, _check
+from .backends import BACKENDS, IndexBackend, _check, _check_k, _check_rows
 from .errors import CollectionError, LookalikeError, RemoteError
 from .fsutil import atomic_write_json, read_json
 
@@ -387,10 +387,7 @@ class MilvusBackend(IndexBackend):
         return int(rows[0]["count(*)"]) if rows else 0
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        v = _check(vectors, self.dim, "vectors")
-        i = np.ascontiguousarray(ids, dtype=np.int64)
-        if i.shape != (len(v),):
-            raise LookalikeError(f"ids must have shape ({len(v)},), got {i.shape}")
+        i, v = _check_rows(ids, vectors, self.dim)
         if len(v) == 0:
             return
         self._write(i, v, "adding")
@@ -409,8 +406,7 @@ class MilvusBackend(IndexBackend):
         return len(present)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if k <= 0:
-            raise LookalikeError(f"k must be a positive integer, got {k}")
+        _check_k(k)
         if k > MAX_K:
             raise LookalikeError(f"Milvus returns at most {MAX_K:,} results per query; got k={k}")
         q = _check(queries, self.dim, "queries")
