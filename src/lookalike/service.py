@@ -394,6 +394,15 @@ def _message(errors: Any) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _status_handler(status: int) -> Any:
+    """An exception handler answering ``status`` with the exception's message."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        return _error(status, str(exc))
+
+    return handler
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
@@ -493,21 +502,10 @@ def create_app(collection_path: str | os.PathLike[str], *,
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         return _error(422, _message(exc.errors()))
 
-    @app.exception_handler(UnknownItem)
-    async def unknown_item(request: Request, exc: UnknownItem) -> Response:
-        return _error(404, str(exc))
-
-    @app.exception_handler(Refused)
-    async def refused(request: Request, exc: Refused) -> Response:
-        return _error(409, str(exc))
-
-    @app.exception_handler(RemoteError)
-    async def remote_error(request: Request, exc: RemoteError) -> Response:
-        return _error(503, str(exc))
-
-    @app.exception_handler(LookalikeError)
-    async def bad_input(request: Request, exc: LookalikeError) -> Response:
-        return _error(400, str(exc))
+    # Our errors, by class (Starlette picks the most specific): the message is the detail.
+    for error, status in ((UnknownItem, 404), (Refused, 409), (RemoteError, 503),
+                          (LookalikeError, 400)):
+        app.add_exception_handler(error, _status_handler(status))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:
