@@ -207,8 +207,7 @@ def _ranker(embeddings: np.ndarray, retrieval: RetrievalConfig) -> Diffusion | N
     """The diffusion ranker over ``embeddings`` when ``retrieval`` re-ranks and there is
     anything to rank; its graph is what a collection stores. Above
     :data:`DIFFUSION_LIMIT` items there is none: its exact k-NN graph costs O(n²)."""
-    if (retrieval.rerank != "diffusion" or len(embeddings) == 0
-            or len(embeddings) > DIFFUSION_LIMIT):
+    if retrieval.rerank != "diffusion" or not 0 < len(embeddings) <= DIFFUSION_LIMIT:
         return None
     return Diffusion(embeddings, retrieval.diffusion)
 
@@ -367,7 +366,7 @@ class Collection:
         if replaced is not None:
             discard_backend(replaced)
         log.info("indexed %d images into %s", len(ids), target)
-        return cls.open(target)
+        return cls.open(target, verify=False)  # its checksums were computed from these files
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], model_dir: str | os.PathLike[str] | None = None,
