@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,17 @@ class Trained:
     model: Path  # digits, 1 epoch, seed 0
     other_model: Path  # digits, 1 epoch, seed 1
     collection: Path  # the digits database split indexed with `model`
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], argv: Sequence[object]) -> tuple[int, str, str]:
+    """Run the CLI; return (exit code, stdout, stderr). argparse errors exit via SystemExit."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def _run_quietly(argv: list[str]) -> None:

@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from badcorpus import AS_ROOT, Case, build, digit, unlock
-from lookalike.cli import main
+from conftest import run_cli as run
 from lookalike.collection import Collection
 from lookalike.config import InputSpec
 from lookalike.datasets import load_dataset
@@ -70,13 +70,6 @@ def _check_reasons(got: dict[str, str], root: Path, cases: list[Case]) -> None:
     for path, pattern in want.items():
         assert re.search(pattern, got[path]), (path, got[path], pattern)
         assert "\n" not in got[path] and not got[path].startswith(str(root))
-
-
-def run(capsys: pytest.CaptureFixture[str], argv: Sequence[object]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---------------------------------------------------------------------------- the corpus

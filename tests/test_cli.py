@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_cli as run
 from lookalike.cli import build_parser, main
 from lookalike.datasets import load_dataset
 
@@ -23,17 +24,6 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 SUBCOMMANDS = ("serve", "add", "remove", "duplicates", "train", "index", "search", "evaluate",
                "cluster", "denoise", "report", "info", "demo")
-
-
-def run(capsys: pytest.CaptureFixture[str], argv: Sequence[str]) -> tuple[int, str, str]:
-    """Run the CLI; return (exit code, stdout, stderr). argparse errors exit via SystemExit."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_user_error(result: tuple[int, str, str], *needles: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from lookalike.cli import main
+from conftest import run_cli as run
 from lookalike.collection import Collection
 from lookalike.config import InputSpec
 from lookalike.duplicates import (
@@ -79,16 +79,6 @@ def _folder(root: Path, count: int = 40) -> dict[str, int]:
             make(digits[i]).convert("L").save(root / name)
             origin[name] = i
     return origin
-
-
-def run(capsys: pytest.CaptureFixture[str], argv: Sequence[object]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
