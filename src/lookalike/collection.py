@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .backends import IndexBackend, choose_factory, discard_backend, new_backend, open_backend
 from .config import RetrievalConfig
@@ -134,6 +135,16 @@ def _job_key(model: LoadedModel, images: np.ndarray, chunk: int) -> str:
     return h.hexdigest()
 
 
+def _load_codes(path: Path, shape: tuple[int, int], mmap: bool = False) -> np.ndarray | None:
+    """A checkpointed chunk of codes, or ``None`` when absent, unreadable or of another shape
+    (``mmap``: map it, reading only the header, to check it is there)."""
+    try:
+        codes = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError):
+        return None
+    return codes if codes.shape == shape else None
+
+
 def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, images: np.ndarray,
                      chunk: int = 8192, progress: bool = False) -> np.ndarray:
     """Encode ``images`` chunk by chunk, each chunk's codes saved atomically in
@@ -152,31 +163,23 @@ def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, ima
         chunks.mkdir(parents=True)
         atomic_write_json(job, {"key": key, "count": len(images), "chunk": chunk})
     out = np.empty((len(images), encoder.dim), dtype=np.float32)
-    starts = range(0, len(images), chunk)
-    done = [s for s in starts if (chunks / f"codes.{s:09d}.npy").is_file()]
+    parts = {start: (chunks / f"codes.{start:09d}.npy", (min(chunk, len(images) - start), encoder.dim))
+             for start in range(0, len(images), chunk)}
+    saved = {start: _load_codes(path, shape, mmap=True) is not None
+             for start, (path, shape) in parts.items()}  # (headers only)
+    done = sum(shape[0] for start, (_, shape) in parts.items() if saved[start])
     if done:
-        log.warning("resuming: %d of %d images already encoded",
-                    min(len(done) * chunk, len(images)), len(images))
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(images), desc="encoding", unit="img", disable=not progress,
-              initial=0) as bar:
-        for start in starts:
-            path = chunks / f"codes.{start:09d}.npy"
-            stop = min(start + chunk, len(images))
-            codes = None
-            if start in done:
-                try:
-                    codes = np.load(path, allow_pickle=False)
-                except (OSError, ValueError):
-                    codes = None
-                if codes is not None and codes.shape != (stop - start, encoder.dim):
-                    codes = None
+        log.warning("resuming: %d of %d images already encoded", done, len(images))
+    with tqdm(total=len(images), initial=done, desc="encoding", unit="img",
+              disable=not progress) as bar:
+        for start, (path, shape) in parts.items():
+            stop = start + shape[0]
+            codes = _load_codes(path, shape) if saved[start] else None
             if codes is None:
                 codes = encoder.encode(images[start:stop])
                 atomic_write(path, functools.partial(_save_npy, array=codes))
+                bar.update(shape[0])
             out[start:stop] = codes
-            bar.update(stop - start)
     return out
 
 
