@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,14 @@ def _check_k(k: int) -> None:
 
 
 def _last_line(exc: RuntimeError, default: str) -> str:
-    """The last line of a FAISS error (its C++ message), or ``default``."""
+    """The message of a FAISS error without its C++ location ("Error in <function> at
+    <file>:<line>: ..."), or ``default``."""
     text = str(exc).strip()
-    return text.splitlines()[-1] if text else default
+    if not text:
+        return default
+    last = text.splitlines()[-1]
+    m = re.fullmatch(r"Error in .* at \S+:\d+: (?:Error: '.*' failed: )?(.+)", last)
+    return m.group(1) if m else last
 
 
 EXACT_LIMIT = 100_000

@@ -288,20 +288,21 @@ class Collection:
         if codes is not None and np.shape(codes) != (len(images), encoder.dim):
             raise CollectionError(f"codes of shape {np.shape(codes)} do not fit {len(images)} images "
                                   f"and {encoder.dim}-d codes")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        stage = target.parent / f".{target.name}.partial"
-        if codes is None:
-            embeddings = encode_resumable(stage, encoder, model, images, chunk, progress)
-        else:
-            embeddings = np.ascontiguousarray(codes, dtype=np.float32)
-            stage.mkdir(parents=True, exist_ok=True)
         ids = np.arange(len(images), dtype=np.int64)
         if factory == "auto":
             factory, chosen = choose_factory(len(ids))
             search_params = chosen if search_params is None else search_params
+        # the index first: a bad factory string or parameter fails before any encoding
         index = new_backend(backend, encoder.dim, factory=factory, search_params=search_params or "",
                             **(backend_options or {}))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stage = target.parent / f".{target.name}.partial"
         try:  # a backend keeping vectors elsewhere (a server) writes them first
+            if codes is None:
+                embeddings = encode_resumable(stage, encoder, model, images, chunk, progress)
+            else:
+                embeddings = np.ascontiguousarray(codes, dtype=np.float32)
+                stage.mkdir(parents=True, exist_ok=True)
             index.add(ids, embeddings)
         except BaseException:
             _abandon(index)
