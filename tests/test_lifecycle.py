@@ -257,3 +257,28 @@ def test_sqlite_rows_of_an_interrupted_add_are_not_items(tmp_path: Path, trained
     assert "ghost.png" not in again.sources() and again.find(source="ghost.png") is None
     ids = again.add(np.zeros((1, 8, 8, 1), np.uint8) + 7, ["real.png"])
     assert ids.tolist() == [ghost] and again.items(ids)[0].source == "real.png"
+
+
+def test_a_metadata_transaction_killed_midway_is_rolled_back_on_open(tmp_path: Path,
+                                                                     trained: Trained) -> None:
+    """A process killed inside a metadata transaction leaves a hot journal: the next open
+    rolls it back (it used to fail on it, opening read-only) and the collection is intact."""
+    c = tmp_path / "c"
+    shutil.copytree(trained.collection, c)
+    before = Collection.open(c).sources()
+    writer = (
+        "import os, signal, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA cache_size=1'); db.execute('BEGIN')\n"
+        "for i in range(2000):\n"
+        "    db.execute('INSERT INTO items VALUES (?, ?, -1, ?)', (10**6 + i, 'x' * 200, 'h'))\n"
+        "db.execute('UPDATE items SET source = source || \"!\"')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", writer, str(c / "metadata.sqlite")])
+    assert proc.returncode == -signal.SIGKILL
+    assert (c / "metadata.sqlite-journal").stat().st_size > 0  # hot: pages spilled
+    coll = Collection.open(c)
+    _consistent(coll)
+    assert coll.sources() == before
+    assert not (c / "metadata.sqlite-journal").exists()

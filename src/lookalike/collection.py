@@ -100,9 +100,11 @@ def _verify(directory: Path, checksums: dict[str, dict[str, Any]]) -> None:
 
 
 def _check_sqlite(path: Path) -> None:
-    """SQLite's own quick consistency check of the metadata table."""
+    """SQLite's own quick consistency check of the metadata table. The connection may
+    write: a process killed inside a metadata transaction leaves a hot journal, which
+    SQLite rolls back on this first read (a read-only connection would refuse to)."""
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
         try:
             result = db.execute("PRAGMA quick_check").fetchone()[0]
             db.execute("SELECT count(*) FROM items").fetchone()
@@ -498,7 +500,7 @@ class Collection:
                    int(self.ids.max()) + 1 if len(self.ids) else 0)
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        db = sqlite3.connect(f"file:{self.path / 'metadata.sqlite'}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{self.path / 'metadata.sqlite'}?mode=rw", uri=True)
         try:
             return db.execute(sql, params).fetchall()
         finally:
