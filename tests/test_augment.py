@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import torch
 
-from lookalike.augment import augment, nt_xent
+import pytest
+
+from lookalike.augment import augment, jitter_intensity, nt_xent
+from lookalike.config import TrainConfig
+from lookalike.errors import LookalikeError
 
 
 def test_views_differ_stay_in_range_and_follow_the_seed() -> None:
@@ -27,3 +31,26 @@ def test_nt_xent_prefers_matching_views() -> None:
     matched = nt_xent(z, z, 0.1)
     shuffled = nt_xent(z, z[torch.randperm(32, generator=torch.Generator().manual_seed(0))], 0.1)
     assert matched < shuffled
+
+
+def test_intensity_jitter_keeps_black_and_order_and_follows_the_seed() -> None:
+    x = torch.rand(64, 1, 8, 8)
+    x[:, :, :2] = 0.0  # a black band
+    y = jitter_intensity(x, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(y, jitter_intensity(x, 1.0, torch.Generator().manual_seed(0)))
+    assert y.min() >= 0 and y.max() <= 1
+    assert torch.all(y[:, :, :2] == 0)  # black stays black
+    # each image's grey levels keep their order (a monotone change per image)
+    flat_x, flat_y = x.flatten(1), y.flatten(1)
+    for a, b in zip(flat_x, flat_y, strict=True):
+        order = torch.argsort(a)
+        assert torch.all(b[order][1:] >= b[order][:-1] - 1e-6)
+    # and the change is real: mean brightness varies across images far more than noise
+    ratio = flat_y.mean(1) / flat_x.mean(1)
+    assert ratio.max() - ratio.min() > 0.3
+    assert torch.equal(augment(x, 0.0, jitter=0.0), x)
+
+
+def test_jitter_is_validated() -> None:
+    with pytest.raises(LookalikeError, match="jitter"):
+        TrainConfig(jitter=3.0)

@@ -1,10 +1,13 @@
 """Random augmentations for contrastive training, batched on tensors (no per-image Python).
 
-One call draws, per image, a random affine transform (rotation up to 20°, scale ±20 %,
-shear ±0.2, translation ±15 % of the size, all times ``strength``), an optional
-horizontal flip, a cut-out square of a third of the side (erased to 0), and Gaussian
-noise of a random level up to 0.2 (clipped to [0, 1]). These are generic photometric and
-geometric changes, not tuned to one dataset.
+One call draws, per image, an intensity change (contrast ×(1 ± 0.4) and gamma
+exp(±0.4), both times ``jitter``; black stays black), a random affine transform (rotation
+up to 20°, scale ±20 %, shear ±0.2, translation ±15 % of the size, all times
+``strength``), an optional horizontal flip, a cut-out square of a third of the side
+(erased to 0), and Gaussian noise of a random level up to 0.2 (clipped to [0, 1]). These
+are generic photometric and geometric changes, not tuned to one dataset: the intensity
+change is the grey-level form of SimCLR's colour jitter, and teaches the codes that a
+darker or paler copy of an object is the same object (docs/benchmarks.md measures it).
 """
 
 from __future__ import annotations
@@ -20,11 +23,24 @@ def _uniform(n: int, scale: float, gen: torch.Generator | None, device: torch.de
     return ((torch.rand(n, generator=gen) * 2 - 1) * scale).to(device)
 
 
+def jitter_intensity(x: torch.Tensor, jitter: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """``clip(c * x ** g, 0, 1)`` per image, contrast ``c`` in 1 ± 0.4·jitter and gamma
+    ``g`` in exp(±0.4·jitter): a darker, paler or more contrasted copy (0 stays 0)."""
+    n = len(x)
+    c = 1 + _uniform(n, 0.4 * jitter, generator, x.device)
+    g = torch.exp(_uniform(n, 0.4 * jitter, generator, x.device))
+    powered = torch.where(x > 0, x.clamp(min=1e-6) ** g[:, None, None, None], 0.0)
+    return (c[:, None, None, None] * powered).clamp(0.0, 1.0)
+
+
 def augment(x: torch.Tensor, strength: float = 1.0, flip: bool = False,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, jitter: float = 0.0) -> torch.Tensor:
     """A random view of each image of ``x`` (``float32 (n, C, H, W)`` in [0, 1])."""
     n, _, h, w = x.shape
     dev = x.device
+    if jitter > 0:
+        x = jitter_intensity(x, jitter, generator)
     if strength > 0:
         ang = _uniform(n, math.radians(20) * strength, generator, dev)
         scale = 1 + _uniform(n, 0.2 * strength, generator, dev)

@@ -107,7 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         denoise=False if args.no_denoise else (True if args.denoise else None),
         noise_factor=args.noise_factor, flip=args.flip or None, val_fraction=args.val_fraction,
         seed=args.seed, device=args.device, objective=args.objective,
-        temperature=args.temperature, augment=args.augment, recon_weight=args.recon_weight,
+        temperature=args.temperature, augment=args.augment, jitter=args.jitter,
+        recon_weight=args.recon_weight,
         budget=args.budget, precision=args.precision)
     retrieval = default_retrieval_config(args.arch)
     if args.rerank:
@@ -627,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--temperature", type=float, help="contrastive loss temperature")
     p.add_argument("--augment", type=float, help="augmentation strength (0 = none, 1 = default)")
+    p.add_argument("--jitter", type=float, help="strength of the views' contrast/gamma change "
+                   "(0 = none)")
     p.add_argument("--recon-weight", type=float, help="weight of the reconstruction loss "
                    "in the contrastive objective")
     p.add_argument("--rerank", choices=RERANKERS, help="ranking stored with the model "

@@ -119,7 +119,8 @@ class TrainConfig:
     image back. ``objective="contrastive"`` trains the encoder so that two random
     augmentations of an image (strength ``augment``, see :mod:`lookalike.augment`) get
     nearby codes and other images far ones (SimCLR's NT-Xent loss at ``temperature``), plus
-    ``recon_weight`` times the denoising reconstruction loss. ``flip`` adds random
+    ``recon_weight`` times the denoising reconstruction loss; ``jitter`` is the strength
+    of the views' intensity change (contrast and gamma, 0 = none). ``flip`` adds random
     horizontal flips (seed 003). ``precision="auto"`` trains in bfloat16 autocast where the
     CPU or GPU supports it (fp32 master weights), else in fp32. ``val_fraction`` of the
     images is held out to pick the best epoch. ``epochs=None`` derives the count from the
@@ -142,6 +143,7 @@ class TrainConfig:
     objective: str = "reconstruction"
     temperature: float = 0.1
     augment: float = 1.0
+    jitter: float = 0.0
     recon_weight: float = 0.0
     weight_decay: float = 0.0
     budget: int = 320_000
@@ -169,6 +171,8 @@ class TrainConfig:
             raise LookalikeError(f"temperature must be > 0, got {self.temperature!r}")
         if not 0 <= self.augment <= 3:
             raise LookalikeError(f"augment must be in [0, 3], got {self.augment!r}")
+        if not 0 <= self.jitter <= 2:
+            raise LookalikeError(f"jitter must be in [0, 2], got {self.jitter!r}")
         if self.recon_weight < 0 or self.weight_decay < 0:
             raise LookalikeError("recon_weight and weight_decay must be >= 0")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -191,6 +195,10 @@ class TrainConfig:
         return _from_dict(cls, data, "train config")
 
 
+#: The recipe's intensity jitter (see :mod:`lookalike.augment`).
+JITTER = 2.0
+
+
 def default_train_config(arch: str, **overrides: Any) -> TrainConfig:
     """The training settings each preset is meant to be used with; ``overrides`` replace
     fields (``None`` values are ignored).
@@ -199,7 +207,8 @@ def default_train_config(arch: str, **overrides: Any) -> TrainConfig:
     ``contrastive`` is lookalike's recipe, measured in docs/benchmarks.md.
     """
     base = (TrainConfig(objective="contrastive", epochs=None, batch_size=256, lr=2e-3,
-                        temperature=0.1, augment=1.0, weight_decay=1e-4, denoise=False)
+                        temperature=0.1, augment=1.0, jitter=JITTER, weight_decay=1e-4,
+                        denoise=False)
             if arch == "contrastive" else TrainConfig())
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -86,8 +86,8 @@ def _batch_loss(model: Autoencoder, target: torch.Tensor, train: TrainConfig,
         flip = (torch.rand(len(target), generator=gen) < 0.5).to(device)
         target = torch.where(flip[:, None, None, None], target.flip(-1), target)
     if train.objective == "contrastive":
-        views = torch.cat([augment(target, train.augment, train.flip, gen),
-                           augment(target, train.augment, train.flip, gen)])
+        views = torch.cat([augment(target, train.augment, train.flip, gen, train.jitter),
+                           augment(target, train.augment, train.flip, gen, train.jitter)])
         if device.type == "cpu":
             views = views.contiguous(memory_format=torch.channels_last)
         z = model.project(model.features(views)).float()
