@@ -91,6 +91,7 @@ class IndexBackend(ABC):
     """The verbs every index backend provides (see the module docstring)."""
 
     name: str = "abstract"
+    FILE: str = ""  # the file a collection keeps this backend in, unless its settings name one
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -120,6 +121,15 @@ class IndexBackend(ABC):
     def load(cls, directory: str | os.PathLike[str], settings: dict[str, Any],
              dim: int) -> IndexBackend:
         """The backend saved in ``directory`` with these ``settings`` (from a manifest)."""
+
+    @classmethod
+    def stored_file(cls, directory: str | os.PathLike[str], settings: dict[str, Any]) -> Path:
+        """The file :meth:`load` reads (``settings["file"]`` or :attr:`FILE`), which must
+        exist."""
+        path = Path(directory) / settings.get("file", cls.FILE)
+        if not path.is_file():
+            raise CollectionError(f"{path} is missing; rebuild the collection with 'lookalike index'")
+        return path
 
     def reconcile(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Bring an index kept outside the collection directory back to the committed
@@ -216,9 +226,7 @@ class FaissBackend(IndexBackend):
     @classmethod
     def load(cls, directory: str | os.PathLike[str], settings: dict[str, Any],
              dim: int) -> FaissBackend:
-        path = Path(directory) / settings.get("file", cls.FILE)
-        if not path.is_file():
-            raise CollectionError(f"{path} is missing; rebuild the collection with 'lookalike index'")
+        path = cls.stored_file(directory, settings)
         try:
             index = faiss.read_index(str(path))
         except RuntimeError:

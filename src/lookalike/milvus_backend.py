@@ -455,9 +455,7 @@ class MilvusBackend(IndexBackend):
     @classmethod
     def load(cls, directory: str | os.PathLike[str], settings: dict[str, Any],
              dim: int) -> MilvusBackend:
-        path = Path(directory) / settings.get("file", cls.FILE)
-        if not path.is_file():
-            raise CollectionError(f"{path} is missing; rebuild the collection with 'lookalike index'")
+        path = cls.stored_file(directory, settings)
         try:
             pointer = read_json(path)
         except (OSError, ValueError):
