@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-import torch
-
 import pytest
+import torch
 
 from lookalike.augment import augment, jitter_intensity, nt_xent
 from lookalike.config import TrainConfig
