@@ -216,8 +216,8 @@ def main() -> None:
         "",
         f"`python benchmarks/quality.py` (or `--datasets NAME` for one) — last run {now()}, "
         f"commit {commit()}, {machine()}; that run's wall time {wall / 60:.1f} min"
-        + (" (with `--reuse`: models trained by an earlier run were re-encoded and re-scored; "
-           "their `train s` is from that run)" if args.reuse else "")
+        + (" (with `--reuse`: a model an earlier run trained with the same settings was "
+           "re-encoded and re-scored, and its `train s` is from that run)" if args.reuse else "")
         + (f" for {', '.join(names)}; the other datasets' rows are from an earlier run "
            "(results_NAME.json under the work folder)" if set(names) != {"mnist-5k", "fashion-mnist"}
            else "")

@@ -271,7 +271,6 @@ class Collection:
         with ``dataset``), when given, are the dataset's codes already made by this model
         (``lookalike.ray_engine``), and nothing is encoded here.
 
-
         Raises:
             CollectionError: ``path`` exists (and not ``overwrite``), or the dataset is empty.
         """
