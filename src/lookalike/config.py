@@ -221,9 +221,13 @@ class DiffusionConfig:
     """Diffusion re-ranking (see :mod:`lookalike.rerank`): a mutual ``k``-NN graph of the
     database, edge weights ``max(0, cos)^gamma``, a query linked to its ``query_k``
     nearest items, ``alpha`` the diffusion's reach, solved by conjugate gradient. Before
-    that, ``expand`` > 0 replaces each database code by the weighted mean of its ``expand``
-    nearest codes (database-side augmentation) and each query likewise over the database
-    (query expansion); 0 turns it off."""
+    that, ``whiten`` > 0 whitens the codes to that power (0.5: each principal direction of
+    the database's codes scaled by 1/sqrt(its standard deviation); 1: full whitening), the
+    covariance fitted on the database codes with Ledoit-Wolf shrinkage; and ``expand`` > 0
+    replaces each database code by the weighted mean of its ``expand`` nearest codes
+    (database-side augmentation) and each query likewise over the database (query
+    expansion); 0 turns either off. A config saved before ``whiten`` existed loads with
+    ``whiten=0``, so a stored graph keeps the meaning it was built with."""
 
     k: int = 15
     query_k: int = 10
@@ -232,8 +236,11 @@ class DiffusionConfig:
     iterations: int = 30
     tol: float = 1e-4
     expand: int = 3
+    whiten: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0 <= self.whiten <= 1:
+            raise LookalikeError(f"whiten must be in [0, 1], got {self.whiten!r}")
         if not isinstance(self.expand, int) or self.expand < 0:
             raise LookalikeError(f"expand must be an integer >= 0, got {self.expand!r}")
         for name in ("k", "query_k", "iterations"):
@@ -249,6 +256,8 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
+        if isinstance(data, dict) and "whiten" not in data:  # saved before whitening existed
+            data = {**data, "whiten": 0.0}
         return _from_dict(cls, data, "diffusion config")
 
 
