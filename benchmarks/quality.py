@@ -232,8 +232,8 @@ def main() -> None:
         "Protocol of `shared/BENCHMARKS.md`: queries against the database split, the whole "
         "database ranked, labels used only to score. Models train on the database images "
         "only (no labels, no query images). Ablations run on mnist-5k only (diffusion "
-        "over 60,000 items costs ~6 min a row here), except the intensity jitter's, run on "
-        "both. "
+        "over 60,000 items costs ~6 min a row here), except the intensity jitter's and the "
+        "whitening's, run on both. "
         "`train s` is training time on this machine; `rank s` is the time to rank the whole "
         "database for every query (exact, or diffusion).",
         "",
