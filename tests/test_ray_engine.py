@@ -22,7 +22,7 @@ pytest.importorskip("ray.data")
 from lookalike.cli import main  # noqa: E402
 from lookalike.collection import Collection  # noqa: E402
 from lookalike.modelio import load_model  # noqa: E402
-from lookalike.ray_engine import RayConfig, encode_images  # noqa: E402
+from lookalike.ray_engine import RayConfig, encode_images, shutdown  # noqa: E402
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
@@ -38,7 +38,7 @@ def local_ray() -> Iterator[None]:
     try:
         yield
     finally:
-        ray.shutdown()
+        shutdown(ray)  # and reap what Ray killed, so no Popen is collected while running
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,26 @@ def test_ray_address_needs_the_ray_engine(exact_collection: Path, tmp_path: Path
     code, _, err = _run(["index", "--model", str(exact_collection.parent / "model"), "--dataset",
                          "digits", "--out", str(tmp_path / "c"), "--ray-address", "auto"])
     assert code == 2 and err.strip() == "lookalike: error: --ray-address is for --engine ray"
+
+
+def test_shutdown_reaps_the_processes_ray_killed() -> None:
+    """Ray kills its local node's processes at shutdown but waits only a second for each;
+    ``shutdown`` reaps them, so none is left for the garbage collector to find running."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+             for _ in range(2)]
+    node = SimpleNamespace(all_processes={"raylet": [SimpleNamespace(process=procs[0])],
+                                          "gcs": [SimpleNamespace(process=procs[1])]})
+
+    def fake_shutdown() -> None:  # what Ray does when a process is slow to go: kill, move on
+        for p in procs:
+            p.kill()
+
+    fake = SimpleNamespace(_private=SimpleNamespace(worker=SimpleNamespace(_global_node=node)),
+                           shutdown=fake_shutdown)
+    shutdown(fake)
+    assert [p.returncode for p in procs] == [-9, -9]
+    shutdown(SimpleNamespace(shutdown=lambda: None))  # no node handle: just shuts down

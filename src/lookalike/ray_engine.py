@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -100,7 +101,28 @@ def ray_session(config: RayConfig, verbose: bool = False) -> Iterator[Any]:
     try:
         yield ray
     finally:
-        ray.shutdown()
+        shutdown(ray)
+
+
+def shutdown(ray: Any) -> None:
+    """``ray.shutdown()``, then reap the local node's processes that Ray killed but gave
+    only a second to exit: under load one can outlive that, and its ``Popen`` would later
+    be collected while still running (a ResourceWarning at a random moment)."""
+    try:  # Ray's private handle on the processes its local node started
+        node = ray._private.worker._global_node
+        procs = [info.process for infos in node.all_processes.values() for info in infos]
+    except Exception:  # a Ray without it, or connected to a cluster: nothing to reap
+        procs = []
+    ray.shutdown()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                log.warning("a Ray process (pid %d) did not exit after shutdown", proc.pid)
 
 
 def _model_files(model: LoadedModel) -> dict[str, bytes]:
