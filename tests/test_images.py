@@ -454,3 +454,47 @@ def test_find_images_survives_a_symlink_loop(tmp_path: Path) -> None:
 
 def test_find_images_of_empty_folder(tmp_path: Path) -> None:
     assert find_images(tmp_path) == []
+
+
+def _photo(path: Path, width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth colour 'photo' (gradients and a disc), saved as JPEG; returns its pixels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    r = xx / width * 255
+    g = yy / height * 255
+    disc = ((xx - width * rng.uniform(0.3, 0.7)) ** 2 + (yy - height / 2) ** 2) < (height / 4) ** 2
+    b = np.where(disc, 230.0, 40.0)
+    pixels = np.stack([r, g, b], axis=-1).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    return pixels
+
+
+def test_aspect_ratio_is_kept_by_centre_crop() -> None:
+    wide = np.zeros((40, 80, 3), dtype=np.uint8)
+    wide[:, :20] = 255  # a white band on the left quarter: cropped away
+    wide[:, 60:] = 255  # and on the right quarter
+    out = conform(wide[None], InputSpec(3, 20, 20))[0]
+    assert out.shape == (20, 20, 3)
+    # the middle square only: no band squashed in (a squash would put 255s in 5 columns
+    # a side); the filter reads a pixel past the crop, so the edge columns are faintly grey
+    assert out[:, 2:-2].max() <= 2 and out.max() < 100
+    tall = np.zeros((90, 30, 1), dtype=np.uint8)
+    tall[30:60] = 200
+    out = conform(tall[None], InputSpec(1, 10, 10))[0]
+    assert out[1:-1].min() >= 198 and out.min() > 150  # the middle third, scaled
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path: Path) -> None:
+    _photo(tmp_path / "big.jpg", 4000, 3000)
+    full = decode_image(tmp_path / "big.jpg")
+    small = decode_image(tmp_path / "big.jpg", size=(224, 224))
+    assert full.shape == (3000, 4000, 3)
+    assert 224 <= small.shape[0] <= 2 * 224 * 2  # 1/8 of 3000 rounds up to 375
+    assert small.shape[0] * 4 / 3 == pytest.approx(small.shape[1], abs=1)
+    a = conform(full[None], InputSpec(3, 224, 224))[0].astype(np.float32)
+    b = conform(small[None], InputSpec(3, 224, 224))[0].astype(np.float32)
+    assert np.abs(a - b).mean() < 3  # the same picture at the size a model wants
+    png = tmp_path / "big.png"
+    Image.fromarray(full).save(png)
+    reduced = decode_image(png, size=(100, 100))
+    assert 100 <= reduced.shape[0] < 3000 // 4  # PNGs are reduced after decoding

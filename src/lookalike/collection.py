@@ -41,12 +41,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backends import IndexBackend, choose_factory, discard_backend, new_backend, open_backend
-from .config import RetrievalConfig
+from .config import InputSpec, RetrievalConfig
 from .datasets import Dataset
-from .encoders import ModelEncoder
+from .encoders import ModelEncoder, encode_dataset
 from .errors import CollectionError, LookalikeError
 from .fsutil import atomic_write, atomic_write_json, fsync_dir, read_json
-from .images import conform, content_hash
+from .images import conform, content_hash, preview_spec
 from .modelio import LoadedModel, file_sha256, load_model
 from .rerank import Diffusion
 from .versions import versions
@@ -130,10 +130,12 @@ def _recover(target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _job_key(model: LoadedModel, images: np.ndarray, chunk: int) -> str:
-    """What a checkpointed encoding run depends on: the model, the images, the chunking."""
+def _job_key(model: LoadedModel, images: np.ndarray, sources: Iterable[str], chunk: int) -> str:
+    """What a checkpointed encoding run depends on: the model, the images (as stored) and
+    where they came from, the chunking."""
     h = hashlib.sha256(f"{model.fingerprint}:{images.shape}:{chunk}:".encode())
     h.update(np.ascontiguousarray(images).data)
+    h.update("\0".join(sources).encode())
     return h.hexdigest()
 
 
@@ -147,12 +149,13 @@ def _load_codes(path: Path, shape: tuple[int, int], mmap: bool = False) -> np.nd
     return codes if codes.shape == shape else None
 
 
-def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, images: np.ndarray,
-                     chunk: int = 8192, progress: bool = False) -> np.ndarray:
-    """Encode ``images`` chunk by chunk, each chunk's codes saved atomically in
-    ``stage/chunks``; chunks already there from an interrupted run with the same model and
-    images are loaded instead of encoded again."""
-    key = _job_key(model, images, chunk)
+def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, dataset: Dataset,
+                     images: np.ndarray, chunk: int = 8192, progress: bool = False) -> np.ndarray:
+    """Encode ``dataset`` chunk by chunk (its pixels at the model's input, see
+    :meth:`Dataset.pixels`), each chunk's codes saved atomically in ``stage/chunks``;
+    chunks already there from an interrupted run with the same model and images (``images``,
+    as they are stored) are loaded instead of encoded again."""
+    key = _job_key(model, images, dataset.sources, chunk)
     job = stage / "job.json"
     chunks = stage / "chunks"
     try:
@@ -178,9 +181,8 @@ def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, ima
             stop = start + shape[0]
             codes = _load_codes(path, shape) if saved[start] else None
             if codes is None:
-                codes = encoder.encode(images[start:stop])
+                codes = encode_dataset(encoder, dataset, start=start, stop=stop, bar=bar)
                 atomic_write(path, functools.partial(_save_npy, array=codes))
-                bar.update(shape[0])
             out[start:stop] = codes
     return out
 
@@ -250,6 +252,8 @@ class Collection:
         self.images = images
         self.model = model
         self.encoder = ModelEncoder(model)
+        #: what a picture is stored (and hashed) as: the model's input up to 96 px a side
+        self.store_spec = InputSpec(int(images.shape[3]), int(images.shape[1]), int(images.shape[2]))
         self._row = {int(i): r for r, i in enumerate(ids)}
         self.retrieval = RetrievalConfig.from_dict(manifest.get("retrieval") or {})
         self._diffusion: Diffusion | None = None
@@ -285,7 +289,7 @@ class Collection:
         if chunk <= 0:
             raise LookalikeError(f"chunk must be a positive integer, got {chunk}")
         encoder = ModelEncoder(model)
-        images = conform(dataset.images, encoder.spec)
+        images = conform(dataset.images, preview_spec(encoder.spec))
         if codes is not None and np.shape(codes) != (len(images), encoder.dim):
             raise CollectionError(f"codes of shape {np.shape(codes)} do not fit {len(images)} images "
                                   f"and {encoder.dim}-d codes")
@@ -300,7 +304,7 @@ class Collection:
         stage = target.parent / f".{target.name}.partial"
         try:  # a backend keeping vectors elsewhere (a server) writes them first
             if codes is None:
-                embeddings = encode_resumable(stage, encoder, model, images, chunk, progress)
+                embeddings = encode_resumable(stage, encoder, model, dataset, images, chunk, progress)
             else:
                 embeddings = np.ascontiguousarray(codes, dtype=np.float32)
                 stage.mkdir(parents=True, exist_ok=True)
@@ -552,6 +556,14 @@ class Collection:
             raise LookalikeError(f"no item with id {item_id} in {self.path}")
         return np.asarray(self.embeddings[row])
 
+    def stored_form(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """``images`` as this collection stores (and hashes) them, ``uint8 (n, *store_spec)``:
+        brought to the model's input first, then down to the preview size, the path every
+        stored picture took (so the same file gives the same pixels and hash)."""
+        if self.store_spec == self.encoder.spec:
+            return conform(images, self.store_spec)
+        return conform(conform(images, self.encoder.spec), self.store_spec)
+
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
                rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -587,12 +599,11 @@ class Collection:
 
     def search_images(self, images: np.ndarray, k: int, rerank: bool | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
-        """Encode ``uint8 (m, H, W, C)`` images and search; an image whose pixels (as the
-        model sees them) equal a stored item's is not returned as its own result."""
-        conformed = conform(images, self.encoder.spec)
-        found = (self.find(hash=content_hash(im)) for im in conformed)
+        """Encode ``uint8 (m, H, W, C)`` images and search; an image whose pixels (as
+        stored) equal a stored item's is not returned as its own result."""
+        found = (self.find(hash=content_hash(im)) for im in self.stored_form(images))
         exclude = np.array([-1 if f is None else f for f in found], dtype=np.int64)
-        return self.search(self.encoder.encode(conformed), k, exclude, rerank)
+        return self.search(self.encoder.encode(conform(images, self.encoder.spec)), k, exclude, rerank)
 
     def search_ids(self, ids: np.ndarray | list[int], k: int, rerank: bool | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -606,15 +617,15 @@ class Collection:
     def add(self, images: np.ndarray | list[np.ndarray], sources: list[str],
             labels: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Encode and add images (``uint8 (n, H, W, C)`` or a list of ``(H, W, C)`` of any
-        size); returns the id of each, ``int64 (n,)``. An image whose pixels (as the model
-        sees them) are already stored is not added again: its existing id is returned.
+        size); returns the id of each, ``int64 (n,)``. An image whose pixels (as stored, see
+        :attr:`store_spec`) are already stored is not added again: its existing id is returned.
 
         The change is committed when the manifest is replaced: a crash before leaves the
         collection as it was.
         """
         if len(sources) != len(images):
             raise LookalikeError("give one source per image")
-        conformed = conform(images, self.encoder.spec)
+        conformed = self.stored_form(images)
         lab = (np.full(len(conformed), -1, np.int64) if labels is None
                else np.asarray(labels, dtype=np.int64))
         hashes = [content_hash(im) for im in conformed]
@@ -635,7 +646,7 @@ class Collection:
             return out
         rows = np.array(new_rows)
         new_ids = out[rows]
-        codes = self.encoder.encode(conformed[rows])
+        codes = self._encode(images, rows)
         ids = np.concatenate([self.ids, new_ids])
         embeddings = np.concatenate([np.asarray(self.embeddings), codes])
         stored = np.concatenate([np.asarray(self.images), conformed[rows]])
@@ -659,14 +670,14 @@ class Collection:
         unknown = [i for i in wanted if i not in self._row]
         if unknown:
             raise LookalikeError(f"no item with id {unknown[0]} in {self.path}")
-        conformed = conform(images, self.encoder.spec)
+        conformed = self.stored_form(images)
         stored = {it.id: it.hash for it in self.items(wanted) if it is not None}
         changed = [j for j, i in enumerate(wanted) if content_hash(conformed[j]) != stored.get(i)]
         if not changed:
             return 0
         rows = np.array([self._row[wanted[j]] for j in changed])
         change_ids = np.array([wanted[j] for j in changed], dtype=np.int64)
-        codes = self.encoder.encode(conformed[changed])
+        codes = self._encode(images, np.array(changed))
         embeddings = np.array(self.embeddings)
         pixels = np.array(self.images)
         embeddings[rows] = codes
@@ -677,6 +688,10 @@ class Collection:
         self._write("UPDATE items SET hash = ? WHERE id = ?", (
             (content_hash(conformed[j]), wanted[j]) for j in changed))
         return len(changed)
+
+    def _encode(self, images: np.ndarray | list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """Codes of ``images[rows]``, each taken at the model's input spec."""
+        return self.encoder.encode(conform([images[int(r)] for r in rows], self.encoder.spec))
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
         """Remove items by id; unknown ids are ignored. Returns how many were removed."""

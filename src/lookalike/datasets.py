@@ -19,9 +19,12 @@ The split ``"all"`` returns every image in file order.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +32,9 @@ import numpy as np
 
 from .config import InputSpec
 from .errors import DataError, ImageError
-from .images import conform, find_images, image_size, load_images
+from .images import conform, find_images, image_size, load_image, load_images, preview_spec
+
+log = logging.getLogger(__name__)
 
 BUILTIN_DATASETS = ("mnist-5k", "fashion-mnist", "mnist", "digits")
 SPLITS = ("database", "queries", "all")
@@ -53,6 +58,9 @@ class Dataset:
         sources: one string per image.
         label_names: display names indexed by label, or ``None``.
         skipped: ``(path, reason)`` for every file that could not be read.
+        files: for a folder read for a large model input, the image files, one per image:
+            ``images`` are then previews (:func:`images.preview_spec`) and
+            :meth:`pixels` reads the files again at the size a model wants.
     """
 
     name: str
@@ -62,19 +70,45 @@ class Dataset:
     sources: tuple[str, ...]
     label_names: tuple[str, ...] | None = None
     skipped: tuple[tuple[str, str], ...] = field(default=())
+    files: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
         assert self.images.dtype == np.uint8 and self.images.ndim == 4, self.images.shape
         assert self.labels is None or self.labels.shape == (n,), "labels do not match images"
         assert len(self.sources) == n, "sources do not match images"
+        assert self.files is None or len(self.files) == n, "files do not match images"
+
+    def pixels(self, start: int, stop: int, spec: InputSpec) -> np.ndarray:
+        """Images ``start:stop`` at ``spec``, ``uint8 (m, H, W, C)``: read again from their
+        files (reduced-scale decoding, two threads: Pillow decodes without the GIL) when
+        ``images`` are smaller previews, else :func:`images.conform`-ed. A file that cannot
+        be read again (changed since) is taken from its preview, with a warning."""
+        part = self.images[start:stop]
+        if self.files is None or (part.shape[1] >= spec.height and part.shape[2] >= spec.width):
+            return conform(part, spec)
+
+        def read(i: int) -> np.ndarray:
+            assert self.files is not None
+            try:
+                image = load_image(self.files[start + i], size=(spec.height, spec.width))
+                return conform([image], spec)[0]
+            except ImageError as exc:
+                log.warning("%s; using its preview", exc)
+                return conform(part[i:i + 1], spec)[0]
+
+        out = np.empty((len(part), *spec.shape), dtype=np.uint8)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for i, image in enumerate(pool.map(read, range(len(part)))):
+                out[i] = image
+        return out
 
     def __len__(self) -> int:
         return len(self.images)
 
     @property
     def spec(self) -> InputSpec:
-        """The :class:`InputSpec` of these images as they are."""
+        """The :class:`InputSpec` of these images as they are (previews, when ``files``)."""
         _, h, w, c = self.images.shape
         return InputSpec(channels=c, height=h, width=w)
 
@@ -88,13 +122,14 @@ class Dataset:
             sources=tuple(self.sources[i] for i in index),
             label_names=self.label_names,
             skipped=self.skipped,
+            files=None if self.files is None else tuple(self.files[i] for i in index),
         )
 
     def conformed(self, spec: InputSpec) -> Dataset:
-        """The same items with images converted to ``spec`` (see :func:`images.conform`)."""
+        """The same items with images converted to ``spec`` (see :meth:`pixels`)."""
         if self.spec == spec:
             return self
-        return Dataset(self.name, self.split, conform(self.images, spec), self.labels,
+        return Dataset(self.name, self.split, self.pixels(0, len(self), spec), self.labels,
                        self.sources, self.label_names, self.skipped)
 
 
@@ -271,11 +306,18 @@ def load_folder(root: Path, split: str = "all", spec: InputSpec | None = None,
     """Every image below ``root`` (recursively), converted to ``spec`` (inferred when
     ``None``, see :func:`infer_spec`). Labels come from the first-level subfolder names
     when every image lies in one. Unreadable files (and folders) are skipped and listed in
-    ``skipped``; symlinked folders are followed, each real folder once (:func:`find_images`)."""
+    ``skipped``; symlinked folders are followed, each real folder once (:func:`find_images`).
+
+    For a ``spec`` over :data:`images.PREVIEW` pixels a side, the images are kept as
+    previews and the files are read again chunk by chunk by :meth:`Dataset.pixels`, so
+    memory grows by a preview per image, not by a model input per image."""
     unlisted: list[tuple[str, str]] = []
     paths = folder_images(root, unlisted)
-    images, kept, skipped = load_images(paths, spec or infer_spec(paths), progress)
+    spec = spec or infer_spec(paths)
+    images, kept, skipped = load_images(paths, spec, progress, preview=True)
     full = folder_dataset(root, images, kept, unlisted + skipped, len(paths))
+    if preview_spec(spec) != spec:
+        full = dataclasses.replace(full, files=full.sources)
     return full if split == "all" else full.subset(split_indices(len(full), split), split)
 
 

@@ -7,20 +7,33 @@ input spec first (see :func:`lookalike.images.conform`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .config import InputSpec
+from .datasets import Dataset
 from .errors import LookalikeError
 from .images import conform
 from .modelio import LoadedModel
-from .models import Autoencoder
+from .models import Model
 from .training import resolve_device, use_bf16
 
 PRECISIONS = ("auto", "fp32", "bf16")
+#: Input pixels encoded in one batch at most: a CNN's activations grow with batch x H x W, so
+#: 256 images of 28x28 go together but 224x224 inputs go 41 at a time (a batch of 256 at 224
+#: px peaked at 2.9 GB in EfficientNet-Lite0's activations).
+BATCH_PIXELS = 1 << 21
+
+
+def batch_for(spec: InputSpec, cap: int = 256) -> int:
+    """Images of ``spec`` per batch: ``cap``, fewer for large inputs (:data:`BATCH_PIXELS`)."""
+    return max(1, min(cap, BATCH_PIXELS // (spec.height * spec.width)))
 
 
 class PixelEncoder:
@@ -58,14 +71,14 @@ class ModelEncoder:
         self.dim = model.module.code_dim
         self.fingerprint = model.fingerprint
         self.name = model.config.arch
-        self.batch_size = batch_size
+        self.batch_size = batch_for(self.spec, batch_size)
         self.device = resolve_device(device)
         self.bf16 = use_bf16(precision, self.device)
         self.precision = "bf16" if self.bf16 else "fp32"
-        self._module: Autoencoder | None = None
+        self._module: Model | None = None
 
     @property
-    def module(self) -> Autoencoder:
+    def module(self) -> Model:
         """The encoder's own copy of the model, on its device, in its memory format."""
         if self._module is None:
             module = copy.deepcopy(self.model.module).to(self.device).eval()
@@ -93,3 +106,37 @@ class ModelEncoder:
                 codes = module.encode(x)
                 out[i:i + len(batch)] = codes.float().cpu().numpy()
         return out
+
+
+def encode_dataset(encoder: PixelEncoder | ModelEncoder, data: Dataset, progress: bool = False,
+                   start: int = 0, stop: int | None = None, chunk: int = 256,
+                   bar: tqdm | None = None) -> np.ndarray:
+    """Codes of images ``start:stop`` (default: all) of ``data``, ``float32 (m, dim)``, read
+    ``chunk`` at a time at the encoder's input spec (:meth:`Dataset.pixels`: a folder of
+    photos is decoded again from its files at that size, never all at once); the next
+    chunk is read while this one is encoded. ``bar``: a progress bar to advance instead of
+    a new one (shown with ``progress``)."""
+    stop = len(data) if stop is None else stop
+    out = np.empty((stop - start, encoder.dim), dtype=np.float32)
+    with (contextlib.nullcontext(bar) if bar is not None else
+          tqdm(total=stop - start, desc="encoding", unit="img", disable=not progress)) as shown:
+        for (lo, hi), pixels in prefetched(data, encoder.spec, chunk, start, stop):
+            out[lo - start:hi - start] = encoder.encode(pixels)
+            shown.update(hi - lo)
+    return out
+
+
+def prefetched(data: Dataset, spec: InputSpec, chunk: int, start: int = 0, stop: int | None = None
+               ) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """``((lo, hi), data.pixels(lo, hi, spec))`` for consecutive chunks of ``start:stop``,
+    each read in a background thread while the caller works on the one before."""
+    stop = len(data) if stop is None else stop
+    bounds = [(lo, min(lo + chunk, stop)) for lo in range(start, stop, chunk)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(data.pixels, *bounds[0], spec) if bounds else None
+        for i, (lo, hi) in enumerate(bounds):
+            assert pending is not None
+            pixels = pending.result()
+            if i + 1 < len(bounds):
+                pending = pool.submit(data.pixels, *bounds[i + 1], spec)
+            yield (lo, hi), pixels

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .collection import Collection
 from .datasets import Dataset, load_dataset
-from .encoders import ModelEncoder, PixelEncoder
+from .encoders import ModelEncoder, PixelEncoder, encode_dataset
 from .errors import DataError, LookalikeError
 from .metrics import ranking_metrics, retrieval_metrics
 from .modelio import is_model_dir, load_model
@@ -72,8 +72,8 @@ def evaluate(target: str | os.PathLike[str], dataset: str, *, data_dir: str | No
         model = None if name == "pixels" else load_model(name)
         encoder: PixelEncoder | ModelEncoder = (
             PixelEncoder(database.spec) if model is None else ModelEncoder(model))
-        db = encoder.encode(database.images, progress=progress)
-        q = encoder.encode(queries.images, progress=progress)
+        db = encode_dataset(encoder, database, progress=progress)
+        q = encode_dataset(encoder, queries, progress=progress)
         if model is not None and (model.retrieval.rerank == "diffusion" if rerank is None
                                   else rerank):
             diffusion = Diffusion(db, model.retrieval.diffusion)
@@ -83,7 +83,7 @@ def evaluate(target: str | os.PathLike[str], dataset: str, *, data_dir: str | No
         db_labels = coll.labels()
         if np.any(db_labels < 0):
             raise DataError(f"collection {name} has unlabelled items, so it cannot be scored")
-        q = coll.encoder.encode(queries.images, progress=progress)
+        q = encode_dataset(coll.encoder, queries, progress=progress)
         if coll.reranks if rerank is None else rerank:
             diffusion = coll.diffusion
     else:

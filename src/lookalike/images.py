@@ -7,7 +7,13 @@ This is the one place where pixels change form:
   alpha is composited over white; an animated image gives its first frame.
 * :func:`conform` brings ``uint8 (n, H, W, C)`` images to an :class:`InputSpec`:
   RGB -> grey by ITU-R 601-2 luma (as Pillow's ``convert("L")``), grey -> RGB by
-  replication, and a bilinear resize when the size differs.
+  replication, and when the size differs a resize that keeps the aspect ratio: the
+  shorter side is scaled to fit, the longer one centre-cropped (a 1024x768 photo becomes
+  the middle 768x768 square, scaled), with an antialiasing filter when shrinking.
+* A large JPEG is decoded at a reduced scale when the size it is wanted at is known
+  (``size=`` of :func:`decode_image`: Pillow's ``draft``, a DCT-domain reduction, 1/2 to
+  1/8), other formats are halved by ``reduce`` down to twice that size: a 24-megapixel
+  photo wanted at 224 px never exists at full size in memory.
 * :func:`to_float` gives the model's layout: ``float32 (n, C, H, W)`` in [0, 1].
 
 Anything that cannot be decoded raises :class:`~lookalike.errors.ImageError`, and only that.
@@ -21,6 +27,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import math
 import os
 import struct
 import warnings
@@ -37,6 +44,8 @@ from .errors import ImageError
 
 log = logging.getLogger(__name__)
 
+#: The longest side of the pictures a collection stores to show (see :func:`preview_spec`).
+PREVIEW = 96
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 #: Images with more pixels than this are refused before decoding (decompression bombs).
 MAX_PIXELS = 50_000_000
@@ -142,13 +151,37 @@ def _to_array(im: Image.Image) -> np.ndarray:
     return arr
 
 
+def _cover(width: int, height: int, size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest ``(width, height)`` of this aspect ratio that covers ``size`` (h, w)."""
+    scale = max(size[0] / height, size[1] / width)
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def _shrink(im: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """``im`` decoded no larger than needed to cover ``size`` (h, w) with some margin for
+    resampling: JPEG by ``draft`` (before decoding), others by ``reduce`` (after)."""
+    if size is None:
+        return im
+    want = _cover(im.size[0], im.size[1], size)
+    if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
+        im.draft(im.mode, want)
+    im.load()
+    factor = min(im.size[0] // max(want[0], 1), im.size[1] // max(want[1], 1)) // 2
+    if factor >= 2 and im.mode in ("RGB", "L", "RGBA", "LA", "P") and not getattr(im, "is_animated", False):
+        im = im.convert("RGBA" if im.mode == "P" else im.mode).reduce(factor)
+    return im
+
+
 def decode_image(
-    source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS
+    source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS,
+    size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decode an image file or bytes to ``uint8 (H, W, C)``, ``C`` = 1 or 3.
 
     Colour images stay RGB even when their pixels happen to be grey; use
-    :func:`conform` to reach a model's channel count.
+    :func:`conform` to reach a model's channel count. With ``size`` ``(height, width)``,
+    a large image may be decoded at a reduced scale that still covers ``size`` at its own
+    aspect ratio (so :func:`conform` to that size gives nearly the same pixels, faster).
 
     Raises:
         ImageError: for anything that is not a decodable image within ``max_pixels``.
@@ -156,8 +189,9 @@ def decode_image(
     im = _open(source, max_pixels)
     try:
         with im, _pillow_warnings():
-            im.load()
-            arr = _to_array(im)
+            shrunk = _shrink(im, size)
+            shrunk.load()
+            arr = _to_array(shrunk)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -167,32 +201,40 @@ def decode_image(
     return np.ascontiguousarray(arr)
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
+               size: tuple[int, int] | None = None) -> np.ndarray:
     """:func:`decode_image` for a path, with the path in the error message."""
     try:
-        return decode_image(path, max_pixels=max_pixels)
+        return decode_image(path, max_pixels=max_pixels, size=size)
     except ImageError as exc:
         raise ImageError(f"{path}: {exc}") from None
 
 
 def load_images(paths: Sequence[str | os.PathLike[str]], spec: InputSpec | None = None,
-                progress: bool = False
+                progress: bool = False, preview: bool = False
                 ) -> tuple[list[np.ndarray], list[Path], list[tuple[str, str]]]:
     """Decode many files, skipping the unreadable ones instead of stopping.
 
-    Returns the images (``uint8 (H, W, C)``, or ``spec``'s shape when given), the paths they
-    came from, and ``(path, reason)`` for every file skipped (each also logged as a warning).
+    Returns the images (``uint8 (H, W, C)``, or ``spec``'s shape when given; with
+    ``preview``, what a collection stores of them: ``spec``'s shape brought down to
+    :func:`preview_spec`), the paths they came from, and ``(path, reason)`` for every
+    file skipped (each also logged as a warning).
     """
     images: list[np.ndarray] = []
     kept: list[Path] = []
     skipped: list[tuple[str, str]] = []
+    small = None if spec is None or not preview else preview_spec(spec)
     for p in tqdm(paths, desc="reading images", unit="img", disable=not progress):
         try:
-            image = load_image(p)
+            image = load_image(p, size=None if spec is None else (spec.height, spec.width))
         except ImageError as exc:
             skipped.append((str(p), str(exc).removeprefix(f"{p}: ")))
             continue
-        images.append(image if spec is None else conform([image], spec)[0])
+        if spec is not None:
+            image = conform([image], spec)[0]
+        if small is not None and small != spec:
+            image = conform([image], small)[0]
+        images.append(image)
         kept.append(Path(p))
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
@@ -208,11 +250,20 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int, int]:
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    if image.shape[:2] == (height, width):
+    """Resize keeping the aspect ratio: scale to cover ``height x width``, centre-crop the
+    rest (bilinear; with antialiasing when shrinking, as Pillow's filters do)."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
         return image
     channels = image.shape[2]
     pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
-    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+    cw, ch = _cover(w, h, (height, width))
+    box = None
+    if (cw, ch) != (width, height):  # crop in source pixels, centred
+        sx, sy = w / cw, h / ch
+        left, top = (cw - width) / 2 * sx, (ch - height) / 2 * sy
+        box = (left, top, left + width * sx, top + height * sy)
+    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
     return out[:, :, None] if channels == 1 else out
 
 
@@ -251,6 +302,17 @@ def conform(images: np.ndarray | Sequence[np.ndarray], spec: InputSpec) -> np.nd
             raise ImageError(f"expected uint8 (H, W, C) images, got {im.dtype} {im.shape}")
         result[i] = _resize(_channels(im, spec.channels), spec.height, spec.width)
     return result
+
+
+def preview_spec(spec: InputSpec) -> InputSpec:
+    """What a picture is kept as for display beside a model taking ``spec``: ``spec`` itself
+    up to :data:`PREVIEW` pixels a side, else scaled down to that longest side (a 224x224
+    input is shown from a 96x96 preview: 27 KB instead of 147 KB a picture)."""
+    side = max(spec.height, spec.width)
+    if side <= PREVIEW:
+        return spec
+    scale = PREVIEW / side
+    return InputSpec(spec.channels, max(4, round(spec.height * scale)), max(4, round(spec.width * scale)))
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

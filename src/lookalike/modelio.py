@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from .config import ModelConfig, RetrievalConfig, TrainConfig, default_retrieval_config
 from .errors import LookalikeError, ModelError
 from .fsutil import atomic_write, atomic_write_json, read_json
-from .models import Autoencoder, build_model
+from .models import Model, build_model
 from .versions import versions
 
 FORMAT = "lookalike-model"
@@ -35,7 +35,7 @@ CONFIG = "config.json"
 class LoadedModel:
     """A model with everything that describes it."""
 
-    module: Autoencoder
+    module: Model
     config: ModelConfig
     train: TrainConfig | None
     history: dict[str, Any] = field(default_factory=dict)
@@ -52,7 +52,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def save_model(directory: str | os.PathLike[str], module: Autoencoder,
+def save_model(directory: str | os.PathLike[str], module: Model,
                train: TrainConfig | None = None, history: dict[str, Any] | None = None,
                retrieval: RetrievalConfig | None = None) -> LoadedModel:
     """Write ``module`` to ``directory`` (created if needed) and return it as loaded.

@@ -7,6 +7,10 @@
 * ``contrastive`` (lookalike's recipe): conv stages of w, 2w, 2w filters (``width`` w = 32) with batch
   norm, a dense code of ``latent_dim`` (128), L2-normalised; a mirrored decoder for the
   (optional) denoising loss and a projection head used only by the contrastive loss.
+* ``efficientnet-lite0/1/2`` (seed 003's "pretrained models like EfficientNet as feature
+  extractor"): an ImageNet-trained backbone (:mod:`lookalike.backbones`), its last
+  feature map GeM-pooled, centred and whitened by a projection fitted on the training
+  images (:func:`fit_whitening`), L2-normalised. It has no decoder.
 * ``hourglass`` (seed 003): conv stages of 32, 64, 128 filters, then a dense latent of
   ``latent_dim`` (512); the decoder mirrors it with transposed convolutions.
 
@@ -17,11 +21,13 @@ A decoder whose natural output size differs from the input (the articles' layers
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .backbones import EfficientNetLite
+from .config import BACKBONE_ARCHS, ModelConfig
 
 
 def _conv(cin: int, cout: int, padding: int = 1) -> nn.Sequential:
@@ -132,6 +138,86 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 ARTICLE_PRESETS = ("conv-16-8-8", "conv-32-32", "hourglass")
+#: GeM's exponent: between average (1) and max (inf) pooling; 3 is the usual choice for
+#: retrieval (Radenović, Tolias and Chum, "Fine-tuning CNN image retrieval with no human
+#: annotation", 2018).
+GEM_P = 3.0
+
+
+class BackboneModel(nn.Module):
+    """A pretrained backbone as an encoder: ``encode`` gives L2-normalised ``(n, latent_dim)``
+    codes, ``normalize(W^T (normalize(gem(features)) - mean))`` (:func:`fit_whitening`'s
+    mean and matrix are of L2-normalised features). ``W`` and ``mean`` are buffers, the
+    identity's first columns and zero until :meth:`set_whitening`; ``head`` is the
+    projection the contrastive adaptation trains through. No decoder."""
+
+    whiten_mean: torch.Tensor
+    whiten: torch.Tensor
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = EfficientNetLite(config.arch)
+        width = self.backbone.feature_dim
+        self.code_dim = int(config.latent_dim or width)
+        if self.code_dim > width:
+            raise ValueError(f"latent_dim {self.code_dim} exceeds the backbone's {width} features")
+        self.code_shape = (self.code_dim,)
+        self.register_buffer("whiten_mean", torch.zeros(width))
+        self.register_buffer("whiten", torch.eye(width)[:, :self.code_dim].contiguous())
+        self.head = nn.Sequential(nn.Linear(width, 512), nn.BatchNorm1d(512), nn.ReLU(),
+                                  nn.Linear(512, 128))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """GeM-pooled last feature map, ``(n, 1280)``, before whitening."""
+        fmap = self.backbone.features(x).float().clamp(min=1e-6)
+        return fmap.pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``float32 (n, 3, H, W)`` in [0, 1] -> L2-normalised codes ``(n, code_dim)``."""
+        z = (F.normalize(self.features(x), dim=1) - self.whiten_mean) @ self.whiten
+        return F.normalize(z, dim=1)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Projection head for the contrastive adaptation: ``(n, 128)``, L2-normalised."""
+        return F.normalize(self.head(features), dim=1)
+
+    def set_whitening(self, mean: torch.Tensor, matrix: torch.Tensor) -> None:
+        """Use ``mean`` ``(1280,)`` and ``matrix`` ``(1280, code_dim)`` from now on."""
+        if matrix.shape != self.whiten.shape or mean.shape != self.whiten_mean.shape:
+            raise ValueError(f"whitening of shape {tuple(matrix.shape)} does not fit "
+                             f"{tuple(self.whiten.shape)}")
+        self.whiten_mean.copy_(mean)
+        self.whiten.copy_(matrix)
+
+
+def fit_whitening(features: np.ndarray, dim: int, power: float = 0.25
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """PCA whitening of L2-normalised ``features`` ``(n, d)``: returns ``mean (d,)`` and
+    ``matrix (d, dim)`` that centre the features, keep their ``dim`` principal directions
+    and scale each by its variance to the power ``-power`` (0.5: full whitening; the
+    default 0.25, square-root whitening, measured better on the icon benchmark:
+    docs/benchmarks.md).
+
+    The covariance is Ledoit-Wolf-shrunk (scikit-learn), so a few hundred images do not
+    blow up their weakest directions; with fewer directions than ``dim`` (few images), the
+    remaining ones are kept unscaled at the shrinkage floor. Label-free: it uses the images
+    only. Deterministic (eigenvectors' signs fixed by their largest entry)."""
+    from sklearn.covariance import LedoitWolf
+
+    x = np.asarray(features, dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    mean = x.mean(axis=0)
+    if len(x) < 3:
+        return mean.astype(np.float32), np.eye(x.shape[1], dim, dtype=np.float32)
+    cov = LedoitWolf(assume_centered=False).fit(x).covariance_
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1][:dim]
+    eigval, eigvec = np.maximum(eigval[order], 1e-12), eigvec[:, order]
+    signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(eigvec.shape[1])])
+    eigvec = eigvec * np.where(signs == 0, 1.0, signs)
+    matrix = eigvec * eigval ** -power
+    return mean.astype(np.float32), matrix.astype(np.float32)
 
 
 def _keras_init(module: nn.Module) -> None:
@@ -144,9 +230,15 @@ def _keras_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def build_model(config: ModelConfig) -> Autoencoder:
-    """A freshly initialised :class:`Autoencoder` for ``config`` (the articles' presets
-    initialised as Keras does)."""
+Model = Autoencoder | BackboneModel
+
+
+def build_model(config: ModelConfig) -> Model:
+    """A freshly initialised model for ``config``: an :class:`Autoencoder` (the articles'
+    presets initialised as Keras does), or a :class:`BackboneModel` with random weights
+    (:func:`lookalike.backbones.pretrained` has the real ones)."""
+    if config.arch in BACKBONE_ARCHS:
+        return BackboneModel(config)
     model = Autoencoder(config)
     if config.arch in ARTICLE_PRESETS:
         _keras_init(model)

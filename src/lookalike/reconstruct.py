@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .config import BACKBONE_ARCHS
 from .errors import ModelError
 from .images import conform, from_float, to_float
 from .modelio import LoadedModel
@@ -19,6 +20,10 @@ def has_trained_decoder(model: LoadedModel) -> bool:
 
 
 def _check(model: LoadedModel) -> None:
+    if model.config.arch in BACKBONE_ARCHS:
+        raise ModelError(f"{model.path or 'this model'} is a pretrained {model.config.arch}, an "
+                         "encoder without a decoder; denoise with an article preset "
+                         "(lookalike train --arch conv-16-8-8)")
     if not has_trained_decoder(model):
         raise ModelError(
             f"{model.path or 'this model'} was trained with the contrastive objective only, so "

@@ -46,6 +46,7 @@ class Diffusion:
         returned by :meth:`neighbours` earlier (a collection stores them), else computed."""
         self.config = config or DiffusionConfig()
         self.codes = _normalise(codes)
+        self.plain = self.codes  # as searched without re-ranking, for ``config.keep``
         self._whitening = self._fit_whitening(self.codes)
         self.codes = self._whiten(self.codes)
         self.index = faiss.IndexFlatIP(self.codes.shape[1])
@@ -123,10 +124,16 @@ class Diffusion:
         sims, ids = self.index.search(q, kq)
         return sims, ids
 
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        """Ranking scores ``float32 (m, n)``, higher = closer. Unreached items score their
-        cosine minus 2, so they follow every reached item in cosine order."""
-        q = self._whiten(_normalise(queries))
+    def scores(self, queries: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+        """Ranking scores ``float32 (m, n)``, higher = closer. The ``config.keep`` nearest
+        items by plain cosine score 2 + their cosine, so they come first, in that order;
+        the others score their diffusion score in [0, 1] when reached, else their cosine
+        minus 2, so unreached items follow every reached one in cosine order. With
+        ``config.blend`` > 0 they score their plain cosine plus ``blend`` times their
+        diffusion score (0 when unreached) instead. ``exclude``
+        (``int64 (m,)``, -1 none): a row per query that scores -inf (the query itself)."""
+        plain = _normalise(queries)
+        q = self._whiten(plain)
         if self.config.expand:
             q = self._expand(q)
         n = len(self)
@@ -138,7 +145,22 @@ class Diffusion:
         cos = q @ self.codes.T
         top = f.max(axis=1, keepdims=True)
         reached = f > 1e-6 * np.maximum(top, 1e-30)
-        return np.where(reached, f / np.maximum(top, 1e-30), cos - 2.0).astype(np.float32)
+        diffused = f / np.maximum(top, 1e-30)
+        if self.config.blend:  # the plain cosine decides; diffusion breaks near-ties
+            near = plain @ self.plain.T
+            out = (near + self.config.blend * np.where(reached, diffused, 0.0)).astype(np.float32)
+        else:
+            out = np.where(reached, diffused, cos - 2.0).astype(np.float32)
+        ex = np.full(len(q), -1, np.int64) if exclude is None else np.asarray(exclude, np.int64)
+        has = np.flatnonzero(ex >= 0)
+        keep = min(self.config.keep, n - (1 if len(has) else 0))
+        if keep > 0:
+            near = plain @ self.plain.T
+            near[has, ex[has]] = -np.inf
+            first = np.argpartition(-near, keep - 1, axis=1)[:, :keep]
+            np.put_along_axis(out, first, 2.0 + np.take_along_axis(near, first, 1), 1)
+        out[has, ex[has]] = -np.inf
+        return out
 
     def _solve(self, y: np.ndarray) -> np.ndarray:
         """Batched conjugate gradient for ``(I - alpha S) X = Y`` (SPD), one column a query."""
@@ -171,11 +193,8 @@ class Diffusion:
         out_s = np.full((m, k), -np.inf, dtype=np.float32)
         out_i = np.full((m, k), -1, dtype=np.int64)
         for start in range(0, m, block):
-            sc = self.scores(queries[start:start + block])
-            if exclude is not None:
-                ex = exclude[start:start + block]
-                has = np.flatnonzero(ex >= 0)
-                sc[has, ex[has]] = -np.inf
+            sc = self.scores(queries[start:start + block],
+                             None if exclude is None else exclude[start:start + block])
             part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
             order = np.take_along_axis(part, np.argsort(-np.take_along_axis(sc, part, 1),
                                                         axis=1, kind="stable"), 1)

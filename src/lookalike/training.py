@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .augment import augment, nt_xent
-from .config import ModelConfig, TrainConfig
+from .config import BACKBONE_ARCHS, ModelConfig, TrainConfig
 from .errors import DataError, LookalikeError
 from .images import conform, to_float
-from .models import Autoencoder, build_model
+from .models import Autoencoder, Model, build_model
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class TrainResult:
     ``train_loss`` and ``val_loss`` per epoch, ``best_epoch`` (1-based), ``seconds``,
     ``images_per_second``; and the training config with its epochs resolved."""
 
-    model: Autoencoder
+    model: Model
     history: dict[str, Any]
     train: TrainConfig
 
@@ -115,6 +115,9 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     Raises:
         DataError: fewer than 2 images (4 for the contrastive objective).
     """
+    if model_config.arch in BACKBONE_ARCHS or train.objective == "pretrained":
+        raise LookalikeError(f"{model_config.arch} with the {train.objective} objective is not "
+                             "trained here: pretrained backbones go through lookalike.adaptation")
     minimum = 4 if train.objective == "contrastive" else 2
     if len(images) < minimum:
         raise DataError(f"need at least {minimum} training images, got {len(images)}")
@@ -133,6 +136,7 @@ def train_autoencoder(images: np.ndarray, model_config: ModelConfig, train: Trai
     assert train.epochs is not None
 
     model = build_model(model_config).to(device)
+    assert isinstance(model, Autoencoder)
     bf16 = use_bf16(train.precision, device)
     if device.type == "cpu":  # oneDNN's convolutions are faster in NHWC
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

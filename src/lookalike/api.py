@@ -1,0 +1,219 @@
+"""The library's front door: train a model, index a collection, search it, score it.
+
+    import lookalike as la
+    model = la.train("photos/", out="model")          # or la.load_model("model")
+    coll = la.index(model, "photos/", out="coll")      # or la.open("coll")
+    hits = coll.search("query.jpg", k=10)             # paths, arrays or PIL images
+    coll.add(["new/"]); coll.remove([12])
+    la.evaluate("coll", "mnist-5k")
+
+Data is a built-in dataset's name, a folder of images, an IDX directory or an ``.npz`` (see
+:func:`lookalike.datasets.load_dataset`). The command line calls these same functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import (
+    BACKBONE_ARCHS,
+    ModelConfig,
+    RetrievalConfig,
+    choose_arch,
+    default_retrieval_config,
+    default_train_config,
+    input_for,
+)
+from .datasets import Dataset, folder_images, infer_spec, is_folder, load_dataset
+from .errors import LookalikeError
+from .modelio import LoadedModel, load_model
+
+__all__ = ["Hit", "Index", "evaluate", "index", "load_model", "open", "train"]
+
+
+def _data(data: str | os.PathLike[str] | Dataset, split: str | None, spec: Any = None,
+          progress: bool = False, **options: Any) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    name = os.fspath(data)
+    from .datasets import BUILTIN_DATASETS
+
+    split = split or ("database" if name in BUILTIN_DATASETS else "all")
+    return load_dataset(name, split, input_spec=spec, progress=progress, **options)
+
+
+def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *,
+          arch: str = "auto", size: tuple[int, int] | None = None, channels: int | None = None,
+          latent_dim: int | None = None, width: int | None = None, adapt: bool = False,
+          rerank: str | None = None, split: str | None = None, data_dir: str | None = None,
+          download: bool = False, progress: bool = False, **train_options: Any) -> LoadedModel:
+    """Train (or, for a pretrained backbone, fit) a model on ``data`` and save it to ``out``.
+
+    ``arch="auto"`` chooses by the data without labels (:func:`config.choose_arch`): a
+    pretrained backbone for colour or large images, the self-trained recipe for small grey
+    ones; the input size follows the model (:func:`config.input_for`) unless ``size``
+    ``(h, w)`` / ``channels`` say otherwise. ``adapt`` fine-tunes a backbone on ``data``
+    first (``time_budget`` seconds). ``train_options`` override :class:`TrainConfig` fields
+    (``epochs``, ``seed``, ``budget``...). A built-in dataset trains on its database split.
+
+    Raises:
+        LookalikeError: bad data or options (subclasses name which).
+    """
+    from .modelio import save_model
+
+    folder = not isinstance(data, Dataset) and is_folder(data)
+    load = {"data_dir": data_dir, "download": download}
+    ds = None if folder else _data(data, split, progress=progress, **load)
+    if ds is None:
+        assert not isinstance(data, Dataset)
+        native = infer_spec(folder_images(Path(os.fspath(data))))
+    else:
+        native = ds.spec
+    arch = choose_arch(native) if arch == "auto" else arch
+    config = ModelConfig(arch=arch, input=input_for(arch, native, size, channels),
+                         latent_dim=latent_dim, **({"width": width} if width else {}))
+    if ds is None:
+        ds = _data(data, split, config.input, progress=progress, **load)
+    backbone = arch in BACKBONE_ARCHS
+    if adapt and not backbone:
+        raise LookalikeError(f"adapt is for a pretrained backbone, not {arch}")
+    objective = train_options.pop("objective", None) or ("contrastive" if adapt else None)
+    if objective == ("reconstruction" if backbone else "pretrained"):
+        raise LookalikeError(f"the {objective} objective does not fit {arch}")
+    tconf = default_train_config(arch, objective=objective, **train_options)
+    retrieval = default_retrieval_config(arch)
+    if rerank:
+        retrieval = RetrievalConfig(rerank=rerank, diffusion=retrieval.diffusion)
+    if backbone:
+        from .adaptation import train_backbone
+
+        result = train_backbone(ds, config, tconf, progress=progress)
+    else:
+        from .training import train_autoencoder
+
+        result = train_autoencoder(ds.pixels(0, len(ds), config.input), config, tconf,
+                                   progress=progress)
+    model = save_model(out, result.model, result.train,
+                       {**result.history, "dataset": ds.name, "split": ds.split}, retrieval)
+    if result.history.get("train_loss"):
+        from . import figures
+
+        figures.save(figures.loss_curves(result.history, result.history.get("best_epoch")),
+                     Path(out) / "loss.png")
+    return model
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the item's ``id``, its ``distance`` to the query (smaller is
+    nearer), where it came from (``source``) and its ``label`` (-1 when unknown)."""
+
+    id: int
+    distance: float
+    source: str
+    label: int
+
+
+class Index:
+    """A collection opened for scripting: search by images, add and remove items.
+    ``collection`` is the underlying :class:`lookalike.collection.Collection`."""
+
+    def __init__(self, collection: Any) -> None:
+        self.collection = collection
+
+    def __len__(self) -> int:
+        return len(self.collection)
+
+    def search(self, queries: Any, k: int = 10, exact: bool = False) -> list[list[Hit]]:
+        """The ``k`` nearest items to each query, nearest first: one list of :class:`Hit`
+        per query. ``queries``: an image path, a ``uint8 (H, W, C)`` array, a PIL image, or
+        a list of those. A query that is a stored image is not returned as its own result.
+        ``exact`` skips the collection's re-ranking."""
+        spec = self.collection.encoder.spec
+        images = [_image(q, (spec.height, spec.width)) for q in (queries if _many(queries) else [queries])]
+        dist, ids = self.collection.search_images(images, k, rerank=False if exact else None)
+        out = []
+        for drow, irow in zip(dist, ids, strict=True):
+            items = self.collection.items(irow)
+            out.append([Hit(it.id, float(d), it.source, it.label)
+                        for d, it in zip(drow, items, strict=True) if it is not None])
+        return out
+
+    def add(self, paths: Iterable[str | os.PathLike[str]]) -> np.ndarray:
+        """Add image files and folders (recursively); returns the ids, ``int64 (n,)``.
+        Unreadable files are skipped (logged)."""
+        from .images import find_images, load_images
+
+        files: list[Path] = []
+        for p in paths:
+            path = Path(p)
+            files.extend(find_images(path) if path.is_dir() else [path])
+        images, kept, _ = load_images(files, self.collection.encoder.spec)
+        return np.asarray(self.collection.add(images, [str(f) for f in kept]), dtype=np.int64)
+
+    def remove(self, ids: Sequence[int] | np.ndarray) -> int:
+        """Remove items by id; returns how many were removed."""
+        return int(self.collection.remove(ids))
+
+    def close(self) -> None:
+        self.collection.close()
+
+
+def _many(queries: Any) -> bool:
+    return isinstance(queries, (list, tuple)) or (isinstance(queries, np.ndarray) and queries.ndim == 4)
+
+
+def _image(query: Any, size: tuple[int, int]) -> np.ndarray:
+    """A query as ``uint8 (H, W, C)``; a file decoded as a collection's files are (``size``)."""
+    from .images import decode_image, load_image
+
+    if isinstance(query, (str, os.PathLike)):
+        return load_image(query, size=size)
+    if isinstance(query, np.ndarray):
+        if query.ndim == 2:
+            query = query[:, :, None]
+        if query.ndim != 3 or query.dtype != np.uint8 or query.shape[2] not in (1, 3):
+            raise LookalikeError(f"an image array must be uint8 (H, W, 1|3), got {query.dtype} "
+                                 f"{query.shape}")
+        return query
+    if hasattr(query, "save") and hasattr(query, "mode"):  # a PIL image
+        import io
+
+        buf = io.BytesIO()
+        query.save(buf, format="PNG")
+        return decode_image(buf.getvalue())
+    raise LookalikeError(f"a query must be an image path, array or PIL image, not {type(query).__name__}")
+
+
+def index(model: LoadedModel | str | os.PathLike[str], data: str | os.PathLike[str] | Dataset,
+          out: str | os.PathLike[str], *, split: str | None = None, overwrite: bool = False,
+          progress: bool = False, **options: Any) -> Index:
+    """Encode ``data`` with ``model`` into a collection at ``out`` and open it. ``options``
+    go to :meth:`Collection.create` (``factory``, ``backend``...)."""
+    from .collection import Collection
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    ds = _data(data, split, loaded.config.input, progress=progress)
+    return Index(Collection.create(out, loaded, ds, overwrite=overwrite, progress=progress, **options))
+
+
+def open(path: str | os.PathLike[str]) -> Index:  # noqa: A001 - the verb users expect
+    """Open the collection at ``path``."""
+    from .collection import Collection
+
+    return Index(Collection.open(path))
+
+
+def evaluate(target: Index | str | os.PathLike[str], dataset: str, **options: Any) -> dict[str, Any]:
+    """mAP, P@1/10/100 and LRAP@n of ``target`` (a collection, its path, a model directory or
+    ``"pixels"``) on ``dataset``'s queries (see :func:`lookalike.evaluation.evaluate`)."""
+    from .evaluation import evaluate as run
+
+    where = target.collection.path if isinstance(target, Index) else target
+    return run(where, dataset, **options)

@@ -1,0 +1,51 @@
+"""The Python front door: the README's example runs as written, on a small colour folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import lookalike as la
+from lookalike.errors import LookalikeError
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _photos(root: Path, kinds: dict[str, tuple[int, int, int]], n: int = 5, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for kind, colour in kinds.items():
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = np.full((60, 80, 3), colour, dtype=np.float64)
+            y, x = rng.integers(10, 40), rng.integers(10, 60)
+            img[y:y + 15, x:x + 15] = 255 - np.array(colour)
+            img += rng.normal(0, 8, img.shape)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / kind / f"{i}.jpg")
+
+
+def test_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    section = README.read_text().split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    _photos(tmp_path / "photos", {"beach": (230, 200, 120), "forest": (40, 120, 50)})
+    _photos(tmp_path / "more-photos", {"snow": (240, 240, 250)}, n=2, seed=1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.group(1), "README.md", "exec"), {})  # noqa: S102 - our own README
+    out = capsys.readouterr().out.splitlines()
+    hits = [line.split() for line in out[:3]]
+    assert len(hits) == 3 and all(h[2].startswith("photos/beach/") for h in hits)  # beach finds beach
+    assert "photos/beach/1.jpg" not in {h[2] for h in hits}  # not itself
+    assert 0.5 <= float(out[3]) <= 1.0  # the mAP line
+    coll = la.open("coll")
+    assert len(coll) == 10  # the two added were removed again
+    with pytest.raises(LookalikeError, match="a query must be"):
+        coll.search(3.5)
+    both = coll.search([np.asarray(Image.open("photos/forest/0.jpg")), Image.open("photos/beach/0.jpg")], k=2)
+    assert [h.source.split("/")[1] for h in both[0]] == ["forest", "forest"]
+    assert [h.source.split("/")[1] for h in both[1]] == ["beach", "beach"]
+    coll.close()
