@@ -4,6 +4,7 @@ and lookalike's recipe, with ablations (each ingredient on/off).
     python benchmarks/quality.py                       # mnist-5k and fashion-mnist
     python benchmarks/quality.py --datasets mnist-5k   # one dataset
     python benchmarks/quality.py --reuse               # reuse models already trained under --work
+    python benchmarks/quality.py --datasets icons      # the colour benchmark (benchmarks/colour.py)
 
 Writes the table to docs/benchmarks.md (section "quality") and prints it. Labels are used
 only to score. Every model trains on the database split only.
@@ -193,9 +194,31 @@ def main() -> None:
     ap.add_argument("--work", default="benchmarks/out/quality", help="where models are kept")
     ap.add_argument("--reuse", action="store_true", help="reuse trained models found in --work")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
+    ap.add_argument("--icons", default="benchmarks/out/icons64",
+                    help="where benchmarks/icondata.py builds the icon set (icons dataset)")
+    ap.add_argument("--adapt-budget", type=float, default=300.0,
+                    help="icons: seconds of the backbone's adaptation row")
+    ap.add_argument("--recipe-budget", type=int, default=320_000,
+                    help="icons: images the self-trained recipe's row sees")
     args = ap.parse_args()
     start = time.perf_counter()
     work = Path(args.work)
+    if "icons" in args.datasets.split(","):
+        import colour
+        import icondata
+
+        rows = colour.run_icons(work / "icons", Path(args.icons), args.reuse, args.adapt_budget,
+                                args.recipe_budget)
+        body = colour.icons_section(rows, time.perf_counter() - start,
+                                    icondata.load_meta(Path(args.icons)))
+        (work / "results_icons.json").parent.mkdir(parents=True, exist_ok=True)
+        (work / "results_icons.json").write_text(json.dumps({"results": rows, "date": now()}, indent=2))
+        print(body)
+        if not args.no_write:
+            write_section("colour", body)
+        args.datasets = ",".join(n for n in args.datasets.split(",") if n != "icons")
+        if not args.datasets:
+            return
     results: list[dict[str, Any]] = []
     lat: dict[str, dict[str, float]] = {}
     names = args.datasets.split(",")

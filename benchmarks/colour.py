@@ -1,0 +1,286 @@
+"""Colour collections: same-icon retrieval across Debian's icon themes, and indexing a
+folder of large photos.
+
+    python benchmarks/quality.py --datasets icons        # the icon table (this module's run_icons)
+    python benchmarks/colour.py --photos DIR              # index DIR: time, images/s, peak RSS
+
+Icons (benchmarks/icondata.py builds them, 64x64): the database is five themes' drawings,
+the queries five other themes'; a database item is relevant to a query when it is the same
+icon *name* (mAP, P@1, P@10 over the whole ranking), and of the same *category* (the themes'
+context folders: apps, places, devices...) for "category P@10". Labels only score.
+Every model fits (or trains) on the database images only. Rows: raw pixels; each
+EfficientNet-Lite off the shelf (global average pooling, cosine); lookalike's backbone model
+(GeM pooling, whitening fitted on the database), with and without its re-ranking; the same
+adapted to the database (contrastive fine-tuning on colour views, time-budgeted); lookalike's
+self-trained recipe. Writes the section "colour" of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import icondata  # noqa: E402
+from _common import commit, machine, now, table, write_section  # noqa: E402
+
+from lookalike.adaptation import train_backbone  # noqa: E402
+from lookalike.backbones import BACKBONES, pretrained  # noqa: E402
+from lookalike.config import (  # noqa: E402
+    InputSpec,
+    ModelConfig,
+    choose_arch,
+    default_retrieval_config,
+    default_train_config,
+    input_for,
+)
+from lookalike.datasets import Dataset, load_dataset  # noqa: E402
+from lookalike.encoders import ModelEncoder, PixelEncoder, encode_dataset  # noqa: E402
+from lookalike.errors import ModelError  # noqa: E402
+from lookalike.metrics import ranking_metrics  # noqa: E402
+from lookalike.modelio import load_model, save_model  # noqa: E402
+from lookalike.rerank import Diffusion  # noqa: E402
+from lookalike.training import train_autoencoder  # noqa: E402
+
+KEYS = ("mAP", "P@1", "P@10", "cat P@10")
+
+
+def _labels(meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Icon-name ids of the database and query items, in folder order."""
+    names: dict[str, int] = {}
+    db = np.array([names.setdefault(it["name"], len(names)) for it in meta["database"]])
+    q = np.array([names.setdefault(it["name"], len(names)) for it in meta["queries"]])
+    return db, q
+
+
+def score(q: np.ndarray, db: np.ndarray, labels: dict[str, np.ndarray],
+          diffusion: Diffusion | None = None) -> dict[str, float]:
+    """Same-name mAP/P@1/P@10 and category P@10 of one ranking (exact cosine, or diffusion)."""
+    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    dn = db / np.maximum(np.linalg.norm(db, axis=1, keepdims=True), 1e-12)
+    orders = []
+    for start in range(0, len(q), 256):
+        part = slice(start, min(start + 256, len(q)))
+        s = diffusion.scores(q[part]) if diffusion is not None else qn[part] @ dn.T
+        orders.append(np.argsort(-s, axis=1, kind="stable").astype(np.int32))
+    order = np.concatenate(orders)
+    blocks = [(slice(0, len(q)), order)]
+    name = ranking_metrics(blocks, labels["q_name"], labels["db_name"], ks=(1, 10))
+    cat = ranking_metrics(blocks, labels["q_cat"], labels["db_cat"], ks=(10,))
+    return {"mAP": float(name["mAP"]), "P@1": float(name["P@1"]), "P@10": float(name["P@10"]),
+            "cat P@10": float(cat["P@10"])}
+
+
+def gap_features(name: str, data: Dataset, size: int) -> np.ndarray:
+    """Off the shelf: the backbone's last feature map, global-average-pooled."""
+    import torch
+
+    net = pretrained(name).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    spec = InputSpec(3, size, size)
+    out = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for start in range(0, len(data), 128):
+            x = torch.from_numpy(data.pixels(start, min(start + 128, len(data)), spec))
+            out.append(net.features(x.permute(0, 3, 1, 2).float().div_(255)).float().mean((2, 3)).numpy())
+    return np.concatenate(out)
+
+
+def run_icons(work: Path, root: Path, reuse: bool, adapt_budget: float,
+              recipe_budget: int) -> list[dict[str, Any]]:
+    """Every row of the icon table, printed as it is measured."""
+    meta = icondata.build(root)
+    db = load_dataset(root / "database", "all")
+    q = load_dataset(root / "queries", "all")
+    db_name, q_name = _labels(meta)
+    assert db.labels is not None and q.labels is not None
+    labels = {"db_name": db_name, "q_name": q_name, "db_cat": db.labels, "q_cat": q.labels}
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, xq: np.ndarray, xd: np.ndarray, diffusion: Diffusion | None = None,
+            train_s: float = 0.0, encode_s: float = 0.0, default: bool = False) -> None:
+        t = time.perf_counter()
+        m = score(xq, xd, labels, diffusion)
+        row = {"name": name, **m, "train_s": train_s, "encode_s": encode_s,
+               "rank_s": time.perf_counter() - t, "default": default}
+        rows.append(row)
+        print(f"icons {name[:64]:64s} " + " ".join(f"{k} {row[k]:.3f}" for k in KEYS)
+              + f"  train {train_s:.0f}s encode {encode_s:.0f}s rank {row['rank_s']:.0f}s", flush=True)
+
+    pix = PixelEncoder(db.spec)
+    add("raw pixels (64x64 RGB), cosine", pix.encode(q.images), pix.encode(db.images))
+    for name, spec in BACKBONES.items():
+        cache = work / f"gap_{name}.npz"
+        t = time.perf_counter()
+        if reuse and cache.is_file():  # features of the same weights and images: reusable
+            with np.load(cache) as saved:
+                xd, xq, enc_s = saved["db"], saved["q"], float(saved["seconds"])
+        else:
+            try:
+                xd, xq = gap_features(name, db, spec.resolution), gap_features(name, q, spec.resolution)
+            except ModelError as exc:
+                print(f"icons {name}: skipped ({exc})", flush=True)
+                continue
+            enc_s = time.perf_counter() - t
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, db=xd, q=xq, seconds=enc_s)
+        add(f"{name} off the shelf ({spec.resolution} px, average pool, cosine)", xq, xd,
+            encode_s=enc_s)
+
+    arch = choose_arch(db.spec)
+    assert arch in BACKBONES, arch  # colour data: `lookalike train` picks a backbone
+    for adapt in (False, True):
+        train = default_train_config(arch, **({"objective": "contrastive", "time_budget": adapt_budget}
+                                              if adapt else {}))
+        path = work / ("backbone_adapted" if adapt else "backbone")
+        model = load_model(path) if reuse and (path / "config.json").is_file() else None
+        if model is None or model.train != train:
+            config = ModelConfig(arch=arch, input=input_for(arch, db.spec))
+            result = train_backbone(db, config, train)
+            model = save_model(path, result.model, result.train, result.history,
+                               default_retrieval_config(arch))
+        train_s = float(model.history.get("seconds", 0.0))
+        t = time.perf_counter()
+        enc = ModelEncoder(model)
+        xd, xq = encode_dataset(enc, db), encode_dataset(enc, q)
+        enc_s = time.perf_counter() - t
+        label = (f"{arch} adapted ({adapt_budget:.0f} s budget)" if adapt
+                 else f"{arch} as `lookalike train` makes it (GeM, whitened on the database)")
+        add(f"{label}, exact", xq, xd, train_s=train_s, encode_s=enc_s)
+        retrieval = default_retrieval_config(arch)
+        add(f"{'**' if not adapt else ''}{label} + its re-ranking"
+            f"{' (default)**' if not adapt else ''}", xq, xd,
+            Diffusion(xd, retrieval.diffusion), train_s=train_s, encode_s=enc_s, default=not adapt)
+        if not adapt:
+            full = dataclasses.replace(retrieval.diffusion, keep=0, blend=0.0)
+            add(f"{label} + full diffusion (the recipe's, no kept first result)", xq, xd,
+                Diffusion(xd, full), train_s=train_s, encode_s=enc_s)
+
+    train = default_train_config("contrastive", budget=recipe_budget)
+    path = work / f"recipe_{recipe_budget}"
+    model = load_model(path) if reuse and (path / "config.json").is_file() else None
+    if model is None or model.train is None or dataclasses.replace(model.train, epochs=None) != train:
+        config = ModelConfig(arch="contrastive", input=input_for("contrastive", db.spec))
+        result = train_autoencoder(db.pixels(0, len(db), config.input), config, train)
+        model = save_model(path, result.model, result.train, result.history,
+                           default_retrieval_config("contrastive"))
+    enc = ModelEncoder(model)
+    t = time.perf_counter()
+    xd, xq = encode_dataset(enc, db), encode_dataset(enc, q)
+    enc_s = time.perf_counter() - t
+    train_s = float(model.history.get("seconds", 0.0))
+    label = f"self-trained recipe (contrastive, 64x64, {recipe_budget:,} images seen)"
+    add(f"{label}, exact", xq, xd, train_s=train_s, encode_s=enc_s)
+    add(f"{label} + diffusion", xq, xd, Diffusion(xd, default_retrieval_config("contrastive").diffusion),
+        train_s=train_s, encode_s=enc_s)
+    return rows
+
+
+def icons_section(rows: list[dict[str, Any]], wall: float, meta: dict[str, Any]) -> str:
+    counts = meta["counts"]
+    body = [
+        "## Colour: same icon across icon themes",
+        "",
+        f"`python benchmarks/quality.py --datasets icons` — last run {now()}, commit {commit()}, "
+        f"{machine()}, wall time {wall / 60:.1f} min. Built by `benchmarks/icondata.py` from "
+        "Debian's icon-theme packages (rendered to 64x64 RGB): the database is the themes "
+        f"{', '.join(meta['database_themes'])} ({counts['database']:,} icons), the "
+        f"queries {', '.join(meta['query_themes'])} ({counts['queries']:,} icons; "
+        f"{counts['mean_relevant']:.1f} same-name items a query). "
+        "Relevant: the same icon name drawn by another theme (mAP, P@1, P@10 over the whole "
+        "ranking); `cat P@10`: the same category (apps, places, devices, mimetypes, actions, "
+        "status, categories, emblems, emotes). Labels only score; models fit on the database "
+        "images only. `train s` is the time to make the model (loading weights, adapting, "
+        "fitting the whitening), `encode s` to encode both splits, `rank s` to rank the whole "
+        "database for every query.",
+        "",
+        table(["features", *KEYS, "train s", "encode s", "rank s"],
+              [[r["name"], *(f"{r[k]:.3f}" for k in KEYS),
+                f"{r['train_s']:.0f}" if r["train_s"] else "–",
+                f"{r['encode_s']:.0f}" if r["encode_s"] else "–", f"{r['rank_s']:.0f}"]
+               for r in rows]),
+    ]
+    default = next(r for r in rows if r["default"])
+    pixels = rows[0]
+    shelf = [r for r in rows if "off the shelf" in r["name"]]
+    if shelf:
+        best = max(shelf, key=lambda r: r["mAP"])
+        body += ["", f"Targets: the default's same-icon mAP is {default['mAP'] / best['mAP']:.2f}x the "
+                 f"best off-the-shelf row's ({best['name'].split(' ')[0]}) and "
+                 f"{default['mAP'] / pixels['mAP']:.1f}x raw pixels'; its category P@10 "
+                 f"{default['cat P@10']:.3f} against that row's {best['cat P@10']:.3f}."]
+    return "\n".join(body)
+
+
+def index_photos(folder: Path, work: Path, size: int | None) -> dict[str, Any]:
+    """`lookalike train` then `lookalike index` on ``folder``, each in its own process: wall
+    time, images/s and peak RSS (VmHWM) of each."""
+    out: dict[str, Any] = {"folder": str(folder)}
+    model, coll = work / "photo_model", work / "photo_collection"
+    size_args = ["--size", str(size)] if size else []
+    for step, argv in (("train", ["train", "--dataset", str(folder), "--out", str(model), *size_args]),
+                       ("index", ["index", "--model", str(model), "--dataset", str(folder),
+                                  "--out", str(coll), "--overwrite"])):
+        script = ("import atexit, re, sys\n"
+                  "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
+                  "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
+                  "from lookalike.cli import main\n"
+                  f"sys.exit(main(['-q', *{argv!r}]))\n")
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        seconds = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"{step} failed: {proc.stderr[-2000:]}")
+        peak = int(re.findall(r"VmHWM (\d+)", proc.stderr)[-1]) * 1024
+        out[step] = {"seconds": round(seconds, 1), "peak_rss_bytes": peak, "stdout": proc.stdout.strip()}
+    n = json.loads((coll / "manifest.json").read_text())["count"]
+    out["count"] = n
+    out["index"]["images_per_s"] = round(n / out["index"]["seconds"], 1)
+    return out
+
+
+def photos_section(res: dict[str, Any], meta: dict[str, Any] | None) -> str:
+    what = (f"{res['count']:,} JPEG photos of {meta['settings']['megapixels']} megapixels or more "
+            "made by `benchmarks/photodata.py` from Debian's wallpaper packages"
+            if meta else f"{res['count']:,} photos")
+    rows = [[step, f"{res[step]['seconds']:.0f}", f"{res['count'] / res[step]['seconds']:.1f}",
+             f"{res[step]['peak_rss_bytes'] / 2**30:.2f}"] for step in ("train", "index")]
+    return "\n".join([
+        "## Colour: a folder of photos",
+        "",
+        f"`python benchmarks/colour.py --photos DIR` — last run {now()}, commit {commit()}, "
+        f"{machine()}: {what}, `lookalike train` (the default it picks) then `lookalike index`, "
+        "each as its own process; peak RSS is the process's VmHWM.",
+        "",
+        table(["step", "seconds", "images/s", "peak RSS GiB"], rows),
+    ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=Path, required=True, help="a folder of photos to index")
+    ap.add_argument("--work", type=Path, default=Path("benchmarks/out/colour"))
+    ap.add_argument("--size", type=int, help="backbone input size (default: lookalike's)")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    res = index_photos(args.photos, args.work, args.size)
+    meta_path = args.photos / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    (args.work / "photos.json").write_text(json.dumps(res, indent=2))
+    body = photos_section(res, meta)
+    print(body)
+    if not args.no_write:
+        write_section("photos", body)
+
+
+if __name__ == "__main__":
+    main()
