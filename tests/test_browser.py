@@ -5,67 +5,35 @@ If the browser cannot start, these tests fail: they are how we know the page wor
 
 from __future__ import annotations
 
-import os
-import queue
+import json
 import shutil
-import subprocess
-import sys
-import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from lookalike.datasets import load_dataset
+from servers import serving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-START_TIMEOUT_S = 120
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+TOKEN = "browser-test-token-0123456789"
 
 
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``lookalike serve`` on a copy of the re-ranking collection; yields the page's URL."""
     path = shutil.copytree(trained.collection, tmp_path_factory.mktemp("browser") / "collection")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "-q", "serve", str(path),
-                             "--host", "127.0.0.1", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        seen = []
-        while True:
-            line = lines.get(timeout=START_TIMEOUT_S)
-            assert line is not None, f"lookalike serve exited: {''.join(seen)}"
-            seen.append(line)
-            if line.startswith("serving "):
-                url = line.split(" at ", 1)[1].split()[0]
-                break
+    with serving(path) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=15)
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +47,25 @@ def browser() -> Iterator[Browser]:
             b.close()
 
 
+def watch(page: Page) -> list[str]:
+    """The page's script errors and console errors (a Content-Security-Policy violation is
+    one), as they come."""
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    return problems
+
+
 @pytest.fixture()
 def page(browser: Browser, server: str) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-    page.goto(server)
+    problems = watch(page)
+    answer = page.goto(server)
+    assert answer is not None
+    csp = answer.headers["content-security-policy"]
+    # the page's own script and style only: no inline script, no eval
+    assert "default-src 'self'" in csp and "unsafe" not in csp and "script-src" not in csp
     expect(page.locator("#stats")).to_contain_text("1,438 images")
     yield page
     context.close()
@@ -127,13 +106,44 @@ def draw_seven(page: Page) -> None:
     page.mouse.up()
 
 
-def test_upload_draw_click_and_toggle(page: Page, tmp_path: Path) -> None:
+def shown(page: Page, answer: dict) -> list[int]:
+    """Wait until the page shows the search answer's results, in its order; their ids."""
+    want = [r["id"] for r in answer["results"]]
+    results = page.locator("#results .result")
+    expect(results).to_have_count(len(want))
+    for i, item in enumerate(want):
+        expect(results.nth(i)).to_have_attribute("data-id", str(item))
+    return want
+
+
+def same_ranking(answer: dict, found: tuple[np.ndarray, np.ndarray]) -> None:
+    """The service's answer is the library's ranking: the same distances (to float rounding:
+    another process) and the same ids in the same order, wherever a distance is not tied."""
+    ids = [r["id"] for r in answer["results"]]
+    dist = np.array([r["distance"] for r in answer["results"]])
+    want_d, want_i = found[0][0], found[1][0].tolist()
+    assert np.allclose(dist, want_d, atol=1e-5), (dist, want_d)
+    for r, (got, want) in enumerate(zip(ids, want_i, strict=True)):
+        tied = any(abs(want_d[r] - want_d[j]) <= 1e-5 for j in (r - 1, r + 1) if 0 <= j < len(want_d))
+        assert got == want or tied, (ids, want_i)
+    assert set(ids) == set(want_i) or abs(want_d[-1] - want_d[-2]) <= 1e-5
+
+
+def test_upload_draw_click_and_toggle(page: Page, tmp_path: Path, trained) -> None:
+    from lookalike.collection import Collection
+    from lookalike.images import decode_image
+
+    library = Collection.open(trained.collection)  # what the server serves a copy of
     results = page.locator("#results .result")
     status = page.locator("#status")
 
-    # pick a file: the results grid fills, each card with its label and distance
-    page.set_input_files("#file", digit_png(tmp_path))
-    expect(results).to_have_count(12)
+    # pick a file: the results grid fills, each card with its label and distance, in the
+    # library's order for that image
+    upload = digit_png(tmp_path)
+    with page.expect_response("**/api/search") as answer:
+        page.set_input_files("#file", upload)
+    assert len(shown(page, answer.value.json())) == 12
+    same_ranking(answer.value.json(), library.search_images(decode_image(upload)[None], 12))
     expect(status).to_contain_text("re-ranked")
     expect(page.locator("#query-text")).to_contain_text("digit.png")
     first = results.first
@@ -149,26 +159,31 @@ def test_upload_draw_click_and_toggle(page: Page, tmp_path: Path) -> None:
     # times the collection's 8x8 input
     assert answer.value.json()["query"] == {"filename": "drawing.png", "height": 32, "width": 32}
     expect(page.locator("#query-text")).to_contain_text("drawing.png")
-    expect(results).to_have_count(12)
+    shown(page, answer.value.json())
     expect(status).to_contain_text("results")
     thumbnails_loaded(page)
     page.screenshot(path=tmp_path / "drawing.png", full_page=True)
 
-    # click a result: it becomes the query
-    clicked = results.nth(2).get_attribute("data-id")
-    results.nth(2).click()
+    # click a result: it becomes the query, its results the library's (re-ranked, itself left out)
+    clicked = int(results.nth(2).get_attribute("data-id") or -1)
+    with page.expect_response("**/api/search") as answer:
+        results.nth(2).click()
     expect(page.locator("#query-text")).to_contain_text(f"item #{clicked}")
-    expect(results).to_have_count(12)
-    assert clicked not in [results.nth(i).get_attribute("data-id") for i in range(12)]
+    reranked = shown(page, answer.value.json())
+    assert clicked not in reranked
+    same_ranking(answer.value.json(), library.search_ids([clicked], 12))
 
-    # the toggle: exact, then re-ranked again
-    page.click("label[for=ranking-exact]")
+    # the toggle: exact (the library's plain nearest codes), then re-ranked again
+    with page.expect_response("**/api/search") as answer:
+        page.click("label[for=ranking-exact]")
+    exact = shown(page, answer.value.json())
     expect(status).to_contain_text("exact")
-    exact = [results.nth(i).get_attribute("data-id") for i in range(12)]
-    page.click("label[for=ranking-rerank]")
+    same_ranking(answer.value.json(), library.search_ids([clicked], 12, rerank=False))
+    assert exact != reranked  # (the two rankings differ here, so the toggle is seen)
+    with page.expect_response("**/api/search") as answer:
+        page.click("label[for=ranking-rerank]")
+    assert shown(page, answer.value.json()) == reranked
     expect(status).to_contain_text("re-ranked")
-    expect(results).to_have_count(12)
-    assert len(exact) == 12
     thumbnails_loaded(page)
     page.screenshot(path=tmp_path / "results.png", full_page=True)
     for name in ("upload.png", "drawing.png", "results.png"):
@@ -200,3 +215,111 @@ def test_phone_sized_screen(browser: Browser, server: str, tmp_path: Path) -> No
         assert (tmp_path / "phone.png").stat().st_size > 0
     finally:
         context.close()
+
+
+def stats_of(url: str) -> dict:
+    with urllib.request.urlopen(url + "api/stats", timeout=30) as answer:
+        return json.load(answer)
+
+
+def test_docs_work_offline(browser: Browser, server: str) -> None:
+    """``/docs`` with every request beyond loopback blocked: Swagger UI comes from the
+    server itself, starts without inline script, and lists every endpoint."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    elsewhere: list[str] = []
+    served: list[str] = []
+
+    def only_loopback(route: Route) -> None:
+        if urlsplit(route.request.url).hostname in LOOPBACK:
+            served.append(route.request.url)
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    problems = watch(page)
+    try:
+        answer = page.goto(server + "docs")
+        assert answer is not None and answer.status == 200
+        csp = answer.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "unsafe" not in csp
+        operations = page.locator(".opblock")
+        expect(operations).to_have_count(7)
+        paths = {p.replace("\u200b", "") for p in page.locator(".opblock-summary-path").all_inner_texts()}
+        assert paths == {"/api/search", "/api/items", "/api/items/{item_id}",
+                         "/api/items/{item_id}/image", "/api/health", "/api/stats"}
+        # an operation opens, with the responses the schema declares
+        stats = page.locator(".opblock-get", has_text="/api/stats")
+        stats.locator(".opblock-summary").click()
+        codes = stats.locator(".responses-table tr.response")
+        expect(codes).to_have_count(2)
+        assert [c.get_attribute("data-code") for c in codes.all()] == ["200", "503"]
+    finally:
+        context.close()
+    assert elsewhere == [] and problems == []
+    # (the block was in force: Swagger UI's script came through it, from the server)
+    assert server + "docs-assets/swagger-ui-bundle.js" in served
+
+
+def test_the_page_asks_for_the_token_only_for_a_change(browser: Browser, trained, tmp_path: Path
+                                                       ) -> None:
+    path = shutil.copytree(trained.collection, tmp_path / "collection")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with serving(path, "--token-file", str(token_file)) as url:
+        count = stats_of(url)["count"]
+        context = browser.new_context(viewport={"width": 1200, "height": 800})
+        page = context.new_page()
+        problems = watch(page)
+        dialog = page.locator("#token-dialog")
+        status = page.locator("#status")
+        try:
+            page.goto(url)
+            expect(page.locator("#stats")).to_contain_text(f"{count:,} images")
+            # searching needs no token: nothing is asked
+            page.set_input_files("#file", digit_png(tmp_path))
+            expect(page.locator("#results .result")).to_have_count(12)
+            expect(dialog).to_be_hidden()
+            # adding does: asked, a wrong token refused and asked again, the right one taken
+            page.click("#add-query")
+            expect(dialog).to_be_visible()
+            expect(page.locator("#token-why")).to_contain_text("needs the service's token")
+            page.fill("#token-input", "not-the-token-0123456789")
+            page.click("#token-ok")
+            expect(page.locator("#token-why")).to_contain_text("refused that token")
+            assert stats_of(url)["count"] == count
+            page.fill("#token-input", TOKEN)
+            page.click("#token-ok")
+            expect(status).to_contain_text("digit.png added as item #")
+            expect(dialog).to_be_hidden()
+            expect(page.locator("#stats")).to_contain_text(f"{count + 1:,} images")
+            assert stats_of(url)["count"] == count + 1
+            assert page.evaluate("sessionStorage.getItem('lookalike-token')") == TOKEN
+            # kept for the tab: the next change is sent with it, without asking
+            with page.expect_response("**/api/items") as added:
+                page.click("#add-query")
+            assert added.value.status == 201
+            expect(status).to_contain_text("in the collection already")
+            expect(dialog).to_be_hidden()
+        finally:
+            context.close()
+        # the only console errors: the two 401s (no token, then the wrong one)
+        assert [p for p in problems if "status of 401" not in p] == [] and len(problems) == 2, problems
+
+        # another tab has no token; cancelling the dialog adds nothing and says why
+        context = browser.new_context(viewport={"width": 1200, "height": 800})
+        page = context.new_page()
+        try:
+            page.goto(url)
+            page.set_input_files("#file", digit_png(tmp_path))
+            expect(page.locator("#results .result")).to_have_count(12)
+            page.click("#add-query")
+            expect(page.locator("#token-dialog")).to_be_visible()
+            page.click("#token-cancel")
+            expect(page.locator("#status.error")).to_contain_text("needs the service's token")
+            expect(page.locator("#token-dialog")).to_be_hidden()
+        finally:
+            context.close()
+        assert stats_of(url)["count"] == count + 1

@@ -23,8 +23,11 @@ from lookalike import service
 from lookalike.cli import main
 from lookalike.collection import Collection
 from lookalike.datasets import load_dataset
-from lookalike.errors import CollectionError, ImageError
+from lookalike.errors import CollectionError, ImageError, LookalikeError
+from lookalike.security import Access, check_bind
 from lookalike.service import ReadWriteLock, SharedCollection, UnknownItem, create_app
+
+TOKEN = "test-token-0123456789abcdef"
 
 
 @pytest.fixture()
@@ -358,6 +361,177 @@ def test_bad_settings_and_collections(tmp_path: Path, rerank_path: Path) -> None
         create_app(rerank_path, max_k=-1)
 
 
+# ---------------------------------------------------------------------------- access
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def changes(client: TestClient, queries: np.ndarray, headers: dict[str, str]) -> list:
+    """One add and one delete, with ``headers``."""
+    files = {"files": ("new.png", png(queries[30]), "image/png")}
+    return [client.post("/api/items", files=files, headers=headers),
+            client.delete("/api/items/3", headers=headers)]
+
+
+def test_changes_need_the_token(rerank_path: Path, queries: np.ndarray,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import hmac
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    with TestClient(create_app(rerank_path, access=Access(token=TOKEN))) as c:
+        count = c.get("/api/stats").json()["count"]
+        for headers, challenge in (({}, "Bearer"), (bearer("wrong-token-0123456789"),
+                                                     'Bearer error="invalid_token"'),
+                                   ({"Authorization": f"Basic {TOKEN}"}, "Bearer"),
+                                   (bearer(TOKEN[:-1]), 'Bearer error="invalid_token"'),
+                                   (bearer(TOKEN + "x"), 'Bearer error="invalid_token"')):
+            for r in changes(c, queries, headers):
+                assert r.status_code == 401, r.text
+                assert r.headers["www-authenticate"] == challenge
+                assert "token" in r.json()["detail"] and TOKEN not in r.text
+        # nothing changed
+        assert c.get("/api/stats").json()["count"] == count
+        assert c.get("/api/items/3").status_code == 200
+        # the token was compared in constant time, as bytes
+        assert compared and all(b == TOKEN.encode() for _, b in compared)
+        # reads need no token; with it, changes go through
+        assert ids_of(c.post("/api/search", json={"id": 5, "k": 3}))
+        added, removed = changes(c, queries, bearer(TOKEN))
+        assert added.status_code == 201 and removed.status_code == 200
+        assert c.get("/api/stats").json()["count"] == count
+        assert c.get("/api/stats").json()["access"] == {"writes": "token", "reads": "open"}
+
+
+def test_every_route_that_writes_is_guarded(rerank_path: Path) -> None:
+    """Whatever routes there are: each one that is not a read answers 401 without the token
+    and 403 read-only (so a new route cannot be left open by mistake)."""
+    reads = {("POST", "/api/search")}
+    apps = {"token": create_app(rerank_path, access=Access(token=TOKEN)),
+            "read-only": create_app(rerank_path, access=Access(read_only=True))}
+    writes = []
+    for route in apps["token"].routes:
+        for method in sorted(getattr(route, "methods", None) or ()):
+            if method not in ("GET", "HEAD") and (method, route.path) not in reads:
+                writes.append((method, route.path.replace("{item_id}", "3")))
+    assert {("POST", "/api/items"), ("DELETE", "/api/items/3")} <= set(writes)
+    for name, status in (("token", 401), ("read-only", 403)):
+        with TestClient(apps[name]) as c:
+            for method, path in writes:
+                r = c.request(method, path, files={"files": ("a.png", b"x", "image/png")}
+                              if method == "POST" else None)
+                assert r.status_code == status, (name, method, path, r.text)
+    with TestClient(apps["read-only"]) as c:
+        r = c.delete("/api/items/3", headers=bearer(TOKEN))
+        assert r.status_code == 403 and "read-only" in r.json()["detail"]
+        assert c.get("/api/items/3").status_code == 200
+        assert ids_of(c.post("/api/search", json={"id": 3, "k": 2}))
+        assert c.get("/api/stats").json()["access"] == {"writes": "off", "reads": "open"}
+
+
+def test_token_reads(rerank_path: Path) -> None:
+    with TestClient(create_app(rerank_path, access=Access(token=TOKEN, token_reads=True))) as c:
+        for method, path in (("GET", "/api/stats"), ("GET", "/api/items/3"),
+                             ("GET", "/api/items/3/image")):
+            assert c.request(method, path).status_code == 401
+            assert c.request(method, path, headers=bearer(TOKEN)).status_code == 200
+        r = c.post("/api/search", json={"id": 3})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert ids_of(c.post("/api/search", json={"id": 3}, headers=bearer(TOKEN)))
+        # liveness, the page, the docs and the schema stay open
+        for path in ("/api/health", "/", "/docs", "/openapi.json", "/static/app.js"):
+            assert c.get(path).status_code == 200, path
+        assert c.get("/api/stats", headers=bearer(TOKEN)).json()["access"]["reads"] == "token"
+
+
+# ---------------------------------------------------------------------------- headers
+def test_hardening_headers_everywhere(rerank_path: Path) -> None:
+    with TestClient(create_app(rerank_path, access=Access(token=TOKEN))) as c:
+        answers = {path: c.get(path) for path in ("/", "/docs", "/api/stats", "/api/items/3/image",
+                                                  "/api/items/999999", "/api/items/x",
+                                                  "/static/app.js", "/docs-assets/swagger-ui.css",
+                                                  "/openapi.json", "/nothing")}
+        answers["401"] = c.delete("/api/items/3")
+        for name, r in answers.items():
+            assert r.headers["x-content-type-options"] == "nosniff", name
+            assert r.headers["referrer-policy"] == "no-referrer", name
+            assert r.headers["x-frame-options"] == "DENY", name
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"], name
+        for path in ("/", "/docs"):
+            csp = answers[path].headers["content-security-policy"]
+            assert "default-src 'self'" in csp and "unsafe" not in csp and "script-src" not in csp
+        assert answers["/api/stats"].headers["content-security-policy"].startswith("default-src 'none'")
+        assert answers["/docs-assets/swagger-ui.css"].status_code == 200
+
+
+def test_an_internal_error_is_500_with_the_headers(rerank_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(SharedCollection, "stats", broken)
+    with TestClient(create_app(rerank_path), raise_server_exceptions=False) as c:
+        r = c.get("/api/stats")
+    assert r.status_code == 500 and r.json() == {"detail": "internal error (RuntimeError); see the "
+                                                           "server log"}
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_pages_have_no_inline_script_or_style() -> None:
+    import html.parser
+
+    class Scan(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inline: list[str] = []
+            self.scripts: list[str] = []
+            self._in_script = False
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            names = dict(attrs)
+            if tag == "script":
+                self.scripts.append(names.get("src") or "")
+                self._in_script = not names.get("src")
+            if tag == "style" or "style" in names or any(n.startswith("on") for n in names):
+                self.inline.append(f"<{tag} {names}>")
+
+        def handle_data(self, data: str) -> None:
+            if self._in_script and data.strip():
+                self.inline.append(data[:40])
+
+        def handle_endtag(self, tag: str) -> None:
+            self._in_script = False if tag == "script" else self._in_script
+
+    for name, want in (("index.html", ["static/app.js"]),
+                       ("docs.html", ["docs-assets/swagger-ui-bundle.js", "static/docs.js"])):
+        scan = Scan()
+        scan.feed((service.STATIC / name).read_text())
+        assert scan.inline == [] and scan.scripts == want, name
+
+
+def test_openapi_declares_the_errors_and_the_token(rerank_path: Path) -> None:
+    with TestClient(create_app(rerank_path, access=Access(token=TOKEN))) as c:
+        schema = c.get("/openapi.json").json()
+    paths = schema["paths"]
+    scheme = schema["components"]["securitySchemes"]["token"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    for method, path in (("post", "/api/items"), ("delete", "/api/items/{item_id}")):
+        op = paths[path][method]
+        assert op["security"] == [{"token": []}] and "401" in op["responses"]
+    for method, path in (("post", "/api/search"), ("get", "/api/stats")):
+        assert "security" not in paths[path][method] and "401" not in paths[path][method]["responses"]
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    for code in ("400", "404", "413", "415", "422"):
+        assert paths["/api/search"]["post"]["responses"][code]["content"]["application/json"][
+            "schema"] == error
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # our 422 is one line
+    with TestClient(create_app(rerank_path, access=Access(read_only=True))) as c:
+        schema = c.get("/openapi.json").json()
+    assert "403" in schema["paths"]["/api/items"]["post"]["responses"]
+    assert "401" not in schema["paths"]["/api/items"]["post"]["responses"]
+
+
 # ---------------------------------------------------------------------------- concurrency
 @pytest.mark.parametrize("lock", ["exclusive", "rw"])
 def test_concurrent_searches_while_adding_and_removing(rerank_path: Path, queries: np.ndarray, lock: str,
@@ -421,36 +595,135 @@ def _hammer(client: TestClient, queries: np.ndarray) -> None:
         assert client.get(f"/api/items/{item}").status_code == 404
 
 
+class _WatchedCondition(threading.Condition):
+    """A condition variable that tells when a named thread starts waiting on it: put in a
+    lock's place, it shows a thread blocked there, without guessing with sleeps."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__()
+        self.waiting = {name: threading.Event() for name in names}
+
+    def wait(self, timeout: float | None = None) -> bool:
+        event = self.waiting.get(threading.current_thread().name)
+        if event is not None:
+            event.set()
+        return super().wait(timeout)
+
+
+class _WatchedLock:
+    """A mutex that tells when a named thread finds it taken (and then waits for it)."""
+
+    def __init__(self, *names: str) -> None:
+        self._lock = threading.Lock()
+        self.waiting = {name: threading.Event() for name in names}
+
+    def __enter__(self) -> _WatchedLock:
+        if not self._lock.acquire(blocking=False):
+            event = self.waiting.get(threading.current_thread().name)
+            if event is not None:
+                event.set()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def _first_of(*events: threading.Event, timeout: float = 30) -> None:
+    """Wait until one of ``events`` is set (polled, with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while not any(e.is_set() for e in events):
+        assert time.monotonic() < deadline, "neither event came"
+        events[0].wait(0.005)
+
+
+@pytest.mark.parametrize("lock", ["exclusive", "rw"])
+def test_a_search_waits_for_a_commit_in_progress(rerank_path: Path, queries: np.ndarray, lock: str,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 torch_one_thread: None) -> None:
+    """A search that comes while a change is being committed waits for the commit, then
+    sees the collection after it (never half of it)."""
+    shared = SharedCollection(rerank_path, lock=lock)
+    if lock == "rw":
+        assert isinstance(shared.lock, ReadWriteLock)
+        shared.lock._cond = watched = _WatchedCondition("search")  # type: ignore[assignment]
+    else:
+        shared.lock._lock = watched = _WatchedLock("search")  # type: ignore[union-attr,assignment]
+    in_commit, release, searched = threading.Event(), threading.Event(), threading.Event()
+    real_add, real_search = Collection.add, Collection.search
+
+    def held_add(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        in_commit.set()
+        assert release.wait(30)
+        return real_add(self, *args, **kwargs)
+
+    def watched_search(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        searched.set()
+        return real_search(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "add", held_add)
+    monkeypatch.setattr(Collection, "search", watched_search)
+    new = queries[0]
+    near = new.copy()
+    near[0, 0, 0] = near[0, 0, 0] + 1 if near[0, 0, 0] < 255 else 254
+    hits: list[list] = []
+    with ThreadPoolExecutor(1) as pool:
+        change = pool.submit(shared.add, [new], ["new.png"])
+        assert in_commit.wait(30)
+        search = threading.Thread(name="search", target=lambda: hits.append(
+            shared.search_image(near, 3, rerank=False)))
+        search.start()
+        _first_of(watched.waiting["search"], searched)
+        assert not searched.is_set(), "a search ran while a change was being committed"
+        release.set()
+        (new_id,), _, count = change.result(timeout=60)
+        search.join(60)
+    assert not search.is_alive() and count == 1439
+    assert hits and hits[0][0].id == new_id  # it saw the change: the new item comes first
+
+
 def test_changes_that_queue_up_share_a_commit(rerank_path: Path, queries: np.ndarray,
                                               monkeypatch: pytest.MonkeyPatch,
                                               torch_one_thread: None) -> None:
     shared = SharedCollection(rerank_path)
     calls: list[int] = []
     real_add = Collection.add
+    committing, release = threading.Event(), threading.Event()
 
-    def slow_add(self, images, sources, labels=None):
+    def held_add(self, images, sources, labels=None):  # noqa: ANN001, ANN202
         calls.append(len(images))
-        time.sleep(0.3)  # a commit in progress: the changes behind it queue up
+        if len(calls) == 1:  # the first commit stays in progress until the others queue up
+            committing.set()
+            assert release.wait(30)
         return real_add(self, images, sources, labels)
 
-    monkeypatch.setattr(Collection, "add", slow_add)
+    def pending() -> int:
+        with shared._queue:
+            return len(shared._pending)
+
+    monkeypatch.setattr(Collection, "add", held_add)
     bad = np.zeros((8, 8, 2), np.uint8)  # two channels: the collection refuses it
-    with ThreadPoolExecutor(6) as pool:
+    with ThreadPoolExecutor(7) as pool:
         first = pool.submit(shared.add, [queries[0]], ["first"])
-        time.sleep(0.1)
+        assert committing.wait(30)
         queued = [pool.submit(shared.add, *change) for change in (
             ([queries[1]], ["b"]), ([queries[1]], ["b-again"]), ([bad], ["bad"]), ([queries[2]], ["c"]))]
         gone = pool.submit(shared.remove, 0)
         unknown = pool.submit(shared.remove, 999_999)
-        results = [f.result() for f in [first, *queued[:2], queued[3]]]
+        deadline = time.monotonic() + 30
+        while pending() < 6:  # every change behind the commit is queued (polled, with a deadline)
+            assert time.monotonic() < deadline, pending()
+            committing.wait(0.005)
+        release.set()
+        results = [f.result(timeout=60) for f in [first, *queued[:2], queued[3]]]
         with pytest.raises(ImageError, match="channels"):
-            queued[2].result()
+            queued[2].result(timeout=60)
         with pytest.raises(UnknownItem):
-            unknown.result()
-        assert isinstance(gone.result(), int)
+            unknown.result(timeout=60)
+        assert isinstance(gone.result(timeout=60), int)
     # one commit for the first, one for the four queued adds (which failed on the bad image,
     # so each was then tried alone)
-    assert calls[:2] == [1, 4] and len(calls) == 6
+    assert calls == [1, 4, 1, 1, 1, 1]
     ids = [int(r[0][0]) for r in results]
     assert ids[1] == ids[2] and len(set(ids)) == 3
     assert [bool(r[1][0]) for r in results] == [True, True, False, True]
@@ -477,6 +750,7 @@ def test_read_write_lock() -> None:
         t.join()
     assert inside == ["r", "r"]
 
+    lock._cond = watched = _WatchedCondition("writer", "reader", "late reader")
     order: list[str] = []
 
     def writer() -> None:
@@ -487,42 +761,67 @@ def test_read_write_lock() -> None:
         with lock.read():
             order.append("r2")
 
+    # a writer waits for the reader inside; a reader that comes after waits for the writer
     with lock.read():
-        w = threading.Thread(target=writer)
+        w = threading.Thread(target=writer, name="writer")
         w.start()
-        deadline = time.monotonic() + 5
-        while not lock._waiting and time.monotonic() < deadline:
-            time.sleep(0.005)
-        late = threading.Thread(target=late_reader)
+        assert watched.waiting["writer"].wait(5), "the writer did not wait for the reader"
+        late = threading.Thread(target=late_reader, name="late reader")
         late.start()
-        time.sleep(0.05)
-        assert order == []  # the writer waits for the reader; the new reader for the writer
+        assert watched.waiting["late reader"].wait(5), "a reader went past the waiting writer"
+        assert order == []
     w.join(5)
     late.join(5)
     assert order == ["w", "r2"]
 
+    # a reader waits for the writer inside
+    order.clear()
 
-def test_read_write_lock_patience() -> None:
-    lock = ReadWriteLock(patience=0.3)
-    entered: list[str] = []
-    with lock.read():
-        w = threading.Thread(target=lambda: lock.write().__enter__() and None)
-        w.daemon = True
-        w.start()
-        deadline = time.monotonic() + 5
-        while not lock._waiting and time.monotonic() < deadline:
-            time.sleep(0.005)
-        # within its patience the waiting writer lets new readers in
-        r = threading.Thread(target=lambda: lock.read().__enter__() and None or entered.append("early"))
+    def reader_after() -> None:
+        with lock.read():
+            order.append("r")
+
+    with lock.write():
+        r = threading.Thread(target=reader_after, name="reader")
         r.start()
-        r.join(2)
-        assert entered == ["early"]
-        time.sleep(0.35)
-        late = threading.Thread(target=lambda: (lock.read().__enter__(), entered.append("late")))
-        late.daemon = True
+        assert watched.waiting["reader"].wait(5), "a reader went in beside the writer"
+        assert order == []
+    r.join(5)
+    assert order == ["r"]
+
+
+def test_read_write_lock_patience(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]  # the lock's clock, moved by hand
+    monkeypatch.setattr(service, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])}))
+    lock = ReadWriteLock(patience=0.3)
+    lock._cond = watched = _WatchedCondition("writer", "early", "late")
+    entered: list[str] = []
+
+    def reader() -> None:
+        with lock.read():
+            entered.append(threading.current_thread().name)
+
+    def writer() -> None:
+        with lock.write():
+            entered.append("writer")
+
+    with lock.read():
+        w = threading.Thread(target=writer, name="writer")
+        w.start()
+        assert watched.waiting["writer"].wait(5)
+        # within its patience the waiting writer lets new readers in
+        early = threading.Thread(target=reader, name="early")
+        early.start()
+        early.join(5)
+        assert entered == ["early"] and not watched.waiting["early"].is_set()
+        clock[0] += 1.0  # past its patience: new readers wait for it
+        late = threading.Thread(target=reader, name="late")
         late.start()
-        late.join(0.1)
-        assert entered == ["early"]  # after it, they wait
+        assert watched.waiting["late"].wait(5), "a reader went past a writer due to enter"
+        assert entered == ["early"]
+    w.join(5)
+    late.join(5)
+    assert entered == ["early", "writer", "late"]
     with pytest.raises(ValueError, match="patience"):
         ReadWriteLock(patience=-1)
 
@@ -532,13 +831,14 @@ def test_serve_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
                        rerank_path: Path) -> None:
     calls: list[tuple] = []
 
-    def fake_serve(path, host, port, *, max_upload_bytes, on_ready, log_level):
-        calls.append((path, host, port, max_upload_bytes, log_level))
+    def fake_serve(path, host, port, *, max_upload_bytes, access, on_ready, log_level):
+        calls.append((path, host, port, max_upload_bytes, access, log_level))
         on_ready(f"http://{host}:{port}/")
 
     monkeypatch.setattr(service, "serve", fake_serve)
+    monkeypatch.delenv("LOOKALIKE_TOKEN", raising=False)
     assert main(["serve", str(rerank_path), "--port", "8123", "--max-upload-mb", "2"]) == 0
-    assert calls == [(str(rerank_path), "127.0.0.1", 8123, 2 * 2**20, "info")]
+    assert calls == [(str(rerank_path), "127.0.0.1", 8123, 2 * 2**20, Access(), "info")]
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
     for bad in (["--port", "70000"], ["--port", "http"], ["--max-upload-mb", "0"]):
         with pytest.raises(SystemExit) as exit_:
@@ -547,6 +847,71 @@ def test_serve_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
     monkeypatch.undo()
     assert main(["serve", str(rerank_path.parent / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_serve_access_options(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                               rerank_path: Path, tmp_path: Path) -> None:
+    seen: list[Access] = []
+
+    def fake_serve(path, host, port, *, max_upload_bytes, access, on_ready, log_level):
+        check_bind(host, access)
+        seen.append(access)
+        on_ready(f"http://{host}:{port}/")
+
+    monkeypatch.setattr(service, "serve", fake_serve)
+    monkeypatch.delenv("LOOKALIKE_TOKEN", raising=False)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    serve = ["serve", str(rerank_path)]
+    assert main([*serve, "--token-file", str(token_file), "--host", "0.0.0.0"]) == 0
+    assert "changes need the token" in capsys.readouterr().out
+    assert main([*serve, "--read-only", "--host", "::"]) == 0
+    assert "read-only" in capsys.readouterr().out
+    monkeypatch.setenv("LOOKALIKE_TOKEN", TOKEN)
+    assert main([*serve, "--token-reads"]) == 0
+    assert "reads need the token" in capsys.readouterr().out
+    # the file wins over the variable
+    token_file.write_text("other-token-0123456789abcdef")
+    assert main([*serve, "--token-file", str(token_file)]) == 0
+    assert seen == [Access(token=TOKEN), Access(read_only=True), Access(token=TOKEN, token_reads=True),
+                    Access(token="other-token-0123456789abcdef")]
+    assert [a.token for a in seen] == [TOKEN, None, TOKEN, "other-token-0123456789abcdef"]
+    capsys.readouterr()
+
+    # refused, each with one line and exit code 2, before anything is served
+    monkeypatch.setenv("LOOKALIKE_TOKEN", "  ")  # blank: unset
+    token_file.write_text("")
+    for argv, words in (([*serve, "--host", "0.0.0.0"], ["0.0.0.0", "--token-file", "--read-only"]),
+                        ([*serve, "--host", "192.168.1.10"], ["--token-file", "--read-only"]),
+                        ([*serve, "--token-file", str(token_file)], ["is empty"]),
+                        ([*serve, "--token-file", str(tmp_path / "none")], ["does not exist"]),
+                        ([*serve, "--token-reads"], ["--token-reads needs a token"])):
+        seen.clear()
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert err.startswith("lookalike: error: ") and err.count("\n") == 1, err
+        assert all(w in err for w in words) and "Traceback" not in err, err
+        assert seen == [] and out == ""
+    monkeypatch.setenv("LOOKALIKE_TOKEN", "short")
+    assert main(serve) == 2
+    err = capsys.readouterr().err
+    assert "$LOOKALIKE_TOKEN" in err and "at least 16" in err and "short" not in err  # never shown
+
+
+def test_serve_refuses_open_changes_beyond_loopback_before_binding(
+        rerank_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    bound: list[object] = []
+    monkeypatch.setattr(socket.socket, "bind", lambda self, address: bound.append(address))
+    monkeypatch.delenv("LOOKALIKE_TOKEN", raising=False)
+    assert main(["serve", str(rerank_path), "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--token-file" in err and "--read-only" in err
+    assert bound == []
+    with pytest.raises(LookalikeError, match="--read-only"):
+        service.serve(rerank_path, "10.1.2.3", 0)
+    assert bound == []
 
 
 def test_serve_reports_a_port_in_use(rerank_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,12 +7,20 @@ Build the app with :func:`create_app`; ``lookalike serve`` runs it on uvicorn. R
 * ``GET /api/items/{id}``, ``GET /api/items/{id}/image[?size=112]``: metadata and the
   stored image as PNG (from the collection's arrays, never from a path);
 * ``POST /api/items`` (multipart, one or more files), ``DELETE /api/items/{id}``;
-* ``GET /api/health``, ``GET /api/stats``; FastAPI's ``/docs`` and ``/openapi.json``.
+* ``GET /api/health``, ``GET /api/stats``; ``/openapi.json`` and its Swagger UI at ``/docs``,
+  served from the ``fastapi-offline`` package's copy (nothing is fetched from elsewhere).
 
 Every error is JSON ``{"detail": "<message>"}``: 400 for a file that is not an image (or
-a decompression bomb, refused before decoding), 404 for an unknown id, 409 for a change the
-collection cannot make, 413 past ``max_upload_bytes``, 415 for another content type, 422
-for bad parameters, 503 when a remote index (a Milvus server) fails or cannot be reached.
+a decompression bomb, refused before decoding), 401 for a missing or wrong token, 403 for a
+change to a read-only service, 404 for an unknown id, 409 for a change the collection cannot
+make, 413 past ``max_upload_bytes``, 415 for another content type, 422 for bad parameters,
+503 when a remote index (a Milvus server) fails or cannot be reached.
+
+Who may change the collection is an :class:`~lookalike.security.Access`: with a token,
+every change needs ``Authorization: Bearer <token>``; read-only, changes get 403.
+:func:`serve` refuses to open changes without a token on an address other than loopback.
+Every response carries hardening headers; the page and ``/docs`` have Content-Security-
+Policies that allow no inline script (:mod:`lookalike.security`).
 
 A :class:`~lookalike.collection.Collection` is not thread-safe; :class:`SharedCollection`
 puts a lock around it (one call at a time by default, or shared by searches) and commits
@@ -31,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +51,36 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.types import Message
 
 from .collection import Collection
 from .errors import ImageError, LookalikeError, RemoteError
 from .images import MAX_PIXELS, decode_image
+from .schemas import (
+    MAX_ID,
+    AddAnswer,
+    Health,
+    ItemInfo,
+    RemoveAnswer,
+    SearchAnswer,
+    SearchById,
+    SearchOptions,
+    Stats,
+    error_responses,
+)
+from .security import DOCS_CSP, HEADERS, PAGE_CSP, Access, HardeningHeaders, check_bind, guards
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
+#: Swagger UI's script and stylesheet, from the ``fastapi-offline`` package (the 'serve'
+#: extra), so that ``/docs`` works with no network.
+DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
 DEFAULT_MAX_K = 100
 THUMBNAIL = 112
-_MAX_ID = 2**63 - 1
 _MEDIA = {"multipart": "multipart/form-data", "json": "application/json"}
 
 
@@ -376,16 +400,6 @@ class _Change:
 
 
 # ---------------------------------------------------------------------------- HTTP helpers
-class SearchOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    k: int = Field(10, ge=1, description="number of results")
-    rerank: bool | None = Field(None, description="null: the collection's default; false: exact")
-
-
-class SearchById(SearchOptions):
-    id: int = Field(ge=0, le=_MAX_ID, description="a stored item's id")
-
-
 def _message(errors: Any) -> str:
     parts = []
     for e in errors:
@@ -472,13 +486,15 @@ def _source(upload: UploadFile, n: int) -> str:
 # ---------------------------------------------------------------------------- the app
 def create_app(collection_path: str | os.PathLike[str], *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_k: int = DEFAULT_MAX_K,
-               max_pixels: int = MAX_PIXELS, lock: str = "exclusive") -> FastAPI:
+               max_pixels: int = MAX_PIXELS, lock: str = "exclusive",
+               access: Access | None = None) -> FastAPI:
     """The service for the collection at ``collection_path`` (opened now).
 
     ``max_upload_bytes`` caps a request body that carries images (413 past it);
     ``max_k`` caps ``k`` (422 past it); ``max_pixels`` refuses larger images before
     decoding; ``lock`` is ``"exclusive"`` (one call at a time) or ``"rw"`` (searches run
-    together; see :data:`LOCKS`).
+    together; see :data:`LOCKS`); ``access`` says who may change (and read) the collection
+    (default: everyone, as fits a service on loopback; see :func:`check_bind`).
 
     Raises:
         CollectionError: the collection cannot be opened.
@@ -488,10 +504,20 @@ def create_app(collection_path: str | os.PathLike[str], *,
                         ("max_pixels", max_pixels)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    access = Access() if access is None else access
+    if not isinstance(access, Access):
+        raise TypeError(f"access must be an Access, got {type(access).__name__}")
     shared = SharedCollection(collection_path, lock=lock)
+    # docs_url=None: our /docs below serves Swagger UI from local files, without inline script.
     app = FastAPI(title="lookalike", summary=f"Image search over {shared.path.name}",
-                  version=_version())
+                  version=_version(), docs_url=None, redoc_url=None)
     app.state.collection = shared
+    app.state.access = access
+    app.add_middleware(HardeningHeaders)
+    reads, writes = guards(access, write=False), guards(access, write=True)
+    # the statuses the guards add: 401 for a token, 403 for a read-only service
+    read_errors = (401,) if reads else ()
+    write_errors = (403,) if access.read_only else (401,) if writes else ()
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -510,7 +536,9 @@ def create_app(collection_path: str | os.PathLike[str], *,
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+        # (answered outside the middleware, so the hardening headers are added here)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
+                            status_code=500, headers=HEADERS)
 
     def options(data: dict[str, Any], model: type[SearchOptions]) -> SearchOptions:
         try:
@@ -551,7 +579,9 @@ def create_app(collection_path: str | os.PathLike[str], *,
         "application/json": {"schema": SearchById.model_json_schema()}}}
 
     @app.post("/api/search", tags=["search"], openapi_extra={"requestBody": search_body},
-              summary="Search with an uploaded image or a stored item's id")
+              summary="Search with an uploaded image or a stored item's id",
+              response_model=SearchAnswer, dependencies=reads,
+              responses=error_responses(400, *read_errors, 404, 413, 415, 422, 503))
     async def search(request: Request) -> dict[str, Any]:
         media = _media(request)
         req = _capped(request, max_upload_bytes)
@@ -578,8 +608,10 @@ def create_app(collection_path: str | os.PathLike[str], *,
         query = {"filename": name, "height": image.shape[0], "width": image.shape[1]}
         return results(request, hits, query, opts, time.perf_counter() - start)
 
-    @app.get("/api/items/{item_id}", tags=["items"], summary="An item's metadata")
-    def get_item(request: Request, item_id: int = PathParam(ge=0, le=_MAX_ID)) -> dict[str, Any]:
+    @app.get("/api/items/{item_id}", tags=["items"], summary="An item's metadata",
+             response_model=ItemInfo, dependencies=reads,
+             responses=error_responses(*read_errors, 404, 422, 503))
+    def get_item(request: Request, item_id: int = _item_id()) -> dict[str, Any]:
         i, source, label, digest = shared.item(item_id)
         names = shared.label_names()
         root = request.scope.get("root_path", "")
@@ -589,8 +621,13 @@ def create_app(collection_path: str | os.PathLike[str], *,
                 "thumbnail_url": f"{root}/api/items/{i}/image?size={THUMBNAIL}"}
 
     @app.get("/api/items/{item_id}/image", tags=["items"], summary="An item's stored image (PNG)",
-             response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    def get_image(request: Request, item_id: int = PathParam(ge=0, le=_MAX_ID),
+             response_class=Response, dependencies=reads,
+             responses={200: {"content": {"image/png": {"schema": {"type": "string",
+                                                                   "format": "binary"}}},
+                              "description": "the image"},
+                        304: {"description": "not modified (If-None-Match gave its ETag)"},
+                        **error_responses(*read_errors, 404, 422, 503)})
+    def get_image(request: Request, item_id: int = _item_id(),
                   size: int | None = Query(None, ge=8, le=1024,
                                            description="longer side in pixels")) -> Response:
         image, digest = shared.image(item_id)
@@ -603,10 +640,13 @@ def create_app(collection_path: str | os.PathLike[str], *,
 
     items_body = {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["files"], "properties": {
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}
+            "files": {"type": "array", "minItems": 1,
+                      "items": {"type": "string", "format": "binary"}}}}}}}
 
     @app.post("/api/items", tags=["items"], status_code=201, openapi_extra={"requestBody": items_body},
-              summary="Add one or more images (the same content twice keeps one item)")
+              summary="Add one or more images (the same content twice keeps one item)",
+              response_model=AddAnswer, dependencies=writes,
+              responses=error_responses(400, *write_errors, 413, 415, 422, 503))
     async def add_items(request: Request) -> dict[str, Any]:
         if _media(request) != "multipart":
             raise HTTPException(415, "upload images as multipart/form-data (field 'files')")
@@ -627,27 +667,42 @@ def create_app(collection_path: str | os.PathLike[str], *,
                           for i, s, a in zip(ids, sources, new, strict=True)],
                 "count": count}
 
-    @app.delete("/api/items/{item_id}", tags=["items"], summary="Remove an item")
-    async def delete_item(item_id: int = PathParam(ge=0, le=_MAX_ID)) -> dict[str, Any]:
+    @app.delete("/api/items/{item_id}", tags=["items"], summary="Remove an item",
+                response_model=RemoveAnswer, dependencies=writes,
+                responses=error_responses(400, *write_errors, 404, 409, 422, 503))
+    async def delete_item(item_id: int = _item_id()) -> dict[str, Any]:
         count = await run(shared.remove, item_id)
         return {"id": item_id, "removed": True, "count": count}
 
-    @app.get("/api/health", tags=["service"], summary="Liveness")
+    @app.get("/api/health", tags=["service"], summary="Liveness (open even with --token-reads)",
+             response_model=Health)
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/api/stats", tags=["service"], summary="Count, dimension, model, index type")
+    @app.get("/api/stats", tags=["service"], summary="Count, dimension, model, index type, access",
+             response_model=Stats, dependencies=reads, responses=error_responses(*read_errors, 503))
     def stats() -> dict[str, Any]:
-        return {**shared.stats(), "max_upload_bytes": max_upload_bytes, "max_k": max_k}
+        return {**shared.stats(), "max_upload_bytes": max_upload_bytes, "max_k": max_k,
+                "access": {"writes": access.writes, "reads": access.reads}}
 
     @app.get("/", include_in_schema=False)
     def page() -> Response:
         return FileResponse(STATIC / "index.html", headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:",
-            "Cache-Control": "no-cache"})
+            "Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        # Swagger UI from local files, started by static/docs.js: no inline script.
+        return FileResponse(STATIC / "docs.html", headers={
+            "Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     return app
+
+
+def _item_id() -> Any:
+    return PathParam(ge=0, le=MAX_ID, description="an item's id", examples=[0])
 
 
 def _one_file(form: FormData) -> tuple[UploadFile, dict[str, Any]]:
@@ -673,14 +728,22 @@ def _version() -> str:
 
 def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, *,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, lock: str = "exclusive",
-          on_ready: Callable[[str], None] | None = None, log_level: str = "info") -> None:
+          access: Access | None = None, on_ready: Callable[[str], None] | None = None,
+          log_level: str = "info") -> None:
     """Run the app on uvicorn until interrupted. ``port`` 0 picks a free port; ``on_ready``
-    is called with the page's URL once the socket is bound (before serving)."""
+    is called with the page's URL once the socket is bound (before serving).
+
+    Raises:
+        LookalikeError: ``host`` is not loopback and ``access`` leaves changes open to anyone
+            (:func:`check_bind`); checked before anything is opened.
+    """
     import socket
 
     import uvicorn
 
-    app = create_app(collection_path, max_upload_bytes=max_upload_bytes, lock=lock)
+    access = Access() if access is None else access
+    check_bind(host, access)
+    app = create_app(collection_path, max_upload_bytes=max_upload_bytes, lock=lock, access=access)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it every keep-alive response waits ~40 ms (Nagle against delayed ACKs).
@@ -688,6 +751,9 @@ def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        # Listening now, not when uvicorn starts: a client that acts on on_ready's URL at once
+        # waits in the backlog instead of being refused.
+        sock.listen(2048)
     except OSError:
         sock.close()
         raise

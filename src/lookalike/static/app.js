@@ -10,12 +10,15 @@
     searchDrawing: $("search-drawing"), k: $("k"), ranking: $("ranking"), rankingNote: $("ranking-note"),
     rerank: $("ranking-rerank"), exact: $("ranking-exact"), query: $("query"),
     queryImage: $("query-image"), queryText: $("query-text"), status: $("status"), results: $("results"),
+    addQuery: $("add-query"), tokenDialog: $("token-dialog"), tokenWhy: $("token-why"),
+    tokenInput: $("token-input"),
   };
   const state = {
     stats: null,        // GET api/stats
     last: null,         // the last query: {kind: "image", blob, name, url} or {kind: "id", id}
     drawn: false,       // whether the canvas holds strokes
     seq: 0,             // answers to older requests are dropped
+    blobs: [],          // object URLs of the images fetched with the token, revoked when replaced
   };
   // Ink and paper: white on black for grey collections (as MNIST/digits), black on white for colour.
   let paper = "#000";
@@ -35,16 +38,82 @@
     return `${response.status} ${response.statusText}`;
   }
 
+  // ------------------------------------------------------------------ the token
+  // Asked for only when the server answers 401 (a change, or any read with --token-reads),
+  // then sent with every request; kept in sessionStorage, so it ends with the tab.
+  const TOKEN_KEY = "lookalike-token";
+
+  function storedToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY); } catch (_) { return null; }
+  }
+
+  function keepToken(token) {
+    try {
+      if (token) sessionStorage.setItem(TOKEN_KEY, token);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) { /* storage off: the token is asked again next time */ }
+  }
+
+  function askToken(why) {
+    els.tokenWhy.textContent = why;
+    els.tokenInput.value = "";
+    els.tokenDialog.returnValue = "";
+    els.tokenDialog.showModal();
+    return new Promise((resolve) => {
+      els.tokenDialog.addEventListener("close", () => {
+        const token = els.tokenDialog.returnValue === "ok" ? els.tokenInput.value.trim() : "";
+        els.tokenInput.value = "";
+        resolve(token || null);
+      }, { once: true });
+    });
+  }
+
+  // fetch(), with the token when one is kept; on a 401 it asks for the token and tries
+  // again, until the server takes it or the dialog is cancelled (then the 401 is returned).
+  async function api(url, init = {}) {
+    for (;;) {
+      const token = storedToken();
+      const headers = new Headers(init.headers || {});
+      if (token) headers.set("Authorization", `Bearer ${token}`);
+      const response = await fetch(url, { ...init, headers });
+      if (response.status !== 401) return response;
+      keepToken(null);
+      const why = token ? "The server refused that token." : await errorText(response.clone());
+      const given = await askToken(why);
+      if (!given) return response;
+      keepToken(given);
+    }
+  }
+
+  // An image of the API: a plain URL, or, when reads need the token, fetched with it.
+  function setImage(img, url) {
+    if (!state.stats || state.stats.access.reads !== "token") {
+      img.src = url;
+      return;
+    }
+    api(url).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
+      if (!blob) return;
+      const local = URL.createObjectURL(blob);
+      state.blobs.push(local);
+      img.src = local;
+    }).catch(() => { /* the card stays without its image */ });
+  }
+
   // ------------------------------------------------------------------ collection
+  function showStats(s) {
+    const ranking = s.reranks ? `${s.rerank} re-ranking` : "exact search";
+    const access = s.access.writes === "off" ? " · read-only" : "";
+    els.stats.textContent = `${s.count.toLocaleString()} images · ${s.model.arch} model, ` +
+      `${s.dimension}-d codes · index ${s.index.name} ${s.index.factory || ""} · ${ranking}${access}`;
+  }
+
   async function loadStats() {
-    const response = await fetch("api/stats");
+    const response = await api("api/stats");
     if (!response.ok) throw new Error(await errorText(response));
     const s = await response.json();
     state.stats = s;
     const input = s.input;
-    const ranking = s.reranks ? `${s.rerank} re-ranking` : "exact search";
-    els.stats.textContent = `${s.count.toLocaleString()} images · ${s.model.arch} model, ` +
-      `${s.dimension}-d codes · index ${s.index.name} ${s.index.factory || ""} · ${ranking}`;
+    showStats(s);
     els.k.max = s.max_k;
     els.ranking.hidden = !s.reranks;
     els.rankingNote.hidden = s.reranks;
@@ -80,19 +149,19 @@
       const body = { id: query.id, k: kValue() };
       if (rerank !== null) body.rerank = rerank;
       request = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
-      showQuery(`api/items/${query.id}/image?size=112`, `item #${query.id}`);
+      showQuery(`api/items/${query.id}/image?size=112`, `item #${query.id}`, false);
     } else {
       const form = new FormData();
       form.append("file", query.blob, query.name);
       form.append("k", String(kValue()));
       if (rerank !== null) form.append("rerank", String(rerank));
       request = { method: "POST", body: form };
-      showQuery(query.url, query.name);
+      showQuery(query.url, query.name, true);
     }
     say("searching…");
     let response;
     try {
-      response = await fetch("api/search", request);
+      response = await api("api/search", request);
     } catch (err) {
       if (seq === state.seq) say(`the server cannot be reached (${err.message})`, true);
       return;
@@ -105,16 +174,21 @@
     render(await response.json());
   }
 
-  function showQuery(url, text) {
+  function showQuery(url, text, local) {
     const shown = els.queryImage.getAttribute("src");
     if (shown && shown !== url && shown.startsWith("blob:")) URL.revokeObjectURL(shown);
     els.query.hidden = false;
-    els.queryImage.src = url;
+    if (local) els.queryImage.src = url;
+    else setImage(els.queryImage, url);
     els.queryText.textContent = `Query: ${text}`;
+    // an uploaded or drawn image can be added (a stored item is there already)
+    els.addQuery.hidden = !local || !state.stats || state.stats.access.writes === "off";
   }
 
   function render(answer) {
     const list = els.results;
+    for (const url of state.blobs) URL.revokeObjectURL(url);
+    state.blobs = [];
     list.replaceChildren();
     for (const r of answer.results) {
       const li = document.createElement("li");
@@ -125,7 +199,7 @@
       const label = r.label_name ?? (r.label === null ? "?" : String(r.label));
       button.title = `#${r.id} · ${r.source} · distance ${r.distance} · click to search with it`;
       const img = document.createElement("img");
-      img.src = r.thumbnail_url;
+      setImage(img, r.thumbnail_url);
       img.alt = `item ${r.id}, label ${label}`;
       const meta = document.createElement("span");
       meta.className = "meta";
@@ -147,6 +221,34 @@
       ? `${answer.results.length} results, ${how}, in ${ms} ms (distance: ${answer.distance}). Click one to search with it.`
       : "no results (the collection is empty)");
   }
+
+  // ------------------------------------------------------------------ adding
+  async function addQuery() {
+    const query = state.last;
+    if (!query || query.kind !== "image") return;
+    const form = new FormData();
+    form.append("files", query.blob, query.name);
+    say("adding…");
+    let response;
+    try {
+      response = await api("api/items", { method: "POST", body: form });
+    } catch (err) {
+      say(`the server cannot be reached (${err.message})`, true);
+      return;
+    }
+    if (!response.ok) {
+      say(await errorText(response), true);
+      return;
+    }
+    const answer = await response.json();
+    const item = answer.items[0];
+    state.stats.count = answer.count;
+    showStats(state.stats);
+    say(item.added ? `${query.name} added as item #${item.id}.`
+      : `${query.name} is in the collection already, as item #${item.id}.`);
+  }
+
+  els.addQuery.addEventListener("click", addQuery);
 
   // ------------------------------------------------------------------ files
   function searchFile(file) {
