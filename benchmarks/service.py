@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, machine, now, table, write_section  # noqa: E402
 
 from lookalike.cli import main as lookalike  # noqa: E402
+from lookalike.collection import Collection  # noqa: E402
 from lookalike.datasets import load_dataset  # noqa: E402
 
 KINDS = ("search-image", "search-id", "add", "delete")
@@ -297,7 +298,7 @@ def main() -> None:
             for lock in locks:
                 coll = work / f"serve-{lock}-{writes}"
                 shutil.copytree(source, coll)
-                stored = np.load(coll / "ids.npy")
+                stored = Collection.open(coll).ids
                 server = Server(coll, lock, args.threads or None)
                 try:
                     # searches use the first 500 query images; adds the other 500 (new content)

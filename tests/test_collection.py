@@ -28,8 +28,9 @@ def model_and_data(tmp_path_factory):
 def test_layout_and_metadata(model_and_data) -> None:
     model, db, coll, root = model_and_data
     names = {p.name for p in (root / "c").iterdir()}
-    assert {"manifest.json", "metadata.sqlite", "ids.npy", "embeddings.npy", "images.npy",
-            "index.faiss", "model"} <= names
+    assert {"manifest.json", "metadata.sqlite", "segments", "model"} <= names
+    assert {p.name for p in (root / "c" / "segments").iterdir()} == {
+        f"000000.{part}" for part in ("ids.npy", "codes.npy", "pictures.bin", "offsets.npy", "faiss")}
     manifest = json.loads((root / "c" / "manifest.json").read_text())
     assert manifest["count"] == len(db) and manifest["dim"] == 8
     assert manifest["model"]["fingerprint"] == model.fingerprint
@@ -76,11 +77,12 @@ def test_existing_path_refused_and_damage_detected(model_and_data, tmp_path) -> 
 
     copy = tmp_path / "copy"
     shutil.copytree(coll.path, copy)
-    (copy / "index.faiss").write_bytes((copy / "index.faiss").read_bytes()[:50])
-    with pytest.raises(CollectionError, match="index.faiss"):
+    index = copy / "segments" / "000000.faiss"
+    index.write_bytes(index.read_bytes()[:50])
+    with pytest.raises(CollectionError, match="000000.faiss"):
         Collection.open(copy)
-    (copy / "ids.npy").unlink()
-    with pytest.raises(CollectionError, match="ids.npy"):
+    (copy / "segments" / "000000.ids.npy").unlink()
+    with pytest.raises(CollectionError, match="000000.ids.npy"):
         Collection.open(copy)
     with pytest.raises(CollectionError, match="not a lookalike collection"):
         Collection.open(tmp_path)
@@ -121,7 +123,10 @@ def test_add_and_remove_persist_and_are_searchable(tmp_path) -> None:
     assert new.tolist() == list(range(200, 205)) and len(coll) == 205
     again = coll.add(extra.images[:2], ["dup0", "dup1"])  # same pixels: not added twice
     assert again.tolist() == [200, 201] and len(coll) == 205
-    _, hits = coll.search_images(extra.images[:1] // 2 * 2, 1)  # a near copy finds it
+    near = extra.images[:1] // 2 * 2  # a near copy (odd grey levels moved by one) finds it
+    assert not np.array_equal(near, extra.images[:1])  # (not the stored pixels, not excluded)
+    dist, hits = coll.search_images(near, 2)
+    assert hits[0].tolist()[0] == 200 and dist[0, 0] < dist[0, 1], (hits, dist)
     assert coll.remove([3, 201, 999]) == 2
     reopened = Collection.open(tmp_path / "c")
     assert len(reopened) == 203 and 3 not in reopened.ids and 204 in reopened.ids
@@ -131,8 +136,9 @@ def test_add_and_remove_persist_and_are_searchable(tmp_path) -> None:
     assert not np.isin([3, 201], ids).any()
     assert np.array_equal(reopened.image(204), extra.images[4])
     # only the current generation's files remain
-    names = {p.name for p in (tmp_path / "c").iterdir()}
-    assert "ids.npy" not in names and sum(n.startswith("ids.") for n in names) == 1
+    names = {p.name for p in (tmp_path / "c" / "segments").iterdir()}
+    listed = {f for s in reopened.store.segments for f in s.files.values()}
+    assert {f"segments/{n}" for n in names} == listed
 
 
 def test_ids_never_reused_and_removing_everything(tmp_path) -> None:

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import Trained
+from lookalike import collection as collection_module
 from lookalike.backends import choose_factory
 from lookalike.collection import Collection
 from lookalike.datasets import load_dataset
@@ -64,10 +65,27 @@ def test_index_resumes_from_its_checkpoints(tmp_path: Path, trained: Trained,
     monkeypatch.setattr(ModelEncoder, "encode", real)
     monkeypatch.setattr(ModelEncoder, "encode", lambda self, im, progress=False: (
         calls.append(len(im)), real(self, im, progress))[1])
+    bars: list[dict[str, float]] = []
+
+    class RecordingBar(collection_module.tqdm):  # type: ignore[name-defined,misc]
+        """The progress bar, noting where it starts and where it ends."""
+
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            bars.append({"total": self.total, "start": self.n})
+
+        def close(self) -> None:
+            if bars and "end" not in bars[-1]:
+                bars[-1]["end"] = self.n
+            super().close()
+
+    monkeypatch.setattr(collection_module, "tqdm", RecordingBar)
     with caplog.at_level("WARNING"):
-        resumed = Collection.create(tmp_path / "c", model, ds, chunk=200)
+        resumed = Collection.create(tmp_path / "c", model, ds, chunk=200, progress=True)
     assert "resuming: 600 of 1438 images already encoded" in caplog.text
     assert calls == [200, 200, 200, 200, 38]  # only the chunks not done before
+    # the progress bar starts where the interrupted run stopped, and counts only the rest
+    assert bars == [{"total": 1438, "start": 600, "end": 1438}]
     _same(resumed, reference)
     assert not (tmp_path / ".c.partial").exists()
 
@@ -93,38 +111,68 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
+def _kill_index_run(cmd: list[str], chunks: Path, mid_run: bool, full: float,
+                    rng: np.random.Generator) -> None:
+    """Start ``cmd`` and SIGKILL it: right after it writes a new checkpoint (``mid_run``:
+    surely while encoding) or at a random moment (start-up and the final renames included)."""
+    before = len(list(chunks.glob("codes.*.npy")))
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if mid_run:
+        deadline = time.perf_counter() + 120
+        while (proc.poll() is None and time.perf_counter() < deadline
+               and len(list(chunks.glob("codes.*.npy"))) <= before):
+            time.sleep(0.01)  # (polling the files, with a deadline)
+        time.sleep(rng.uniform(0, 0.05))
+    else:
+        time.sleep(rng.uniform(0.3, 1.0) * full)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_sigkill_during_index_then_rerun(tmp_path: Path, trained: Trained) -> None:
-    """Kill `lookalike index` at random moments: the collection is absent or complete,
-    never half-written; rerunning the command finishes it, equal to an uninterrupted run."""
+    """Kill `lookalike index --overwrite` at random moments: the collection is absent or
+    complete, never half-written, and once complete it is never lost (a killed replacement
+    leaves the old one, equal to its last commit, or the new one); rerunning the command
+    finishes it, equal to an uninterrupted run."""
     ref_path = tmp_path / "ref"
     start = time.perf_counter()
     subprocess.run(_index_cmd(trained, ref_path), check=True, env=_env(), capture_output=True)
     full = time.perf_counter() - start
     reference = Collection.open(ref_path)
     target = tmp_path / "c"
+    cmd = _index_cmd(trained, target) + ["--overwrite"]
     rng = np.random.default_rng(0)
     chunks = tmp_path / ".c.partial" / "chunks"
     mid_run = 0  # kills that left checkpoints behind (the run was cut while encoding)
-    for attempt in range(6):
-        before = len(list(chunks.glob("codes.*.npy")))
-        proc = subprocess.Popen(_index_cmd(trained, target) + ["--overwrite"], env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if attempt % 2 == 0:  # right after a new checkpoint: surely mid-run
-            deadline = time.perf_counter() + 120
-            while (proc.poll() is None and time.perf_counter() < deadline
-                   and len(list(chunks.glob("codes.*.npy"))) <= before):
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0, 0.05))
-        else:  # anywhere, start-up and the final renames included
-            time.sleep(rng.uniform(0.3, 1.0) * full)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    complete = False  # whether a run has finished: from then on the collection must stay
+    for attempt in range(4):
+        _kill_index_run(cmd, chunks, attempt % 2 == 0, full, rng)
         mid_run += any(chunks.glob("codes.*.npy"))
-        if target.exists():  # it finished (or had finished earlier): complete and equal
+        complete = complete or target.exists()
+        if complete:  # (opening undoes a replacement cut between its two renames)
             _same(Collection.open(target), reference)
     assert mid_run, "no kill landed while the run was encoding"
-    subprocess.run(_index_cmd(trained, target) + ["--overwrite"], check=True, env=_env(),
-                   capture_output=True)
+    subprocess.run(cmd, check=True, env=_env(), capture_output=True)
+    _same(Collection.open(target), reference)
+
+    # Replacing a complete collection: give it a last commit of its own (two items removed),
+    # then kill `--overwrite` runs over it. Each time it opens, equal to that commit, unless
+    # the run got as far as replacing it with the new one.
+    Collection.open(target).remove([0, 1])
+    last = tmp_path / "last-commit"
+    shutil.copytree(target, last)
+    survived = 0
+    for attempt in range(2):
+        _kill_index_run(cmd, chunks, attempt == 0, full, rng)
+        now = Collection.open(target)
+        if len(now) == len(reference):
+            _same(now, reference)  # replaced: the new collection, complete
+            last = ref_path
+        else:
+            _same(now, Collection.open(last))
+            survived += 1
+    assert survived, "no kill landed before the old collection was replaced"
+    subprocess.run(cmd, check=True, env=_env(), capture_output=True)
     _same(Collection.open(target), reference)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".c.")]
 
@@ -189,16 +237,16 @@ def test_sigkill_during_add_then_rerun(tmp_path: Path, trained: Trained) -> None
 
 def test_damaged_files_are_named_on_open(tmp_path: Path, trained: Trained) -> None:
     for name, damage, message in [
-        ("index.faiss", lambda p: p.write_bytes(p.read_bytes()[:100]), "truncated"),
-        ("embeddings.npy", lambda p: p.write_bytes(p.read_bytes()[:-4] + b"\x00\x01\x02\x03"),
+        ("segments/000000.faiss", lambda p: p.write_bytes(p.read_bytes()[:100]), "truncated"),
+        ("segments/000000.codes.npy", lambda p: p.write_bytes(p.read_bytes()[:-4] + b"\x00\x01\x02\x03"),
          "checksum"),
         ("metadata.sqlite", lambda p: p.write_bytes(b"\x00" * p.stat().st_size), "metadata.sqlite"),
     ]:
-        c = tmp_path / name
+        c = tmp_path / Path(name).name
         shutil.copytree(trained.collection, c)
         damage(c / name)
         with pytest.raises(CollectionError, match=message) as err:
-            Collection.open(c)
+            Collection.open(c, verify=True)  # (the checksums: 'lookalike verify')
         assert name in str(err.value) and "rebuild" in str(err.value)
 
 
@@ -237,12 +285,11 @@ def test_ivf_collection_agrees_with_exact_search(tmp_path: Path, trained: Traine
     found = some.search(q, 10, rerank=False)[1]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
     assert recall >= 0.8
-    # removal works on an inverted file; an HNSW index refuses it with a clear error
+    # removal works on an inverted file, and on HNSW (deleted rows are filtered out)
     assert some.remove([0, 1]) == 2 and len(some.backend) == len(ds) - 2
     hnsw = Collection.create(tmp_path / "hnsw", model, ds, factory="HNSW16")
-    with pytest.raises(CollectionError, match="cannot remove"):
-        hnsw.remove([0])
-    assert len(Collection.open(tmp_path / "hnsw")) == len(ds)
+    assert hnsw.remove([0]) == 1
+    assert len(Collection.open(tmp_path / "hnsw")) == len(ds) - 1
 
 
 def test_sqlite_rows_of_an_interrupted_add_are_not_items(tmp_path: Path, trained: Trained) -> None:

@@ -78,9 +78,9 @@ def _assert_same_collection(a: Path, b: Path) -> None:
     ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
     assert ma["skipped"] == mb["skipped"] and ma["label_names"] == mb["label_names"]
     assert ma["count"] == mb["count"]
-    for name in ("ids.npy", "images.npy"):
-        assert np.array_equal(np.load(a / name), np.load(b / name)), name
-    ea, eb = np.load(a / "embeddings.npy"), np.load(b / "embeddings.npy")
+    ca, cb = Collection.open(a), Collection.open(b)
+    assert np.array_equal(ca.ids, cb.ids) and np.array_equal(ca.images, cb.images)
+    ea, eb = np.asarray(ca.embeddings), np.asarray(cb.embeddings)
     assert ea.dtype == eb.dtype == np.float32 and ea.shape == eb.shape
     assert np.allclose(ea, eb, rtol=1e-5, atol=1e-6)
 

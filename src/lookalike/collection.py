@@ -1,19 +1,16 @@
 """A collection is a directory holding a searchable database of images:
 
-* ``manifest.json``: format version, model fingerprint, dataset, count, dimension,
-  backend settings, label names, library versions, timestamps;
-* ``metadata.sqlite``: table ``items(id, source, label, hash)``, one row per image;
-* ``ids.npy`` (``int64 (n,)``) and ``embeddings.npy`` (``float32 (n, d)``), row-aligned;
-* ``images.npy``: the images as the model sees them, ``uint8 (n, H, W, C)``, so results
-  can be shown without going back to the sources;
-* the backend's index file (``index.faiss``), or for the milvus backend a JSON pointer to
-  the remote collection (``index.milvus.json``, see :mod:`lookalike.milvus_backend`);
+* ``manifest.json``: format version, model fingerprint, dataset, count, dimension, backend
+  settings, label names, library versions, timestamps, and the list of segments with the
+  size and SHA-256 of each of their files: the commit point of every change;
+* ``segments/``: the items' ids, codes, compressed pictures and FAISS index, written once
+  per commit that adds items, plus small deletion records (:mod:`lookalike.segments`);
+* ``metadata.sqlite``: table ``items(id, source, label, hash)`` (:mod:`lookalike.metadata`);
+* for the milvus backend a JSON pointer to the remote collection (``index.milvus.json``,
+  see :mod:`lookalike.milvus_backend`), which holds the vectors;
 * with diffusion re-ranking (the model's retrieval config): the database's k-NN graph,
   ``graph_ids.npy`` (row indices, ``int64 (n, k)``) and ``graph_sims.npy`` (cosines);
 * ``model/``: a copy of the model that made the codes, so a collection is self-contained.
-
-The manifest records the SHA-256 and size of every array and index file of the current
-generation, checked on open, so a damaged or truncated file is named rather than read.
 
 A new collection is built in ``.<name>.partial/`` beside it and renamed into place, so a
 crash never leaves a half-written one under its name. Its codes are checkpointed there
@@ -30,7 +27,6 @@ import hashlib
 import logging
 import os
 import shutil
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,82 +36,40 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backends import IndexBackend, choose_factory, discard_backend, new_backend, open_backend
+from . import metadata
+from . import segments as seg
+from .backends import FaissBackend, IndexBackend, choose_factory, discard_backend, new_backend, open_backend
 from .config import InputSpec, RetrievalConfig
 from .datasets import Dataset
 from .encoders import ModelEncoder, encode_dataset
 from .errors import CollectionError, LookalikeError
 from .fsutil import atomic_write, atomic_write_json, fsync_dir, read_json
 from .images import conform, content_hash, preview_spec
-from .modelio import LoadedModel, file_sha256, load_model
+from .modelio import LoadedModel, load_model
 from .rerank import Diffusion
 from .versions import versions
 
 log = logging.getLogger(__name__)
+_checksums = seg.checksums  # its old name, still imported by some callers
 
 FORMAT = "lookalike-collection"
-FORMAT_VERSION = 1
-DEFAULT_FILES = {"ids": "ids.npy", "embeddings": "embeddings.npy", "images": "images.npy",
-                 "index": "index.faiss"}
+FORMAT_VERSION = 2
 
 
-def _write_state(directory: Path, generation: int, ids: np.ndarray, embeddings: np.ndarray,
-                 images: np.ndarray, backend: IndexBackend,
+def _write_state(directory: Path, generation: int, backend: IndexBackend | None,
                  graph: tuple[np.ndarray, np.ndarray] | None) -> dict[str, str]:
-    """Write one generation of the array files and the index (each atomically) and return
-    their names. Generation 0 uses the plain names; later ones add ``.<generation>``."""
+    """Write the collection-wide files of one generation (each atomically) and return their
+    names: the diffusion graph when re-ranking, the pointer of an index kept elsewhere
+    (``backend``; a FAISS index lives in the segments). Generation 0 uses the plain names;
+    later ones add ``.<generation>``."""
     tag = f".{generation}" if generation else ""
-    files = {"ids": f"ids{tag}.npy", "embeddings": f"embeddings{tag}.npy",
-             "images": f"images{tag}.npy", "index": f"index{tag}.faiss"}
-    arrays: dict[str, np.ndarray] = {"ids": ids, "embeddings": embeddings, "images": images}
-    if graph is not None:
-        files.update(graph_sims=f"graph_sims{tag}.npy", graph_ids=f"graph_ids{tag}.npy")
-        arrays.update(graph_sims=graph[0], graph_ids=graph[1])
-    for key, arr in arrays.items():
-        atomic_write(directory / files[key], functools.partial(_save_npy, array=arr))
-    files["index"] = backend.save(directory, files["index"])
+    files: dict[str, str] = {}
+    for key, arr in zip(("graph_sims", "graph_ids"), graph or (), strict=False):
+        files[key] = f"{key}{tag}.npy"
+        atomic_write(directory / files[key], functools.partial(seg.save_npy, array=arr))
+    if backend is not None:
+        files["index"] = backend.save(directory, f"index{tag}.{backend.name}")
     return files
-
-
-def _checksums(directory: Path, files: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """``{file name: {"sha256": ..., "bytes": ...}}`` for the generation's files."""
-    return {name: {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
-            for name in sorted(set(files.values()))}
-
-
-def _verify(directory: Path, checksums: dict[str, dict[str, Any]]) -> None:
-    """Raise :class:`CollectionError` naming the first file whose size or SHA-256 differs
-    from the manifest's record."""
-    for name, want in checksums.items():
-        path = directory / name
-        if not path.is_file():
-            raise CollectionError(f"{path} is missing; rebuild the collection with 'lookalike index'")
-        size = path.stat().st_size
-        if size != want.get("bytes", size):
-            raise CollectionError(f"{path} is damaged (truncated: {size} bytes, the manifest says "
-                                  f"{want['bytes']}); rebuild the collection with 'lookalike index'")
-        if file_sha256(path) != want.get("sha256"):
-            raise CollectionError(f"{path} is damaged (its checksum does not match the manifest); "
-                                  "rebuild the collection with 'lookalike index'")
-
-
-def _check_sqlite(path: Path) -> None:
-    """SQLite's own quick consistency check of the metadata table. The connection may
-    write: a process killed inside a metadata transaction leaves a hot journal, which
-    SQLite rolls back on this first read (a read-only connection would refuse to)."""
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
-        try:
-            result = db.execute("PRAGMA quick_check").fetchone()[0]
-            db.execute("SELECT count(*) FROM items").fetchone()
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as exc:
-        raise CollectionError(f"{path} is damaged ({exc}); rebuild the collection with "
-                              "'lookalike index'") from None
-    if result != "ok":
-        raise CollectionError(f"{path} is damaged ({result}); rebuild the collection with "
-                              "'lookalike index'")
 
 
 def _recover(target: Path) -> None:
@@ -182,7 +136,7 @@ def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, dat
             codes = _load_codes(path, shape) if saved[start] else None
             if codes is None:
                 codes = encode_dataset(encoder, dataset, start=start, stop=stop, bar=bar)
-                atomic_write(path, functools.partial(_save_npy, array=codes))
+                atomic_write(path, functools.partial(seg.save_npy, array=codes))
             out[start:stop] = codes
     return out
 
@@ -210,18 +164,15 @@ def _backend_settings(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _ranker(embeddings: np.ndarray, retrieval: RetrievalConfig) -> Diffusion | None:
-    """The diffusion ranker over ``embeddings`` when ``retrieval`` re-ranks and there is
-    anything to rank; its graph is what a collection stores. Above
+def _ranker(embeddings: np.ndarray | seg.SegmentStore, retrieval: RetrievalConfig
+            ) -> Diffusion | None:
+    """The diffusion ranker over ``embeddings`` (a store's codes) when ``retrieval``
+    re-ranks and there is anything to rank; its graph is what a collection stores. Above
     :data:`DIFFUSION_LIMIT` items there is none: its exact k-NN graph costs O(n²)."""
     if retrieval.rerank != "diffusion" or not 0 < len(embeddings) <= DIFFUSION_LIMIT:
         return None
-    return Diffusion(embeddings, retrieval.diffusion)
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(array))
+    codes = embeddings.codes if isinstance(embeddings, seg.SegmentStore) else embeddings
+    return Diffusion(np.asarray(codes), retrieval.diffusion)
 
 
 @dataclass(frozen=True)
@@ -242,19 +193,15 @@ class Collection:
     """An open collection. Create one with :meth:`create`, open one with :meth:`open`."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], backend: IndexBackend,
-                 ids: np.ndarray, embeddings: np.ndarray, images: np.ndarray,
-                 model: LoadedModel) -> None:
+                 store: seg.SegmentStore, model: LoadedModel) -> None:
         self.path = path
         self.manifest = manifest
         self.backend = backend
-        self.ids = ids
-        self.embeddings = embeddings
-        self.images = images
+        self.store = store
         self.model = model
         self.encoder = ModelEncoder(model)
         #: what a picture is stored (and hashed) as: the model's input up to 96 px a side
-        self.store_spec = InputSpec(int(images.shape[3]), int(images.shape[1]), int(images.shape[2]))
-        self._row = {int(i): r for r, i in enumerate(ids)}
+        self.store_spec = InputSpec(store.shape[2], store.shape[0], store.shape[1])
         self.retrieval = RetrievalConfig.from_dict(manifest.get("retrieval") or {})
         self._diffusion: Diffusion | None = None
 
@@ -317,6 +264,7 @@ class Collection:
         graph = ranker.neighbours() if ranker is not None else None
         labels = (dataset.labels if dataset.labels is not None
                   else np.full(len(images), -1, dtype=np.int64))
+        local = isinstance(index, FaissBackend)
 
         tmp = stage / "collection"
         try:
@@ -324,20 +272,12 @@ class Collection:
                 shutil.rmtree(tmp)
             tmp.mkdir()
             shutil.copytree(model.path, tmp / "model")
-            files = _write_state(tmp, 0, ids, embeddings, images, index, graph)
-            db = sqlite3.connect(tmp / "metadata.sqlite")
-            try:
-                with db:
-                    db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
-                               " label INTEGER NOT NULL, hash TEXT NOT NULL)")
-                    db.execute("CREATE INDEX items_hash ON items(hash)")
-                    db.execute("CREATE INDEX items_source ON items(source)")
-                    db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", (
-                        (int(i), s, int(lab), content_hash(im))
-                        for i, s, lab, im in zip(ids, dataset.sources, labels, images, strict=True)
-                    ))
-            finally:
-                db.close()
+            segment = seg.write_segment(tmp, "000000", ids, embeddings, images, None,
+                                    index if isinstance(index, FaissBackend) else None)
+            files = _write_state(tmp, 0, None if local else index, graph)
+            metadata.create(tmp / metadata.FILE, (
+                (int(i), s, int(lab), content_hash(im))
+                for i, s, lab, im in zip(ids, dataset.sources, labels, images, strict=True)))
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -349,8 +289,11 @@ class Collection:
                 "backend": index.settings(),
                 "retrieval": retrieval.to_dict(),
                 "generation": 0,
+                "next_id": len(ids),
+                "pictures": list(images.shape[1:]),
+                "segments": [segment.to_dict()],
                 "files": files,
-                "checksums": _checksums(tmp, files),
+                "checksums": seg.checksums(tmp, files),
                 "label_names": list(dataset.label_names) if dataset.label_names else None,
                 "skipped": [list(s) for s in dataset.skipped],
                 "created": _now(),
@@ -379,9 +322,10 @@ class Collection:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], model_dir: str | os.PathLike[str] | None = None,
-             verify: bool = True) -> Collection:
-        """Open a collection; with ``model_dir``, check that this model made it. With
-        ``verify``, every array and index file is checked against the manifest's checksums.
+             verify: bool = False) -> Collection:
+        """Open a collection; with ``model_dir``, check that this model made it. Every file's
+        size is checked against the manifest; with ``verify`` (``lookalike verify``), its
+        SHA-256 too. A format 1 collection is read as it is (:meth:`migrate` rewrites it).
 
         Raises:
             CollectionError: missing or damaged files, a newer format, another model.
@@ -404,37 +348,24 @@ class Collection:
                 f"{p} was written by a newer lookalike (collection format {version}, this one "
                 f"reads up to {FORMAT_VERSION}); upgrade lookalike"
             )
-        files = {**DEFAULT_FILES, **(manifest.get("files") or {})}
-        for key in ("ids", "embeddings", "images"):
-            if not (p / files[key]).is_file():
-                raise CollectionError(f"{p / files[key]} is missing; rebuild with 'lookalike index'")
-        if not (p / "metadata.sqlite").is_file():
-            raise CollectionError(f"{p / 'metadata.sqlite'} is missing; rebuild with 'lookalike index'")
-        if verify and manifest.get("checksums"):
-            _verify(p, manifest["checksums"])
-        _check_sqlite(p / "metadata.sqlite")
+        metadata.check(p / metadata.FILE)
         model = load_model(model_dir if model_dir is not None else p / "model")
         if model.fingerprint != manifest["model"]["fingerprint"]:
             raise CollectionError(
                 f"{p} was made by another model (fingerprint {manifest['model']['fingerprint'][:12]}"
                 f", this model is {model.fingerprint[:12]}); re-index with this model"
             )
-        try:
-            ids = np.load(p / files["ids"], allow_pickle=False)
-            embeddings = np.load(p / files["embeddings"], allow_pickle=False, mmap_mode="r")
-            images = np.load(p / files["images"], allow_pickle=False, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise CollectionError(f"{p}: an array file is damaged ({exc}); rebuild with "
-                                  "'lookalike index'") from None
-        dim = int(manifest["dim"])
-        if embeddings.shape != (len(ids), dim) or len(images) != len(ids):
-            raise CollectionError(f"{p}: ids, embeddings and images do not line up; rebuild")
-        backend = open_backend(p, {**manifest["backend"], "file": files["index"]}, dim)
-        backend.reconcile(ids, embeddings)  # after a change written remotely, never committed
-        if len(backend) != len(ids):
-            raise CollectionError(f"{p}: the index holds {len(backend)} vectors, the collection "
-                                  f"{len(ids)}; rebuild with 'lookalike index'")
-        return cls(p, manifest, backend, ids, embeddings, images, model)
+        manifest, store = seg.open_store(p, manifest, verify)
+        if store.spec is not None:
+            backend: IndexBackend = seg.SegmentedIndex(store)
+        else:
+            pointer = (manifest.get("files") or {}).get("index", "")
+            backend = open_backend(p, {**manifest["backend"], "file": pointer}, store.dim)
+            backend.reconcile(store.ids, store.codes)  # after a change written remotely only
+            if len(backend) != len(store):
+                raise CollectionError(f"{p}: the index holds {len(backend)} vectors, the "
+                                      f"collection {len(store)}; rebuild with 'lookalike index'")
+        return cls(p, manifest, backend, store, model)
 
     def close(self) -> None:
         """Let go of the backend's connections (a Milvus server, Milvus Lite's file lock)."""
@@ -442,7 +373,23 @@ class Collection:
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.store)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The items' ids, ``int64 (n,)``, in stored order (segment by segment)."""
+        return self.store.ids
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """The items' codes, ``float32 (n, d)``, row-aligned with :attr:`ids`."""
+        return self.store.codes
+
+    @property
+    def images(self) -> np.ndarray:
+        """Every stored picture, ``uint8 (n, *store_spec)`` (decoded on first use; one at a
+        time: :meth:`image`)."""
+        return self.store.pictures()
 
     @property
     def dim(self) -> int:
@@ -450,9 +397,9 @@ class Collection:
 
     @property
     def files(self) -> dict[str, str]:
-        """The current generation's file names (``ids``, ``embeddings``, ``images``,
-        ``index``, and ``graph_ids``/``graph_sims`` when re-ranking)."""
-        return {**DEFAULT_FILES, **(self.manifest.get("files") or {})}
+        """The collection-wide files of this generation (``graph_ids``/``graph_sims`` when
+        re-ranking, ``index``: a remote index's pointer); the rest are the segments'."""
+        return dict(self.manifest.get("files") or {})
 
     @property
     def reranks(self) -> bool:
@@ -488,13 +435,7 @@ class Collection:
 
     # ------------------------------------------------------------------ metadata
     def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Run ``sql`` for every row in one SQLite transaction."""
-        db = sqlite3.connect(self.path / "metadata.sqlite")
-        try:
-            with db:
-                db.executemany(sql, rows)
-        finally:
-            db.close()
+        metadata.write(self.path / metadata.FILE, sql, rows)
 
     def _next_id(self) -> int:
         """The smallest id never given out: ids only grow, so a removed id is never given
@@ -502,12 +443,11 @@ class Collection:
         return max(int(self.manifest.get("next_id", 0)),
                    int(self.ids.max()) + 1 if len(self.ids) else 0)
 
+    def _has(self, item_id: int) -> bool:
+        return bool(self.store.rows(np.array([item_id]))[0] >= 0)
+
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        db = sqlite3.connect(f"file:{self.path / 'metadata.sqlite'}?mode=rw", uri=True)
-        try:
-            return db.execute(sql, params).fetchall()
-        finally:
-            db.close()
+        return metadata.query(self.path / metadata.FILE, sql, params)
 
     def items(self, ids: np.ndarray | list[int]) -> list[Item | None]:
         """The rows for ``ids`` in order; ``None`` for an unknown id (or -1 padding)."""
@@ -534,27 +474,35 @@ class Collection:
         left by an interrupted change whose id is not in the collection are ignored.)"""
         column, value = ("source", source) if source is not None else ("hash", hash)
         rows = self._query(f"SELECT id FROM items WHERE {column} = ? ORDER BY id", (value,))
-        return next((int(r[0]) for r in rows if int(r[0]) in self._row), None)
+        return next((int(r[0]) for r in rows if self._has(int(r[0]))), None)
 
-    def sources(self) -> dict[str, tuple[int, str]]:
-        """``{source: (id, content hash)}`` of the stored items (rows left by an interrupted
-        change are not items)."""
-        return {src: (int(i), h) for i, src, h in self._query("SELECT id, source, hash FROM items")
-                if int(i) in self._row}
+    def sources(self, among: Iterable[str] | None = None) -> dict[str, tuple[int, str]]:
+        """``{source: (id, content hash)}`` of the stored items, or of those ``among`` these
+        sources (rows left by an interrupted change are not items)."""
+        if among is None:
+            rows = self._query("SELECT id, source, hash FROM items")
+        else:
+            wanted, rows = list(among), []
+            for start in range(0, len(wanted), 500):
+                chunk = tuple(wanted[start:start + 500])
+                rows += self._query("SELECT id, source, hash FROM items WHERE source IN "
+                                    f"({','.join('?' * len(chunk))})", chunk)
+        known = self.store.rows(np.array([r[0] for r in rows], dtype=np.int64)) >= 0
+        return {src: (int(i), h) for (i, src, h), ok in zip(rows, known, strict=True) if ok}
 
     def image(self, item_id: int) -> np.ndarray:
         """The stored image of ``item_id``: ``uint8 (H, W, C)``."""
-        row = self._row.get(int(item_id))
-        if row is None:
+        row = int(self.store.rows(np.array([item_id]))[0])
+        if row < 0:
             raise LookalikeError(f"no item with id {item_id} in {self.path}")
-        return np.asarray(self.images[row])
+        return self.store.picture(row)
 
     def vector(self, item_id: int) -> np.ndarray:
         """The stored code of ``item_id``: ``float32 (d,)``."""
-        row = self._row.get(int(item_id))
-        if row is None:
+        row = int(self.store.rows(np.array([item_id]))[0])
+        if row < 0:
             raise LookalikeError(f"no item with id {item_id} in {self.path}")
-        return np.asarray(self.embeddings[row])
+        return self.store.code(row)
 
     def stored_form(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """``images`` as this collection stores (and hashes) them, ``uint8 (n, *store_spec)``:
@@ -580,7 +528,7 @@ class Collection:
         if (self.reranks if rerank is None else rerank) and len(self):
             rows_ex = None
             if exclude is not None:
-                rows_ex = np.array([self._row.get(int(e), -1) for e in exclude], dtype=np.int64)
+                rows_ex = self.store.rows(np.asarray(exclude, dtype=np.int64))
             scores, rows = self.diffusion.search(
                 np.ascontiguousarray(queries, dtype=np.float32), k, rows_ex)
             ids = np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
@@ -647,19 +595,21 @@ class Collection:
         rows = np.array(new_rows)
         new_ids = out[rows]
         codes = self._encode(images, rows)
-        ids = np.concatenate([self.ids, new_ids])
-        embeddings = np.concatenate([np.asarray(self.embeddings), codes])
-        stored = np.concatenate([np.asarray(self.images), conformed[rows]])
-        self.backend.add(new_ids, codes)
+        if not self._local:  # an index kept elsewhere is written first, then committed here
+            self.backend.add(new_ids, codes)
         self._write("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", (
             (int(new_ids[j]), sources[r], int(lab[r]), hashes[r]) for j, r in enumerate(rows)))
-        self._commit(ids, embeddings, stored, next_id=next_id)
+        segment = seg.write_segment(self.path, self._new_segment, new_ids, codes, conformed[rows],
+                                    self.store.spec)
+        self._commit([*self.store.segments, segment], next_id=next_id)
+        self._merge_if_due()
         return out
 
     def update(self, ids: np.ndarray | list[int], images: np.ndarray | list[np.ndarray]) -> int:
         """Give stored items new images (a changed file): each keeps its id, source and
-        label; its pixels, hash and code are replaced, in one commit. Returns how many
-        changed (an image equal to the stored one changes nothing).
+        label; its pixels, hash and code are replaced, in one commit (its old row deleted,
+        the new one in a new segment). Returns how many changed (an image equal to the
+        stored one changes nothing).
 
         Raises:
             LookalikeError: an unknown id, or not one image per id.
@@ -667,7 +617,7 @@ class Collection:
         wanted = [int(i) for i in np.asarray(ids).ravel()]
         if len(wanted) != len(images):
             raise LookalikeError("give one image per id")
-        unknown = [i for i in wanted if i not in self._row]
+        unknown = [i for i in wanted if not self._has(i)]
         if unknown:
             raise LookalikeError(f"no item with id {unknown[0]} in {self.path}")
         conformed = self.stored_form(images)
@@ -675,18 +625,18 @@ class Collection:
         changed = [j for j, i in enumerate(wanted) if content_hash(conformed[j]) != stored.get(i)]
         if not changed:
             return 0
-        rows = np.array([self._row[wanted[j]] for j in changed])
         change_ids = np.array([wanted[j] for j in changed], dtype=np.int64)
         codes = self._encode(images, np.array(changed))
-        embeddings = np.array(self.embeddings)
-        pixels = np.array(self.images)
-        embeddings[rows] = codes
-        pixels[rows] = conformed[changed]
-        self.backend.remove(change_ids)
-        self.backend.add(change_ids, codes)
-        self._commit(self.ids.copy(), embeddings, pixels)
+        if not self._local:
+            self.backend.remove(change_ids)
+            self.backend.add(change_ids, codes)
+        segments = self.store.with_deleted(change_ids, self._generation + 1)
+        segment = seg.write_segment(self.path, self._new_segment, change_ids, codes,
+                                    conformed[changed], self.store.spec)
+        self._commit([*segments, segment])
         self._write("UPDATE items SET hash = ? WHERE id = ?", (
             (content_hash(conformed[j]), wanted[j]) for j in changed))
+        self._merge_if_due()
         return len(changed)
 
     def _encode(self, images: np.ndarray | list[np.ndarray], rows: np.ndarray) -> np.ndarray:
@@ -694,37 +644,85 @@ class Collection:
         return self.encoder.encode(conform([images[int(r)] for r in rows], self.encoder.spec))
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
-        """Remove items by id; unknown ids are ignored. Returns how many were removed."""
-        gone = {int(i) for i in np.asarray(ids).ravel()} & set(self._row)
-        if not gone:
+        """Remove items by id; unknown ids are ignored. Returns how many were removed. Their
+        rows are marked deleted (a small file per segment touched); :meth:`compact` drops them."""
+        asked = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+        gone = asked[self.store.rows(asked) >= 0]
+        if not len(gone):
             return 0
-        keep = np.array([int(i) not in gone for i in self.ids])
-        self._commit(self.ids[keep], np.asarray(self.embeddings)[keep],
-                     np.asarray(self.images)[keep], removed=np.array(sorted(gone), np.int64))
-        self._write("DELETE FROM items WHERE id = ?", ((i,) for i in sorted(gone)))
+        if not self._local:
+            self.backend.remove(gone)
+        self._commit(self.store.with_deleted(gone, self._generation + 1))
+        self._write("DELETE FROM items WHERE id = ?", ((int(i),) for i in gone))
+        self._merge_if_due()
         return len(gone)
 
-    def _commit(self, ids: np.ndarray, embeddings: np.ndarray, images: np.ndarray,
-                removed: np.ndarray | None = None, next_id: int | None = None) -> None:
-        """Write a new generation and switch the manifest to it (the commit point), then
-        delete the previous generation's files. ``removed`` ids leave the index here."""
-        old = self.files
-        generation = int(self.manifest.get("generation", 0)) + 1
-        diffusion = _ranker(embeddings, self.retrieval)
+    def compact(self) -> bool:
+        """Merge every segment into one, deleted rows dropped and pictures compressed, with
+        the collection's index factory; one commit. Returns whether anything changed."""
+        segs = self.store.segments
+        if len(segs) <= 1 and not any(s.deleted or s.pictures != "png" for s in segs):
+            return False
+        self._commit(self.store.merged(0, self._new_segment))
+        return True
+
+    def migrate(self) -> bool:
+        """Rewrite a format 1 collection as segments (:meth:`compact`); ``False`` when it is
+        already in the current format."""
+        if int(self.manifest.get("format_version", 1)) >= FORMAT_VERSION:
+            return False
+        self._commit(self.store.merged(0, self._new_segment))
+        return True
+
+    def verify(self) -> None:
+        """Hash every file against the manifest and check the metadata (the full pass that
+        opening skips). Raises :class:`CollectionError` naming the first damaged file."""
+        self.store.verify()
+        seg.check_hashes(self.path, self.manifest.get("checksums") or {})
+        metadata.check(self.path / metadata.FILE, full=True)
+
+    @property
+    def _local(self) -> bool:
+        """Whether the index lives in the segments (FAISS), not elsewhere (Milvus)."""
+        return isinstance(self.backend, seg.SegmentedIndex)
+
+    @property
+    def _generation(self) -> int:
+        return int(self.manifest.get("generation", 0))
+
+    @property
+    def _new_segment(self) -> str:
+        """The name of a segment written by the next commit."""
+        return f"{self._generation + 1:06d}"
+
+    def _merge_if_due(self) -> None:
+        """The merge policy (:func:`lookalike.segments.plan_merge`), after a commit."""
+        start = seg.plan_merge(self.store.segments)
+        if start is not None:
+            log.info("merging segments %d.. of %s", start, self.path)
+            self._commit(self.store.merged(start, self._new_segment))
+
+    def _commit(self, segments: list[seg.Segment], next_id: int | None = None) -> None:
+        """Switch the manifest to ``segments`` (their files already written): the commit
+        point. Then delete the files the previous generation had and this one has not."""
+        old = set(self.files.values()) | seg.segment_files(self.store.segments)
+        generation = self._generation + 1
+        store = seg.SegmentStore(self.path, segments, self.dim, self.store.shape, self.store.spec,
+                                 self.store.loaded)
+        diffusion = _ranker(store, self.retrieval)
         graph = diffusion.neighbours() if diffusion is not None else None
-        if removed is not None:
-            self.backend.remove(removed)
-        files = _write_state(self.path, generation, ids, embeddings, images, self.backend, graph)
-        manifest = {**self.manifest, "count": len(ids), "generation": generation,
-                    "files": files, "checksums": _checksums(self.path, files), "updated": _now(),
+        files = _write_state(self.path, generation, None if self._local else self.backend, graph)
+        manifest = {**self.manifest, "format_version": FORMAT_VERSION, "count": len(store),
+                    "generation": generation, "pictures": list(store.shape),
+                    "segments": [s.to_dict() for s in segments], "files": files,
+                    "checksums": seg.checksums(self.path, files), "updated": _now(),
                     "next_id": max(self._next_id(), next_id or 0)}
         atomic_write_json(self.path / "manifest.json", manifest)
-        self.manifest = manifest
-        self.ids, self.embeddings, self.images = ids, embeddings, images
-        self._row = {int(i): r for r, i in enumerate(ids)}
+        self.manifest, self.store = manifest, store
+        if self._local:
+            self.backend = seg.SegmentedIndex(store)
         self._diffusion = diffusion
-        for name in set(old.values()) - set(files.values()):
-            try:
-                (self.path / name).unlink()
-            except FileNotFoundError:
-                pass
+        keep = set(files.values()) | seg.segment_files(segments)
+        for name in old - keep:
+            (self.path / name).unlink(missing_ok=True)
+        seg.sweep(self.path, keep)

@@ -1,0 +1,165 @@
+"""What a change costs as a collection grows (issue 13): adding one image and removing one
+item, as a CLI process (start-up included) and in-process; opening a collection and
+answering one query as a CLI process; the peak RSS of the ``add`` process.
+
+    python benchmarks/lifecycle.py                     # 10,000 and 1,000,000 items
+    python benchmarks/lifecycle.py --sizes 10000 200000 --work /tmp/lifecycle
+
+The collections hold fashion-mnist's training images (repeated to the size) with codes of
+the articles' conv-16-8-8 model (128-d at 28x28; untrained: the cost of a change does not
+depend on the weights). The codes of the large collection are random vectors given to
+``Collection.create(codes=...)``, so nothing is encoded to build it; the added image is
+encoded. ``auto`` picks the index: exact up to 100,000 codes, IVF above. Each size is built
+once and cached in ``--work``; each run adds new pictures (random pixels, new file names)
+and removes other items, so the collection changes as in use (new segments, deletion
+records, merges by the policy).
+
+Writes the table to docs/benchmarks.md (section "lifecycle") and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import commit, machine, now, table, write_section  # noqa: E402
+
+
+def _model(work: Path) -> Path:
+    from lookalike.config import InputSpec, ModelConfig
+    from lookalike.modelio import save_model
+    from lookalike.models import build_model
+
+    path = work / "model"
+    if not (path / "config.json").is_file():
+        save_model(path, build_model(ModelConfig(arch="conv-16-8-8", input=InputSpec(1, 28, 28))))
+    return path
+
+
+def _collection(work: Path, n: int) -> Path:
+    from lookalike.collection import Collection
+    from lookalike.datasets import Dataset, load_dataset
+    from lookalike.modelio import load_model
+
+    path = work / f"c{n}"
+    if (path / "manifest.json").is_file():
+        return path
+    model = load_model(_model(work))
+    base = load_dataset("fashion-mnist", "database")
+    rows = np.arange(n) % len(base)
+    ds = Dataset("bench", "database", base.images[rows], None,
+                 tuple(f"item{i}" for i in range(n)))
+    if n <= 60_000:
+        codes = None
+    else:  # random codes at the scale of real ones
+        real = Collection.create(work / "probe", model, base.subset(np.arange(2000), "database"),
+                                 overwrite=True)
+        emb = np.asarray(real.embeddings)
+        rng = np.random.default_rng(0)
+        codes = (rng.standard_normal((n, emb.shape[1]), dtype=np.float32) * emb.std(0)
+                 + emb.mean(0)).astype(np.float32)
+    start = time.perf_counter()
+    Collection.create(path, model, ds, codes=codes, overwrite=True)
+    print(f"built {n:,} items in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return path
+
+
+def _cli(args: list[str]) -> tuple[float, float, float]:
+    """Run the CLI; ``(wall seconds, CPU seconds, peak RSS in GB)`` of that process (the CPU
+    time tells what the process costs when the machine is shared)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "-q", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise RuntimeError(f"lookalike {' '.join(args)} failed: {err}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20
+
+
+def _png(folder: Path, seed: int) -> Path:
+    """A new picture (random pixels) under a new name: never in the collection already."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"new{seed}-{time.time_ns()}.png"
+    img = np.random.default_rng().integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def measure(path: Path, scratch: Path, seed: int) -> dict[str, float]:
+    from lookalike.collection import Collection
+
+    out: dict[str, float] = {}
+    out["add_cli"], out["add_cpu"], out["add_rss"] = _cli(
+        ["add", str(path), str(_png(scratch / "a", seed))])
+    victim = int(Collection.open(path).ids[seed])
+    out["remove_cli"], out["remove_cpu"], _ = _cli(["remove", str(path), str(victim)])
+    out["query_cli"], out["query_cpu"], _ = _cli(["search", str(path), "id:7", "-k", "10"])
+    start = time.perf_counter()
+    coll = Collection.open(path)
+    out["open"] = time.perf_counter() - start
+    image = np.asarray(Image.open(_png(scratch / "b", seed + 1)))[None, :, :, None]
+    start = time.perf_counter()
+    coll.add(image, ["in-process.png"])
+    out["add"] = time.perf_counter() - start
+    start = time.perf_counter()
+    coll.remove([int(coll.ids[seed + 1])])
+    out["remove"] = time.perf_counter() - start
+    out["segments"] = len(coll.store.segments)
+    coll.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--work", type=Path,
+                        default=Path(tempfile.gettempdir()) / "lookalike-lifecycle")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per size (the median)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in args.sizes:
+        path = _collection(args.work, n)
+        runs = [measure(path, args.work / "scratch", 100 + 2 * r) for r in range(args.repeat)]
+        med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        rows.append([f"{n:,}", f"{size / 2**30:.2f} GB",
+                     f"{med['add_cli']:.2f} s ({med['add_cpu']:.2f} s)",
+                     f"{med['remove_cli']:.2f} s ({med['remove_cpu']:.2f} s)",
+                     f"{med['query_cli']:.2f} s ({med['query_cpu']:.2f} s)",
+                     f"{med['add_rss']:.2f} GB", f"{med['open'] * 1000:.0f} ms",
+                     f"{med['add'] * 1000:.0f} ms", f"{med['remove'] * 1000:.0f} ms"])
+        print(rows[-1], file=sys.stderr)
+    shutil.rmtree(args.work / "scratch", ignore_errors=True)
+    body = "\n\n".join([
+        "## Lifecycle: what one change costs (`benchmarks/lifecycle.py`)",
+        f"{machine()}; {now()}, commit {commit()}. conv-16-8-8 codes (128-d) of fashion-mnist "
+        "pictures; CLI columns are one `lookalike` process each (start-up included): wall "
+        "time (CPU time), median "
+        f"of {args.repeat}; in-process columns time `Collection.open`, `add` of one image "
+        "and `remove` of one item. Targets at 1,000,000 items: add/remove <= 1.0 s (CLI), "
+        "<= 0.1 s (in-process); open + query <= 1.5 s.",
+        table(["items", "on disk", "add 1 (CLI)", "remove 1 (CLI)", "open + query (CLI)",
+               "peak RSS of add", "open", "add 1", "remove 1"], rows),
+    ])
+    print(body)
+    if not args.no_write:
+        write_section("lifecycle", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""A collection's metadata: ``metadata.sqlite``, table ``items(id, source, label, hash)``,
+one row per image, indexed by hash and by source.
+
+Rows are written before the commit that adds their items and deleted after the commit that
+removes them, so a crash leaves at most rows whose id is not in the collection, which
+readers ignore (:meth:`lookalike.collection.Collection.find`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import CollectionError
+
+FILE = "metadata.sqlite"
+
+
+def create(path: Path, rows: Iterable[tuple[int, str, int, str]]) -> None:
+    """A new metadata file at ``path`` holding ``rows`` ``(id, source, label, hash)``."""
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
+                       " label INTEGER NOT NULL, hash TEXT NOT NULL)")
+            db.execute("CREATE INDEX items_hash ON items(hash)")
+            db.execute("CREATE INDEX items_source ON items(source)")
+            db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", rows)
+    finally:
+        db.close()
+
+
+def write(path: Path, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Run ``sql`` for every row in one SQLite transaction."""
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            db.executemany(sql, rows)
+    finally:
+        db.close()
+
+
+def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+def check(path: Path, full: bool = False) -> None:
+    """Read the metadata table (with ``full``, SQLite's own quick consistency check of the
+    whole file, O(rows): ``lookalike verify``). The connection may write: a process killed
+    inside a metadata transaction leaves a hot journal, which SQLite rolls back on this
+    first read (a read-only connection would refuse to)."""
+    if not path.is_file():
+        raise CollectionError(f"{path} is missing; rebuild with 'lookalike index'")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+        try:
+            result = db.execute("PRAGMA quick_check").fetchone()[0] if full else "ok"
+            db.execute("SELECT id FROM items LIMIT 1").fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise CollectionError(f"{path} is damaged ({exc}); rebuild the collection with "
+                              "'lookalike index'") from None
+    if result != "ok":
+        raise CollectionError(f"{path} is damaged ({result}); rebuild the collection with "
+                              "'lookalike index'")
