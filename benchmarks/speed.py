@@ -1,4 +1,4 @@
-"""Speed, each figure beside its peer measured in the same run (BENCHMARKS.md, "Speed"):
+"""Speed, each figure beside its peer measured in the same run (docs/protocol.md, "Speed"):
 
 * training and encoding the articles' 16-8-8 denoising autoencoder (fashion-mnist 60k,
   batch 128) with lookalike vs Keras 3 + TensorFlow (``benchmarks/keras_peer.py``, from

@@ -1,10 +1,16 @@
 """Shared fixtures: one tiny model (and a second one) trained on digits, and a collection;
-a collection made by an articles' preset (no re-ranking); running the CLI quietly."""
+a collection made by an articles' preset (no re-ranking); running the CLI quietly.
+
+In CI (``CI`` or ``LOOKALIKE_REQUIRE_SCALE`` set to true/1/yes, as ``.ci/run`` does) a test
+skipped because a module of the ``scale`` extra (pymilvus, milvus_lite, ray) cannot be
+imported fails the run: without the extra, the Milvus and Ray tests would quietly not run."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,3 +92,49 @@ def exact_collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_quietly() -> Callable[[list[str]], None]:
     """Run the CLI with its output captured; fail with that output on a non-zero exit."""
     return _run_quietly
+
+
+# ---------------------------------------------------------------------------- CI: no scale skips
+SCALE_MODULES = frozenset({"pymilvus", "milvus_lite", "ray"})
+_scale_skips: list[str] = []
+
+
+def _required_in_ci() -> bool:
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+               for name in ("CI", "LOOKALIKE_REQUIRE_SCALE"))
+
+
+def _scale_skip(report: pytest.CollectReport | pytest.TestReport) -> str | None:
+    """The reason, when ``report`` is a skip for want of a module of the scale extra
+    (``pytest.importorskip``'s "could not import 'NAME'")."""
+    if not report.skipped or not isinstance(report.longrepr, tuple):
+        return None
+    reason = str(report.longrepr[2])
+    found = re.search(r"could not import '([\w.]+)'", reason)
+    return reason if found and found.group(1).split(".")[0] in SCALE_MODULES else None
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if (reason := _scale_skip(report)) is not None:  # a module-level importorskip
+        _scale_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if (reason := _scale_skip(report)) is not None:  # an importorskip inside a test
+        _scale_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _scale_skips and _required_in_ci() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    if _scale_skips and _required_in_ci():
+        terminalreporter.section("the 'scale' extra is missing: skips that fail the run in CI",
+                                 sep="=", red=True, bold=True)
+        for line in _scale_skips:
+            terminalreporter.line(line, red=True)
+        terminalreporter.line("install it: pip install -e '.[scale]' (make test installs .[dev], "
+                              "which includes it)")

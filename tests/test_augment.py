@@ -20,9 +20,17 @@ def test_views_differ_stay_in_range_and_follow_the_seed() -> None:
 def test_zero_strength_is_identity_and_flip_mirrors() -> None:
     x = torch.rand(8, 3, 12, 10)
     assert torch.equal(augment(x, 0.0), x)
+    assert torch.equal(augment(x, 0.0, flip=False, generator=torch.Generator().manual_seed(0)), x)
+    # flip: over a seeded batch each image comes back either as it was or as its exact left-right
+    # mirror, and both happen (random images are never their own mirror)
+    x = torch.rand(64, 3, 12, 10)
+    assert not any(torch.equal(a, a.flip(-1)) for a in x)
     y = augment(x, 0.0, flip=True, generator=torch.Generator().manual_seed(0))
-    for a, b in zip(x, y, strict=True):
-        assert torch.equal(a, b) or torch.equal(a.flip(-1), b)
+    kept = [torch.equal(a, b) for a, b in zip(x, y, strict=True)]
+    mirrored = [torch.equal(a.flip(-1), b) for a, b in zip(x, y, strict=True)]
+    assert all(k != m for k, m in zip(kept, mirrored, strict=True))  # exactly one of the two
+    assert 16 <= sum(mirrored) <= 48, sum(mirrored)  # about half (binomial, p = 0.5)
+    assert torch.equal(y, augment(x, 0.0, flip=True, generator=torch.Generator().manual_seed(0)))
 
 
 def test_nt_xent_prefers_matching_views() -> None:

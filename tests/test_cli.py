@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +17,7 @@ from PIL import Image
 
 from conftest import run_cli as run
 from lookalike.cli import build_parser, main
+from lookalike.collection import Collection
 from lookalike.datasets import load_dataset
 
 if TYPE_CHECKING:
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 SUBCOMMANDS = ("serve", "add", "remove", "duplicates", "train", "index", "search", "evaluate",
-               "cluster", "denoise", "report", "info", "demo")
+               "cluster", "denoise", "report", "info", "demo", "verify", "compact", "migrate")
 
 
 def assert_user_error(result: tuple[int, str, str], *needles: str) -> str:
@@ -209,14 +212,13 @@ def test_index_writes_a_collection(capsys: pytest.CaptureFixture[str], tmp_path:
                                      "--out", out])
     assert code == 0, err
     names = {p.name for p in out.iterdir()}
-    assert names >= {"manifest.json", "metadata.sqlite", "ids.npy", "embeddings.npy",
-                     "images.npy", "index.faiss", "model"}
+    assert names >= {"manifest.json", "metadata.sqlite", "segments", "model"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == 1438
     assert manifest["dataset"] == {"name": "digits", "split": "database"}
     model_config = json.loads((trained.model / "config.json").read_text())
     assert manifest["model"]["fingerprint"] == model_config["fingerprint"]
-    embeddings = np.load(out / "embeddings.npy")
+    embeddings = np.load(out / "segments" / "000000.codes.npy")
     assert embeddings.shape == (1438, manifest["dim"]) and np.all(np.isfinite(embeddings))
     assert f"collection written to {out}: 1438 images" in stdout
 
@@ -251,7 +253,7 @@ def test_search_by_id_excludes_itself(capsys: pytest.CaptureFixture[str],
 
 def test_search_image_file_excludes_its_stored_copy(capsys: pytest.CaptureFixture[str],
                                                     tmp_path: Path, trained: Trained) -> None:
-    stored = np.load(trained.collection / "images.npy", mmap_mode="r")[12]
+    stored = Collection.open(trained.collection).image(12)
     path = tmp_path / "q.png"
     Image.fromarray(np.asarray(stored)[:, :, 0]).save(path)
     result = _search_json(capsys, ["search", trained.collection, path, "-k", "3"])
@@ -325,7 +327,7 @@ def test_info_json(capsys: pytest.CaptureFixture[str], trained: Trained) -> None
     assert code == 0, err
     info = json.loads(stdout)
     assert info["count"] == 1438 and info["path"] == str(trained.collection)
-    assert info["dim"] == len(np.load(trained.collection / "embeddings.npy")[0])
+    assert info["dim"] == len(Collection.open(trained.collection).embeddings[0])
     assert info["dataset"] == {"name": "digits", "split": "database"}
     assert info["backend"]["factory"] == "Flat" and info["index"] == "Flat"
     assert info["rerank"] == "diffusion" and info["generation"] == 0
@@ -393,9 +395,11 @@ def test_add_and_remove_commands(capsys: pytest.CaptureFixture[str], tmp_path: P
     from lookalike.collection import Collection
 
     before = Collection.open(coll)
+    n1 = before.sources()[str(folder / "n1.png")][0]
     n2 = before.sources()[str(folder / "n2.png")][0]
     old_code = before.vector(n2).copy()
-    Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / "n2.png")
+    new_pixels = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+    Image.fromarray(new_pixels).save(folder / "n2.png")
     code, out, _ = run(capsys, ["add", coll, folder])
     assert code == 0 and "0 updated" in out  # without --update, a known path is left alone
     code, out, _ = run(capsys, ["add", coll, folder, "--update"])
@@ -403,13 +407,158 @@ def test_add_and_remove_commands(capsys: pytest.CaptureFixture[str], tmp_path: P
     after = Collection.open(coll)
     assert len(after) == len(before) and after.sources()[str(folder / "n2.png")][0] == n2
     assert not np.allclose(after.vector(n2), old_code)
-    assert after.search_ids([n2], 1)[1][0, 0] != n2
-    code, out, _ = run(capsys, ["search", coll, folder / "n1.png", "-k", "1", "--json", "--exact"])
-    assert code == 0  # the added image is stored, so it is excluded from its own results
+    # the stored pixels and code are the new file's, and the index holds that code
+    assert np.array_equal(after.image(n2)[:, :, 0], new_pixels)
+    fresh = after.encoder.encode(new_pixels[None, :, :, None])[0]
+    assert np.allclose(after.vector(n2), fresh, atol=1e-5)
+    d, i = after.search(fresh[None], 1, rerank=False)
+    assert i[0, 0] == n2 and d[0, 0] < 1e-6
+
+    def near_copy(name: str) -> Path:
+        """The file's pixels with one of them moved by 1: not the stored content, so not
+        excluded as the query's own stored copy, but nearest to it."""
+        pixels = np.asarray(Image.open(folder / name)).copy()
+        pixels[0, 0] = pixels[0, 0] + 1 if pixels[0, 0] < 255 else 254
+        path = tmp_path / f"near-{name}"
+        Image.fromarray(pixels).save(path)
+        return path
+
+    def first_hit(query: Path) -> dict:
+        code, out, err = run(capsys, ["search", coll, query, "-k", "3", "--json", "--exact"])
+        assert code == 0, err
+        return json.loads(out)["queries"][0]["results"][0]
+
+    # the added (and the updated) image is found: a near copy of it finds it first
+    for name, item in (("n1.png", n1), ("n2.png", n2)):
+        hit = first_hit(near_copy(name))
+        assert (hit["id"], hit["source"]) == (item, str(folder / name)), hit
+    # searching with the file itself excludes its stored copy, as for any stored item
+    code, out, _ = run(capsys, ["search", coll, folder / "n1.png", "-k", "3", "--json", "--exact"])
+    assert code == 0 and n1 not in [h["id"] for h in json.loads(out)["queries"][0]["results"]]
     code, out, err = run(capsys, ["remove", coll, "0", "--source", f"{folder}/n*.png"])
     assert code == 0, err
     assert "removed 4 item(s)" in out
+    # removed: no longer found, not even by a near copy, and unknown as an id
+    assert first_hit(near_copy("n1.png"))["id"] not in (n1, n2)
+    assert_user_error(run(capsys, ["search", coll, f"id:{n1}"]), f"no item with id {n1}")
+    assert n1 not in Collection.open(coll).ids
     code, _, err = run(capsys, ["remove", coll, "--source", "nothing-matches-*"])
     assert code == 2 and err.count("\n") == 1
     code, _, err = run(capsys, ["add", coll, tmp_path / "missing.png"])
     assert code == 2 and "does not exist" in err
+
+
+# ---------------------------------------------------------------------------- README promises
+def _evaluate_json(capsys: pytest.CaptureFixture[str], *argv: object) -> dict:
+    code, out, err = run(capsys, ["evaluate", *argv, "--dataset", "digits", "--json"])
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _metrics_table(html: str) -> dict[str, dict[str, float]]:
+    """The report's metrics table: row name -> {column: value as shown}."""
+    found = re.search(r'<table class="metrics">(.*?)</table>', html, re.S)
+    assert found, "no metrics table"
+    head, body = found.group(1).split("</thead>")
+    columns = re.findall(r"<th>([^<]*)</th>", head)[1:]
+    return {name: dict(zip(columns, [float(re.sub(r"<[^>]+>", "", cell)) for cell in
+                                     re.findall(r'<td class="num">(.*?)</td>', cells)], strict=True))
+            for name, cells in re.findall(r"<tr><th>([^<]*)</th>(.*?)</tr>", body)}
+
+
+def test_report_command(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                        exact_collection: Path) -> None:
+    """`lookalike report`: one self-contained HTML page with the collection's and raw pixels'
+    metrics (those `evaluate` gives) and the figures embedded."""
+    out = tmp_path / "pages" / "report.html"
+    code, stdout, err = run(capsys, ["report", "--collection", exact_collection,
+                                     "--dataset", "digits", "--out", out])
+    assert code == 0, err
+    assert f"report written to {out}" in stdout
+    html = out.read_text(encoding="utf-8")
+    table = _metrics_table(html)
+    for row, target in (("model", exact_collection), ("pixels", "pixels")):
+        metrics = _evaluate_json(capsys, target)
+        assert table[row] == {key: round(metrics[key], 3) for key in ("mAP", "P@1", "P@10", "P@100")}
+    figures = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(figures) >= 4  # loss curves, reconstructions, query grid, LRAP@n at least
+    assert all(base64.b64decode(f).startswith(b"\x89PNG\r\n\x1a\n") for f in figures)
+    assert not re.search(r'(src|href)="(?!data:)', html)  # nothing fetched from elsewhere
+
+
+def test_evaluate_exact_ranks_by_plain_code_distance(capsys: pytest.CaptureFixture[str],
+                                                     trained: Trained) -> None:
+    """`evaluate --exact`: the exact Euclidean ranking of the codes, without the collection's
+    re-ranking (computed here independently, scored with scikit-learn)."""
+    from sklearn.metrics import label_ranking_average_precision_score
+
+    from lookalike.collection import Collection
+    from lookalike.encoders import encode_dataset
+
+    exact = _evaluate_json(capsys, trained.collection, "--exact")
+    reranked = _evaluate_json(capsys, trained.collection)
+    coll = Collection.open(trained.collection)
+    queries = load_dataset("digits", "queries")
+    q = encode_dataset(coll.encoder, queries).astype(np.float64)
+    db = np.asarray(coll.embeddings, dtype=np.float64)
+    dist = (q**2).sum(1)[:, None] - 2 * q @ db.T + (db**2).sum(1)[None, :]
+    relevant = queries.labels[:, None] == coll.labels()[None, :]
+    assert exact["mAP"] == pytest.approx(label_ranking_average_precision_score(relevant, -dist),
+                                         abs=1e-5)
+    nearest = dist.argmin(axis=1)
+    assert exact["P@1"] == pytest.approx(relevant[np.arange(len(q)), nearest].mean(), abs=1e-9)
+    assert reranked["mAP"] > exact["mAP"] + 0.01  # the default is the diffusion ranking
+
+
+def test_index_report_goes_where_asked(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                       trained: Trained) -> None:
+    """`index --report PATH`: the skipped files are listed there (written afresh), not in the
+    collection; with nothing skipped the report is still written, empty."""
+    from lookalike.skipreport import read_report
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    digits = load_dataset("digits", "queries").images
+    for i in range(12):
+        Image.fromarray(digits[i, :, :, 0]).save(folder / f"d{i:02d}.png")
+    broken = folder / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n but not an image")
+    report = tmp_path / "logs" / "skips.jsonl"
+    report.parent.mkdir()
+    report.write_text('{"path": "stale", "reason": "an old run", "command": "index", "time": "x"}\n')
+    coll = tmp_path / "coll"
+    code, out, err = run(capsys, ["index", "--model", trained.model, "--dataset", folder,
+                                  "--out", coll, "--report", report])
+    assert code == 0, err
+    assert out.strip() == (f"collection written to {coll}: 12 images, 128-d codes; "
+                           f"skipped 1 file(s) (see {report})")
+    entries = read_report(report)
+    assert [(e["path"], e["command"]) for e in entries] == [(str(broken), "index")]
+    assert entries[0]["reason"]
+    assert not (coll / "skipped.jsonl").exists()
+    broken.unlink()
+    code, out, err = run(capsys, ["index", "--model", trained.model, "--dataset", folder,
+                                  "--out", coll, "--report", report, "--overwrite"])
+    assert code == 0, err
+    assert "skipped" not in out and report.read_text() == ""
+
+
+def test_epochs_derive_from_the_budget(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The recipe trains for enough epochs to see `--budget` images: round(budget / training
+    images), so a four times smaller dataset gets four times the epochs; `--epochs` wins."""
+    runs = {}
+    for split, argv in (("database", []), ("queries", []), ("database", ["--epochs", "1"])):
+        out = tmp_path / f"m-{split}-{len(argv)}"
+        code, _, err = run(capsys, ["-q", "train", "--dataset", "digits", "--split", split,
+                                    "--budget", "2600", "--device", "cpu", "--out", out, *argv])
+        assert code == 0, err
+        config = json.loads((out / "config.json").read_text())
+        runs[split, len(argv)] = config
+    for split, n in (("database", 1438), ("queries", 359)):
+        config = runs[split, 0]
+        n_train = n - round(n * 0.1)  # the validation split is held out
+        assert config["history"]["n_train"] == n_train and config["train"]["budget"] == 2600
+        epochs = round(2600 / n_train)
+        assert config["train"]["epochs"] == epochs == len(config["history"]["train_loss"])
+    assert [runs[s, 0]["train"]["epochs"] for s in ("database", "queries")] == [2, 8]
+    assert runs["database", 2]["train"]["epochs"] == 1 == len(runs["database", 2]["history"]["train_loss"])

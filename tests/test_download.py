@@ -109,15 +109,34 @@ def _listing(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
+#: ``torchvision.datasets.MNIST.resources`` as published in pytorch/vision,
+#: torchvision/datasets/mnist.py (commit 01977a187961243eaf66ead246fd92a5c6c7ccfc), copied from
+#: there and not from lookalike. No real MNIST file is at hand offline to hash, so this
+#: independent copy is what catches a mistyped digit in ``MNIST_FILES`` (a format check
+#: cannot: a typo leaves 32 hex digits).
+TORCHVISION_MNIST_RESOURCES = [
+    ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+    ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+    ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+]
+
+
 def test_constants() -> None:
-    assert set(MNIST_FILES) == {
-        "train-images-idx3-ubyte.gz",
-        "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-    }
-    assert all(len(v) == 32 and int(v, 16) >= 0 for v in MNIST_FILES.values())
-    assert "https://ossci-datasets.s3.amazonaws.com/mnist/" in MNIST_MIRRORS
+    assert MNIST_FILES == dict(TORCHVISION_MNIST_RESOURCES)
+    assert MNIST_MIRRORS[0] == "https://ossci-datasets.s3.amazonaws.com/mnist/"
+    assert all(m.endswith("/mnist/") or m.endswith("/exdb/mnist/") for m in MNIST_MIRRORS)
+
+
+def test_the_default_checksums_are_the_ones_enforced(server: Server, tmp_path: Path) -> None:
+    """``download_mnist`` without ``files`` checks every file against ``MNIST_FILES``: files
+    that are not the real MNIST are refused, the message naming the expected MD5."""
+    _fake_mnist(server.root)
+    with pytest.raises(DataError) as info:
+        download_mnist(tmp_path / "cache", mirrors=[server.url])
+    name, md5 = TORCHVISION_MNIST_RESOURCES[0]
+    assert f"does not match expected {md5}" in str(info.value) and name in str(info.value)
+    assert _listing(tmp_path / "cache" / "mnist") == []
 
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

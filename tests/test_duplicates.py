@@ -196,3 +196,45 @@ def test_cli_refuses_a_bad_threshold(capsys: pytest.CaptureFixture[str],
                                      planted: tuple[Path, dict[str, int]], value: str) -> None:
     code, _, err = run(capsys, ["duplicates", planted[0], "--threshold", value])
     assert code == 2 and "--threshold" in err and err.count("\n") == 1
+
+
+def _components(pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of the graph ``pairs`` (union-find), each sorted, sorted."""
+    parent: dict[int, int] = {}
+
+    def root(a: int) -> int:
+        while parent.setdefault(a, a) != a:
+            a = parent[a]
+        return a
+
+    for a, b in pairs:
+        parent[root(a)] = root(b)
+    groups: dict[int, list[int]] = {}
+    for a in parent:
+        groups.setdefault(root(a), []).append(a)
+    return sorted(sorted(g) for g in groups.values())
+
+
+def test_cli_k_sets_how_many_nearest_codes_are_candidates(
+        capsys: pytest.CaptureFixture[str], planted: tuple[Path, dict[str, int]]) -> None:
+    """`duplicates -k K`: each item's K nearest codes (by cosine) are its candidates. At
+    threshold -1 every candidate pair joins, so the groups are the components of the K-NN
+    graph, computed here from the stored codes."""
+    coll_dir, origin = planted
+    coll = Collection.open(coll_dir)
+    x = np.asarray(coll.embeddings, dtype=np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    order = np.argsort(-sim, axis=1, kind="stable")
+    found = {}
+    for k in (1, 3):
+        code, out, err = run(capsys, ["duplicates", coll_dir, "-k", str(k), "--threshold", "-1",
+                                      "--json"])
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["k"] == k and result["items"] == len(origin)
+        found[k] = sorted(sorted(item["id"] for item in g) for g in result["groups"])
+        pairs = [(int(coll.ids[r]), int(coll.ids[c])) for r in range(len(x)) for c in order[r, :k]]
+        assert found[k] == _components(pairs)
+    assert len(found[1]) > len(found[3])  # more candidates, fewer and larger pieces

@@ -7,7 +7,7 @@ from lookalike.evaluation import evaluate
 
 
 def test_pixels_on_mnist_5k_match_benchmarks_md() -> None:
-    # shared/BENCHMARKS.md: raw pixels on mnist-5k, exact Euclidean search
+    # docs/protocol.md: raw pixels on mnist-5k, exact Euclidean search
     m = evaluate("pixels", "mnist-5k")
     assert m["mAP"] == pytest.approx(0.426, abs=5e-4)
     assert m["P@1"] == pytest.approx(0.931, abs=5e-4)

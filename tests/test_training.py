@@ -8,6 +8,7 @@ from lookalike.config import InputSpec, ModelConfig, TrainConfig
 from lookalike.datasets import load_dataset
 from lookalike.encoders import ModelEncoder, PixelEncoder
 from lookalike.errors import DataError, ModelError
+from lookalike.images import conform, to_float
 from lookalike.modelio import load_model, save_model
 from lookalike.reconstruct import denoise, reconstruct
 from lookalike.training import add_noise, train_autoencoder
@@ -42,9 +43,60 @@ def test_same_seed_same_weights_other_seed_differs(digits) -> None:
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_flip_plain_and_mse_train(digits) -> None:
-    res = _train(digits.images[:300], flip=True, denoise=False, loss="mse", epochs=2)
+def _record_model(monkeypatch: pytest.MonkeyPatch
+                  ) -> tuple[list[tuple[bool, np.ndarray]], dict[str, torch.Tensor]]:
+    """Make ``train_autoencoder``'s model record every input of its forward pass (the
+    reconstruction path), with whether it was in training mode, and keep its weights as
+    built (before any step)."""
+    from lookalike import training
+
+    seen: list[tuple[bool, np.ndarray]] = []
+    initial: dict[str, torch.Tensor] = {}
+    build = training.build_model
+
+    def recording(config):  # noqa: ANN001, ANN202
+        model = build(config)
+        initial.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        model.register_forward_pre_hook(lambda m, args: seen.append(
+            (m.training, np.ascontiguousarray(args[0].detach().float().cpu().numpy()))))
+        return model
+
+    monkeypatch.setattr(training, "build_model", recording)
+    return seen, initial
+
+
+def _rows(images: np.ndarray) -> set[bytes]:
+    return {row.tobytes() for row in np.ascontiguousarray(images, dtype=np.float32)}
+
+
+def test_flip_plain_and_mse_train(digits, monkeypatch: pytest.MonkeyPatch, torch_one_thread: None) -> None:
+    seen, _ = _record_model(monkeypatch)
+    images = digits.images[:300]
+    res = _train(images, flip=True, denoise=False, loss="mse", epochs=2)
     assert np.isfinite(res.history["train_loss"]).all()
+    x = to_float(conform(images, InputSpec(1, 8, 8)))
+    originals = _rows(x)
+    mirrors = _rows(x[..., ::-1]) - originals  # (a symmetric digit is its own mirror)
+    # plain reconstruction: the model sees the images themselves (no noise); flip: about half
+    # of them mirrored left-right
+    fed = [row.tobytes() for _, batch in seen for row in batch]
+    assert fed and all(row in originals or row in mirrors for row in fed)
+    share = np.mean([row in mirrors for row in fed])
+    assert 0.3 < share < 0.7, share
+    # MSE: the kept epoch's validation loss is the mean squared error of the returned
+    # model's reconstructions (sigmoid outputs) of the validation inputs, which are drawn
+    # from a fixed seed and so the same each epoch (BCE would be far larger)
+    val = [batch for training_mode, batch in seen if not training_mode]
+    assert len(val) == 2 and np.array_equal(val[0], val[1])
+    inputs = torch.from_numpy(val[1])
+    assert _rows(val[1]) & mirrors  # the validation views are flipped too
+    with torch.no_grad():
+        logits = res.model(inputs)
+    mse = float(torch.nn.functional.mse_loss(torch.sigmoid(logits), inputs))
+    bce = float(torch.nn.functional.binary_cross_entropy_with_logits(logits, inputs))
+    h = res.history
+    assert h["val_loss"][h["best_epoch"] - 1] == pytest.approx(mse, rel=1e-4)
+    assert bce > 2 * mse
 
 
 def test_too_few_images() -> None:
@@ -127,13 +179,33 @@ def test_contrastive_objective_trains_and_codes_are_unit_length(digits) -> None:
     assert np.allclose(np.linalg.norm(codes, axis=1), 1.0, atol=1e-5)
 
 
-def test_contrastive_with_reconstruction_and_wrong_arch(digits) -> None:
+def test_contrastive_with_reconstruction_and_wrong_arch(digits,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        torch_one_thread: None) -> None:
     from lookalike.config import default_train_config
     from lookalike.errors import LookalikeError
 
     spec = InputSpec(1, 8, 8)
+    seen, initial = _record_model(monkeypatch)
+    images = digits.images[:300]
     tc = default_train_config("contrastive", epochs=1, recon_weight=1.0, denoise=True)
-    res = train_autoencoder(digits.images[:300], ModelConfig(arch="contrastive", input=spec), tc)
+    res = train_autoencoder(images, ModelConfig(arch="contrastive", input=spec), tc)
     assert np.isfinite(res.history["val_loss"]).all()
+    # the reconstruction term ran: the decoder was fed noisy images (denoising) in training
+    # and its weights moved
+    clean = _rows(to_float(conform(images, spec)))
+    fed = [row for training_mode, batch in seen if training_mode for row in batch]
+    assert len(fed) == res.history["n_train"]
+    assert not any(row.tobytes() in clean for row in fed)
+    decoder = {k: v for k, v in res.model.state_dict().items() if k.startswith("decoder.")}
+    assert decoder and all(not torch.equal(v, initial[k]) for k, v in decoder.items()
+                           if v.is_floating_point())
+    # without it (recon_weight 0), the decoder is never run in training nor changed
+    seen.clear()
+    plain = train_autoencoder(images, ModelConfig(arch="contrastive", input=spec),
+                              default_train_config("contrastive", epochs=1))
+    assert not [batch for training_mode, batch in seen if training_mode]
+    assert all(torch.equal(v, initial[k]) for k, v in plain.model.state_dict().items()
+               if k.startswith("decoder."))
     with pytest.raises(LookalikeError, match="contrastive"):
         train_autoencoder(digits.images[:300], ModelConfig(arch="conv-16-8-8", input=spec), tc)

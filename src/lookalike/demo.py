@@ -135,7 +135,7 @@ def run_demo(out: str | os.PathLike[str], *, dataset: str = "mnist-5k", epochs: 
                        f"objective {tconf.objective}, ranking {model.retrieval.rerank}",
               "training time": f"{result.history['seconds']:.1f} s",
               "demo wall time (before the report)": f"{seconds:.1f} s"},
-        notes=["Figures use the protocol of shared/BENCHMARKS.md: exact Euclidean ranking of "
+        notes=["Figures use the protocol of docs/protocol.md: exact Euclidean ranking of "
                "the whole database, labels used only to score."],
     )
     return DemoResult(root, root / "model", root / "collection", metrics_path, report_path,

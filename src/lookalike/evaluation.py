@@ -1,4 +1,4 @@
-"""Scoring retrieval on a labelled dataset with the protocol of ``shared/BENCHMARKS.md``:
+"""Scoring retrieval on a labelled dataset with the protocol of docs/protocol.md:
 the dataset's query split against its database split, exact Euclidean ranking of the
 whole database, labels used only to score.
 """

@@ -1,4 +1,4 @@
-"""Ranking metrics over the full database ranking (``shared/BENCHMARKS.md``).
+"""Ranking metrics over the full database ranking (docs/protocol.md).
 
 All functions take ``relevance``: ``bool (n_queries, n_ranked)``, row ``i`` telling for
 each database item *in ranked order* whether it is relevant to query ``i``.
