@@ -38,6 +38,8 @@ from lookalike.backbones import BACKBONES, pretrained  # noqa: E402
 from lookalike.config import (  # noqa: E402
     InputSpec,
     ModelConfig,
+    adaptation_budget,
+    adapts_by_default,
     choose_arch,
     default_retrieval_config,
     default_train_config,
@@ -94,7 +96,7 @@ def gap_features(name: str, data: Dataset, size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def run_icons(work: Path, root: Path, reuse: bool, adapt_budget: float,
+def run_icons(work: Path, root: Path, reuse: bool, adapt_budget: float | None,
               recipe_budget: int) -> list[dict[str, Any]]:
     """Every row of the icon table, printed as it is measured."""
     meta = icondata.build(root)
@@ -137,13 +139,15 @@ def run_icons(work: Path, root: Path, reuse: bool, adapt_budget: float,
 
     arch = choose_arch(db.spec)
     assert arch in BACKBONES, arch  # colour data: `lookalike train` picks a backbone
+    budget = adapt_budget or adaptation_budget(len(db))
+    default_adapts = adapts_by_default(len(db))
     for adapt in (False, True):
-        train = default_train_config(arch, **({"objective": "contrastive", "time_budget": adapt_budget}
+        train = default_train_config(arch, **({"objective": "contrastive", "time_budget": budget}
                                               if adapt else {}))
         path = work / ("backbone_adapted" if adapt else "backbone")
         model = load_model(path) if reuse and (path / "config.json").is_file() else None
-        if model is None or model.train != train:
-            config = ModelConfig(arch=arch, input=input_for(arch, db.spec))
+        config = ModelConfig(arch=arch, input=input_for(arch, db.spec))
+        if model is None or model.train != train or model.config != config:
             result = train_backbone(db, config, train)
             model = save_model(path, result.model, result.train, result.history,
                                default_retrieval_config(arch))
@@ -152,14 +156,16 @@ def run_icons(work: Path, root: Path, reuse: bool, adapt_budget: float,
         enc = ModelEncoder(model)
         xd, xq = encode_dataset(enc, db), encode_dataset(enc, q)
         enc_s = time.perf_counter() - t
-        label = (f"{arch} adapted ({adapt_budget:.0f} s budget)" if adapt
-                 else f"{arch} as `lookalike train` makes it (GeM, whitened on the database)")
+        size = f"{config.input.height} px"
+        label = (f"{arch} adapted ({budget:.0f} s), GeM, whitened on the database, {size}" if adapt
+                 else f"{arch} pretrained, GeM, whitened on the database, {size}")
+        default = adapt == default_adapts
         add(f"{label}, exact", xq, xd, train_s=train_s, encode_s=enc_s)
         retrieval = default_retrieval_config(arch)
-        add(f"{'**' if not adapt else ''}{label} + its re-ranking"
-            f"{' (default)**' if not adapt else ''}", xq, xd,
-            Diffusion(xd, retrieval.diffusion), train_s=train_s, encode_s=enc_s, default=not adapt)
-        if not adapt:
+        add(f"{'**' if default else ''}{label} + its re-ranking"
+            f"{' (the default)**' if default else ''}", xq, xd,
+            Diffusion(xd, retrieval.diffusion), train_s=train_s, encode_s=enc_s, default=default)
+        if default:
             full = dataclasses.replace(retrieval.diffusion, keep=0, blend=0.0)
             add(f"{label} + full diffusion (the recipe's, no kept first result)", xq, xd,
                 Diffusion(xd, full), train_s=train_s, encode_s=enc_s)
@@ -247,36 +253,46 @@ def index_photos(folder: Path, work: Path, size: int | None) -> dict[str, Any]:
     return out
 
 
-def photos_section(res: dict[str, Any], meta: dict[str, Any] | None) -> str:
-    what = (f"{res['count']:,} JPEG photos of {meta['settings']['megapixels']} megapixels or more "
-            "made by `benchmarks/photodata.py` from Debian's wallpaper packages"
-            if meta else f"{res['count']:,} photos")
-    rows = [[step, f"{res[step]['seconds']:.0f}", f"{res['count'] / res[step]['seconds']:.1f}",
-             f"{res[step]['peak_rss_bytes'] / 2**30:.2f}"] for step in ("train", "index")]
+def photos_section(results: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> str:
+    """The photos section: a row per step of each folder."""
+    rows, folders = [], []
+    for res, meta in results:
+        mp = f"{meta['settings']['megapixels']:g} MP" if meta else "photos"
+        folders.append(f"{res['count']:,} JPEG photos of {meta['settings']['megapixels']:g} "
+                       "megapixels or more" if meta else f"{res['count']:,} photos ({res['folder']})")
+        rows += [[f"{res['count']:,} x {mp}", step, f"{res[step]['seconds']:.0f}",
+                  f"{res['count'] / res[step]['seconds']:.1f}",
+                  f"{res[step]['peak_rss_bytes'] / 2**30:.2f}"] for step in ("train", "index")]
     return "\n".join([
         "## Colour: a folder of photos",
         "",
-        f"`python benchmarks/colour.py --photos DIR` — last run {now()}, commit {commit()}, "
-        f"{machine()}: {what}, `lookalike train` (the default it picks) then `lookalike index`, "
-        "each as its own process; peak RSS is the process's VmHWM.",
+        f"`python benchmarks/colour.py --photos DIR [DIR ...]` — last run {now()}, commit "
+        f"{commit()}, {machine()}: {'; '.join(folders)}, made by `benchmarks/photodata.py` "
+        "from Debian's wallpaper packages; `lookalike train` (the default it picks) then "
+        "`lookalike index`, each as its own process; peak RSS is the process's VmHWM.",
         "",
-        table(["step", "seconds", "images/s", "peak RSS GiB"], rows),
+        table(["folder", "step", "seconds", "images/s", "peak RSS GiB"], rows),
     ])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", type=Path, required=True, help="a folder of photos to index")
+    ap.add_argument("--photos", type=Path, nargs="+", required=True,
+                    help="folders of photos to train on and index, one after the other")
     ap.add_argument("--work", type=Path, default=Path("benchmarks/out/colour"))
     ap.add_argument("--size", type=int, help="backbone input size (default: lookalike's)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    res = index_photos(args.photos, args.work, args.size)
-    meta_path = args.photos / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    (args.work / "photos.json").write_text(json.dumps(res, indent=2))
-    body = photos_section(res, meta)
+    results = []
+    for folder in args.photos:
+        res = index_photos(folder, args.work, args.size)
+        meta_path = folder / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        (args.work / f"photos_{folder.name}.json").write_text(json.dumps(res, indent=2))
+        print(json.dumps({k: res[k] for k in ("train", "index", "count")}), flush=True)
+        results.append((res, meta))
+    body = photos_section(results)
     print(body)
     if not args.no_write:
         write_section("photos", body)

@@ -1,4 +1,4 @@
-"""Retrieval quality on the BENCHMARKS.md protocol: raw pixels, PCA, the articles' presets
+"""Retrieval quality on the protocol of docs/protocol.md: raw pixels, PCA, the articles' presets
 and lookalike's recipe, with ablations (each ingredient on/off).
 
     python benchmarks/quality.py                       # mnist-5k and fashion-mnist
@@ -196,8 +196,9 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     ap.add_argument("--icons", default="benchmarks/out/icons64",
                     help="where benchmarks/icondata.py builds the icon set (icons dataset)")
-    ap.add_argument("--adapt-budget", type=float, default=300.0,
-                    help="icons: seconds of the backbone's adaptation row")
+    ap.add_argument("--adapt-budget", type=float,
+                    help="icons: seconds of the backbone's adaptation (default: lookalike "
+                         "train's for the database's size)")
     ap.add_argument("--recipe-budget", type=int, default=320_000,
                     help="icons: images the self-trained recipe's row sees")
     args = ap.parse_args()
@@ -252,7 +253,7 @@ def main() -> None:
            else "")
         + ". Other processes shared the 2 cores during the run, so times are upper bounds.",
         "",
-        "Protocol of `shared/BENCHMARKS.md`: queries against the database split, the whole "
+        "Protocol of docs/protocol.md: queries against the database split, the whole "
         "database ranked, labels used only to score. Models train on the database images "
         "only (no labels, no query images). Ablations run on mnist-5k only (diffusion "
         "over 60,000 items costs ~6 min a row here), except the intensity jitter's and the "

@@ -433,3 +433,19 @@ def test_unknown_split(split: str) -> None:
     with pytest.raises(DataError, match="unknown split") as info:
         load_dataset("digits", split)
     assert "database, queries, all" in str(info.value)
+
+
+def test_take_reads_any_rows_again_from_their_files(tmp_path: Path) -> None:
+    """A folder read for a large input keeps previews; ``take`` decodes the rows asked for,
+    in the order asked, at the model's size: the same pixels as ``pixels`` gives."""
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    data = load_dataset(tmp_path, "all", input_spec=InputSpec(3, 128, 128))
+    assert data.files is not None and data.images.shape[1:] == (96, 96, 3)
+    spec = InputSpec(3, 128, 128)
+    got = data.take(np.array([3, 1]), spec)
+    assert got.shape == (2, 128, 128, 3)
+    np.testing.assert_array_equal(got[0], data.pixels(3, 4, spec)[0])
+    np.testing.assert_array_equal(got[1], data.pixels(1, 2, spec)[0])
+    assert not np.array_equal(got[0], got[1])

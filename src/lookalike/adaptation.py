@@ -8,7 +8,8 @@ without labels.
    frozen, for at most ``TrainConfig.time_budget`` seconds (or ``epochs``), with a
    progress bar that shows the time left.
 3. The codes' whitening is fitted on the training images' pooled features
-   (:func:`lookalike.models.fit_whitening`).
+   (:func:`lookalike.models.fit_whitening`), of a sample of :data:`WHITEN_SAMPLE` images
+   at most.
 
 The training images are read chunk by chunk (:meth:`lookalike.datasets.Dataset.pixels`),
 so a folder of photos never sits in memory at the model's input size.
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 FROZEN_BLOCKS = 8
 #: Images read and encoded at a time.
 CHUNK = 256
+#: The whitening is fitted on at most this many training images (a seeded random sample):
+#: enough for a 1280 -> 512-d Ledoit-Wolf fit, and it bounds the time a large folder of
+#: photos takes to train (each image decoded and encoded once more).
+WHITEN_SAMPLE = 5000
 
 
 def colour_views(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
@@ -114,6 +119,7 @@ def _adapt(model: BackboneModel, data: Dataset, train: TrainConfig, device: torc
     losses: list[float] = []
     start = time.perf_counter()
     seen = 0
+    last_step = 0.0  # seconds into the adaptation when the last step began
     bar = tqdm(total=int(budget) if budget != float("inf") else epochs * steps_per_epoch,
                desc="adapting", unit="s" if budget != float("inf") else "step",
                disable=not progress)
@@ -124,7 +130,8 @@ def _adapt(model: BackboneModel, data: Dataset, train: TrainConfig, device: torc
             rows = np.sort(order[s * train.batch_size:(s + 1) * train.batch_size])
             if len(rows) < 2:
                 continue
-            pixels = np.stack([data.pixels(int(r), int(r) + 1, model.config.input)[0] for r in rows])
+            last_step = time.perf_counter() - start
+            pixels = data.take(rows, model.config.input)
             x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
             views = torch.cat([colour_views(x, gen), colour_views(x, gen)])
             model.train()
@@ -155,7 +162,8 @@ def _adapt(model: BackboneModel, data: Dataset, train: TrainConfig, device: torc
     model.requires_grad_(True)
     model.eval()
     return {"adapt_loss": losses, "adapt_images": seen,
-            "adapt_seconds": round(time.perf_counter() - start, 3)}
+            "adapt_seconds": round(time.perf_counter() - start, 3),
+            "adapt_last_step_began": round(last_step, 3)}
 
 
 def train_backbone(data: Dataset, model_config: ModelConfig, train: TrainConfig,
@@ -183,11 +191,16 @@ def train_backbone(data: Dataset, model_config: ModelConfig, train: TrainConfig,
             raise DataError(f"adaptation needs at least 4 training images, got {len(data)}")
         history.update(_adapt(model, data, train, device, bf16, progress))
         history["train_loss"] = [float(np.mean(history["adapt_loss"]))] if history["adapt_loss"] else []
-    features = pooled_features(model, data, bf16, device, progress)
+    sample = data
+    if len(data) > WHITEN_SAMPLE:
+        rows = np.random.default_rng(train.seed).choice(len(data), WHITEN_SAMPLE, replace=False)
+        sample = data.subset(np.sort(rows), data.split)
+    features = pooled_features(model, sample, bf16, device, progress)
     mean, matrix = fit_whitening(features, model.code_dim)
     model.set_whitening(torch.from_numpy(mean).to(device), torch.from_numpy(matrix).to(device))
     seconds = time.perf_counter() - start
     history.update({"seconds": round(seconds, 3), "n_train": len(data), "n_val": 0, "epochs": 1,
+                    "n_whitening": len(sample),
                     "images_per_second": round(len(data) / max(seconds, 1e-9), 1),
                     "precision": "bf16" if bf16 else "fp32"})
     model = copy.deepcopy(model).to("cpu").eval()

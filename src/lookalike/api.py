@@ -25,6 +25,8 @@ from .config import (
     BACKBONE_ARCHS,
     ModelConfig,
     RetrievalConfig,
+    adaptation_budget,
+    adapts_by_default,
     choose_arch,
     default_retrieval_config,
     default_train_config,
@@ -50,7 +52,7 @@ def _data(data: str | os.PathLike[str] | Dataset, split: str | None, spec: Any =
 
 def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *,
           arch: str = "auto", size: tuple[int, int] | None = None, channels: int | None = None,
-          latent_dim: int | None = None, width: int | None = None, adapt: bool = False,
+          latent_dim: int | None = None, width: int | None = None, adapt: bool | None = None,
           rerank: str | None = None, split: str | None = None, data_dir: str | None = None,
           download: bool = False, progress: bool = False, **train_options: Any) -> LoadedModel:
     """Train (or, for a pretrained backbone, fit) a model on ``data`` and save it to ``out``.
@@ -59,7 +61,9 @@ def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *
     pretrained backbone for colour or large images, the self-trained recipe for small grey
     ones; the input size follows the model (:func:`config.input_for`) unless ``size``
     ``(h, w)`` / ``channels`` say otherwise. ``adapt`` fine-tunes a backbone on ``data``
-    first (``time_budget`` seconds). ``train_options`` override :class:`TrainConfig` fields
+    first, for ``time_budget`` seconds (default :func:`config.adaptation_budget`: 0.045 s
+    an image, 30-300 s); ``adapt=None`` adapts from 1,000 images on
+    (:func:`config.adapts_by_default`). ``train_options`` override :class:`TrainConfig` fields
     (``epochs``, ``seed``, ``budget``...). A built-in dataset trains on its database split.
 
     Raises:
@@ -83,7 +87,13 @@ def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *
     backbone = arch in BACKBONE_ARCHS
     if adapt and not backbone:
         raise LookalikeError(f"adapt is for a pretrained backbone, not {arch}")
-    objective = train_options.pop("objective", None) or ("contrastive" if adapt else None)
+    objective = train_options.pop("objective", None)
+    if backbone and objective is None:
+        adapt = adapts_by_default(len(ds)) if adapt is None else adapt
+        objective = "contrastive" if adapt else "pretrained"
+    if objective == "contrastive" and backbone and train_options.get("time_budget") is None \
+            and train_options.get("epochs") is None:
+        train_options["time_budget"] = adaptation_budget(len(ds))
     if objective == ("reconstruction" if backbone else "pretrained"):
         raise LookalikeError(f"the {objective} objective does not fit {arch}")
     tconf = default_train_config(arch, objective=objective, **train_options)
@@ -147,14 +157,11 @@ class Index:
 
     def add(self, paths: Iterable[str | os.PathLike[str]]) -> np.ndarray:
         """Add image files and folders (recursively); returns the ids, ``int64 (n,)``.
-        Unreadable files are skipped (logged)."""
-        from .images import find_images, load_images
+        Unreadable files and other extensions are skipped (logged); a path that does not
+        exist raises :class:`DataError`."""
+        from .images import image_files, load_images
 
-        files: list[Path] = []
-        for p in paths:
-            path = Path(p)
-            files.extend(find_images(path) if path.is_dir() else [path])
-        images, kept, _ = load_images(files, self.collection.encoder.spec)
+        images, kept, _ = load_images(image_files(paths), self.collection.encoder.spec)
         return np.asarray(self.collection.add(images, [str(f) for f in kept]), dtype=np.int64)
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:

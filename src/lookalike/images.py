@@ -32,7 +32,8 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import InputSpec
-from .errors import ImageError
+from .errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
 
@@ -224,18 +225,28 @@ def load_images(paths: Sequence[str | os.PathLike[str]], spec: InputSpec | None 
     kept: list[Path] = []
     skipped: list[tuple[str, str]] = []
     small = None if spec is None or not preview else preview_spec(spec)
-    for p in tqdm(paths, desc="reading images", unit="img", disable=not progress):
+
+    def read(p: str | os.PathLike[str]) -> np.ndarray | ImageError:
         try:
             image = load_image(p, size=None if spec is None else (spec.height, spec.width))
         except ImageError as exc:
-            skipped.append((str(p), str(exc).removeprefix(f"{p}: ")))
-            continue
+            return exc
         if spec is not None:
             image = conform([image], spec)[0]
         if small is not None and small != spec:
             image = conform([image], small)[0]
-        images.append(image)
-        kept.append(Path(p))
+        return image
+
+    # two threads: Pillow decodes without the GIL; map keeps the files' order
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for p, image in tqdm(zip(paths, pool.map(read, paths), strict=True),
+                             total=len(paths), desc="reading images", unit="img",
+                             disable=not progress):
+            if isinstance(image, ImageError):
+                skipped.append((str(p), str(image).removeprefix(f"{p}: ")))
+                continue
+            images.append(image)
+            kept.append(Path(p))
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     return images, kept, skipped
@@ -365,3 +376,29 @@ def find_images(root: str | os.PathLike[str],
         dirnames.sort()
         found.extend(Path(dirpath) / f for f in filenames if is_image_path(Path(f)))
     return sorted(found)
+
+
+def image_files(paths: Iterable[str | os.PathLike[str]],
+                skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """The image files named by ``paths``: files, or folders searched recursively
+    (:func:`find_images`). What is passed over (other extensions, folders that cannot be
+    listed) is logged and appended to ``skipped`` as ``(path, reason)``.
+
+    Raises:
+        DataError: a path that does not exist.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(find_images(path, skipped))
+        elif path.is_file() and is_image_path(path):
+            files.append(path)
+        elif path.exists():
+            reason = f"not an image file extension ({path.suffix or 'none'})"
+            log.warning("skipped %s: %s", path, reason)
+            if skipped is not None:
+                skipped.append((str(path), reason))
+        else:
+            raise DataError(f"{path} does not exist")
+    return files
