@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,13 +41,16 @@ from . import segments as seg
 from .backends import FaissBackend, IndexBackend, choose_factory, discard_backend, new_backend, open_backend
 from .config import InputSpec, RetrievalConfig
 from .datasets import Dataset
-from .encoders import ModelEncoder, encode_dataset
 from .errors import CollectionError, LookalikeError
 from .fsutil import atomic_write, atomic_write_json, fsync_dir, read_json
 from .images import conform, content_hash, preview_spec
-from .modelio import LoadedModel, load_model
-from .rerank import Diffusion
 from .versions import versions
+
+if TYPE_CHECKING:  # PyTorch (encoders, modelio) and scikit-learn (rerank) load on first use:
+    # a command that encodes nothing (remove, search id:N, info) never imports them
+    from .encoders import ModelEncoder
+    from .modelio import LoadedModel
+    from .rerank import Diffusion
 
 log = logging.getLogger(__name__)
 _checksums = seg.checksums  # its old name, still imported by some callers
@@ -109,6 +112,8 @@ def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, dat
     :meth:`Dataset.pixels`), each chunk's codes saved atomically in ``stage/chunks``;
     chunks already there from an interrupted run with the same model and images (``images``,
     as they are stored) are loaded instead of encoded again."""
+    from .encoders import encode_dataset
+
     key = _job_key(model, images, dataset.sources, chunk)
     job = stage / "job.json"
     chunks = stage / "chunks"
@@ -171,6 +176,8 @@ def _ranker(embeddings: np.ndarray | seg.SegmentStore, retrieval: RetrievalConfi
     :data:`DIFFUSION_LIMIT` items there is none: its exact k-NN graph costs O(n²)."""
     if retrieval.rerank != "diffusion" or not 0 < len(embeddings) <= DIFFUSION_LIMIT:
         return None
+    from .rerank import Diffusion
+
     codes = embeddings.codes if isinstance(embeddings, seg.SegmentStore) else embeddings
     return Diffusion(np.asarray(codes), retrieval.diffusion)
 
@@ -193,17 +200,48 @@ class Collection:
     """An open collection. Create one with :meth:`create`, open one with :meth:`open`."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], backend: IndexBackend,
-                 store: seg.SegmentStore, model: LoadedModel) -> None:
+                 store: seg.SegmentStore, model: LoadedModel | Path) -> None:
         self.path = path
         self.manifest = manifest
         self.backend = backend
         self.store = store
-        self.model = model
-        self.encoder = ModelEncoder(model)
+        # the model, or its directory: loaded (with PyTorch) when something is encoded
+        self._model: LoadedModel | None = None if isinstance(model, Path) else model
+        self._model_dir = model if isinstance(model, Path) else None
+        self._encoder: ModelEncoder | None = None
         #: what a picture is stored (and hashed) as: the model's input up to 96 px a side
         self.store_spec = InputSpec(store.shape[2], store.shape[0], store.shape[1])
         self.retrieval = RetrievalConfig.from_dict(manifest.get("retrieval") or {})
         self._diffusion: Diffusion | None = None
+
+    @property
+    def model(self) -> LoadedModel:
+        """The model that made the codes, loaded on first use.
+
+        Raises:
+            CollectionError: it is not the model the manifest names (another fingerprint).
+        """
+        if self._model is None:
+            from .modelio import load_model
+
+            assert self._model_dir is not None
+            model = load_model(self._model_dir)
+            if model.fingerprint != self.manifest["model"]["fingerprint"]:
+                raise CollectionError(
+                    f"{self.path} was made by another model (fingerprint "
+                    f"{self.manifest['model']['fingerprint'][:12]}, this model is "
+                    f"{model.fingerprint[:12]}); re-index with this model")
+            self._model = model
+        return self._model
+
+    @property
+    def encoder(self) -> ModelEncoder:
+        """The model's encoder (see :attr:`model`)."""
+        if self._encoder is None:
+            from .encoders import ModelEncoder
+
+            self._encoder = ModelEncoder(self.model)
+        return self._encoder
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -235,6 +273,8 @@ class Collection:
             raise CollectionError("the model must be saved (have a directory) before indexing")
         if chunk <= 0:
             raise LookalikeError(f"chunk must be a positive integer, got {chunk}")
+        from .encoders import ModelEncoder
+
         encoder = ModelEncoder(model)
         images = conform(dataset.images, preview_spec(encoder.spec))
         if codes is not None and np.shape(codes) != (len(images), encoder.dim):
@@ -349,12 +389,7 @@ class Collection:
                 f"reads up to {FORMAT_VERSION}); upgrade lookalike"
             )
         metadata.check(p / metadata.FILE)
-        model = load_model(model_dir if model_dir is not None else p / "model")
-        if model.fingerprint != manifest["model"]["fingerprint"]:
-            raise CollectionError(
-                f"{p} was made by another model (fingerprint {manifest['model']['fingerprint'][:12]}"
-                f", this model is {model.fingerprint[:12]}); re-index with this model"
-            )
+        model_path = Path(model_dir) if model_dir is not None else p / "model"
         manifest, store = seg.open_store(p, manifest, verify)
         if store.spec is not None:
             backend: IndexBackend = seg.SegmentedIndex(store)
@@ -365,7 +400,10 @@ class Collection:
             if len(backend) != len(store):
                 raise CollectionError(f"{p}: the index holds {len(backend)} vectors, the "
                                       f"collection {len(store)}; rebuild with 'lookalike index'")
-        return cls(p, manifest, backend, store, model)
+        coll = cls(p, manifest, backend, store, model_path)
+        if model_dir is not None:  # a model given by hand is checked now
+            coll.model  # noqa: B018
+        return coll
 
     def close(self) -> None:
         """Let go of the backend's connections (a Milvus server, Milvus Lite's file lock)."""
@@ -424,6 +462,8 @@ class Collection:
                 if graph[1].shape[0] != len(self) or graph[0].shape != graph[1].shape:
                     raise CollectionError(f"{self.path}: the graph does not match the items; "
                                           "rebuild with 'lookalike index'")
+            from .rerank import Diffusion
+
             self._diffusion = Diffusion(np.asarray(self.embeddings), self.retrieval.diffusion,
                                         graph)
         return self._diffusion

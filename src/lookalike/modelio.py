@@ -8,7 +8,6 @@ collection records it to refuse being searched with another model.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, RetrievalConfig, TrainConfig, default_retrieval_config
 from .errors import LookalikeError, ModelError
-from .fsutil import atomic_write, atomic_write_json, read_json
+from .fsutil import atomic_write, atomic_write_json, file_sha256, read_json
 from .models import Model, build_model
 from .versions import versions
 
@@ -42,14 +41,6 @@ class LoadedModel:
     fingerprint: str = ""
     path: Path | None = None
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_model(directory: str | os.PathLike[str], module: Model,

@@ -51,8 +51,7 @@ from PIL import Image
 
 from .backends import FaissBackend, IndexBackend
 from .errors import CollectionError
-from .fsutil import fsync_dir
-from .modelio import file_sha256
+from .fsutil import file_sha256, fsync_dir
 
 log = logging.getLogger(__name__)
 
