@@ -331,10 +331,10 @@ def test_missing_remote_collection_and_dim_mismatch(index_with: Callable[..., Pa
     shutil.copytree(path, swapped)
     for f in (swapped / "manifest.json", swapped / "index.milvus.json"):
         f.write_text(f.read_text().replace(name, "other_4d"))
-    from lookalike.collection import _checksums
+    from lookalike.segments import checksums
 
     edited = json.loads((swapped / "manifest.json").read_text())  # a consistent pointer
-    edited["checksums"] = _checksums(swapped, edited["files"])
+    edited["checksums"] = checksums(swapped, edited["files"])
     (swapped / "manifest.json").write_text(json.dumps(edited))
     _one_line_error(["search", str(swapped), "id:3"], "holds 4-d vectors, the manifest says 8")
 

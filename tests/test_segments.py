@@ -180,7 +180,7 @@ def test_pictures_are_compressed(tmp_path: Path, trained: Trained) -> None:
 def write_format_1(coll: Collection, dest: Path) -> None:
     """The layout lookalike wrote before segments: one array file each for ids, codes and
     pictures, one FAISS index, a manifest of format 1 with every file's checksum."""
-    from lookalike.collection import _checksums
+    from lookalike.segments import checksums
 
     dest.mkdir()
     shutil.copytree(coll.path / "model", dest / "model")
@@ -199,7 +199,7 @@ def write_format_1(coll: Collection, dest: Path) -> None:
             files[key] = f"{key}.npy"
     manifest = {k: v for k, v in coll.manifest.items() if k not in ("segments", "pictures")}
     manifest.update(format_version=1, generation=0, files=files,
-                    checksums=_checksums(dest, files))
+                    checksums=checksums(dest, files))
     (dest / "manifest.json").write_text(json.dumps(manifest))
 
 

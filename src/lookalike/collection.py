@@ -53,7 +53,6 @@ if TYPE_CHECKING:  # PyTorch (encoders, modelio) and scikit-learn (rerank) load 
     from .rerank import Diffusion
 
 log = logging.getLogger(__name__)
-_checksums = seg.checksums  # its old name, still imported by some callers
 
 FORMAT = "lookalike-collection"
 FORMAT_VERSION = 2

@@ -83,10 +83,15 @@ class Dataset:
 
     def pixels(self, start: int, stop: int, spec: InputSpec) -> np.ndarray:
         """Images ``start:stop`` at ``spec``, ``uint8 (m, H, W, C)`` (see :meth:`take`)."""
-        if self.files is None or (self.images.shape[1] >= spec.height
-                                  and self.images.shape[2] >= spec.width):
+        if not self._rereads(spec):
             return conform(self.images[start:stop], spec)
         return self.take(np.arange(start, min(stop, len(self))), spec)
+
+    def _rereads(self, spec: InputSpec) -> bool:
+        """Whether images at ``spec`` are read again from the files: ``images`` are
+        previews smaller than ``spec``."""
+        return self.files is not None and (self.images.shape[1] < spec.height
+                                           or self.images.shape[2] < spec.width)
 
     def take(self, rows: np.ndarray, spec: InputSpec) -> np.ndarray:
         """Images at ``rows`` (int array) at ``spec``, ``uint8 (m, H, W, C)``: read again
@@ -95,7 +100,7 @@ class Dataset:
         that cannot be read again (changed since) is taken from its preview, with a
         warning."""
         part = self.images[rows]
-        if self.files is None or (part.shape[1] >= spec.height and part.shape[2] >= spec.width):
+        if not self._rereads(spec):
             return conform(part, spec)
 
         def read(i: int) -> np.ndarray:
