@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import Trained
 from lookalike.collection import Collection
 from lookalike.config import InputSpec, ModelConfig, TrainConfig
 from lookalike.datasets import load_dataset
@@ -98,7 +101,8 @@ def test_reranked_collection(tmp_path) -> None:
     model = save_model(tmp_path / "m", res.model)
     assert model.retrieval.rerank == "diffusion"
     coll = Collection.create(tmp_path / "c", model, db)
-    assert coll.reranks and (tmp_path / "c" / "graph_ids.npy").is_file()
+    assert coll.reranks and coll.files == {"whitening": "whitening.npy"}
+    assert coll.manifest["whitened_on"] == len(coll)
     n = len(coll)
     # re-ranking reorders, it never changes the set of ids for k = database size
     _, reranked = coll.search_ids([3], n)
@@ -110,6 +114,42 @@ def test_reranked_collection(tmp_path) -> None:
     assert (np.diff(d[0]) >= 0).all()
     reopened = Collection.open(tmp_path / "c")
     assert (reopened.search_ids([3], 10)[1] == coll.search_ids([3], 10)[1]).all()
+    # a search re-ranks the index's nearest candidates: better neighbours than the index's
+    assert n > coll.retrieval.diffusion.candidates
+    probe = coll.ids[::7]
+    labels = dict(zip(coll.ids.tolist(), coll.labels().tolist(), strict=True))
+
+    def precision(found: np.ndarray) -> float:
+        return float(np.mean([[labels[int(i)] == labels[int(q)] for i in row]
+                              for q, row in zip(probe, found, strict=True)]))
+
+    _, reranked = coll.search_ids(probe, 10)
+    _, exact = coll.search_ids(probe, 10, rerank=False)
+    _, wide = coll.search_ids(probe, coll.retrieval.diffusion.candidates, rerank=False)
+    assert precision(reranked) > precision(exact) + 0.01, (precision(reranked), precision(exact))
+    assert all(np.isin(r, w).all() for r, w in zip(reranked, wide, strict=True))
+
+
+def test_reranking_commits_write_no_graph(tmp_path: Path, trained: Trained) -> None:
+    """A change to a re-ranking collection writes its segment and nothing the size of the
+    collection: the whitening is fitted again only when the collection doubles or halves."""
+    path = tmp_path / "c"
+    shutil.copytree(trained.collection, path)
+    coll = Collection.open(path)
+    n, fit = len(coll), coll.files["whitening"]
+    extra = load_dataset("digits", "queries").images
+    coll.add(extra[:20], [f"x{i}" for i in range(20)])
+    assert coll.files["whitening"] == fit and coll.manifest["whitened_on"] == n
+    assert set(coll.files) == {"whitening"}
+    coll.remove(coll.ids[: n // 3].tolist())
+    assert coll.files["whitening"] == fit
+    coll.remove(coll.ids[: len(coll) - n // 2 + 1].tolist())  # below half: fitted again
+    assert coll.files["whitening"] != fit and coll.manifest["whitened_on"] == len(coll)
+    assert not (path / fit).exists()
+    again = Collection.open(path, verify=True)
+    w = again.whitening
+    assert w is not None and w[1].shape == (again.dim, again.dim)
+    assert (again.search_ids(again.ids[:3], 5)[1] == coll.search_ids(coll.ids[:3], 5)[1]).all()
 
 
 def test_add_and_remove_persist_and_are_searchable(tmp_path) -> None:

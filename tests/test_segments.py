@@ -193,11 +193,15 @@ def write_format_1(coll: Collection, dest: Path) -> None:
     index.save(dest, "index.faiss")
     files = {"ids": "ids.npy", "embeddings": "embeddings.npy", "images": "images.npy",
              "index": "index.faiss"}
-    for key in ("graph_ids", "graph_sims"):
-        if key in coll.files:
-            shutil.copy(coll.path / coll.files[key], dest / f"{key}.npy")
+    if coll.reranks:  # format 1 stored the exact k-NN graph of a re-ranking collection
+        from lookalike.rerank import Diffusion
+
+        for key, arr in zip(("graph_sims", "graph_ids"), Diffusion(
+                np.asarray(coll.embeddings), coll.retrieval.diffusion).neighbours(), strict=True):
+            np.save(dest / f"{key}.npy", arr)
             files[key] = f"{key}.npy"
-    manifest = {k: v for k, v in coll.manifest.items() if k not in ("segments", "pictures")}
+    manifest = {k: v for k, v in coll.manifest.items()
+                if k not in ("segments", "pictures", "whitened_on")}
     manifest.update(format_version=1, generation=0, files=files,
                     checksums=checksums(dest, files))
     (dest / "manifest.json").write_text(json.dumps(manifest))
@@ -223,8 +227,9 @@ def test_format_1_opens_as_it_is_and_migrates(tmp_path: Path, trained: Trained,
     code, out, err = run(capsys, ["migrate", str(old)])
     assert code == 0 and "migrated to collection format 2" in out, err
     assert not any((old / n).exists() for n in ("ids.npy", "embeddings.npy", "images.npy",
-                                                "index.faiss"))
+                                                "index.faiss", "graph_ids.npy", "graph_sims.npy"))
     migrated = Collection.open(old, verify=True)
+    assert set(migrated.files) == {"whitening"}  # the graph gives way to the whitening fit
     assert _content(migrated) == _content(reference)
     assert (migrated.search_ids([4], 5)[1] == reference.search_ids([4], 5)[1]).all()
     code, out, _ = run(capsys, ["migrate", str(old)])

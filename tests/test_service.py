@@ -25,7 +25,7 @@ from lookalike.collection import Collection
 from lookalike.datasets import load_dataset
 from lookalike.errors import CollectionError, ImageError, LookalikeError
 from lookalike.security import Access, check_bind
-from lookalike.service import ReadWriteLock, SharedCollection, UnknownItem, create_app
+from lookalike.service import SharedCollection, UnknownItem, create_app
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -355,8 +355,6 @@ def test_other_content_types_are_415(client: TestClient) -> None:
 def test_bad_settings_and_collections(tmp_path: Path, rerank_path: Path) -> None:
     with pytest.raises(CollectionError, match="does not exist"):
         create_app(tmp_path / "nothing")
-    with pytest.raises(ValueError, match="lock"):
-        create_app(rerank_path, lock="none")
     with pytest.raises(ValueError, match="max_k"):
         create_app(rerank_path, max_k=-1)
 
@@ -533,10 +531,9 @@ def test_openapi_declares_the_errors_and_the_token(rerank_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- concurrency
-@pytest.mark.parametrize("lock", ["exclusive", "rw"])
-def test_concurrent_searches_while_adding_and_removing(rerank_path: Path, queries: np.ndarray, lock: str,
+def test_concurrent_searches_while_adding_and_removing(rerank_path: Path, queries: np.ndarray,
                                                        torch_one_thread: None) -> None:
-    with TestClient(create_app(rerank_path, lock=lock)) as client:
+    with TestClient(create_app(rerank_path)) as client:
         _hammer(client, queries)
 
 
@@ -595,91 +592,100 @@ def _hammer(client: TestClient, queries: np.ndarray) -> None:
         assert client.get(f"/api/items/{item}").status_code == 404
 
 
-class _WatchedCondition(threading.Condition):
-    """A condition variable that tells when a named thread starts waiting on it: put in a
-    lock's place, it shows a thread blocked there, without guessing with sleeps."""
+def test_a_search_does_not_wait_for_a_commit_in_progress(
+        rerank_path: Path, queries: np.ndarray, monkeypatch: pytest.MonkeyPatch,
+        torch_one_thread: None) -> None:
+    """Snapshot isolation: while a change is being committed (held half-way, its segment
+    written and the manifest not yet switched), searches, items and images answer from the
+    last commit; once the commit returns they see all of it."""
+    shared = SharedCollection(rerank_path)
+    in_commit, release = threading.Event(), threading.Event()
+    real_commit = Collection._commit
 
-    def __init__(self, *names: str) -> None:
-        super().__init__()
-        self.waiting = {name: threading.Event() for name in names}
-
-    def wait(self, timeout: float | None = None) -> bool:
-        event = self.waiting.get(threading.current_thread().name)
-        if event is not None:
-            event.set()
-        return super().wait(timeout)
-
-
-class _WatchedLock:
-    """A mutex that tells when a named thread finds it taken (and then waits for it)."""
-
-    def __init__(self, *names: str) -> None:
-        self._lock = threading.Lock()
-        self.waiting = {name: threading.Event() for name in names}
-
-    def __enter__(self) -> _WatchedLock:
-        if not self._lock.acquire(blocking=False):
-            event = self.waiting.get(threading.current_thread().name)
-            if event is not None:
-                event.set()
-            self._lock.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
-def _first_of(*events: threading.Event, timeout: float = 30) -> None:
-    """Wait until one of ``events`` is set (polled, with a deadline)."""
-    deadline = time.monotonic() + timeout
-    while not any(e.is_set() for e in events):
-        assert time.monotonic() < deadline, "neither event came"
-        events[0].wait(0.005)
-
-
-@pytest.mark.parametrize("lock", ["exclusive", "rw"])
-def test_a_search_waits_for_a_commit_in_progress(rerank_path: Path, queries: np.ndarray, lock: str,
-                                                 monkeypatch: pytest.MonkeyPatch,
-                                                 torch_one_thread: None) -> None:
-    """A search that comes while a change is being committed waits for the commit, then
-    sees the collection after it (never half of it)."""
-    shared = SharedCollection(rerank_path, lock=lock)
-    if lock == "rw":
-        assert isinstance(shared.lock, ReadWriteLock)
-        shared.lock._cond = watched = _WatchedCondition("search")  # type: ignore[assignment]
-    else:
-        shared.lock._lock = watched = _WatchedLock("search")  # type: ignore[union-attr,assignment]
-    in_commit, release, searched = threading.Event(), threading.Event(), threading.Event()
-    real_add, real_search = Collection.add, Collection.search
-
-    def held_add(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def held_commit(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         in_commit.set()
         assert release.wait(30)
-        return real_add(self, *args, **kwargs)
+        return real_commit(self, *args, **kwargs)
 
-    def watched_search(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        searched.set()
-        return real_search(self, *args, **kwargs)
-
-    monkeypatch.setattr(Collection, "add", held_add)
-    monkeypatch.setattr(Collection, "search", watched_search)
+    monkeypatch.setattr(Collection, "_commit", held_commit)
     new = queries[0]
     near = new.copy()
     near[0, 0, 0] = near[0, 0, 0] + 1 if near[0, 0, 0] < 255 else 254
-    hits: list[list] = []
+    before = shared.search_image(near, 3, rerank=False)
     with ThreadPoolExecutor(1) as pool:
         change = pool.submit(shared.add, [new], ["new.png"])
         assert in_commit.wait(30)
-        search = threading.Thread(name="search", target=lambda: hits.append(
-            shared.search_image(near, 3, rerank=False)))
-        search.start()
-        _first_of(watched.waiting["search"], searched)
-        assert not searched.is_set(), "a search ran while a change was being committed"
+        # the commit is held: every read still answers, from the last commit
+        during = shared.search_image(near, 3, rerank=False)
+        assert [h.id for h in during] == [h.id for h in before]
+        assert shared.search_id(5, 3, rerank=True) and shared.stats()["count"] == 1438
+        assert shared.item(5)[0] == 5 and shared.image(5)[0].shape == (8, 8, 1)
+        with pytest.raises(UnknownItem):
+            shared.item(1438)
+        assert not change.done()
         release.set()
         (new_id,), _, count = change.result(timeout=60)
-        search.join(60)
-    assert not search.is_alive() and count == 1439
-    assert hits and hits[0][0].id == new_id  # it saw the change: the new item comes first
+    assert count == 1439 and new_id == 1438 and shared.stats()["count"] == 1439
+    assert shared.search_image(near, 3, rerank=False)[0].id == new_id
+
+
+def test_a_reader_keeps_its_snapshot_through_a_compaction(rerank_path: Path, queries: np.ndarray,
+                                                          torch_one_thread: None) -> None:
+    """A reader holding the last snapshot reads its pictures and codes after a merge has
+    deleted their segment files."""
+    shared = SharedCollection(rerank_path)
+    shared.add([queries[1]], ["one.png"])
+    held = shared.snapshot
+    segment_files = {f for s in held.store.segments for f in s.files.values()}
+    shared._coll.compact()
+    shared._publish()
+    assert not any((rerank_path / f).exists() for f in segment_files)  # deleted by the merge
+    assert np.array_equal(held.image(1438), shared.snapshot.image(1438))
+    assert (held.search_ids([1438], 5)[1] == shared.snapshot.search_ids([1438], 5)[1]).all()
+
+
+def test_searches_that_queue_up_share_an_index_search(
+        rerank_path: Path, queries: np.ndarray, monkeypatch: pytest.MonkeyPatch,
+        torch_one_thread: None) -> None:
+    """Searches that arrive while one runs go to the index together, in one call, and
+    each gets exactly what it would have got alone (re-ranked or not, by image or id)."""
+    from lookalike.segments import SegmentedIndex
+
+    shared = SharedCollection(rerank_path)
+    asks = [("image", i, bool(i % 2)) for i in range(8)] + [("id", i * 11, bool(i % 2)) for i in range(4)]
+
+    def ask(kind: str, n: int, rerank: bool) -> list[tuple[int, float]]:
+        hits = (shared.search_image(queries[n], 5, rerank) if kind == "image"
+                else shared.search_id(n, 5, rerank))
+        return [(h.id, h.distance) for h in hits]
+
+    alone = [ask(*a) for a in asks]
+    sizes: list[int] = []
+    real = SegmentedIndex.search
+    first, queued = threading.Event(), threading.Event()
+
+    def counted(self, q, k):  # noqa: ANN001, ANN202
+        sizes.append(len(q))
+        if len(sizes) == 1:  # hold the first batch until every other search has queued
+            first.set()
+            assert queued.wait(30)
+        return real(self, q, k)
+
+    monkeypatch.setattr(SegmentedIndex, "search", counted)
+    with ThreadPoolExecutor(len(asks)) as pool:
+        lead = pool.submit(ask, *asks[0])
+        assert first.wait(30)
+        rest = [pool.submit(ask, *a) for a in asks[1:]]
+        deadline = time.monotonic() + 30
+        while len(shared._asked) < len(asks) - 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        queued.set()
+        together = [lead.result(60)] + [f.result(60) for f in rest]
+    assert sizes == [1, len(asks) - 1]
+    for a, b in zip(alone, together, strict=True):  # (FAISS sums in another order for a batch)
+        assert [i for i, _ in a] == [i for i, _ in b]
+        assert np.allclose([d for _, d in a], [d for _, d in b], atol=1e-4)
 
 
 def test_changes_that_queue_up_share_a_commit(rerank_path: Path, queries: np.ndarray,
@@ -733,100 +739,6 @@ def test_changes_that_queue_up_share_a_commit(rerank_path: Path, queries: np.nda
     assert len(Collection.open(rerank_path)) == results[-1][2]
 
 
-def test_read_write_lock() -> None:
-    lock = ReadWriteLock()
-    inside: list[str] = []
-    both_read = threading.Barrier(2, timeout=5)
-
-    def reader() -> None:
-        with lock.read():
-            both_read.wait()  # two readers at once, or this times out
-            inside.append("r")
-
-    readers = [threading.Thread(target=reader) for _ in range(2)]
-    for t in readers:
-        t.start()
-    for t in readers:
-        t.join()
-    assert inside == ["r", "r"]
-
-    lock._cond = watched = _WatchedCondition("writer", "reader", "late reader")
-    order: list[str] = []
-
-    def writer() -> None:
-        with lock.write():
-            order.append("w")
-
-    def late_reader() -> None:
-        with lock.read():
-            order.append("r2")
-
-    # a writer waits for the reader inside; a reader that comes after waits for the writer
-    with lock.read():
-        w = threading.Thread(target=writer, name="writer")
-        w.start()
-        assert watched.waiting["writer"].wait(5), "the writer did not wait for the reader"
-        late = threading.Thread(target=late_reader, name="late reader")
-        late.start()
-        assert watched.waiting["late reader"].wait(5), "a reader went past the waiting writer"
-        assert order == []
-    w.join(5)
-    late.join(5)
-    assert order == ["w", "r2"]
-
-    # a reader waits for the writer inside
-    order.clear()
-
-    def reader_after() -> None:
-        with lock.read():
-            order.append("r")
-
-    with lock.write():
-        r = threading.Thread(target=reader_after, name="reader")
-        r.start()
-        assert watched.waiting["reader"].wait(5), "a reader went in beside the writer"
-        assert order == []
-    r.join(5)
-    assert order == ["r"]
-
-
-def test_read_write_lock_patience(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = [1000.0]  # the lock's clock, moved by hand
-    monkeypatch.setattr(service, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])}))
-    lock = ReadWriteLock(patience=0.3)
-    lock._cond = watched = _WatchedCondition("writer", "early", "late")
-    entered: list[str] = []
-
-    def reader() -> None:
-        with lock.read():
-            entered.append(threading.current_thread().name)
-
-    def writer() -> None:
-        with lock.write():
-            entered.append("writer")
-
-    with lock.read():
-        w = threading.Thread(target=writer, name="writer")
-        w.start()
-        assert watched.waiting["writer"].wait(5)
-        # within its patience the waiting writer lets new readers in
-        early = threading.Thread(target=reader, name="early")
-        early.start()
-        early.join(5)
-        assert entered == ["early"] and not watched.waiting["early"].is_set()
-        clock[0] += 1.0  # past its patience: new readers wait for it
-        late = threading.Thread(target=reader, name="late")
-        late.start()
-        assert watched.waiting["late"].wait(5), "a reader went past a writer due to enter"
-        assert entered == ["early"]
-    w.join(5)
-    late.join(5)
-    assert entered == ["early", "writer", "late"]
-    with pytest.raises(ValueError, match="patience"):
-        ReadWriteLock(patience=-1)
-
-
-# ---------------------------------------------------------------------------- command line
 def test_serve_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                        rerank_path: Path) -> None:
     calls: list[tuple] = []

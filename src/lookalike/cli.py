@@ -189,7 +189,7 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
         m_item = _ITEM.fullmatch(spec)
         if m_id:
             item_id = int(m_id.group(1))
-            image = conform([coll.image(item_id)], coll.encoder.spec)[0]  # shown; its code is stored
+            image = conform([coll.image(item_id)], coll.input_spec)[0]  # shown; its code is stored
             label = coll.labels([item_id])[0]
             own = stored[row] = item_id
         elif Path(spec).exists():
@@ -228,9 +228,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     coll = Collection.open(args.collection, model_dir=args.model)
     descs, images, q_labels, exclude, stored = _resolve_queries(coll, args.queries, args.data_dir)
     start = time.perf_counter()
-    codes = coll.encoder.encode(images)
+    codes = np.empty((len(images), coll.dim), np.float32)
     for row, item_id in stored.items():  # a stored item's query is its stored code
         codes[row] = coll.vector(item_id)
+    new = [row for row in range(len(images)) if row not in stored]
+    if new:  # (the model, and PyTorch, load only for queries that are not stored items)
+        codes[new] = coll.encoder.encode(images[new])
     if args.in_cluster:
         from .clustering import search_in_cluster
         from .clusterstore import load_clustering

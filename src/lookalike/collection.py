@@ -8,8 +8,11 @@
 * ``metadata.sqlite``: table ``items(id, source, label, hash)`` (:mod:`lookalike.metadata`);
 * for the milvus backend a JSON pointer to the remote collection (``index.milvus.json``,
   see :mod:`lookalike.milvus_backend`), which holds the vectors;
-* with diffusion re-ranking (the model's retrieval config): the database's k-NN graph,
-  ``graph_ids.npy`` (row indices, ``int64 (n, k)``) and ``graph_sims.npy`` (cosines);
+* with diffusion re-ranking (the model's retrieval config): the whitening of the codes,
+  ``whitening.npy`` (``float32 (d + 1, d)``: the mean, then the projection), fitted on a
+  sample of the codes and fitted again when the collection has doubled or halved since;
+  a search re-ranks its index's nearest items (:func:`lookalike.rerank.rerank_candidates`),
+  so there is no graph to store or update;
 * ``model/``: a copy of the model that made the codes, so a collection is self-contained.
 
 A new collection is built in ``.<name>.partial/`` beside it and renamed into place, so a
@@ -22,6 +25,7 @@ a crash came between the two renames.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import logging
@@ -59,16 +63,16 @@ FORMAT_VERSION = 2
 
 
 def _write_state(directory: Path, generation: int, backend: IndexBackend | None,
-                 graph: tuple[np.ndarray, np.ndarray] | None) -> dict[str, str]:
+                 whitening: np.ndarray | None) -> dict[str, str]:
     """Write the collection-wide files of one generation (each atomically) and return their
-    names: the diffusion graph when re-ranking, the pointer of an index kept elsewhere
+    names: a new whitening fit when re-ranking, the pointer of an index kept elsewhere
     (``backend``; a FAISS index lives in the segments). Generation 0 uses the plain names;
     later ones add ``.<generation>``."""
     tag = f".{generation}" if generation else ""
     files: dict[str, str] = {}
-    for key, arr in zip(("graph_sims", "graph_ids"), graph or (), strict=False):
-        files[key] = f"{key}{tag}.npy"
-        atomic_write(directory / files[key], functools.partial(seg.save_npy, array=arr))
+    if whitening is not None:
+        files["whitening"] = f"whitening{tag}.npy"
+        atomic_write(directory / files["whitening"], functools.partial(seg.save_npy, array=whitening))
     if backend is not None:
         files["index"] = backend.save(directory, f"index{tag}.{backend.name}")
     return files
@@ -145,9 +149,6 @@ def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, dat
     return out
 
 
-DIFFUSION_LIMIT = 100_000
-
-
 def _abandon(index: IndexBackend) -> None:
     """Delete what a new collection's backend wrote outside the directory (a remote
     collection) when the collection is not created after all, and let go of it."""
@@ -168,17 +169,19 @@ def _backend_settings(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _ranker(embeddings: np.ndarray | seg.SegmentStore, retrieval: RetrievalConfig
-            ) -> Diffusion | None:
-    """The diffusion ranker over ``embeddings`` (a store's codes) when ``retrieval``
-    re-ranks and there is anything to rank; its graph is what a collection stores. Above
-    :data:`DIFFUSION_LIMIT` items there is none: its exact k-NN graph costs O(n²)."""
-    if retrieval.rerank != "diffusion" or not 0 < len(embeddings) <= DIFFUSION_LIMIT:
+def _whitening(codes: np.ndarray | seg.SegmentStore, retrieval: RetrievalConfig
+               ) -> np.ndarray | None:
+    """The whitening of a re-ranking collection's codes (:func:`lookalike.rerank.fit_whitening`
+    on a sample spread over them) as one array ``float32 (d + 1, d)``, mean first; None when
+    it does not re-rank or whiten, or the codes give no fit."""
+    if retrieval.rerank != "diffusion" or not retrieval.diffusion.whiten or not len(codes):
         return None
-    from .rerank import Diffusion
+    from .rerank import fit_whitening, sample_rows
 
-    codes = embeddings.codes if isinstance(embeddings, seg.SegmentStore) else embeddings
-    return Diffusion(np.asarray(codes), retrieval.diffusion)
+    rows = sample_rows(len(codes))
+    picked = codes.codes_at(rows) if isinstance(codes, seg.SegmentStore) else codes[rows]
+    fit = fit_whitening(picked, retrieval.diffusion.whiten, None)
+    return None if fit is None else np.concatenate([fit[0][None], fit[1]]).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,12 @@ class Collection:
         self.store_spec = InputSpec(store.shape[2], store.shape[0], store.shape[1])
         self.retrieval = RetrievalConfig.from_dict(manifest.get("retrieval") or {})
         self._diffusion: Diffusion | None = None
+        self._whitening: Any = None  # (mean, projection), (None,) for none; read on first use
+
+    def snapshot(self) -> Collection:
+        """This collection as committed now, for readers: a commit replaces the manifest,
+        segments and index of ``self`` with new ones and never changes the snapshot's."""
+        return copy.copy(self)
 
     @property
     def model(self) -> LoadedModel:
@@ -241,6 +250,11 @@ class Collection:
 
             self._encoder = ModelEncoder(self.model)
         return self._encoder
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """What the model takes (from the manifest: known without loading the model)."""
+        return InputSpec.from_dict(self.manifest["model"]["input"])
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -299,8 +313,7 @@ class Collection:
             _abandon(index)
             raise
         retrieval = model.retrieval
-        ranker = _ranker(embeddings, retrieval)
-        graph = ranker.neighbours() if ranker is not None else None
+        whitening = _whitening(embeddings, retrieval)
         labels = (dataset.labels if dataset.labels is not None
                   else np.full(len(images), -1, dtype=np.int64))
         local = isinstance(index, FaissBackend)
@@ -313,7 +326,7 @@ class Collection:
             shutil.copytree(model.path, tmp / "model")
             segment = seg.write_segment(tmp, "000000", ids, embeddings, images, None,
                                     index if isinstance(index, FaissBackend) else None)
-            files = _write_state(tmp, 0, None if local else index, graph)
+            files = _write_state(tmp, 0, None if local else index, whitening)
             metadata.create(tmp / metadata.FILE, (
                 (int(i), s, int(lab), content_hash(im))
                 for i, s, lab, im in zip(ids, dataset.sources, labels, images, strict=True)))
@@ -329,6 +342,7 @@ class Collection:
                 "retrieval": retrieval.to_dict(),
                 "generation": 0,
                 "next_id": len(ids),
+                "whitened_on": len(ids),
                 "pictures": list(images.shape[1:]),
                 "segments": [segment.to_dict()],
                 "files": files,
@@ -434,37 +448,43 @@ class Collection:
 
     @property
     def files(self) -> dict[str, str]:
-        """The collection-wide files of this generation (``graph_ids``/``graph_sims`` when
-        re-ranking, ``index``: a remote index's pointer); the rest are the segments'."""
+        """The collection-wide files of this generation (``whitening`` when re-ranking,
+        ``index``: a remote index's pointer); the rest are the segments'."""
         return dict(self.manifest.get("files") or {})
 
     @property
     def reranks(self) -> bool:
-        """Whether searches are re-ranked by default: the model's retrieval config, up to
-        :data:`DIFFUSION_LIMIT` items (larger collections are searched by their index)."""
-        return self.retrieval.rerank != "none" and len(self) <= DIFFUSION_LIMIT
+        """Whether searches are re-ranked by default (the model's retrieval config)."""
+        return self.retrieval.rerank != "none"
+
+    @property
+    def whitening(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The re-ranking's whitening ``(mean (d,), projection (d, d))``: the stored fit, or
+        one fitted now when a collection made before it was stored has none."""
+        if self._whitening is None:
+            name = self.files.get("whitening")
+            if name:
+                try:
+                    arr = np.load(self.path / name, allow_pickle=False)
+                except (OSError, ValueError) as exc:
+                    raise CollectionError(f"{self.path}: {name} is damaged ({exc}); "
+                                          "run 'lookalike compact'") from None
+                if arr.shape != (self.dim + 1, self.dim):
+                    raise CollectionError(f"{self.path}: {name} does not fit {self.dim}-d codes")
+            else:
+                arr = _whitening(self.store, self.retrieval)
+            self._whitening = (None,) if arr is None else (arr[0], arr[1:])
+        return None if len(self._whitening) == 1 else self._whitening  # type: ignore[no-any-return]
 
     @property
     def diffusion(self) -> Diffusion:
-        """The diffusion ranker over this collection's codes (built on first use from the
-        stored graph, or from the codes when the graph files are absent)."""
+        """Diffusion over every item of this collection, its graph built now (O(n²) exact
+        k-NN): the whole ranking that ``evaluate`` scores. Searches use
+        :func:`lookalike.rerank.rerank_candidates` instead."""
         if self._diffusion is None:
-            graph = None
-            files = self.files
-            if files.get("graph_ids") and (self.path / files["graph_ids"]).is_file():
-                try:
-                    graph = (np.load(self.path / files["graph_sims"], allow_pickle=False),
-                             np.load(self.path / files["graph_ids"], allow_pickle=False))
-                except (OSError, ValueError) as exc:
-                    raise CollectionError(f"{self.path}: the graph files are damaged ({exc}); "
-                                          "rebuild with 'lookalike index'") from None
-                if graph[1].shape[0] != len(self) or graph[0].shape != graph[1].shape:
-                    raise CollectionError(f"{self.path}: the graph does not match the items; "
-                                          "rebuild with 'lookalike index'")
             from .rerank import Diffusion
 
-            self._diffusion = Diffusion(np.asarray(self.embeddings), self.retrieval.diffusion,
-                                        graph)
+            self._diffusion = Diffusion(np.asarray(self.embeddings), self.retrieval.diffusion)
         return self._diffusion
 
     @property
@@ -564,25 +584,50 @@ class Collection:
         """
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise LookalikeError(f"k must be a positive integer, got {k}")
-        if (self.reranks if rerank is None else rerank) and len(self):
-            rows_ex = None
-            if exclude is not None:
-                rows_ex = self.store.rows(np.asarray(exclude, dtype=np.int64))
-            scores, rows = self.diffusion.search(
-                np.ascontiguousarray(queries, dtype=np.float32), k, rows_ex)
-            ids = np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
-            return np.where(rows >= 0, 1.0 - scores, np.inf).astype(np.float32), ids
-        if exclude is None or not np.any(np.asarray(exclude) >= 0):
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        reranked = self.reranked(rerank)
+        ex = (np.full(len(queries), -1, np.int64) if exclude is None
+              else np.asarray(exclude, dtype=np.int64))
+        if not reranked and not np.any(ex >= 0):
             return self.backend.search(queries, k)
-        dist, ids = self.backend.search(queries, k + 1)
+        dist, ids = self.backend.search(queries, self.breadth(k, reranked) + int(np.any(ex >= 0)))
+        return self.refine(queries, dist, ids, k, ex, reranked)
+
+    def reranked(self, rerank: bool | None) -> bool:
+        """Whether a search with ``rerank`` (None: the collection's setting) re-ranks."""
+        return bool((self.reranks if rerank is None else rerank) and len(self))
+
+    def breadth(self, k: int, reranked: bool) -> int:
+        """How many of the index's nearest items a top-``k`` search takes (before one that
+        its query excludes): the re-ranking's candidates, or ``k``."""
+        return max(k, self.retrieval.diffusion.candidates) if reranked else k
+
+    def refine(self, queries: np.ndarray, dist: np.ndarray, ids: np.ndarray, k: int,
+               exclude: np.ndarray, reranked: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The second half of :meth:`search`, given the index's nearest ``(dist, ids)`` of
+        ``queries`` (at least :meth:`breadth` of them, one more where ``exclude`` >= 0):
+        each query's excluded id dropped, then its top ``k``, re-ranked when ``reranked``."""
+        wide = self.breadth(k, reranked)
         out_d = np.full((len(ids), k), np.inf, dtype=np.float32)
         out_i = np.full((len(ids), k), -1, dtype=np.int64)
-        for r, ex in enumerate(np.asarray(exclude)):
-            keep = ids[r] != ex
-            d, i = dist[r][keep][:k], ids[r][keep][:k]
-            out_d[r, :len(d)] = d
-            out_i[r, :len(i)] = i
+        for r in range(len(ids)):
+            keep = (ids[r] != exclude[r]) & (ids[r] >= 0)
+            d, i = dist[r][keep][:wide], ids[r][keep][:wide]
+            if reranked:
+                d, i = self._rerank(queries[r], i, k)
+            out_d[r, :len(d)] = d[:k]
+            out_i[r, :len(i)] = i[:k]
         return out_d, out_i
+
+    def _rerank(self, query: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` of candidates ``ids`` for ``query`` by diffusion over them:
+        ``(1 - score, ids)``."""
+        from .rerank import rerank_candidates
+
+        scores = rerank_candidates(query, self.store.codes_at(self.store.rows(ids)),
+                                   self.retrieval.diffusion, self.whitening)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return (1.0 - scores[order]).astype(np.float32), ids[order]
 
     def search_images(self, images: np.ndarray, k: int, rerank: bool | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
@@ -748,19 +793,26 @@ class Collection:
         generation = self._generation + 1
         store = seg.SegmentStore(self.path, segments, self.dim, self.store.shape, self.store.spec,
                                  self.store.loaded)
-        diffusion = _ranker(store, self.retrieval)
-        graph = diffusion.neighbours() if diffusion is not None else None
-        files = _write_state(self.path, generation, None if self._local else self.backend, graph)
+        refit = self.retrieval.rerank == "diffusion" and not (
+            "whitened_on" in self.manifest
+            and self.manifest["whitened_on"] / 2 <= len(store) < self.manifest["whitened_on"] * 2)
+        whitening = _whitening(store, self.retrieval) if refit else None
+        files = _write_state(self.path, generation, None if self._local else self.backend, whitening)
+        if not refit and "whitening" in self.files:  # the fit carries over
+            files["whitening"] = self.files["whitening"]
         manifest = {**self.manifest, "format_version": FORMAT_VERSION, "count": len(store),
                     "generation": generation, "pictures": list(store.shape),
                     "segments": [s.to_dict() for s in segments], "files": files,
                     "checksums": seg.checksums(self.path, files), "updated": _now(),
-                    "next_id": max(self._next_id(), next_id or 0)}
+                    "next_id": max(self._next_id(), next_id or 0),
+                    "whitened_on": len(store) if refit else self.manifest.get("whitened_on", 0)}
         atomic_write_json(self.path / "manifest.json", manifest)
         self.manifest, self.store = manifest, store
         if self._local:
             self.backend = seg.SegmentedIndex(store)
-        self._diffusion = diffusion
+        self._diffusion = None
+        if refit:
+            self._whitening = None
         keep = set(files.values()) | seg.segment_files(segments)
         for name in old - keep:
             (self.path / name).unlink(missing_ok=True)

@@ -280,7 +280,9 @@ class DiffusionConfig:
     > 0 ranks the tail by plain cosine plus ``blend`` times the diffusion score instead of
     the diffusion score alone: diffusion then only breaks near-ties (the pretrained
     backbones' setting). A config saved before ``whiten`` (``keep``) existed loads with
-    ``whiten=0`` (``keep=0``), so a stored graph keeps the meaning it was built with."""
+    ``whiten=0`` (``keep=0``), so it keeps the meaning it was made with. A collection's
+    search re-ranks the ``candidates`` nearest items of its index (at least ``k`` of a
+    search): the graph is theirs, so a search costs the same at any collection size."""
 
     k: int = 15
     query_k: int = 10
@@ -292,6 +294,7 @@ class DiffusionConfig:
     whiten: float = 0.5
     keep: int = 0
     blend: float = 0.0
+    candidates: int = 250
 
     def __post_init__(self) -> None:
         if not 0 <= self.blend <= 10:
@@ -302,7 +305,7 @@ class DiffusionConfig:
             raise LookalikeError(f"whiten must be in [0, 1], got {self.whiten!r}")
         if not isinstance(self.expand, int) or self.expand < 0:
             raise LookalikeError(f"expand must be an integer >= 0, got {self.expand!r}")
-        for name in ("k", "query_k", "iterations"):
+        for name in ("k", "query_k", "iterations", "candidates"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise LookalikeError(f"{name} must be a positive integer")
         if not 0 < self.alpha < 1:

@@ -18,9 +18,17 @@ its ranking is the solution ``f`` of ``(I - alpha S) f = y``, found by conjugate
 Items the diffusion does not reach are ranked after the reached ones by their plain cosine.
 
 Nothing here sees labels or the query images at fit time: only the database codes.
+
+A collection's search (:func:`rerank_candidates`) runs the same diffusion on the query's
+``candidates`` nearest items by its index only (the truncation of Iscen et al. 2017, §4),
+with the whitening fitted once on a sample of the collection (:func:`fit_whitening`): its
+cost per query does not grow with the collection, and a commit has no graph to maintain.
+The evaluation protocol ranks the whole database with :class:`Diffusion` itself.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import faiss
 import numpy as np
@@ -30,6 +38,15 @@ from sklearn.covariance import LedoitWolf
 from .config import DiffusionConfig
 from .errors import LookalikeError
 
+#: the most codes a whitening is fitted on (a sample spread over the database beyond it)
+WHITEN_SAMPLE = 5000
+
+#: up to this many codes, nearest neighbours are found by one matrix product, not FAISS
+SMALL = 2048
+
+Whitening = tuple[np.ndarray, np.ndarray]
+_FIT: Any = object()  # Diffusion(whitening=...) default: fit on the codes given
+
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -37,39 +54,67 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def sample_rows(n: int, sample: int | None = WHITEN_SAMPLE) -> np.ndarray:
+    """``sample`` rows of ``n`` at most, evenly spread (all of them when None)."""
+    size = n if sample is None else min(n, sample)
+    return np.unique(np.linspace(0, n - 1, size).astype(np.int64)) if size else np.empty(0, np.int64)
+
+
+def fit_whitening(codes: np.ndarray, power: float, sample: int | None = WHITEN_SAMPLE
+                  ) -> Whitening | None:
+    """``(mean float32 (d,), projection float32 (d, d))`` whitening L2-normalised ``codes``
+    to ``power`` (see the module), fitted on ``sample`` of them at most (evenly spread rows;
+    None: all); None when ``power`` is 0 or there are too few codes or no variance."""
+    if not power or len(codes) < 3:
+        return None
+    picked = _normalise(np.asarray(codes[sample_rows(len(codes), sample)]))
+    est = LedoitWolf(assume_centered=False).fit(picked.astype(np.float64))
+    var, vec = np.linalg.eigh(est.covariance_)
+    if not var.max() > 1e-12:  # the codes are (nearly) all alike: nothing to even out
+        return None
+    var = np.maximum(var, 1e-12 * float(var.max()))
+    proj = vec / var ** (power / 2)
+    return est.location_.astype(np.float32), proj.astype(np.float32)
+
+
 class Diffusion:
     """Diffusion ranking over a fixed database of codes ``float32 (n, d)``."""
 
     def __init__(self, codes: np.ndarray, config: DiffusionConfig | None = None,
-                 neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+                 whitening: Whitening | None = _FIT) -> None:
         """``neighbours``: the graph's ``(cosines float32 (n, k), rows int64 (n, k))`` as
-        returned by :meth:`neighbours` earlier (a collection stores them), else computed."""
+        returned by :meth:`neighbours` earlier, else computed. ``whitening``: a fit of
+        :func:`fit_whitening` (None: none) instead of one fitted on ``codes``."""
         self.config = config or DiffusionConfig()
         self.codes = _normalise(codes)
         self.plain = self.codes  # as searched without re-ranking, for ``config.keep``
-        self._whitening = self._fit_whitening(self.codes)
+        self._whitening = (fit_whitening(self.codes, self.config.whiten, None) if whitening is _FIT
+                           else whitening)
         self.codes = self._whiten(self.codes)
-        self.index = faiss.IndexFlatIP(self.codes.shape[1])
-        self.index.add(self.codes)
+        self._index: faiss.IndexFlatIP | None = None
         if self.config.expand:
             self.codes = self._expand(self.codes)
-            self.index = faiss.IndexFlatIP(self.codes.shape[1])
-            self.index.add(self.codes)
+            self._index = None
         self._neighbours = neighbours if neighbours is not None else self._knn()
         self.graph = self._graph()
 
-    def _fit_whitening(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(mean (d,), projection (d, d))`` for ``config.whiten``, or None (off, or too
-        few codes to estimate a covariance)."""
-        if not self.config.whiten or len(codes) < 3:
-            return None
-        est = LedoitWolf(assume_centered=False).fit(codes.astype(np.float64))
-        var, vec = np.linalg.eigh(est.covariance_)
-        if not var.max() > 1e-12:  # the codes are (nearly) all alike: nothing to even out
-            return None
-        var = np.maximum(var, 1e-12 * float(var.max()))
-        proj = vec / var ** (self.config.whiten / 2)
-        return est.location_.astype(np.float32), proj.astype(np.float32)
+    def _search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` largest inner products of ``x`` with :attr:`codes`, best first: one
+        matrix product for a small database (a collection's candidates), FAISS beyond."""
+        n = len(self.codes)
+        if n <= SMALL:
+            sims = x @ self.codes.T
+            top = (np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n
+                   else np.broadcast_to(np.arange(n), sims.shape))
+            vals = np.take_along_axis(sims, top, 1)
+            order = np.argsort(-vals, axis=1, kind="stable")
+            return np.take_along_axis(vals, order, 1), np.take_along_axis(top, order, 1)
+        if self._index is None:
+            self._index = faiss.IndexFlatIP(self.codes.shape[1])
+            self._index.add(self.codes)
+        sims, ids = self._index.search(x, k)
+        return sims, ids
 
     def _whiten(self, x: np.ndarray) -> np.ndarray:
         """L2-normalised codes ``x`` whitened by the database's fit, re-normalised."""
@@ -81,7 +126,7 @@ class Diffusion:
     def _expand(self, x: np.ndarray) -> np.ndarray:
         """Weighted mean of each code's ``expand`` nearest database codes, normalised."""
         k = min(self.config.expand, len(self.codes))
-        sims, ids = self.index.search(x, k)
+        sims, ids = self._search(x, k)
         w = np.maximum(sims, 0) ** 3
         return _normalise(np.einsum("mk,mkd->md", w, self.codes[ids]) + 1e-12 * x)
 
@@ -90,7 +135,7 @@ class Diffusion:
         if k < 1:
             return (np.zeros((len(self.codes), 0), np.float32),
                     np.zeros((len(self.codes), 0), np.int64))
-        sims, ids = self.index.search(self.codes, k + 1)
+        sims, ids = self._search(self.codes, k + 1)
         # drop each item itself (usually first; not always when codes are duplicated)
         rows = np.arange(len(ids))[:, None]
         keep = ids != rows
@@ -105,23 +150,30 @@ class Diffusion:
     def __len__(self) -> int:
         return len(self.codes)
 
-    def _graph(self) -> sp.csr_matrix:
+    def _graph(self) -> sp.csr_matrix | np.ndarray:
+        """``S``: dense for a small database (a collection's candidates), else sparse."""
         n = len(self.codes)
         sims, ids = self._neighbours
         k = ids.shape[1]
         if k < 1:
             return sp.csr_matrix((n, n), dtype=np.float32)
         w = np.maximum(sims, 0) ** self.config.gamma
+        if n <= SMALL:
+            a = np.zeros((n, n), np.float32)
+            a[np.repeat(np.arange(n), k), ids.ravel()] = w.ravel()
+            a = np.minimum(a, a.T)  # mutual neighbours only: robust to hubs
+            inv = 1.0 / np.sqrt(np.maximum(a.sum(axis=1), 1e-30))
+            return (a * inv[:, None] * inv[None, :]).astype(np.float32)
         a = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), k), ids.ravel())),
                           shape=(n, n), dtype=np.float32)
-        a = a.minimum(a.T)  # mutual neighbours only: robust to hubs
+        a = a.minimum(a.T)
         deg = np.asarray(a.sum(axis=1)).ravel()
         inv = sp.diags((1.0 / np.sqrt(np.where(deg > 0, deg, 1.0))).astype(np.float32))
         return (inv @ a @ inv).tocsr()
 
     def _seeds(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         kq = min(self.config.query_k, len(self))
-        sims, ids = self.index.search(q, kq)
+        sims, ids = self._search(q, kq)
         return sims, ids
 
     def scores(self, queries: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -203,3 +255,13 @@ class Diffusion:
             out_s[start:start + len(sc), :kk] = np.where(valid, vals, -np.inf)
             out_i[start:start + len(sc), :kk] = np.where(valid, order, -1)
         return out_s, out_i
+
+
+def rerank_candidates(query: np.ndarray, codes: np.ndarray, config: DiffusionConfig,
+                      whitening: Whitening | None) -> np.ndarray:
+    """Diffusion scores ``float32 (c,)`` (as :meth:`Diffusion.scores`, higher = closer) of
+    a query ``float32 (d,)`` over its candidates ``float32 (c, d)`` alone: the graph is
+    the mutual k-NN graph of the candidates, ``whitening`` the database's fit."""
+    if not len(codes):
+        return np.empty(0, np.float32)
+    return Diffusion(codes, config, whitening=whitening).scores(query[None])[0]

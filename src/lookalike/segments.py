@@ -285,6 +285,9 @@ class _Loaded:
     raw: np.ndarray | None = None
     gone_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     params: Any = None  # FAISS search parameters skipping the deleted ids, made on first use
+    #: the compressed pictures' bytes, mapped: a reader of this snapshot still reads them
+    #: after a later commit (a merge) has deleted the file
+    blob: np.ndarray | None = None
 
 
 def _load(root: Path, seg: Segment, dim: int, spec: IndexSpec | None) -> _Loaded:
@@ -295,13 +298,16 @@ def _load(root: Path, seg: Segment, dim: int, spec: IndexSpec | None) -> _Loaded
         live = np.ones(len(ids), dtype=bool)
         if f.get("deleted"):
             live[np.load(root / f["deleted"], allow_pickle=False)] = False
-        offsets = raw = None
+        offsets = raw = blob = None
         if seg.pictures == "npy":
             raw = np.load(root / f["pictures"], allow_pickle=False, mmap_mode="r")
             n_pictures = len(raw)
         else:
             offsets = np.load(root / f["offsets"], allow_pickle=False)
             n_pictures = len(offsets) - 1
+            size = (root / f["pictures"]).stat().st_size
+            blob = (np.memmap(root / f["pictures"], np.uint8, "r") if size
+                    else np.empty(0, np.uint8))
     except (OSError, ValueError, IndexError) as exc:
         raise CollectionError(f"{root}: a file of segment {seg.name} is damaged ({exc}); rebuild "
                               "with 'lookalike index'") from None
@@ -317,7 +323,7 @@ def _load(root: Path, seg: Segment, dim: int, spec: IndexSpec | None) -> _Loaded
         if len(index) != seg.count:
             raise CollectionError(f"{root / f['index']} holds {len(index)} vectors, segment "
                                   f"{seg.name} {seg.count}; rebuild with 'lookalike index'")
-    return _Loaded(seg, ids, codes, live, index, offsets, raw, ids[~live])
+    return _Loaded(seg, ids, codes, live, index, offsets, raw, ids[~live], blob=blob)
 
 
 def _read_index(path: Path, dim: int) -> FaissBackend:
@@ -344,7 +350,7 @@ def _reuse(root: Path, part: _Loaded, seg: Segment) -> _Loaded:
         except (OSError, ValueError, IndexError) as exc:
             raise CollectionError(f"{root / seg.files['deleted']} is damaged ({exc})") from None
     return _Loaded(seg, part.ids, part.codes, live, part.index, part.offsets, part.raw,
-                   part.ids[~live])
+                   part.ids[~live], blob=part.blob)
 
 
 def _search_one(part: _Loaded, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -440,6 +446,17 @@ class SegmentStore:
                                if self.parts else np.empty((0, self.dim), np.float32))
         return self._codes
 
+    def codes_at(self, rows: np.ndarray) -> np.ndarray:
+        """The codes of ``rows`` (``int64``, each in range): ``float32 (len(rows), d)``,
+        read from each segment's (mapped) codes without assembling the rest."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), np.float32)
+        where = self._seg[rows]
+        for s in np.unique(where):
+            sel = where == s
+            out[sel] = np.asarray(self.parts[s].codes)[self._off[rows[sel]]]
+        return out
+
     def code(self, row: int) -> np.ndarray:
         part = self.parts[self._seg[row]]
         return np.asarray(part.codes[self._off[row]])
@@ -450,11 +467,9 @@ class SegmentStore:
         off = int(self._off[row])
         if part.raw is not None:
             return np.asarray(part.raw[off])
-        assert part.offsets is not None
+        assert part.offsets is not None and part.blob is not None
         start, stop = int(part.offsets[off]), int(part.offsets[off + 1])
-        with open(self.root / part.segment.files["pictures"], "rb") as fh:
-            fh.seek(start)
-            return decode_picture(fh.read(stop - start), self.shape)
+        return decode_picture(part.blob[start:stop].tobytes(), self.shape)
 
     def pictures(self) -> np.ndarray:
         """Every stored picture, ``uint8 (n, H, W, C)`` (decoded once, then kept)."""
@@ -466,11 +481,10 @@ class SegmentStore:
                 if p.raw is not None:
                     out[r:r + len(rows)] = p.raw[rows]
                 else:
-                    assert p.offsets is not None
-                    blob = (self.root / p.segment.files["pictures"]).read_bytes()
+                    assert p.offsets is not None and p.blob is not None
                     for j, row in enumerate(rows):
                         out[r + j] = decode_picture(
-                            memoryview(blob)[p.offsets[row]:p.offsets[row + 1]], self.shape)
+                            p.blob[p.offsets[row]:p.offsets[row + 1]].tobytes(), self.shape)
                 r += len(rows)
             self._pictures = out
         return self._pictures
@@ -480,9 +494,8 @@ class SegmentStore:
         if part.raw is not None:
             parts = [encode_picture(np.asarray(part.raw[r])) for r in rows]
         else:
-            assert part.offsets is not None
-            blob = memoryview((self.root / part.segment.files["pictures"]).read_bytes())
-            parts = [bytes(blob[part.offsets[r]:part.offsets[r + 1]]) for r in rows]
+            assert part.offsets is not None and part.blob is not None
+            parts = [part.blob[part.offsets[r]:part.offsets[r + 1]].tobytes() for r in rows]
         offsets = np.zeros(len(parts) + 1, np.int64)
         offsets[1:] = np.cumsum([len(p) for p in parts])
         return b"".join(parts), offsets

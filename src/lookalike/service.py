@@ -23,9 +23,9 @@ Every response carries hardening headers; the page and ``/docs`` have Content-Se
 Policies that allow no inline script (:mod:`lookalike.security`).
 
 A :class:`~lookalike.collection.Collection` is not thread-safe; :class:`SharedCollection`
-puts a lock around it (one call at a time by default, or shared by searches) and commits
-queued changes together, so a search sees the collection before or after a change, never
-half of one.
+gives readers the snapshot of the last commit and commits queued changes together, one
+commit at a time, on a collection of its own: a search sees the collection before or after
+a change, never half of one, and never waits for a commit or a compaction.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -57,7 +56,7 @@ from starlette.types import Message
 
 from .collection import Collection
 from .errors import ImageError, LookalikeError, RemoteError
-from .images import MAX_PIXELS, decode_image
+from .images import MAX_PIXELS, conform, content_hash, decode_image
 from .schemas import (
     MAX_ID,
     AddAnswer,
@@ -84,84 +83,6 @@ THUMBNAIL = 112
 _MEDIA = {"multipart": "multipart/form-data", "json": "application/json"}
 
 
-# ---------------------------------------------------------------------------- locking
-class ReadWriteLock:
-    """Many readers or one writer.
-
-    A writer that has waited ``patience`` seconds stops new readers from entering, so a
-    steady stream of searches cannot starve a change; until then readers keep entering
-    (and, in :class:`SharedCollection`, more changes queue up to share the commit).
-    """
-
-    def __init__(self, patience: float = 0.0) -> None:
-        if not patience >= 0:
-            raise ValueError(f"patience must be >= 0 seconds, got {patience!r}")
-        self.patience = patience
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting: list[float] = []  # when each waiting writer began to wait
-
-    def _writer_due(self) -> bool:
-        return bool(self._waiting) and time.monotonic() - self._waiting[0] >= self.patience
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writer_due():
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            since = time.monotonic()
-            self._waiting.append(since)
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._waiting.remove(since)
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-class ExclusiveLock:
-    """One caller at a time, readers included (``benchmarks/service.py`` compares it with
-    :class:`ReadWriteLock`)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._lock:
-            yield
-
-    write = read
-
-
-Lock = ReadWriteLock | ExclusiveLock
-#: ``exclusive`` is the default: on two cores, with searches that mostly hold the GIL, it
-#: serves as many searches as ``rw`` and commits changes in half the time, because a commit
-#: waits for one search rather than for dozens running together (docs/benchmarks.md).
-#: ``rw`` may pay where many cores run encoders that release the GIL.
-LOCKS: dict[str, Callable[[], Lock]] = {"exclusive": ExclusiveLock,
-                                        "rw": lambda: ReadWriteLock(patience=0.1)}
-
-
 # ---------------------------------------------------------------------------- collection
 @dataclass(frozen=True)
 class Hit:
@@ -182,90 +103,132 @@ class Refused(LookalikeError):
 
 
 class SharedCollection:
-    """A :class:`Collection` that many threads may use at once.
+    """A :class:`Collection` that many threads may use at once, with snapshot isolation.
 
-    Reads (searches, metadata, images) hold ``lock.read()``; ``add`` and ``remove`` hold
-    ``lock.write()`` (one lock for both with ``"exclusive"``), and changes that queue up
-    during a commit share the next one. After a change the diffusion ranker is rebuilt
-    while the write lock is still held, so readers never build it themselves (that would be
-    a write). If a change fails half-way the collection is opened again from disk, whose
-    manifest is the commit point, so memory never drifts from what is stored.
+    Reads (searches, metadata, images) use :attr:`snapshot`, the collection as of the last
+    commit: a view whose manifest, segments and index no later commit changes (a commit
+    makes new ones, and a segment a merge deletes stays mapped while a reader holds it).
+    Changes run one commit at a time on the writer's own collection; changes that queue up
+    during a commit share the next one; the new snapshot replaces the old in one
+    assignment once the commit is done. A search never waits for a change. If a change
+    fails half-way the collection is opened again from disk, whose manifest is the commit
+    point, so memory never drifts from what is stored.
     """
 
-    def __init__(self, path: str | os.PathLike[str], lock: str = "exclusive") -> None:
-        if lock not in LOCKS:
-            raise ValueError(f"lock must be one of {', '.join(LOCKS)}, got {lock!r}")
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.lock: Lock = LOCKS[lock]()
         self._coll = Collection.open(self.path)
-        self._prime()
         self._queue = threading.Condition(threading.Lock())
         self._pending: list[_Change] = []
         self._committing = False
+        self._searches = threading.Condition(threading.Lock())
+        self._asked: list[_Query] = []
+        self._searching = False
+        self.snapshot = self._coll
+        self._publish()
 
-    def _prime(self) -> None:
-        if self._coll.reranks and len(self._coll):
-            self._coll.diffusion  # noqa: B018 - built now, under the write lock, not by a reader
+    def _publish(self) -> None:
+        """Load what readers would otherwise load on first use (the model, the whitening),
+        then hand them the committed state."""
+        coll = self._coll
+        if len(coll):
+            coll.encoder  # noqa: B018
+            if coll.reranks:
+                coll.whitening  # noqa: B018
+        self.snapshot = coll.snapshot()
 
     @property
     def reranks(self) -> bool:
-        return self._coll.reranks
+        return self.snapshot.reranks
 
     def stats(self) -> dict[str, Any]:
-        with self.lock.read():
-            coll = self._coll
-            m = coll.manifest
-            spec = coll.encoder.spec
-            return {"count": len(coll), "dimension": coll.dim,
-                    "model": {"arch": m["model"]["arch"], "fingerprint": m["model"]["fingerprint"]},
-                    "input": {"channels": spec.channels, "height": spec.height, "width": spec.width},
-                    "index": dict(m["backend"]),
-                    "rerank": coll.retrieval.rerank, "reranks": coll.reranks,
-                    "dataset": m.get("dataset"), "label_names": coll.label_names,
-                    "updated": m.get("updated")}
+        coll = self.snapshot
+        m = coll.manifest
+        spec = coll.encoder.spec
+        return {"count": len(coll), "dimension": coll.dim,
+                "model": {"arch": m["model"]["arch"], "fingerprint": m["model"]["fingerprint"]},
+                "input": {"channels": spec.channels, "height": spec.height, "width": spec.width},
+                "index": dict(m["backend"]),
+                "rerank": coll.retrieval.rerank, "reranks": coll.reranks,
+                "dataset": m.get("dataset"), "label_names": coll.label_names,
+                "updated": m.get("updated")}
 
-    def _hits(self, dist: np.ndarray, ids: np.ndarray) -> list[Hit]:
-        items = self._coll.items(ids)
+    @staticmethod
+    def _hits(coll: Collection, dist: np.ndarray, ids: np.ndarray) -> list[Hit]:
+        items = coll.items(ids)
         return [Hit(it.id, float(d), it.label, it.source)
                 for d, it in zip(dist, items, strict=True) if it is not None]
 
     def search_image(self, image: np.ndarray, k: int, rerank: bool | None) -> list[Hit]:
-        """Results for ``uint8 (H, W, C)``, nearest first (padding dropped)."""
-        with self.lock.read():
-            dist, ids = self._coll.search_images(image[None], k, rerank)
-            return self._hits(dist[0], ids[0])
+        """Results for ``uint8 (H, W, C)``, nearest first (padding dropped); an image whose
+        pixels (as stored) are a stored item's does not find itself."""
+        coll = self.snapshot
+        own = coll.find(hash=content_hash(coll.stored_form([image])[0]))
+        return self._search(_Query(coll, k, coll.reranked(rerank), -1 if own is None else own,
+                                   image=conform([image], coll.input_spec)[0]))
 
     def search_id(self, item_id: int, k: int, rerank: bool | None) -> list[Hit]:
         """Results for a stored item, itself excluded. Raises :class:`UnknownItem`."""
-        with self.lock.read():
-            self._check(item_id)
-            dist, ids = self._coll.search_ids([item_id], k, rerank)
-            return self._hits(dist[0], ids[0])
+        coll = self.snapshot
+        self._check(coll, item_id)
+        return self._search(_Query(coll, k, coll.reranked(rerank), item_id,
+                                   code=coll.vector(item_id)))
 
-    def _check(self, item_id: int) -> None:
+    # Batched searches. The index search and the encoding cost about as much for fifty
+    # queries as for one (one pass over the codes, one forward pass), so queries that
+    # arrive while a batch runs wait for it and then go in together; each thread then
+    # drops its excluded id and re-ranks its own candidates, in parallel.
+    def _search(self, query: _Query) -> list[Hit]:
+        if not isinstance(query.k, int) or query.k <= 0:
+            raise LookalikeError(f"k must be a positive integer, got {query.k}")
+        with self._searches:
+            self._asked.append(query)
+            while not query.done:
+                if self._searching:
+                    self._searches.wait()
+                    continue
+                self._searching = True
+                batch, self._asked = self._asked, []
+                self._searches.release()
+                try:
+                    _nearest(batch)
+                finally:
+                    self._searches.acquire()
+                    self._searching = False
+                    self._searches.notify_all()
+        if query.error is not None:
+            raise query.error
+        coll = query.coll
+        assert query.code is not None and query.found is not None
+        dist, ids = coll.refine(query.code[None], query.found[0][None], query.found[1][None],
+                                query.k, np.array([query.exclude]), query.reranked)
+        return self._hits(coll, dist[0], ids[0])
+
+    @staticmethod
+    def _check(coll: Collection, item_id: int) -> None:
         try:
-            self._coll.vector(item_id)
+            coll.vector(item_id)
         except LookalikeError:
             raise UnknownItem(f"no item with id {item_id}") from None
 
     def item(self, item_id: int) -> tuple[int, str, int, str]:
         """``(id, source, label, hash)``. Raises :class:`UnknownItem`."""
-        with self.lock.read():
-            self._check(item_id)
-            found = self._coll.items([item_id])[0]
-            if found is None:  # pragma: no cover - metadata and arrays always agree
-                raise UnknownItem(f"no item with id {item_id}")
-            return found.id, found.source, found.label, found.hash
+        coll = self.snapshot
+        self._check(coll, item_id)
+        found = coll.items([item_id])[0]
+        if found is None:  # removed by a commit after this snapshot
+            raise UnknownItem(f"no item with id {item_id}")
+        return found.id, found.source, found.label, found.hash
 
     def image(self, item_id: int) -> tuple[np.ndarray, str]:
         """The stored image ``uint8 (H, W, C)`` and its content hash."""
-        with self.lock.read():
-            self._check(item_id)
-            found = self._coll.items([item_id])[0]
-            return np.array(self._coll.image(item_id)), found.hash if found else ""
+        coll = self.snapshot
+        self._check(coll, item_id)
+        found = coll.items([item_id])[0]
+        return np.array(coll.image(item_id)), found.hash if found else ""
 
     def label_names(self) -> list[str] | None:
-        return self._coll.label_names
+        return self.snapshot.label_names
 
     def add(self, images: list[np.ndarray], sources: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
         """Add images; returns ``(ids int64 (n,), new bool (n,), count)``; ``new`` is False
@@ -276,15 +239,14 @@ class SharedCollection:
 
     def remove(self, item_id: int) -> int:
         """Remove one item; returns the count after the commit. Raises :class:`UnknownItem`,
-        or :class:`Refused` for the last item of a re-ranking collection (its k-NN graph
-        cannot be built on nothing)."""
+        or :class:`Refused` for the last item of a re-ranking collection."""
         count: int = self._submit(_Change("remove", item_id=item_id))
         return count
 
-    # Group commit. Every change rewrites the collection's arrays (fsynced) and its k-NN
-    # graph, which costs the same for one item as for fifty; so changes that arrive while
-    # a commit runs wait for it and then go in together, in one commit. A caller returns
-    # once its own change is committed.
+    # Group commit. A commit writes a segment or a deletion record (fsynced) and the
+    # manifest, which costs about the same for one item as for fifty; so changes that
+    # arrive while a commit runs wait for it and then go in together, in one commit. A
+    # caller returns once its own change is committed and visible to searches.
     def _submit(self, change: _Change) -> Any:
         with self._queue:
             self._pending.append(change)
@@ -305,46 +267,45 @@ class SharedCollection:
         return change.result
 
     def _apply(self) -> None:
-        """Take the write lock, then every pending change (those that came while it waited
-        too), and apply them: removes first (so an add in the batch never returns an id
+        """Take every pending change (those that came during the last commit too) and apply
+        them: removes first (so an add in the batch never returns an id
         removed in it), then every add in one call; each change gets its result or its own
         error."""
         batch: list[_Change] = []
         try:
-            with self.lock.write():
-                with self._queue:
-                    batch, self._pending = self._pending, []
-                removes = [c for c in batch if c.kind == "remove"]
-                adds = [c for c in batch if c.kind == "add"]
-                gone: list[int] = []
-                for c in removes:
-                    try:
-                        self._check(c.item_id)
-                        if c.item_id in gone:
-                            raise UnknownItem(f"no item with id {c.item_id}")
-                        if self._coll.reranks and len(self._coll) - len(gone) <= 1:
-                            raise Refused("cannot remove the last item of a re-ranking collection")
-                        gone.append(c.item_id)
-                    except LookalikeError as exc:
-                        c.error = exc
-                if gone:
-                    try:
-                        self._change(lambda coll: coll.remove(gone))
-                    except Exception as exc:
-                        for c in removes:
-                            c.error = c.error or exc
-                for c in removes:
-                    if c.error is None:
-                        c.result = len(self._coll)
-                if len(adds) > 1:
-                    try:
-                        self._add(adds)
-                    except Exception:  # find the bad one: each alone
-                        for c in adds:
-                            self._add_alone(c)
-                elif adds:
-                    self._add_alone(adds[0])
-                self._prime()
+            with self._queue:
+                batch, self._pending = self._pending, []
+            removes = [c for c in batch if c.kind == "remove"]
+            adds = [c for c in batch if c.kind == "add"]
+            gone: list[int] = []
+            for c in removes:
+                try:
+                    self._check(self._coll, c.item_id)
+                    if c.item_id in gone:
+                        raise UnknownItem(f"no item with id {c.item_id}")
+                    if self._coll.reranks and len(self._coll) - len(gone) <= 1:
+                        raise Refused("cannot remove the last item of a re-ranking collection")
+                    gone.append(c.item_id)
+                except LookalikeError as exc:
+                    c.error = exc
+            if gone:
+                try:
+                    self._change(lambda coll: coll.remove(gone))
+                except Exception as exc:
+                    for c in removes:
+                        c.error = c.error or exc
+            for c in removes:
+                if c.error is None:
+                    c.result = len(self._coll)
+            if len(adds) > 1:
+                try:
+                    self._add(adds)
+                except Exception:  # find the bad one: each alone
+                    for c in adds:
+                        self._add_alone(c)
+            elif adds:
+                self._add_alone(adds[0])
+            self._publish()
         except BaseException as exc:
             for c in batch:
                 if c.result is None:
@@ -382,8 +343,50 @@ class SharedCollection:
         except BaseException:
             log.exception("a change to %s failed; reopening it from disk", self.path)
             self._coll = Collection.open(self.path)
-            self._prime()
+            self._publish()
             raise
+
+
+@dataclass(eq=False)
+class _Query:
+    """One queued search: a stored item's ``code`` or an ``image`` at the model's input;
+    ``found`` the index's nearest ``(distances, ids)`` once its batch has run."""
+
+    coll: Collection
+    k: int
+    reranked: bool
+    exclude: int
+    image: np.ndarray | None = None
+    code: np.ndarray | None = None
+    found: tuple[np.ndarray, np.ndarray] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+def _nearest(batch: list[_Query]) -> None:
+    """Encode the images of ``batch`` and search the index for every query, one call for
+    all the queries on one snapshot; each query gets its result or the batch's error."""
+    groups: dict[int, list[_Query]] = {}
+    for q in batch:
+        groups.setdefault(id(q.coll), []).append(q)
+    for group in groups.values():
+        coll = group[0].coll
+        try:
+            images = [q for q in group if q.code is None]
+            if images:
+                codes = coll.encoder.encode(np.stack([np.asarray(q.image) for q in images]))
+                for q, code in zip(images, codes, strict=True):
+                    q.code = code
+            wide = max(coll.breadth(q.k, q.reranked) + (q.exclude >= 0) for q in group)
+            dist, ids = coll.backend.search(np.stack([np.asarray(q.code) for q in group]), wide)
+            for q, d, i in zip(group, dist, ids, strict=True):
+                q.found = (d, i)
+        except Exception as exc:
+            for q in group:
+                q.error = exc
+        finally:
+            for q in group:
+                q.done = True
 
 
 @dataclass(eq=False)
@@ -486,14 +489,12 @@ def _source(upload: UploadFile, n: int) -> str:
 # ---------------------------------------------------------------------------- the app
 def create_app(collection_path: str | os.PathLike[str], *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_k: int = DEFAULT_MAX_K,
-               max_pixels: int = MAX_PIXELS, lock: str = "exclusive",
-               access: Access | None = None) -> FastAPI:
+               max_pixels: int = MAX_PIXELS, access: Access | None = None) -> FastAPI:
     """The service for the collection at ``collection_path`` (opened now).
 
     ``max_upload_bytes`` caps a request body that carries images (413 past it);
     ``max_k`` caps ``k`` (422 past it); ``max_pixels`` refuses larger images before
-    decoding; ``lock`` is ``"exclusive"`` (one call at a time) or ``"rw"`` (searches run
-    together; see :data:`LOCKS`); ``access`` says who may change (and read) the collection
+    decoding; ``access`` says who may change (and read) the collection
     (default: everyone, as fits a service on loopback; see :func:`check_bind`).
 
     Raises:
@@ -507,7 +508,7 @@ def create_app(collection_path: str | os.PathLike[str], *,
     access = Access() if access is None else access
     if not isinstance(access, Access):
         raise TypeError(f"access must be an Access, got {type(access).__name__}")
-    shared = SharedCollection(collection_path, lock=lock)
+    shared = SharedCollection(collection_path)
     # docs_url=None: our /docs below serves Swagger UI from local files, without inline script.
     app = FastAPI(title="lookalike", summary=f"Image search over {shared.path.name}",
                   version=_version(), docs_url=None, redoc_url=None)
@@ -727,8 +728,8 @@ def _version() -> str:
 
 
 def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, *,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, lock: str = "exclusive",
-          access: Access | None = None, on_ready: Callable[[str], None] | None = None,
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, access: Access | None = None,
+          on_ready: Callable[[str], None] | None = None,
           log_level: str = "info") -> None:
     """Run the app on uvicorn until interrupted. ``port`` 0 picks a free port; ``on_ready``
     is called with the page's URL once the socket is bound (before serving).
@@ -743,7 +744,7 @@ def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port
 
     access = Access() if access is None else access
     check_bind(host, access)
-    app = create_app(collection_path, max_upload_bytes=max_upload_bytes, lock=lock, access=access)
+    app = create_app(collection_path, max_upload_bytes=max_upload_bytes, access=access)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it every keep-alive response waits ~40 ms (Nagle against delayed ACKs).
