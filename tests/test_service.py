@@ -25,7 +25,8 @@ from lookalike.collection import Collection
 from lookalike.datasets import load_dataset
 from lookalike.errors import CollectionError, ImageError, LookalikeError
 from lookalike.security import Access, check_bind
-from lookalike.service import SharedCollection, UnknownItem, create_app
+from lookalike.service import create_app
+from lookalike.shared import SharedCollection, UnknownItem
 
 TOKEN = "test-token-0123456789abcdef"
 
