@@ -1,9 +1,11 @@
 """Shared fixtures: one tiny model (and a second one) trained on digits, and a collection;
-a collection made by an articles' preset (no re-ranking); running the CLI quietly.
+a collection made by an articles' preset (no re-ranking); running the CLI quietly; a Milvus
+standalone server on loopback for the session (started on first use).
 
 In CI (``CI`` or ``LOOKALIKE_REQUIRE_SCALE`` set to true/1/yes, as ``.ci/run`` does) a test
-skipped because a module of the ``scale`` extra (pymilvus, milvus_lite, ray) cannot be
-imported fails the run: without the extra, the Milvus and Ray tests would quietly not run."""
+skipped because a module of the ``scale`` extra (pymilvus, milvus_lite, ray) or the Milvus
+server of the ``test`` extra (milvus) cannot be imported fails the run, and so does a Milvus
+server that cannot start: otherwise the Milvus and Ray tests would quietly not run."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pytest
 import torch
 
 from lookalike.cli import main
+from servers import MilvusStartError, milvus_standalone
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,27 @@ def run_quietly() -> Callable[[list[str]], None]:
     return _run_quietly
 
 
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URI (``http://127.0.0.1:PORT``) of a Milvus standalone server started for this
+    session, its data and logs in a temporary directory (servers.milvus_standalone); stopped
+    at the end. One that cannot start skips its tests, or fails them in CI."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus")
+    root = tmp_path_factory.mktemp("milvus-server")
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(milvus_standalone(root))
+        except (MilvusStartError, OSError) as exc:
+            reason = f"no Milvus server ({root}): {exc}"
+            if _required_in_ci():
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
+        yield server.uri
+
+
 # ---------------------------------------------------------------------------- CI: no scale skips
-SCALE_MODULES = frozenset({"pymilvus", "milvus_lite", "ray"})
+SCALE_MODULES = frozenset({"pymilvus", "milvus_lite", "ray", "milvus"})
 _scale_skips: list[str] = []
 
 
@@ -132,9 +154,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
                             config: pytest.Config) -> None:
     if _scale_skips and _required_in_ci():
-        terminalreporter.section("the 'scale' extra is missing: skips that fail the run in CI",
-                                 sep="=", red=True, bold=True)
+        terminalreporter.section("the 'scale' extra or the Milvus server is missing: skips that "
+                                 "fail the run in CI", sep="=", red=True, bold=True)
         for line in _scale_skips:
             terminalreporter.line(line, red=True)
-        terminalreporter.line("install it: pip install -e '.[scale]' (make test installs .[dev], "
-                              "which includes it)")
+        terminalreporter.line("install it: pip install -e '.[scale]' (and milvus, the server: "
+                              "'.[test]'; make test installs .[dev], which includes both)")

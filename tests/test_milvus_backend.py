@@ -1,13 +1,15 @@
-"""The milvus backend, for real, on Milvus Lite files: the same behaviour as FAISS through
-the backend interface, the Collection, the CLI and the service (the behaviour tests run on
-both backends); its errors; a failed remote write changes nothing local; an interrupted
-change is repaired on open."""
+"""The milvus backend, for real, on Milvus Lite files and on a Milvus standalone server
+(conftest's ``milvus_server``, on loopback): the same behaviour as FAISS through the backend
+interface, the Collection, the CLI and the service (the behaviour tests run on FAISS, Milvus
+Lite and the server); its errors; a failed remote write changes nothing local; an
+interrupted change is repaired on open."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import secrets
 import sqlite3
 import subprocess
 import sys
@@ -29,7 +31,10 @@ from lookalike.datasets import load_dataset  # noqa: E402
 from lookalike.errors import LookalikeError, RemoteError  # noqa: E402
 from lookalike.milvus_backend import MilvusBackend, index_spec  # noqa: E402
 
-BACKENDS = ("faiss", "milvus")
+#: Where the milvus backend's vectors live in these tests: a Milvus Lite file in the test's
+#: temporary directory, or the session's Milvus standalone server.
+MILVUS_KINDS = ("milvus", "milvus-server")
+BACKENDS = ("faiss", *MILVUS_KINDS)
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
@@ -78,10 +83,15 @@ def _snapshot(path: Path) -> dict[str, object]:
     return files
 
 
-def _remote_names(uri: Path) -> list[str]:
-    client = pymilvus.MilvusClient(str(uri))
+def _unique(prefix: str) -> str:
+    """A remote collection name of this test's own (the server is shared by the session)."""
+    return f"{prefix}_{secrets.token_hex(4)}"
+
+
+def _remote_names(uri: str) -> set[str]:
+    client = pymilvus.MilvusClient(uri)
     try:
-        return sorted(client.list_collections())
+        return set(client.list_collections())
     finally:
         client.close()
 
@@ -103,13 +113,25 @@ def exact_model(exact_collection: Path) -> Path:
 
 
 @pytest.fixture()
-def index_with(exact_model: Path, tmp_path: Path, torch_one_thread: None
-               ) -> Callable[..., Path]:
+def milvus_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """The ``--milvus-uri`` of a kind in MILVUS_KINDS: this test's Milvus Lite file, or the
+    session's server (started on first use, so tests without it never wait for it)."""
+    def uri(kind: str) -> str:
+        assert kind in MILVUS_KINDS, kind
+        if kind == "milvus-server":
+            return str(request.getfixturevalue("milvus_server"))
+        return str(tmp_path / "milvus.db")
+    return uri
+
+
+@pytest.fixture()
+def index_with(exact_model: Path, tmp_path: Path, torch_one_thread: None,
+               milvus_uri: Callable[[str], str]) -> Callable[..., Path]:
     def build(backend: str, name: str = "c", *extra: str) -> Path:
         out = tmp_path / name
         argv = ["-q", "index", "--model", str(exact_model), "--dataset", "digits", "--out", str(out)]
-        if backend == "milvus":
-            argv += ["--backend", "milvus", "--milvus-uri", str(tmp_path / "milvus.db")]
+        if backend in MILVUS_KINDS:
+            argv += ["--backend", "milvus", "--milvus-uri", milvus_uri(backend)]
         code, stdout, err = _run(argv + list(extra))
         assert code == 0, err
         return out
@@ -117,19 +139,24 @@ def index_with(exact_model: Path, tmp_path: Path, torch_one_thread: None
 
 
 @pytest.fixture()
-def milvus_coll(index_with: Callable[..., Path]) -> Iterator[Collection]:
-    coll = Collection.open(index_with("milvus"))
+def milvus_coll(request: pytest.FixtureRequest, index_with: Callable[..., Path]
+                ) -> Iterator[Collection]:
+    """A collection on Milvus Lite, or on the kind given by indirect parametrisation."""
+    coll = Collection.open(index_with(getattr(request, "param", "milvus")))
     yield coll
     coll.close()
 
 
 # ---------------------------------------------------------------------------- the backend
-def test_backend_matches_faiss_exact_search(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", MILVUS_KINDS)
+def test_backend_matches_faiss_exact_search(kind: str, milvus_uri: Callable[[str], str],
+                                            tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 16)).astype(np.float32)
     ids = rng.permutation(100_000)[:300].astype(np.int64)
     q = rng.normal(size=(9, 16)).astype(np.float32)
-    m = new_backend("milvus", 16, uri=str(tmp_path / "m.db"), collection="unit")
+    unit = _unique("unit")
+    m = new_backend("milvus", 16, uri=milvus_uri(kind), collection=unit)
     f = FaissBackend(16)
     try:
         for b in (m, f):
@@ -151,7 +178,7 @@ def test_backend_matches_faiss_exact_search(tmp_path: Path) -> None:
         name = m.save(tmp_path, "index.3.faiss")
         assert name == "index.3.milvus.json"
         pointer = json.loads((tmp_path / name).read_text())
-        assert pointer["collection"] == "unit" and pointer["count"] == 296
+        assert pointer["collection"] == unit and pointer["count"] == 296
         again = open_backend(tmp_path, {**m.settings(), "file": name}, 16)
         assert (again.search(q, 5)[1] == f.search(q, 5)[1]).all()
         again.close()
@@ -164,16 +191,19 @@ def test_backend_matches_faiss_exact_search(tmp_path: Path) -> None:
         m.close()
 
 
+@pytest.mark.parametrize("kind", MILVUS_KINDS)
 @pytest.mark.parametrize("factory", ["IVF4,Flat", "HNSW8"])
-def test_ann_index_types_follow_the_factory_string(tmp_path: Path, factory: str) -> None:
+def test_ann_index_types_follow_the_factory_string(kind: str, factory: str,
+                                                   milvus_uri: Callable[[str], str]) -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(500, 8)).astype(np.float32)
     ids = np.arange(500, dtype=np.int64) * 3
-    m = MilvusBackend(8, factory, uri=str(tmp_path / "m.db"), collection="ann")
+    ann = _unique("ann")
+    m = MilvusBackend(8, factory, uri=milvus_uri(kind), collection=ann)
     try:
         m.add(ids, x)
         client = m._client
-        described = client.describe_index("ann", "vector")
+        described = client.describe_index(ann, "vector")
         assert described["index_type"] == index_spec(factory)[0] and described["metric_type"] == "L2"
         q = x[:20] + 0.01
         d, i = m.search(q, 5)
@@ -199,11 +229,12 @@ def test_missing_pymilvus_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
         new_backend("milvus", 4, uri="/tmp/never.db")
 
 
-# ---------------------------------------------------------------------------- both backends
-def test_same_top_k_on_the_same_collection(index_with: Callable[..., Path],
+# ---------------------------------------------------------------------------- all backends
+@pytest.mark.parametrize("kind", MILVUS_KINDS)
+def test_same_top_k_on_the_same_collection(kind: str, index_with: Callable[..., Path],
                                            exact_collection: Path,
                                            digits_queries: np.ndarray) -> None:
-    milvus = Collection.open(index_with("milvus"))
+    milvus = Collection.open(index_with(kind))
     faiss = Collection.open(exact_collection)
     try:
         assert (milvus.ids == faiss.ids).all()
@@ -255,7 +286,7 @@ def test_index_add_remove_search_reopen(backend: str, index_with: Callable[..., 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_evaluate_and_info(backend: str, index_with: Callable[..., Path],
-                           exact_collection: Path) -> None:
+                           milvus_uri: Callable[[str], str], exact_collection: Path) -> None:
     path = index_with(backend)
     code, out, err = _run(["evaluate", str(path), "--dataset", "digits", "--json", "--lrap-n", "1,10"])
     assert code == 0, err
@@ -264,7 +295,11 @@ def test_evaluate_and_info(backend: str, index_with: Callable[..., Path],
     assert json.loads(out) == json.loads(reference)
     code, out, _ = _run(["info", str(path), "--json"])
     info = json.loads(out)
-    assert code == 0 and info["count"] == 1438 and info["backend"]["name"] == backend
+    assert code == 0 and info["count"] == 1438
+    if backend in MILVUS_KINDS:  # on the Milvus Lite file or the server, as asked
+        assert info["backend"]["name"] == "milvus" and info["backend"]["uri"] == milvus_uri(backend)
+    else:
+        assert info["backend"]["name"] == "faiss"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -317,20 +352,23 @@ def test_bad_uris_are_one_line_and_write_nothing(exact_model: Path, tmp_path: Pa
     assert not (tmp_path / "c").exists()
 
 
-def test_missing_remote_collection_and_dim_mismatch(index_with: Callable[..., Path],
+@pytest.mark.parametrize("kind", MILVUS_KINDS)
+def test_missing_remote_collection_and_dim_mismatch(kind: str, index_with: Callable[..., Path],
+                                                    milvus_uri: Callable[[str], str],
                                                     tmp_path: Path) -> None:
-    path = index_with("milvus")
+    path = index_with(kind)
     manifest = json.loads((path / "manifest.json").read_text())
     name = manifest["backend"]["collection"]
     # another lookalike collection, 4-d, on the same Milvus
-    other = MilvusBackend(4, uri=str(tmp_path / "milvus.db"), collection="other_4d")
+    other_4d = _unique("other_4d")
+    other = MilvusBackend(4, uri=milvus_uri(kind), collection=other_4d)
     other.close()
     swapped = tmp_path / "swapped"
     import shutil
 
     shutil.copytree(path, swapped)
     for f in (swapped / "manifest.json", swapped / "index.milvus.json"):
-        f.write_text(f.read_text().replace(name, "other_4d"))
+        f.write_text(f.read_text().replace(name, other_4d))
     from lookalike.segments import checksums
 
     edited = json.loads((swapped / "manifest.json").read_text())  # a consistent pointer
@@ -338,7 +376,7 @@ def test_missing_remote_collection_and_dim_mismatch(index_with: Callable[..., Pa
     (swapped / "manifest.json").write_text(json.dumps(edited))
     _one_line_error(["search", str(swapped), "id:3"], "holds 4-d vectors, the manifest says 8")
 
-    client = pymilvus.MilvusClient(str(tmp_path / "milvus.db"))
+    client = pymilvus.MilvusClient(milvus_uri(kind))
     client.drop_collection(name)
     client.close()
     _one_line_error(["search", str(path), "id:3"], f"has no collection {name!r}")
@@ -397,6 +435,7 @@ def test_failed_remote_write_changes_nothing_local(milvus_coll: Collection, tmp_
     assert len(Collection.open(path).backend) == 1438
 
 
+@pytest.mark.parametrize("milvus_coll", MILVUS_KINDS, indirect=True)
 def test_interrupted_changes_are_repaired_on_open(milvus_coll: Collection,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   digits_queries: np.ndarray) -> None:
@@ -429,22 +468,24 @@ def test_interrupted_changes_are_repaired_on_open(milvus_coll: Collection,
     coll.close()
 
 
+@pytest.mark.parametrize("kind", MILVUS_KINDS)
 def test_overwrite_and_failed_create_leave_no_remote_collection(
-        index_with: Callable[..., Path], exact_model: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    uri = tmp_path / "milvus.db"
-    first = json.loads((index_with("milvus") / "manifest.json").read_text())["backend"]["collection"]
-    assert _remote_names(uri) == [first]
-    second = json.loads((index_with("milvus", "c", "--overwrite") / "manifest.json").read_text())
+        kind: str, index_with: Callable[..., Path], milvus_uri: Callable[[str], str],
+        exact_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = milvus_uri(kind)
+    others = _remote_names(uri)  # on the server, other tests' collections
+    first = json.loads((index_with(kind) / "manifest.json").read_text())["backend"]["collection"]
+    assert _remote_names(uri) - others == {first}
+    second = json.loads((index_with(kind, "c", "--overwrite") / "manifest.json").read_text())
     kept = second["backend"]["collection"]
-    assert _remote_names(uri) == [kept] and kept != first
+    assert _remote_names(uri) - others == {kept} and kept != first
 
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(collection_module.shutil, "copytree", disk_full)
     _one_line_error(["index", "--model", str(exact_model), "--dataset", "digits", "--out",
-                     str(tmp_path / "d"), "--backend", "milvus", "--milvus-uri", str(uri)],
+                     str(tmp_path / "d"), "--backend", "milvus", "--milvus-uri", uri],
                     "No space left on device")
-    assert _remote_names(uri) == [kept]
+    assert _remote_names(uri) - others == {kept}
     assert not (tmp_path / "d").exists()
