@@ -91,7 +91,7 @@ def quality(name: str, db: np.ndarray, db_labels: np.ndarray, q: np.ndarray, q_l
     index, factory = _index(db)
     rows = []
     _, exact = index.search(q, 100)
-    rows.append([name, f"{len(db):,}", "exact (index only)", "",
+    rows.append([name, f"{len(db):,}", "exact (index only)", factory,
                  f"{_precision(exact, db_labels, q_labels, 1):.3f}",
                  f"{_precision(exact, db_labels, q_labels, 10):.3f}",
                  f"{_precision(exact, db_labels, q_labels, 100):.3f}", "", ""])
@@ -155,6 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
+    from lookalike.config import DiffusionConfig
     from lookalike.datasets import load_dataset
     from lookalike.encoders import ModelEncoder, encode_dataset
     from lookalike.modelio import load_model
@@ -179,15 +180,17 @@ def main() -> None:
         f"{' '.join(map(str, args.candidates))} --sizes {' '.join(map(str, args.sizes))}` — "
         f"{now()}, commit {commit()}, {machine()}; one thread.",
         "A collection's search re-ranks by diffusion over the `candidates` nearest items of its "
-        "index (default 500), the graph built at query time over them; *diffusion over the whole "
-        "database* is the evaluation protocol's ranking, its k-NN graph over every item (O(n²)). "
+        f"index (default {DiffusionConfig().candidates}), the graph built at query time over "
+        "them; *diffusion over the whole database* is the evaluation protocol's ranking, its "
+        "k-NN graph over every item (O(n²)). "
         "The recipe model: trained on mnist-5k, used on both datasets. P@k: the share of a "
         "query's top k with its label; *top-10 agreement*: the share of the whole-database "
         "diffusion's top 10 the truncated one returns; *per query*: index search plus re-ranking "
         "of one query, median.",
         table(["data", "database", "ranking", "index", "P@1", "P@10", "P@100", "top-10 agreement",
                "per query"], rows),
-        "Cost of one re-ranked query (k = 10, default 500 candidates) as the collection grows; "
+        f"Cost of one re-ranked query (k = 10, {retrieval.diffusion.candidates} candidates) as the "
+        "collection grows; "
         "beyond 60,000 the codes are random vectors with the fashion-mnist codes' mean and spread. "
         "*index build*: the FAISS index `auto` picks (IVF training included); nothing else is "
         "built: a commit has no graph to update.",

@@ -43,6 +43,8 @@ WHITEN_SAMPLE = 5000
 
 #: up to this many codes, nearest neighbours are found by one matrix product, not FAISS
 SMALL = 2048
+#: up to this many codes the graph is a dense matrix (cheaper than sparse at this size)
+DENSE = 400
 
 Whitening = tuple[np.ndarray, np.ndarray]
 _FIT: Any = object()  # Diffusion(whitening=...) default: fit on the codes given
@@ -151,14 +153,14 @@ class Diffusion:
         return len(self.codes)
 
     def _graph(self) -> sp.csr_matrix | np.ndarray:
-        """``S``: dense for a small database (a collection's candidates), else sparse."""
+        """``S``: dense for a few hundred codes (a collection's candidates), else sparse."""
         n = len(self.codes)
         sims, ids = self._neighbours
         k = ids.shape[1]
         if k < 1:
             return sp.csr_matrix((n, n), dtype=np.float32)
         w = np.maximum(sims, 0) ** self.config.gamma
-        if n <= SMALL:
+        if n <= DENSE:
             a = np.zeros((n, n), np.float32)
             a[np.repeat(np.arange(n), k), ids.ravel()] = w.ravel()
             a = np.minimum(a, a.T)  # mutual neighbours only: robust to hubs
