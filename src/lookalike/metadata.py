@@ -8,7 +8,10 @@ readers ignore (:meth:`lookalike.collection.Collection.find`).
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,12 +45,38 @@ def write(path: Path, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
         db.close()
 
 
+#: read connections a thread keeps open (the most recently used files)
+READERS_PER_THREAD = 8
+_readers = threading.local()
+
+
 def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    """Rows of a read. A thread keeps a connection per file (up to
+    :data:`READERS_PER_THREAD`, reopened when the file is replaced), so a search does not
+    pay SQLite's connect each time (it connects again after the file changes)."""
+    return _reader(path).execute(sql, params).fetchall()
+
+
+def _reader(path: Path) -> sqlite3.Connection:
+    conns: OrderedDict[str, tuple[sqlite3.Connection, tuple[int, ...]]] = getattr(
+        _readers, "conns", None) or OrderedDict()
+    _readers.conns = conns
+    key = os.fspath(path)
     try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
+        st = os.stat(key)
+        stamp: tuple[int, ...] = (st.st_dev, st.st_ino, st.st_mtime_ns)  # (a new file, or changed)
+    except OSError:
+        stamp = ()  # (connecting raises SQLite's own error)
+    held = conns.pop(key, None)
+    if held is not None and held[1] != stamp:
+        held[0].close()
+        held = None
+    if held is None:
+        held = (sqlite3.connect(f"file:{path}?mode=rw", uri=True), stamp)
+    conns[key] = held
+    while len(conns) > READERS_PER_THREAD:
+        conns.popitem(last=False)[1][0].close()
+    return held[0]
 
 
 def check(path: Path, full: bool = False) -> None:
