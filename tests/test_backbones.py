@@ -28,6 +28,7 @@ from lookalike.encoders import ModelEncoder, encode_dataset
 from lookalike.errors import LookalikeError, ModelError
 from lookalike.modelio import load_model, save_model
 from lookalike.models import BackboneModel, build_model, fit_whitening
+from lookalike.runtime import open_encoder
 
 RNG = np.random.default_rng(0)
 
@@ -118,6 +119,9 @@ def test_saved_backbone_model_reloads_to_bit_identical_codes(tmp_path: Path) -> 
     b = encode_dataset(ModelEncoder(loaded, precision="fp32"), data)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (12, 8)
+    onnx = open_encoder(saved.path, saved.fingerprint)  # the same codes without PyTorch
+    assert onnx is not None
+    np.testing.assert_allclose(encode_dataset(onnx, data), a, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
     # centred on the images they were fitted on: no common direction left in the codes
     # (features must be normalised the way the fit saw them, or the mean misses)

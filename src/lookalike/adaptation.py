@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 
 from .augment import nt_xent
 from .backbones import pretrained
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, batch_for
 from .datasets import Dataset
-from .encoders import batch_for, prefetched
+from .encoders import prefetched
 from .errors import DataError
 from .models import BackboneModel, fit_whitening
 from .training import TrainResult, resolve_device, use_bf16

@@ -48,6 +48,8 @@ from .datasets import Dataset
 from .errors import CollectionError, LookalikeError
 from .fsutil import atomic_write, atomic_write_json, fsync_dir, read_json
 from .images import conform, content_hash, preview_spec
+from .runtime import ENV as ENCODER_ENV
+from .runtime import ONNX, export_encoder, open_encoder
 from .versions import versions
 
 if TYPE_CHECKING:  # PyTorch (encoders, modelio) and scikit-learn (rerank) load on first use:
@@ -55,6 +57,7 @@ if TYPE_CHECKING:  # PyTorch (encoders, modelio) and scikit-learn (rerank) load 
     from .encoders import ModelEncoder
     from .modelio import LoadedModel
     from .rerank import Diffusion
+    from .runtime import OnnxEncoder
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +213,7 @@ class Collection:
         # the model, or its directory: loaded (with PyTorch) when something is encoded
         self._model: LoadedModel | None = None if isinstance(model, Path) else model
         self._model_dir = model if isinstance(model, Path) else None
-        self._encoder: ModelEncoder | None = None
+        self._encoder: ModelEncoder | OnnxEncoder | None = None
         #: what a picture is stored (and hashed) as: the model's input up to 96 px a side
         self.store_spec = InputSpec(store.shape[2], store.shape[0], store.shape[1])
         self.retrieval = RetrievalConfig.from_dict(manifest.get("retrieval") or {})
@@ -243,12 +246,22 @@ class Collection:
         return self._model
 
     @property
-    def encoder(self) -> ModelEncoder:
-        """The model's encoder (see :attr:`model`)."""
+    def encoder(self) -> ModelEncoder | OnnxEncoder:
+        """The model's encoder: ONNX Runtime's when the model directory has its
+        ``encoder.onnx`` (no PyTorch imported; :mod:`lookalike.runtime`), else PyTorch's
+        (see :attr:`model`), which then writes ``encoder.onnx`` into the collection's copy of
+        the model for the next process."""
+        if self._encoder is None and self._model is None and self._model_dir is not None:
+            self._encoder = open_encoder(self._model_dir, self.manifest["model"]["fingerprint"])
         if self._encoder is None:
             from .encoders import ModelEncoder
 
-            self._encoder = ModelEncoder(self.model)
+            model = self.model
+            own = self.path / "model"  # its copy's ONNX file missing or unusable: write it
+            if model.path is not None and model.path.resolve() == own.resolve() \
+                    and os.environ.get(ENCODER_ENV, "").lower() != "torch":
+                export_encoder(model.module, model.config.input, model.fingerprint, own)
+            self._encoder = ModelEncoder(model)
         return self._encoder
 
     @property
@@ -324,6 +337,8 @@ class Collection:
                 shutil.rmtree(tmp)
             tmp.mkdir()
             shutil.copytree(model.path, tmp / "model")
+            if not (tmp / "model" / ONNX).is_file():  # a model saved before it had one
+                export_encoder(model.module, model.config.input, model.fingerprint, tmp / "model")
             segment = seg.write_segment(tmp, "000000", ids, embeddings, images, None,
                                     index if isinstance(index, FaissBackend) else None)
             files = _write_state(tmp, 0, None if local else index, whitening)

@@ -397,3 +397,16 @@ def default_retrieval_config(arch: str) -> RetrievalConfig:
 #: candidates per item (its nearest codes); see :mod:`lookalike.duplicates`.
 DUPLICATE_THRESHOLD = 0.995
 DUPLICATE_K = 10
+
+
+#: Input pixels encoded in one batch at most: a CNN's activations grow with batch x H x W, so
+#: 256 images of 28x28 go together but 192x192 inputs go 14 at a time (a batch of 256 at 224
+#: px peaked at 2.9 GB in EfficientNet-Lite0's activations; and on 2 cores, batches of 8-16
+#: at 192 px encoded 100-145 images/s where batches of 56-64 made 63-116: their activations
+#: stay in cache).
+BATCH_PIXELS = 1 << 19
+
+
+def batch_for(spec: InputSpec, cap: int = 256) -> int:
+    """Images of ``spec`` per batch: ``cap``, fewer for large inputs (:data:`BATCH_PIXELS`)."""
+    return max(1, min(cap, BATCH_PIXELS // (spec.height * spec.width)))

@@ -11,12 +11,13 @@ import contextlib
 import copy
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import InputSpec
+from .config import InputSpec, batch_for
 from .datasets import Dataset
 from .errors import LookalikeError
 from .images import conform
@@ -24,20 +25,10 @@ from .modelio import LoadedModel
 from .models import Model
 from .training import resolve_device, use_bf16
 
+if TYPE_CHECKING:
+    from .runtime import OnnxEncoder
+
 PRECISIONS = ("auto", "fp32", "bf16")
-#: Input pixels encoded in one batch at most: a CNN's activations grow with batch x H x W, so
-#: 256 images of 28x28 go together but 192x192 inputs go 14 at a time (a batch of 256 at 224
-#: px peaked at 2.9 GB in EfficientNet-Lite0's activations; and on 2 cores, batches of 8-16
-#: at 192 px encoded 100-145 images/s where batches of 56-64 made 63-116: their activations
-#: stay in cache).
-BATCH_PIXELS = 1 << 19
-
-
-def batch_for(spec: InputSpec, cap: int = 256) -> int:
-    """Images of ``spec`` per batch: ``cap``, fewer for large inputs (:data:`BATCH_PIXELS`)."""
-    return max(1, min(cap, BATCH_PIXELS // (spec.height * spec.width)))
-
-
 class PixelEncoder:
     """Raw pixels in [0, 1] as the code: the baseline every model must beat."""
 
@@ -110,7 +101,7 @@ class ModelEncoder:
         return out
 
 
-def encode_dataset(encoder: PixelEncoder | ModelEncoder, data: Dataset, progress: bool = False,
+def encode_dataset(encoder: PixelEncoder | ModelEncoder | OnnxEncoder, data: Dataset, progress: bool = False,
                    start: int = 0, stop: int | None = None, chunk: int = 256,
                    bar: tqdm | None = None) -> np.ndarray:
     """Codes of images ``start:stop`` (default: all) of ``data``, ``float32 (m, dim)``, read

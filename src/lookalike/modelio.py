@@ -1,5 +1,6 @@
-"""A model is a directory: ``model.safetensors`` (weights) and ``config.json``
-(architecture, input spec, training settings, loss history, versions, fingerprint).
+"""A model is a directory: ``model.safetensors`` (weights), ``config.json``
+(architecture, input spec, training settings, loss history, versions, fingerprint) and
+``encoder.onnx``, its encode path for ONNX Runtime (:mod:`lookalike.runtime`).
 
 No pickle: loading reads tensors with safetensors and settings from JSON. The
 fingerprint is the SHA-256 of the weights file; it is checked on load, and a
@@ -22,6 +23,7 @@ from .config import ModelConfig, RetrievalConfig, TrainConfig, default_retrieval
 from .errors import LookalikeError, ModelError
 from .fsutil import atomic_write, atomic_write_json, file_sha256, read_json
 from .models import Model, build_model
+from .runtime import export_encoder
 from .versions import versions
 
 FORMAT = "lookalike-model"
@@ -56,6 +58,7 @@ def save_model(directory: str | os.PathLike[str], module: Model,
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     atomic_write(out / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
     fingerprint = file_sha256(out / WEIGHTS)
+    export_encoder(module, module.config.input, fingerprint, out)  # (PyTorch-free encoding)
     atomic_write_json(out / CONFIG, {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -1,0 +1,87 @@
+"""Encoding without PyTorch (lookalike.runtime): the ONNX encoder a model directory carries
+gives PyTorch's float32 codes; a collection uses it, so a one-image `add` never imports
+PyTorch; a missing, damaged or foreign file falls back to PyTorch, which writes it again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import Trained
+from lookalike.collection import Collection
+from lookalike.datasets import load_dataset
+from lookalike.encoders import ModelEncoder, encode_dataset
+from lookalike.modelio import load_model
+from lookalike.runtime import ONNX, OnnxEncoder, open_encoder
+
+
+@pytest.mark.parametrize("which", ["recipe", "preset"])
+def test_onnx_codes_equal_pytorch_float32(which: str, trained: Trained, exact_collection: Path) -> None:
+    path = trained.model if which == "recipe" else exact_collection / "model"
+    model = load_model(path)
+    onnx = open_encoder(path, model.fingerprint)
+    assert isinstance(onnx, OnnxEncoder) and onnx.spec == model.config.input
+    data = load_dataset("digits", "queries")
+    reference = encode_dataset(ModelEncoder(model, precision="fp32"), data)
+    codes = encode_dataset(onnx, data)
+    assert codes.shape == reference.shape == (len(data), model.module.code_dim)
+    np.testing.assert_allclose(codes, reference, atol=1e-5)
+    assert open_encoder(path, "0" * 64) is None  # another model's fingerprint
+
+
+def _add_in_a_process(coll: Path, picture: Path, env: dict[str, str] | None = None) -> dict:
+    code = ("import json, sys; from lookalike.cli import main\n"
+            "rc = main(['-q', 'add', sys.argv[1], sys.argv[2]])\n"
+            "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code, str(coll), str(picture)], check=True,
+                         capture_output=True, text=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_adding_one_image_does_not_import_pytorch(tmp_path: Path, trained: Trained) -> None:
+    coll = tmp_path / "c"
+    shutil.copytree(trained.collection, coll)
+    image = load_dataset("digits", "queries").images[3]
+    Image.fromarray(image[:, :, 0]).save(tmp_path / "new.png")
+    assert _add_in_a_process(coll, tmp_path / "new.png") == {"rc": 0, "torch": False}
+    c = Collection.open(coll)
+    added = c.find(source=str(tmp_path / "new.png"))
+    assert added is not None
+    reference = ModelEncoder(load_model(coll / "model"), precision="fp32").encode(image[None])
+    np.testing.assert_allclose(c.vector(added), reference[0], atol=1e-5)
+    # with LOOKALIKE_ENCODER=torch, PyTorch encodes
+    Image.fromarray(255 - image[:, :, 0]).save(tmp_path / "other.png")
+    assert _add_in_a_process(coll, tmp_path / "other.png", {"LOOKALIKE_ENCODER": "torch"}) == {
+        "rc": 0, "torch": True}
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "foreign"])
+def test_an_unusable_onnx_file_falls_back_to_pytorch_and_is_written_again(
+        tmp_path: Path, trained: Trained, damage: str) -> None:
+    coll = tmp_path / "c"
+    shutil.copytree(trained.collection, coll)
+    onnx = coll / "model" / ONNX
+    if damage == "missing":
+        onnx.unlink()
+    elif damage == "truncated":
+        onnx.write_bytes(onnx.read_bytes()[:1000])
+    else:  # made from other weights
+        shutil.copy(trained.other_model / ONNX, onnx)
+    images = load_dataset("digits", "queries").images[:4]
+    c = Collection.open(coll)
+    assert isinstance(c.encoder, ModelEncoder)  # fell back
+    before = c.search_images(images, 5)
+    again = Collection.open(coll)  # the file was written again: ONNX Runtime this time
+    assert isinstance(again.encoder, OnnxEncoder)
+    after = again.search_images(images, 5)  # (PyTorch may have encoded in bfloat16)
+    assert (before[1][:, 0] == after[1][:, 0]).all()
+    assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(before[1], after[1], strict=True)]) >= 4
