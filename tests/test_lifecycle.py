@@ -308,10 +308,14 @@ def test_sqlite_rows_of_an_interrupted_add_are_not_items(tmp_path: Path, trained
 
 def test_a_metadata_transaction_killed_midway_is_rolled_back_on_open(tmp_path: Path,
                                                                      trained: Trained) -> None:
-    """A process killed inside a metadata transaction leaves a hot journal: the next open
-    rolls it back (it used to fail on it, opening read-only) and the collection is intact."""
+    """A process killed inside a metadata transaction, in a collection made before the
+    metadata file was in WAL mode, leaves a hot journal: the next open rolls it back (it
+    used to fail on it, opening read-only) and the collection is intact."""
     c = tmp_path / "c"
     shutil.copytree(trained.collection, c)
+    with sqlite3.connect(c / "metadata.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    db.close()
     before = Collection.open(c).sources()
     writer = (
         "import os, signal, sqlite3, sys\n"
@@ -329,3 +333,36 @@ def test_a_metadata_transaction_killed_midway_is_rolled_back_on_open(tmp_path: P
     _consistent(coll)
     assert coll.sources() == before
     assert not (c / "metadata.sqlite-journal").exists()
+
+
+def test_a_metadata_transaction_killed_midway_leaves_nothing_in_wal_mode(
+        tmp_path: Path, trained: Trained) -> None:
+    """The same kill in WAL mode (collections now): the log's uncommitted frames are
+    ignored, and a search's reads were never blocked by the writer."""
+    c = tmp_path / "c"
+    shutil.copytree(trained.collection, c)
+    with sqlite3.connect(c / "metadata.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    before = Collection.open(c).sources()
+    writer = (
+        "import os, signal, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA cache_size=1'); db.execute('BEGIN')\n"
+        "for i in range(2000):\n"
+        "    db.execute('INSERT INTO items VALUES (?, ?, -1, ?)', (10**6 + i, 'x' * 200, 'h'))\n"
+        "print('written', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", writer, str(c / "metadata.sqlite")],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "written"
+        assert Collection.open(c).sources() == before  # read while the writer holds its lock
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(30) == -signal.SIGKILL
+    coll = Collection.open(c)
+    _consistent(coll)
+    assert coll.sources() == before

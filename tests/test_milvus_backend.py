@@ -75,9 +75,10 @@ def _same_ranking(d1: np.ndarray, i1: np.ndarray, d2: np.ndarray, i2: np.ndarray
 
 
 def _snapshot(path: Path) -> dict[str, object]:
-    """Every file's bytes (the SQLite table as rows), to show nothing local changed."""
+    """Every file's bytes (the SQLite table as rows: its write-ahead log and index change
+    as it is read), to show nothing local changed."""
     files = {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
-             if p.is_file() and p.name != "metadata.sqlite"}
+             if p.is_file() and not p.name.startswith("metadata.sqlite")}
     with contextlib.closing(sqlite3.connect(path / "metadata.sqlite")) as db:
         files["items"] = db.execute("SELECT * FROM items ORDER BY id").fetchall()
     return files

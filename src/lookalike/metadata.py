@@ -4,6 +4,10 @@ one row per image, indexed by hash and by source.
 Rows are written before the commit that adds their items and deleted after the commit that
 removes them, so a crash leaves at most rows whose id is not in the collection, which
 readers ignore (:meth:`lookalike.collection.Collection.find`).
+
+The file is in write-ahead-log mode (``metadata.sqlite-wal`` beside it): a write never
+blocks the reads of a search (the service's), and a transaction cut short by a crash is
+simply not in the log's committed part.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ def create(path: Path, rows: Iterable[tuple[int, str, int, str]]) -> None:
     """A new metadata file at ``path`` holding ``rows`` ``(id, source, label, hash)``."""
     db = sqlite3.connect(path)
     try:
+        db.execute("PRAGMA journal_mode=WAL")
         with db:
             db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
                        " label INTEGER NOT NULL, hash TEXT NOT NULL)")
@@ -36,9 +41,11 @@ def create(path: Path, rows: Iterable[tuple[int, str, int, str]]) -> None:
 
 
 def write(path: Path, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
-    """Run ``sql`` for every row in one SQLite transaction."""
+    """Run ``sql`` for every row in one SQLite transaction (the file is switched to
+    write-ahead logging first when a collection made before that is written)."""
     db = sqlite3.connect(path)
     try:
+        db.execute("PRAGMA journal_mode=WAL")
         with db:
             db.executemany(sql, rows)
     finally:
@@ -82,8 +89,8 @@ def _reader(path: Path) -> sqlite3.Connection:
 def check(path: Path, full: bool = False) -> None:
     """Read the metadata table (with ``full``, SQLite's own quick consistency check of the
     whole file, O(rows): ``lookalike verify``). The connection may write: a process killed
-    inside a metadata transaction leaves a hot journal, which SQLite rolls back on this
-    first read (a read-only connection would refuse to)."""
+    inside a metadata transaction leaves a hot journal (a collection not yet in WAL mode),
+    which SQLite rolls back on this first read (a read-only connection would refuse to)."""
     if not path.is_file():
         raise CollectionError(f"{path} is missing; rebuild with 'lookalike index'")
     try:
