@@ -238,6 +238,31 @@ def test_sigkill_during_add_then_rerun(tmp_path: Path, trained: Trained) -> None
     assert len(done) == len(reference) == base + len(paths)
 
 
+def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path, trained: Trained) -> None:
+    """Two `lookalike add` runs on one collection at the same time, 12 commits each: the
+    writer lock makes them take turns, each reading the other's commits before its own,
+    so every image of both is there and the collection is consistent."""
+    target = tmp_path / "c"
+    shutil.copytree(trained.collection, target)
+    base = len(Collection.open(target))
+    paths = _digit_folder(tmp_path / "all", 480)
+    halves = [tmp_path / "a", tmp_path / "b"]
+    for half, part in zip(halves, (paths[::2], paths[1::2]), strict=True):
+        half.mkdir()
+        for path in part:
+            shutil.move(str(path), half / path.name)
+    cmd = [sys.executable, "-m", "lookalike.cli", "-q", "add", "--batch", "20", str(target)]
+    procs = [subprocess.Popen([*cmd, str(half)], env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for half in halves]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    done = Collection.open(target, verify=True)
+    _consistent(done)
+    assert len(done) == base + 480
+    assert {str(h / p.name) for h in halves for p in h.iterdir()} <= set(done.sources())
+
+
 def test_damaged_files_are_named_on_open(tmp_path: Path, trained: Trained) -> None:
     for name, damage, message in [
         ("segments/000000.faiss", lambda p: p.write_bytes(p.read_bytes()[:100]), "truncated"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -643,6 +644,26 @@ def test_a_reader_keeps_its_snapshot_through_a_compaction(rerank_path: Path, que
     assert not any((rerank_path / f).exists() for f in segment_files)  # deleted by the merge
     assert np.array_equal(held.image(1438), shared.snapshot.image(1438))
     assert (held.search_ids([1438], 5)[1] == shared.snapshot.search_ids([1438], 5)[1]).all()
+
+
+def test_a_change_made_by_another_process_is_seen(rerank_path: Path, queries: np.ndarray,
+                                                 tmp_path: Path, torch_one_thread: None) -> None:
+    """`lookalike add` in another process while the service runs: the next read sees it,
+    and the service's own next change builds on it (nothing of either is lost)."""
+    shared = SharedCollection(rerank_path)
+    count = shared.stats()["count"]
+    Image.fromarray(queries[7][:, :, 0]).save(tmp_path / "other.png")
+    code = "import sys; from lookalike.cli import main; sys.exit(main(['-q', 'add', *sys.argv[1:]]))"
+    subprocess.run([sys.executable, "-c", code, str(rerank_path), str(tmp_path / "other.png")],
+                   check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert shared.stats()["count"] == count + 1
+    near = queries[7].copy()
+    near[0, 0, 0] = near[0, 0, 0] + 1 if near[0, 0, 0] < 255 else 254
+    found = shared.search_image(near, 3, rerank=False)[0]
+    assert found.source == str(tmp_path / "other.png")
+    (mine,), _, total = shared.add([queries[8]], ["mine.png"])
+    assert total == count + 2 and mine == found.id + 1
+    assert len(Collection.open(rerank_path)) == count + 2
 
 
 def test_searches_that_queue_up_share_an_index_search(

@@ -25,17 +25,19 @@ a crash came between the two renames.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import functools
 import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -63,6 +65,17 @@ log = logging.getLogger(__name__)
 
 FORMAT = "lookalike-collection"
 FORMAT_VERSION = 2
+
+_T = TypeVar("_T")
+
+
+def _exclusive(method: Callable[..., _T]) -> Callable[..., _T]:
+    """A change: made by one writer at a time across processes (:meth:`Collection._writing`)."""
+    @functools.wraps(method)
+    def change(self: Collection, *args: Any, **kwargs: Any) -> _T:
+        with self._writing():
+            return method(self, *args, **kwargs)
+    return change
 
 
 def _write_state(directory: Path, generation: int, backend: IndexBackend | None,
@@ -219,6 +232,7 @@ class Collection:
         self.retrieval = RetrievalConfig.from_dict(manifest.get("retrieval") or {})
         self._diffusion: Diffusion | None = None
         self._whitening: Any = None  # (mean, projection), (None,) for none; read on first use
+        self._writers = 0  # depth of _writing() in this object (a change calls another)
 
     def snapshot(self) -> Collection:
         """This collection as committed now, for readers: a commit replaces the manifest,
@@ -436,6 +450,55 @@ class Collection:
     def close(self) -> None:
         """Let go of the backend's connections (a Milvus server, Milvus Lite's file lock)."""
         self.backend.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time, across processes: an exclusive ``flock`` on the collection's
+        directory (waited for; the kernel releases it when a process dies), then the state
+        read again if another process committed since this one read it, so that no commit
+        is built on a manifest that is no longer the last."""
+        if self._writers:
+            self._writers += 1
+            try:
+                yield
+            finally:
+                self._writers -= 1
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._writers = 1
+            self.refresh()
+            yield
+        finally:
+            self._writers = 0
+            os.close(fd)  # (releases the lock)
+
+    def refresh(self) -> bool:
+        """Read the collection again if another process has committed a change since this
+        object read it (segments already read are kept); whether it had."""
+        try:
+            manifest = read_json(self.path / "manifest.json")
+        except (OSError, ValueError) as exc:
+            raise CollectionError(f"{self.path / 'manifest.json'} is damaged "
+                                  f"({type(exc).__name__})") from None
+        if (manifest.get("generation"), manifest.get("format_version")) == (
+                self.manifest.get("generation"), self.manifest.get("format_version")):
+            return False
+        log.info("%s was changed by another process: reading it again", self.path)
+        if int(manifest.get("format_version", 1)) >= FORMAT_VERSION:
+            segments = [seg.Segment.from_dict(d) for d in manifest.get("segments") or []]
+            shape = tuple(int(v) for v in manifest["pictures"])
+            store = seg.SegmentStore(self.path, segments, self.dim, (shape[0], shape[1], shape[2]),
+                                     self.store.spec, self.store.loaded)
+        else:
+            manifest, store = seg.open_store(self.path, manifest)
+        self.manifest, self.store = manifest, store
+        if self._local:
+            self.backend = seg.SegmentedIndex(store)
+        self._diffusion = None
+        self._whitening = None
+        return True
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -661,6 +724,7 @@ class Collection:
         return self.search(vectors, k, arr, rerank)
 
     # ------------------------------------------------------------------ changes
+    @_exclusive
     def add(self, images: np.ndarray | list[np.ndarray], sources: list[str],
             labels: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Encode and add images (``uint8 (n, H, W, C)`` or a list of ``(H, W, C)`` of any
@@ -704,6 +768,7 @@ class Collection:
         self._merge_if_due()
         return out
 
+    @_exclusive
     def update(self, ids: np.ndarray | list[int], images: np.ndarray | list[np.ndarray]) -> int:
         """Give stored items new images (a changed file): each keeps its id, source and
         label; its pixels, hash and code are replaced, in one commit (its old row deleted,
@@ -742,6 +807,7 @@ class Collection:
         """Codes of ``images[rows]``, each taken at the model's input spec."""
         return self.encoder.encode(conform([images[int(r)] for r in rows], self.encoder.spec))
 
+    @_exclusive
     def remove(self, ids: np.ndarray | list[int]) -> int:
         """Remove items by id; unknown ids are ignored. Returns how many were removed. Their
         rows are marked deleted (a small file per segment touched); :meth:`compact` drops them."""
@@ -756,6 +822,7 @@ class Collection:
         self._merge_if_due()
         return len(gone)
 
+    @_exclusive
     def compact(self) -> bool:
         """Merge every segment into one, deleted rows dropped and pictures compressed, with
         the collection's index factory; one commit. Returns whether anything changed."""
@@ -765,6 +832,7 @@ class Collection:
         self._commit(self.store.merged(0, self._new_segment))
         return True
 
+    @_exclusive
     def migrate(self) -> bool:
         """Rewrite a format 1 collection as segments (:meth:`compact`); ``False`` when it is
         already in the current format."""

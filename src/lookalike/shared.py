@@ -77,14 +77,28 @@ class SharedCollection:
             coll.encoder  # noqa: B018
             if coll.reranks:
                 coll.whitening  # noqa: B018
+        self._stamp = self._manifest_stamp()
         self.snapshot = coll.snapshot()
+
+    def _manifest_stamp(self) -> int:
+        try:
+            return os.stat(self.path / "manifest.json").st_mtime_ns
+        except OSError:
+            return -1
+
+    def _current(self) -> Collection:
+        """The snapshot for a read, brought up to date first when another process (a
+        ``lookalike add`` beside the service) has committed a change since."""
+        if self._manifest_stamp() != self._stamp:
+            self._submit(_Change("refresh"))
+        return self.snapshot
 
     @property
     def reranks(self) -> bool:
         return self.snapshot.reranks
 
     def stats(self) -> dict[str, Any]:
-        coll = self.snapshot
+        coll = self._current()
         m = coll.manifest
         spec = coll.encoder.spec
         return {"count": len(coll), "dimension": coll.dim,
@@ -104,14 +118,14 @@ class SharedCollection:
     def search_image(self, image: np.ndarray, k: int, rerank: bool | None) -> list[Hit]:
         """Results for ``uint8 (H, W, C)``, nearest first (padding dropped); an image whose
         pixels (as stored) are a stored item's does not find itself."""
-        coll = self.snapshot
+        coll = self._current()
         own = coll.find(hash=content_hash(coll.stored_form([image])[0]))
         return self._search(_Query(coll, k, coll.reranked(rerank), -1 if own is None else own,
                                    image=conform([image], coll.input_spec)[0]))
 
     def search_id(self, item_id: int, k: int, rerank: bool | None) -> list[Hit]:
         """Results for a stored item, itself excluded. Raises :class:`UnknownItem`."""
-        coll = self.snapshot
+        coll = self._current()
         self._check(coll, item_id)
         return self._search(_Query(coll, k, coll.reranked(rerank), item_id,
                                    code=coll.vector(item_id)))
@@ -155,7 +169,7 @@ class SharedCollection:
 
     def item(self, item_id: int) -> tuple[int, str, int, str]:
         """``(id, source, label, hash)``. Raises :class:`UnknownItem`."""
-        coll = self.snapshot
+        coll = self._current()
         self._check(coll, item_id)
         found = coll.items([item_id])[0]
         if found is None:  # removed by a commit after this snapshot
@@ -164,7 +178,7 @@ class SharedCollection:
 
     def image(self, item_id: int) -> tuple[np.ndarray, str]:
         """The stored image ``uint8 (H, W, C)`` and its content hash."""
-        coll = self.snapshot
+        coll = self._current()
         self._check(coll, item_id)
         found = coll.items([item_id])[0]
         return np.array(coll.image(item_id)), found.hash if found else ""
@@ -217,6 +231,8 @@ class SharedCollection:
         try:
             with self._queue:
                 batch, self._pending = self._pending, []
+            if any(c.kind == "refresh" for c in batch):
+                self._change(lambda coll: coll.refresh())
             removes = [c for c in batch if c.kind == "remove"]
             adds = [c for c in batch if c.kind == "add"]
             gone: list[int] = []
@@ -335,7 +351,7 @@ def _nearest(batch: list[_Query]) -> None:
 class _Change:
     """One queued change and, once committed, its result or error."""
 
-    kind: str  # "add" or "remove"
+    kind: str  # "add", "remove" or "refresh" (another process committed)
     images: list[np.ndarray] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     item_id: int = -1
