@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import Trained
-from lookalike import collection as collection_module
+from lookalike import checkpoint
 from lookalike.backends import choose_factory
 from lookalike.collection import Collection
 from lookalike.datasets import load_dataset
@@ -67,7 +67,7 @@ def test_index_resumes_from_its_checkpoints(tmp_path: Path, trained: Trained,
         calls.append(len(im)), real(self, im, progress))[1])
     bars: list[dict[str, float]] = []
 
-    class RecordingBar(collection_module.tqdm):  # type: ignore[name-defined,misc]
+    class RecordingBar(checkpoint.tqdm):  # type: ignore[name-defined,misc]
         """The progress bar, noting where it starts and where it ends."""
 
         def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
@@ -79,7 +79,7 @@ def test_index_resumes_from_its_checkpoints(tmp_path: Path, trained: Trained,
                 bars[-1]["end"] = self.n
             super().close()
 
-    monkeypatch.setattr(collection_module, "tqdm", RecordingBar)
+    monkeypatch.setattr(checkpoint, "tqdm", RecordingBar)
     with caplog.at_level("WARNING"):
         resumed = Collection.create(tmp_path / "c", model, ds, chunk=200, progress=True)
     assert "resuming: 600 of 1438 images already encoded" in caplog.text
