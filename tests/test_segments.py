@@ -260,30 +260,39 @@ def _timed(script: str, args: list[str]) -> float:
 
 REMOVE = ("import sys; from lookalike.collection import Collection\n"
           "c = Collection.open(sys.argv[1])\n"
-          "for i in range(40): c.remove([int(sys.argv[2]) + i])\n")
+          "for i in range(int(sys.argv[3])): c.remove([int(sys.argv[2]) + i])\n")
 COMPACT = ("import sys; from lookalike.collection import Collection\n"
            "c = Collection.open(sys.argv[1]); getattr(c, sys.argv[2])()\n")
 
 
 def test_sigkill_during_remove(tmp_path: Path, trained: Trained) -> None:
-    """Kill a process removing one item per commit: the collection opens, consistent,
-    holding exactly the items of some commit (a prefix of the removals)."""
-    full = _timed(REMOVE, [str(shutil.copytree(trained.collection, tmp_path / "ref")), "100"])
+    """Kill a process removing one item per commit (200 commits), at a random moment after
+    its first commit: the collection opens, consistent, holding exactly the items of some
+    commit (a prefix of the removals)."""
     reference = _content(Collection.open(trained.collection))
     rng = np.random.default_rng(2)
     done: list[int] = []
     for attempt in range(4):
         target = shutil.copytree(trained.collection, tmp_path / f"c{attempt}")
-        _killed(REMOVE, [str(target), "100"], rng.uniform(0.5, 0.95) * full)
+        stamp = (target / "manifest.json").stat().st_mtime_ns
+        with subprocess.Popen([sys.executable, "-c", REMOVE, str(target), "100", "200"],
+                              env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) as proc:
+            deadline = time.monotonic() + 120
+            while (proc.poll() is None and time.monotonic() < deadline
+                   and (target / "manifest.json").stat().st_mtime_ns == stamp):
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.3))
+            proc.send_signal(signal.SIGKILL)
         c = Collection.open(target, verify=True)
         _consistent(c)
         gone = sorted(set(reference) - set(map(int, c.ids)))
         assert gone == list(range(100, 100 + len(gone)))
         assert _content(c) == {i: v for i, v in reference.items() if i not in set(gone)}
         done.append(len(gone))
-        c.remove(list(range(100, 140)))  # finishing afterwards works
-        assert len(Collection.open(target)) == len(reference) - 40
-    assert any(0 < n < 40 for n in done), f"no kill landed mid-run: {done}"
+        c.remove(list(range(100, 300)))  # finishing afterwards works
+        assert len(Collection.open(target)) == len(reference) - 200
+    assert any(0 < n < 200 for n in done), f"no kill landed mid-run: {done}"
 
 
 @pytest.mark.parametrize("operation", ["compact", "migrate"])
