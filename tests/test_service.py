@@ -699,7 +699,7 @@ def test_searches_that_queue_up_share_an_index_search(
         assert first.wait(30)
         rest = [pool.submit(ask, *a) for a in asks[1:]]
         deadline = time.monotonic() + 30
-        while len(shared._asked) < len(asks) - 1:
+        while len(shared._searches) < len(asks) - 1:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         queued.set()
@@ -726,8 +726,7 @@ def test_changes_that_queue_up_share_a_commit(rerank_path: Path, queries: np.nda
         return real_add(self, images, sources, labels)
 
     def pending() -> int:
-        with shared._queue:
-            return len(shared._pending)
+        return len(shared._changes)
 
     monkeypatch.setattr(Collection, "add", held_add)
     bad = np.zeros((8, 8, 2), np.uint8)  # two channels: the collection refuses it

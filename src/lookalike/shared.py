@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -60,12 +60,8 @@ class SharedCollection:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._coll = Collection.open(self.path)
-        self._queue = threading.Condition(threading.Lock())
-        self._pending: list[_Change] = []
-        self._committing = False
-        self._searches = threading.Condition(threading.Lock())
-        self._asked: list[_Query] = []
-        self._searching = False
+        self._changes: _Grouped[_Change] = _Grouped(self._apply)
+        self._searches: _Grouped[_Query] = _Grouped(_nearest)
         self.snapshot = self._coll
         self._publish()
 
@@ -137,21 +133,7 @@ class SharedCollection:
     def _search(self, query: _Query) -> list[Hit]:
         if not isinstance(query.k, int) or query.k <= 0:
             raise LookalikeError(f"k must be a positive integer, got {query.k}")
-        with self._searches:
-            self._asked.append(query)
-            while not query.done:
-                if self._searching:
-                    self._searches.wait()
-                    continue
-                self._searching = True
-                batch, self._asked = self._asked, []
-                self._searches.release()
-                try:
-                    _nearest(batch)
-                finally:
-                    self._searches.acquire()
-                    self._searching = False
-                    self._searches.notify_all()
+        self._searches.submit(query)
         if query.error is not None:
             raise query.error
         coll = query.coll
@@ -204,33 +186,16 @@ class SharedCollection:
     # arrive while a commit runs wait for it and then go in together, in one commit. A
     # caller returns once its own change is committed and visible to searches.
     def _submit(self, change: _Change) -> Any:
-        with self._queue:
-            self._pending.append(change)
-            while not change.finished:
-                if self._committing:
-                    self._queue.wait()
-                    continue
-                self._committing = True
-                self._queue.release()
-                try:
-                    self._apply()
-                finally:
-                    self._queue.acquire()
-                    self._committing = False
-                    self._queue.notify_all()
+        self._changes.submit(change)
         if change.error is not None:
             raise change.error
         return change.result
 
-    def _apply(self) -> None:
-        """Take every pending change (those that came during the last commit too) and apply
-        them: removes first (so an add in the batch never returns an id
-        removed in it), then every add in one call; each change gets its result or its own
-        error."""
-        batch: list[_Change] = []
+    def _apply(self, batch: list[_Change]) -> None:
+        """Apply the changes queued together: removes first (so an add in the batch never
+        returns an id removed in it), then every add in one call; each change gets its
+        result or its own error."""
         try:
-            with self._queue:
-                batch, self._pending = self._pending, []
             if any(c.kind == "refresh" for c in batch):
                 self._change(lambda coll: coll.refresh())
             removes = [c for c in batch if c.kind == "remove"]
@@ -272,7 +237,7 @@ class SharedCollection:
                 raise
         finally:
             for c in batch:
-                c.finished = True
+                c.done = True
 
     def _add_alone(self, change: _Change) -> None:
         try:
@@ -303,6 +268,48 @@ class SharedCollection:
             self._coll = Collection.open(self.path)
             self._publish()
             raise
+
+
+class _Item(Protocol):
+    done: bool
+
+
+_T = TypeVar("_T", bound=_Item)
+
+
+class _Grouped(Generic[_T]):
+    """Items worked on in batches, one batch at a time: items that arrive while a batch
+    runs wait for it, then go together in the next, run by the thread of one of them.
+    ``run`` marks every item of its batch ``done``, whatever fails."""
+
+    def __init__(self, run: Callable[[list[_T]], None]) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queued: list[_T] = []
+        self._running = False
+        self._run = run
+
+    def __len__(self) -> int:
+        """How many items wait for the next batch."""
+        with self._cond:
+            return len(self._queued)
+
+    def submit(self, item: _T) -> None:
+        """Return once ``item``'s batch has run."""
+        with self._cond:
+            self._queued.append(item)
+            while not item.done:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                batch, self._queued = self._queued, []
+                self._cond.release()
+                try:
+                    self._run(batch)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
 
 
 @dataclass(eq=False)
@@ -357,4 +364,4 @@ class _Change:
     item_id: int = -1
     result: Any = None
     error: BaseException | None = None
-    finished: bool = False
+    done: bool = False
