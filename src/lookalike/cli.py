@@ -176,7 +176,7 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
                      ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
     """(descriptions, images uint8 (m,H,W,C), labels (m,), exclude ids (m,), and for the
     queries that are stored items (``id:N``) their row -> id: their code is the stored one)."""
-    from .images import conform, content_hash, load_image
+    from .images import conform, load_image
 
     descs: list[str] = []
     images: list[np.ndarray] = []
@@ -195,7 +195,7 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
         elif Path(spec).exists():
             size = (coll.encoder.spec.height, coll.encoder.spec.width)
             image = conform([load_image(spec, size=size)], coll.encoder.spec)[0]
-            label, own = -1, coll.find(hash=content_hash(coll.stored_form([image])[0]))
+            label, own = -1, int(coll.stored_ids([image])[0])
         elif m_item and m_item.group("name") in BUILTIN_DATASETS:
             name, split = m_item.group("name"), m_item.group("split") or "queries"
             key = (name, split)
@@ -208,7 +208,7 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
             image = conform(ds.images[index:index + 1], coll.encoder.spec)[0]
             label = int(ds.labels[index]) if ds.labels is not None else -1
             own = coll.find(source=ds.sources[index])
-            own = coll.find(hash=content_hash(coll.stored_form([image])[0])) if own is None else own
+            own = int(coll.stored_ids([image])[0]) if own is None else own
         else:
             raise LookalikeError(
                 f"query {spec!r} is not an image file, id:N, or DATASET[:SPLIT]:INDEX "

@@ -651,9 +651,14 @@ class Collection:
                       ) -> tuple[np.ndarray, np.ndarray]:
         """Encode ``uint8 (m, H, W, C)`` images and search; an image whose pixels (as
         stored) equal a stored item's is not returned as its own result."""
+        return self.search(self.encoder.encode(conform(images, self.encoder.spec)), k,
+                           self.stored_ids(images), rerank)
+
+    def stored_ids(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """The id of each image whose pixels, as stored (:meth:`stored_form`), are a stored
+        item's, ``int64 (m,)``; -1 for the others (a query's own item, which it excludes)."""
         found = (self.find(hash=content_hash(im)) for im in self.stored_form(images))
-        exclude = np.array([-1 if f is None else f for f in found], dtype=np.int64)
-        return self.search(self.encoder.encode(conform(images, self.encoder.spec)), k, exclude, rerank)
+        return np.array([-1 if f is None else f for f in found], dtype=np.int64)
 
     def search_ids(self, ids: np.ndarray | list[int], k: int, rerank: bool | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:

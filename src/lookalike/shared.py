@@ -21,7 +21,7 @@ import numpy as np
 
 from .collection import Collection
 from .errors import LookalikeError
-from .images import conform, content_hash
+from .images import conform
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ class SharedCollection:
         """Results for ``uint8 (H, W, C)``, nearest first (padding dropped); an image whose
         pixels (as stored) are a stored item's does not find itself."""
         coll = self._current()
-        own = coll.find(hash=content_hash(coll.stored_form([image])[0]))
-        return self._search(_Query(coll, k, coll.reranked(rerank), -1 if own is None else own,
+        return self._search(_Query(coll, k, coll.reranked(rerank), int(coll.stored_ids([image])[0]),
                                    image=conform([image], coll.input_spec)[0]))
 
     def search_id(self, item_id: int, k: int, rerank: bool | None) -> list[Hit]:
