@@ -334,6 +334,17 @@ def test_sqlite_rows_of_an_interrupted_add_are_not_items(tmp_path: Path, trained
     assert ids.tolist() == [ghost] and again.items(ids)[0].source == "real.png"
 
 
+#: a process that opens a metadata transaction and writes 2,000 rows into it, its pages
+#: spilled to the file (``cache_size=1``), without committing
+FILLING_WRITER = (
+    "import os, signal, sqlite3, sys\n"
+    "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "db.execute('PRAGMA cache_size=1'); db.execute('BEGIN')\n"
+    "for i in range(2000):\n"
+    "    db.execute('INSERT INTO items VALUES (?, ?, -1, ?)', (10**6 + i, 'x' * 200, 'h'))\n"
+)
+
+
 def test_a_metadata_transaction_killed_midway_is_rolled_back_on_open(tmp_path: Path,
                                                                      trained: Trained) -> None:
     """A process killed inside a metadata transaction, in a collection made before the
@@ -345,12 +356,7 @@ def test_a_metadata_transaction_killed_midway_is_rolled_back_on_open(tmp_path: P
         assert db.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
     db.close()
     before = Collection.open(c).sources()
-    writer = (
-        "import os, signal, sqlite3, sys\n"
-        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-        "db.execute('PRAGMA cache_size=1'); db.execute('BEGIN')\n"
-        "for i in range(2000):\n"
-        "    db.execute('INSERT INTO items VALUES (?, ?, -1, ?)', (10**6 + i, 'x' * 200, 'h'))\n"
+    writer = FILLING_WRITER + (
         "db.execute('UPDATE items SET source = source || \"!\"')\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
@@ -373,12 +379,7 @@ def test_a_metadata_transaction_killed_midway_leaves_nothing_in_wal_mode(
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
     before = Collection.open(c).sources()
-    writer = (
-        "import os, signal, sqlite3, sys\n"
-        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-        "db.execute('PRAGMA cache_size=1'); db.execute('BEGIN')\n"
-        "for i in range(2000):\n"
-        "    db.execute('INSERT INTO items VALUES (?, ?, -1, ?)', (10**6 + i, 'x' * 200, 'h'))\n"
+    writer = FILLING_WRITER + (
         "print('written', flush=True)\n"
         "sys.stdin.readline()\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -49,8 +49,7 @@ from .datasets import Dataset
 from .errors import CollectionError, LookalikeError
 from .fsutil import atomic_write, atomic_write_json, fsync_dir, read_json
 from .images import conform, content_hash, preview_spec
-from .runtime import ENV as ENCODER_ENV
-from .runtime import ONNX, export_encoder, open_encoder
+from .runtime import ONNX, export_encoder, open_encoder, torch_chosen
 from .versions import versions
 
 if TYPE_CHECKING:  # PyTorch (encoders, modelio) and scikit-learn (rerank) load on first use:
@@ -213,7 +212,7 @@ class Collection:
             model = self.model
             own = self.path / "model"  # its copy's ONNX file missing or unusable: write it
             if model.path is not None and model.path.resolve() == own.resolve() \
-                    and os.environ.get(ENCODER_ENV, "").lower() != "torch":
+                    and not torch_chosen():
                 export_encoder(model.module, model.config.input, model.fingerprint, own)
             self._encoder = ModelEncoder(model)
         return self._encoder

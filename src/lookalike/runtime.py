@@ -39,6 +39,11 @@ ONNX = "encoder.onnx"
 ENV = "LOOKALIKE_ENCODER"
 
 
+def torch_chosen() -> bool:
+    """Whether ``LOOKALIKE_ENCODER=torch`` asks collections to encode with PyTorch."""
+    return os.environ.get(ENV, "").lower() == "torch"
+
+
 def export_encoder(module: Model, spec: InputSpec, fingerprint: str, directory: Path) -> bool:
     """Write ``directory/encoder.onnx`` (atomically) for ``module``'s encode path at ``spec``,
     tagged with ``fingerprint``; whether it was written (a failure is logged, never raised:
@@ -104,7 +109,7 @@ def open_encoder(directory: Path, fingerprint: str) -> OnnxEncoder | None:
     weights ``fingerprint`` and ONNX Runtime loads it; None otherwise (PyTorch encodes),
     or when ``LOOKALIKE_ENCODER=torch``."""
     path = Path(directory) / ONNX
-    if os.environ.get(ENV, "").lower() == "torch" or not path.is_file():
+    if torch_chosen() or not path.is_file():
         return None
     try:
         import onnxruntime as ort
