@@ -65,6 +65,7 @@ FORMAT = "lookalike-collection"
 FORMAT_VERSION = 2
 
 _T = TypeVar("_T")
+_UNREAD: Any = object()  # a lazily read attribute not read yet
 
 
 def _exclusive(method: Callable[..., _T]) -> Callable[..., _T]:
@@ -170,7 +171,7 @@ class Collection:
         self.store_spec = InputSpec(store.shape[2], store.shape[0], store.shape[1])
         self.retrieval = RetrievalConfig.from_dict(manifest.get("retrieval") or {})
         self._diffusion: Diffusion | None = None
-        self._whitening: Any = None  # (mean, projection), (None,) for none; read on first use
+        self._whitening: Any = _UNREAD  # (mean, projection) or None, read on first use
         self._writers = 0  # depth of _writing() in this object (a change calls another)
 
     def snapshot(self) -> Collection:
@@ -436,7 +437,7 @@ class Collection:
         if self._local:
             self.backend = seg.SegmentedIndex(store)
         self._diffusion = None
-        self._whitening = None
+        self._whitening = _UNREAD
         return True
 
     # ------------------------------------------------------------------ properties
@@ -478,7 +479,7 @@ class Collection:
     def whitening(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The re-ranking's whitening ``(mean (d,), projection (d, d))``: the stored fit, or
         one fitted now when a collection made before it was stored has none."""
-        if self._whitening is None:
+        if self._whitening is _UNREAD:
             name = self.files.get("whitening")
             if name:
                 try:
@@ -490,8 +491,8 @@ class Collection:
                     raise CollectionError(f"{self.path}: {name} does not fit {self.dim}-d codes")
             else:
                 arr = _whitening(self.store, self.retrieval)
-            self._whitening = (None,) if arr is None else (arr[0], arr[1:])
-        return None if len(self._whitening) == 1 else self._whitening  # type: ignore[no-any-return]
+            self._whitening = None if arr is None else (arr[0], arr[1:])
+        return self._whitening  # type: ignore[no-any-return]
 
     @property
     def diffusion(self) -> Diffusion:
@@ -839,7 +840,7 @@ class Collection:
             self.backend = seg.SegmentedIndex(store)
         self._diffusion = None
         if refit:
-            self._whitening = None
+            self._whitening = _UNREAD
         keep = set(files.values()) | seg.segment_files(segments)
         for name in old - keep:
             (self.path / name).unlink(missing_ok=True)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from .runtime import OnnxEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
 class PixelEncoder:
     """Raw pixels in [0, 1] as the code: the baseline every model must beat."""
 
