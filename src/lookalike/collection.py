@@ -426,13 +426,7 @@ class Collection:
                 self.manifest.get("generation"), self.manifest.get("format_version")):
             return False
         log.info("%s was changed by another process: reading it again", self.path)
-        if int(manifest.get("format_version", 1)) >= FORMAT_VERSION:
-            segments = [seg.Segment.from_dict(d) for d in manifest.get("segments") or []]
-            shape = tuple(int(v) for v in manifest["pictures"])
-            store = seg.SegmentStore(self.path, segments, self.dim, (shape[0], shape[1], shape[2]),
-                                     self.store.spec, self.store.loaded)
-        else:
-            manifest, store = seg.open_store(self.path, manifest)
+        manifest, store = seg.open_store(self.path, manifest, loaded=self.store.loaded)
         self.manifest, self.store = manifest, store
         if self._local:
             self.backend = seg.SegmentedIndex(store)

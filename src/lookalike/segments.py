@@ -158,12 +158,13 @@ LEGACY_FILES = {"ids": "ids.npy", "embeddings": "embeddings.npy", "images": "ima
                 "index": "index.faiss"}
 
 
-def open_store(root: Path, manifest: dict[str, Any], verify: bool = False
-               ) -> tuple[dict[str, Any], SegmentStore]:
-    """The segments a collection's ``manifest`` lists, read, their sizes checked (and with
-    ``verify`` their SHA-256). A format 1 manifest comes back with its arrays and index as
-    one segment of raw pictures and only its collection-wide files (the graph, a remote
-    index's pointer) under ``files``."""
+def open_store(root: Path, manifest: dict[str, Any], verify: bool = False,
+               loaded: dict[str, _Loaded] | None = None) -> tuple[dict[str, Any], SegmentStore]:
+    """The segments a collection's ``manifest`` lists, read (those in ``loaded``, already
+    read by an older store, reused), their sizes checked (and with ``verify`` their
+    SHA-256). A format 1 manifest comes back with its arrays and index as one segment of
+    raw pictures and only its collection-wide files (the graph, a remote index's pointer)
+    under ``files``."""
     local = manifest["backend"].get("name", "faiss") == "faiss"
     if manifest.get("format_version") == 1:
         files = {**LEGACY_FILES, **(manifest.get("files") or {})}
@@ -191,7 +192,7 @@ def open_store(root: Path, manifest: dict[str, Any], verify: bool = False
         h, w, c = (int(v) for v in raw.shape[1:])
     backend = manifest["backend"]
     spec = IndexSpec(backend.get("factory", "Flat"), backend.get("search_params", "")) if local else None
-    return manifest, SegmentStore(root, segments, int(manifest["dim"]), (h, w, c), spec)
+    return manifest, SegmentStore(root, segments, int(manifest["dim"]), (h, w, c), spec, loaded)
 
 
 # ---------------------------------------------------------------------------- writing
