@@ -764,9 +764,11 @@ class Collection:
     @_exclusive
     def compact(self) -> bool:
         """Merge every segment into one, deleted rows dropped and pictures compressed, with
-        the collection's index factory; one commit. Returns whether anything changed."""
+        the collection's index factory; one commit. Returns whether anything changed. Files a
+        killed commit left behind are deleted either way."""
         segs = self.store.segments
         if len(segs) <= 1 and not any(s.deleted or s.pictures != "png" for s in segs):
+            self._sweep()
             return False
         self._commit(self.store.merged(0, self._new_segment))
         return True
@@ -776,6 +778,7 @@ class Collection:
         """Rewrite a format 1 collection as segments (:meth:`compact`); ``False`` when it is
         already in the current format."""
         if int(self.manifest.get("format_version", 1)) >= FORMAT_VERSION:
+            self._sweep()
             return False
         self._commit(self.store.merged(0, self._new_segment))
         return True
@@ -835,7 +838,12 @@ class Collection:
         self._diffusion = None
         if refit:
             self._whitening = _UNREAD
-        keep = set(files.values()) | seg.segment_files(segments)
-        for name in old - keep:
+        for name in old - self._sweep():
             (self.path / name).unlink(missing_ok=True)
+
+    def _sweep(self) -> set[str]:
+        """Delete the segment files the manifest does not list (a killed commit's); returns
+        the files it lists."""
+        keep = set(self.files.values()) | seg.segment_files(self.store.segments)
         seg.sweep(self.path, keep)
+        return keep
