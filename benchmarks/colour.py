@@ -33,8 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import icondata  # noqa: E402
 from _common import commit, machine, now, table, write_section  # noqa: E402
 
-from lookalike.adaptation import train_backbone  # noqa: E402
-from lookalike.backbones import BACKBONES, pretrained  # noqa: E402
 from lookalike.config import (  # noqa: E402
     InputSpec,
     ModelConfig,
@@ -45,13 +43,15 @@ from lookalike.config import (  # noqa: E402
     default_train_config,
     input_for,
 )
-from lookalike.datasets import Dataset, load_dataset  # noqa: E402
-from lookalike.encoders import ModelEncoder, PixelEncoder, encode_dataset  # noqa: E402
+from lookalike.data.datasets import Dataset, load_dataset  # noqa: E402
 from lookalike.errors import ModelError  # noqa: E402
-from lookalike.metrics import ranking_metrics  # noqa: E402
-from lookalike.modelio import load_model, save_model  # noqa: E402
-from lookalike.rerank import Diffusion  # noqa: E402
-from lookalike.training import train_autoencoder  # noqa: E402
+from lookalike.models.adaptation import train_backbone  # noqa: E402
+from lookalike.models.backbones import BACKBONES, pretrained  # noqa: E402
+from lookalike.models.encoders import ModelEncoder, PixelEncoder, encode_dataset  # noqa: E402
+from lookalike.models.modelio import load_model, save_model  # noqa: E402
+from lookalike.models.training import train_autoencoder  # noqa: E402
+from lookalike.search.metrics import ranking_metrics  # noqa: E402
+from lookalike.search.rerank import Diffusion  # noqa: E402
 
 KEYS = ("mAP", "P@1", "P@10", "cat P@10")
 
@@ -238,7 +238,7 @@ def index_photos(folder: Path, work: Path, size: int | None) -> dict[str, Any]:
         script = ("import atexit, re, sys\n"
                   "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
                   "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
-                  "from lookalike.cli import main\n"
+                  "from lookalike.app.cli import main\n"
                   f"sys.exit(main(['-q', *{argv!r}]))\n")
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

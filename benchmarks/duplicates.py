@@ -5,7 +5,7 @@ memory of finding them among 60,000 items.
     python benchmarks/duplicates.py --reuse    # reuse the model and collection under --work
 
 1. *Separation* (scikit-learn's 1,797 digits, upscaled to 32x32 with Pillow, as the tests'
-   folder): the aligned pixel correlation (lookalike.duplicates) of copies with their
+   folder): the aligned pixel correlation (lookalike.search.duplicates) of copies with their
    original, by kind of copy, against each digit's nearest *distinct* digit (every pair of
    one class compared); and the same for the codes of a small model (1 epoch, 32x32).
 2. *60,000 items*: fashion-mnist's training images, indexed with a contrastive model trained
@@ -35,15 +35,15 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, machine, now, table, write_section  # noqa: E402
 
-from lookalike.cli import main as cli  # noqa: E402
+from lookalike.app.cli import main as cli  # noqa: E402
 from lookalike.config import InputSpec  # noqa: E402
-from lookalike.duplicates import (  # noqa: E402
+from lookalike.data.images import conform  # noqa: E402
+from lookalike.search.duplicates import (  # noqa: E402
     DEFAULT_K,
     DEFAULT_THRESHOLD,
     aligned_correlation,
     thumbnails,
 )
-from lookalike.images import conform  # noqa: E402
 
 SIDE = 32
 
@@ -87,8 +87,8 @@ def _stored(images: list[Image.Image]) -> np.ndarray:
 def separation(work: Path, n_copied: int) -> tuple[str, dict[str, float]]:
     from sklearn.datasets import load_digits
 
-    from lookalike.encoders import ModelEncoder
-    from lookalike.modelio import load_model
+    from lookalike.models.encoders import ModelEncoder
+    from lookalike.models.modelio import load_model
 
     data = load_digits()
     pixels = np.clip(np.rint(data.images * (255 / 16)), 0, 255).astype(np.uint8)
@@ -145,8 +145,8 @@ def separation(work: Path, n_copied: int) -> tuple[str, dict[str, float]]:
 MEASURE = """
 import json, sys, time, tracemalloc
 import numpy as np
-from lookalike.collection import Collection
-from lookalike.duplicates import find_duplicates
+from lookalike.search.collection import Collection
+from lookalike.search.duplicates import find_duplicates
 
 def status(key):  # MiB, from /proc/self/status
     with open("/proc/self/status") as fh:
@@ -163,7 +163,7 @@ seconds = time.perf_counter() - start
 peak = tracemalloc.get_traced_memory()[1]
 sizes = np.bincount([len(g) for g in groups]).tolist() if groups else []
 import faiss  # the candidate search alone, as find_duplicates does it, for its share of the time
-from lookalike.duplicates import DEFAULT_BLOCK, DEFAULT_K, _unit_rows
+from lookalike.search.duplicates import DEFAULT_BLOCK, DEFAULT_K, _unit_rows
 x = _unit_rows(np.asarray(coll.embeddings))
 index = faiss.IndexFlatIP(x.shape[1])
 index.add(x)

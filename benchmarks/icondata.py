@@ -59,7 +59,7 @@ meta.json: ``settings`` (a build with equal settings is reused without rendering
 ``database_themes``, ``query_themes``, ``packages`` (Debian versions), ``contexts``,
 ``counts`` (per split, context and theme; ``mean_relevant`` same-name items per query),
 ``skipped`` and, per split, the items ``{"path", "theme", "name", "context", "source"}``
-sorted like :func:`lookalike.images.find_images` sorts the files (``path`` is relative to
+sorted like :func:`lookalike.data.images.find_images` sorts the files (``path`` is relative to
 ``out``). :func:`relevant_by_name` and :func:`relevant_by_context` give, per query, the
 indices of its relevant database items.
 """

@@ -37,8 +37,8 @@ from _common import commit, machine, now, table, write_section  # noqa: E402
 
 def _model(work: Path) -> Path:
     from lookalike.config import InputSpec, ModelConfig
-    from lookalike.modelio import save_model
-    from lookalike.models import build_model
+    from lookalike.models.modelio import save_model
+    from lookalike.models.networks import build_model
 
     path = work / "model"
     if not (path / "config.json").is_file():
@@ -47,9 +47,9 @@ def _model(work: Path) -> Path:
 
 
 def _collection(work: Path, n: int) -> Path:
-    from lookalike.collection import Collection
-    from lookalike.datasets import Dataset, load_dataset
-    from lookalike.modelio import load_model
+    from lookalike.data.datasets import Dataset, load_dataset
+    from lookalike.models.modelio import load_model
+    from lookalike.search.collection import Collection
 
     path = work / f"c{n}"
     if (path / "manifest.json").is_file():
@@ -79,7 +79,7 @@ def _cli(args: list[str]) -> tuple[float, float, float]:
     time tells what the process costs when the machine is shared)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "-q", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.app.cli", "-q", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -106,7 +106,7 @@ def _folder(folder: Path, seed: int, n: int) -> Path:
 
 
 def measure(path: Path, scratch: Path, seed: int) -> dict[str, float]:
-    from lookalike.collection import Collection
+    from lookalike.search.collection import Collection
 
     out: dict[str, float] = {}
     out["add_cli"], out["add_cpu"], out["add_rss"] = _cli(

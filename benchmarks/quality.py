@@ -31,12 +31,12 @@ from lookalike.config import (  # noqa: E402
     default_retrieval_config,
     default_train_config,
 )
-from lookalike.datasets import load_dataset  # noqa: E402
-from lookalike.encoders import ModelEncoder, PixelEncoder  # noqa: E402
-from lookalike.evaluation import evaluate_features  # noqa: E402
-from lookalike.modelio import is_model_dir, load_model, save_model  # noqa: E402
-from lookalike.rerank import Diffusion  # noqa: E402
-from lookalike.training import train_autoencoder  # noqa: E402
+from lookalike.data.datasets import load_dataset  # noqa: E402
+from lookalike.models.encoders import ModelEncoder, PixelEncoder  # noqa: E402
+from lookalike.models.modelio import is_model_dir, load_model, save_model  # noqa: E402
+from lookalike.models.training import train_autoencoder  # noqa: E402
+from lookalike.search.evaluation import evaluate_features  # noqa: E402
+from lookalike.search.rerank import Diffusion  # noqa: E402
 
 KEYS = ("mAP", "P@1", "P@10", "P@100")
 

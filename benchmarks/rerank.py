@@ -39,7 +39,7 @@ from _common import commit, machine, now, table, write_section  # noqa: E402
 
 
 def _model(work: Path, given: str | None) -> Path:
-    from lookalike.cli import main as lookalike
+    from lookalike.app.cli import main as lookalike
 
     if given:
         return Path(given)
@@ -55,7 +55,7 @@ def _precision(found: np.ndarray, db_labels: np.ndarray, q_labels: np.ndarray, k
 
 
 def _index(codes: np.ndarray):  # noqa: ANN202 - a FaissBackend
-    from lookalike.backends import FaissBackend, choose_factory
+    from lookalike.search.backends import FaissBackend, choose_factory
 
     factory, params = choose_factory(len(codes))
     index = FaissBackend(codes.shape[1], factory, search_params=params)
@@ -67,7 +67,7 @@ def _truncated(index, db: np.ndarray, q: np.ndarray, config, whitening, k: int  
                ) -> tuple[np.ndarray, list[float]]:
     """Each query's top ``k`` by diffusion over its index's ``config.candidates`` nearest,
     and the seconds each query took (index search included)."""
-    from lookalike.rerank import rerank_candidates
+    from lookalike.search.rerank import rerank_candidates
 
     out = np.full((len(q), k), -1, np.int64)
     seconds = []
@@ -86,7 +86,7 @@ def quality(name: str, db: np.ndarray, db_labels: np.ndarray, q: np.ndarray, q_l
             retrieval, candidates: list[int]) -> list[list[str]]:  # noqa: ANN001
     import dataclasses
 
-    from lookalike.rerank import Diffusion, fit_whitening
+    from lookalike.search.rerank import Diffusion, fit_whitening
 
     index, factory = _index(db)
     rows = []
@@ -120,7 +120,7 @@ def quality(name: str, db: np.ndarray, db_labels: np.ndarray, q: np.ndarray, q_l
 
 def cost(codes: np.ndarray, q: np.ndarray, retrieval, sizes: list[int], queries: int
          ) -> list[list[str]]:  # noqa: ANN001
-    from lookalike.rerank import fit_whitening
+    from lookalike.search.rerank import fit_whitening
 
     rng = np.random.default_rng(0)
     mean, std = codes.mean(0), codes.std(0)
@@ -156,9 +156,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
 
     from lookalike.config import DiffusionConfig
-    from lookalike.datasets import load_dataset
-    from lookalike.encoders import ModelEncoder, encode_dataset
-    from lookalike.modelio import load_model
+    from lookalike.data.datasets import load_dataset
+    from lookalike.models.encoders import ModelEncoder, encode_dataset
+    from lookalike.models.modelio import load_model
 
     model = load_model(_model(args.work, args.model))
     encoder = ModelEncoder(model)

@@ -19,7 +19,7 @@ FLAT and IVF_FLAT in turn on the same rows; both backends' IVF use nlist 1024, n
 
 ``encode``: 10,000 fashion-mnist test images written as PNG files; read, decoded and encoded
 by the in-process engine (``load_folder`` + ``ModelEncoder``) and by ``--engine ray``
-(``lookalike.ray_engine.encode_folder`` on ``ray.init(num_cpus=<cores>)``, started
+(``lookalike.models.ray_engine.encode_folder`` on ``ray.init(num_cpus=<cores>)``, started
 beforehand and timed apart), for conv-16-8-8 and for the contrastive encoder (untrained:
 the cost of a forward pass does not depend on the weights).
 
@@ -90,7 +90,7 @@ def _queries_per_second(search: Any, queries: np.ndarray) -> tuple[float, np.nda
 
 
 def _lookalike(*argv: str) -> None:
-    from lookalike.cli import main
+    from lookalike.app.cli import main
 
     code = main(["-q", *argv])
     if code:
@@ -114,11 +114,11 @@ def _vectors(work: Path, n: int, n_queries: int) -> dict[str, Any]:
         return dict(json.loads(meta_path.read_text()))
     import torch
 
-    from lookalike.augment import augment
-    from lookalike.datasets import load_dataset
-    from lookalike.encoders import ModelEncoder
-    from lookalike.images import from_float, to_float
-    from lookalike.modelio import load_model
+    from lookalike.data.augment import augment
+    from lookalike.data.datasets import load_dataset
+    from lookalike.data.images import from_float, to_float
+    from lookalike.models.encoders import ModelEncoder
+    from lookalike.models.modelio import load_model
 
     encoder = ModelEncoder(load_model(_model(work)))
     train = load_dataset("fashion-mnist", "database").images
@@ -151,7 +151,7 @@ def _vectors(work: Path, n: int, n_queries: int) -> dict[str, Any]:
 def _faiss_worker(kind: str, meta: dict[str, Any], work: Path) -> list[dict[str, Any]]:
     import faiss
 
-    from lookalike.backends import FaissBackend
+    from lookalike.search.backends import FaissBackend
 
     x = np.load(meta["vectors"])
     queries, truth = np.load(meta["queries"]), np.load(meta["truth"])
@@ -180,7 +180,7 @@ def _faiss_worker(kind: str, meta: dict[str, Any], work: Path) -> list[dict[str,
 
 
 def _milvus_worker(meta: dict[str, Any], work: Path) -> list[dict[str, Any]]:
-    from lookalike.milvus_backend import MilvusBackend
+    from lookalike.search.milvus_backend import MilvusBackend
 
     x = np.load(meta["vectors"])
     queries, truth = np.load(meta["queries"]), np.load(meta["truth"])
@@ -326,10 +326,10 @@ def _version(module: str) -> str:
 def _encode_worker(model_dir: str, folder: str) -> dict[str, Any]:
     import logging
 
-    from lookalike.datasets import load_folder
-    from lookalike.encoders import ModelEncoder
-    from lookalike.modelio import load_model
-    from lookalike.ray_engine import RayConfig, encode_folder, ray_session
+    from lookalike.data.datasets import load_folder
+    from lookalike.models.encoders import ModelEncoder
+    from lookalike.models.modelio import load_model
+    from lookalike.models.ray_engine import RayConfig, encode_folder, ray_session
 
     model = load_model(model_dir)
     logging.disable(logging.WARNING)
@@ -354,9 +354,9 @@ def run_encode(work: Path, n_files: int) -> str:
     from PIL import Image
 
     from lookalike.config import InputSpec, ModelConfig
-    from lookalike.datasets import load_dataset
-    from lookalike.modelio import save_model
-    from lookalike.models import build_model
+    from lookalike.data.datasets import load_dataset
+    from lookalike.models.modelio import save_model
+    from lookalike.models.networks import build_model
 
     folder = work / f"pngs-{n_files}"
     if not folder.is_dir():

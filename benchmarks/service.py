@@ -8,7 +8,7 @@ requests, adds and deletes mixed into the searches.
 Without ``--collection`` it trains the recipe for one epoch on mnist-5k and indexes the
 database split (4,000 images): the model's quality does not matter here, its cost does.
 A run per share of writes (default: none, then 15%),
-each on a fresh copy of the collection served by its own ``lookalike.service.serve``
+each on a fresh copy of the collection served by its own ``lookalike.app.service.serve``
 process on 127.0.0.1 (a free port). Requests: searches by an uploaded PNG (mnist-5k query
 images) and by a stored id, half re-ranked and half exact, plus adds of new images and
 deletes of items the run added. At the end every item the run added and did not delete
@@ -43,9 +43,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, machine, now, table, write_section  # noqa: E402
 
-from lookalike.cli import main as lookalike  # noqa: E402
-from lookalike.collection import Collection  # noqa: E402
-from lookalike.datasets import load_dataset  # noqa: E402
+from lookalike.app.cli import main as lookalike  # noqa: E402
+from lookalike.data.datasets import load_dataset  # noqa: E402
+from lookalike.search.collection import Collection  # noqa: E402
 
 KINDS = ("search-image", "search-id", "add", "delete")
 
@@ -76,10 +76,10 @@ def build_collection(work: Path) -> Path:
 
 
 class Server:
-    """``lookalike.service.serve`` in a subprocess on a free loopback port."""
+    """``lookalike.app.service.serve`` in a subprocess on a free loopback port."""
 
     def __init__(self, collection: Path, threads: int | None) -> None:
-        code = ("import sys; from lookalike.service import serve; "
+        code = ("import sys; from lookalike.app.service import serve; "
                 "serve(sys.argv[1], '127.0.0.1', 0, log_level='warning', "
                 "on_ready=lambda url: print(url, flush=True))")
         env = dict(os.environ)
@@ -335,7 +335,7 @@ def main() -> None:
         "",
         f"Collection: {'mnist-5k database (4,000 images)' if not args.collection else args.name}, "
         f"{stats['model']['arch']} model, {stats['dimension']}-d codes, index {stats['index']['name']} "
-        f"{stats['index'].get('factory', '')}, re-ranking {stats['rerank']}. One `lookalike.service` "
+        f"{stats['index'].get('factory', '')}, re-ranking {stats['rerank']}. One `lookalike.app.service` "
         f"process (uvicorn) on 127.0.0.1 with OMP_NUM_THREADS={args.threads or 'default'}; "
         f"{args.clients} concurrent keep-alive clients (plain HTTP/1.1 over asyncio) in another process "
         "on the same machine, "

@@ -40,15 +40,15 @@ import faiss  # noqa: E402
 import torch  # noqa: E402
 from _common import commit, machine, now, table, write_section  # noqa: E402
 
-from lookalike.augment import augment  # noqa: E402
-from lookalike.backends import FaissBackend, choose_factory  # noqa: E402
 from lookalike.config import InputSpec, ModelConfig, default_train_config  # noqa: E402
-from lookalike.datasets import load_dataset  # noqa: E402
-from lookalike.encoders import ModelEncoder  # noqa: E402
-from lookalike.images import from_float, to_float  # noqa: E402
-from lookalike.metrics import retrieval_metrics  # noqa: E402
-from lookalike.modelio import LoadedModel  # noqa: E402
-from lookalike.training import train_autoencoder  # noqa: E402
+from lookalike.data.augment import augment  # noqa: E402
+from lookalike.data.datasets import load_dataset  # noqa: E402
+from lookalike.data.images import from_float, to_float  # noqa: E402
+from lookalike.models.encoders import ModelEncoder  # noqa: E402
+from lookalike.models.modelio import LoadedModel  # noqa: E402
+from lookalike.models.training import train_autoencoder  # noqa: E402
+from lookalike.search.backends import FaissBackend, choose_factory  # noqa: E402
+from lookalike.search.metrics import retrieval_metrics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from lookalike.images import MAX_PIXELS
+from lookalike.data.images import MAX_PIXELS
 
 AS_ROOT = os.geteuid() == 0  # root reads files and folders whatever their permissions
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lookalike.cli import main
+from lookalike.app.cli import main
 from servers import MilvusStartError, milvus_standalone
 
 

@@ -28,7 +28,7 @@ def serving(path: Path, *options: str) -> Iterator[str]:
     """``lookalike serve PATH OPTIONS`` on a free loopback port; yields the page's URL."""
     env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_TOKEN"}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "-q", "serve", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.app.cli", "-q", "serve", str(path),
                              "--host", "127.0.0.1", "--port", "0", *options],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: queue.Queue[str | None] = queue.Queue()

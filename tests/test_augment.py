@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lookalike.augment import augment, jitter_intensity, nt_xent
 from lookalike.config import TrainConfig
+from lookalike.data.augment import augment, jitter_intensity, nt_xent
 from lookalike.errors import LookalikeError
 
 

@@ -13,8 +13,6 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from lookalike import backbones
-from lookalike.adaptation import colour_views, train_backbone
 from lookalike.config import (
     BACKBONE_ARCHS,
     InputSpec,
@@ -23,12 +21,14 @@ from lookalike.config import (
     default_train_config,
     input_for,
 )
-from lookalike.datasets import load_dataset
-from lookalike.encoders import ModelEncoder, encode_dataset
+from lookalike.data.datasets import load_dataset
 from lookalike.errors import LookalikeError, ModelError
-from lookalike.modelio import load_model, save_model
-from lookalike.models import BackboneModel, build_model, fit_whitening
-from lookalike.runtime import open_encoder
+from lookalike.models import backbones
+from lookalike.models.adaptation import colour_views, train_backbone
+from lookalike.models.encoders import ModelEncoder, encode_dataset
+from lookalike.models.modelio import load_model, save_model
+from lookalike.models.networks import BackboneModel, build_model, fit_whitening
+from lookalike.models.runtime import open_encoder
 
 RNG = np.random.default_rng(0)
 
@@ -205,14 +205,14 @@ def test_a_folder_of_large_jpegs_indexes_within_the_memory_bound(tmp_path: Path)
     script = ("import atexit, re, sys\n"
               "atexit.register(lambda: print('maxrss', re.search(r'VmHWM:\\s+(\\d+)', "
               "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
-              "from lookalike.cli import main\n"
+              "from lookalike.app.cli import main\n"
               f"sys.exit(main(['-q', 'index', '--model', {str(tmp_path / 'm')!r}, '--dataset', "
               f"{str(folder)!r}, '--out', {str(tmp_path / 'c')!r}, '--checkpoint-every', '2']))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     peak_kb = int(proc.stderr.split("maxrss")[-1].split()[0])
     assert peak_kb < 1_000_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
-    from lookalike.collection import Collection
+    from lookalike.search.collection import Collection
 
     stored = Collection.open(tmp_path / "c").images
     assert stored.shape == (6, 96, 96, 3)  # previews, not 128x128 model inputs
@@ -229,7 +229,8 @@ def test_the_default_adaptation_rule_grows_with_the_collection() -> None:
 
 def test_train_adapts_by_default_on_a_large_enough_folder(tmp_path: Path, monkeypatch) -> None:
     import lookalike as la
-    from lookalike import adaptation, config
+    from lookalike import config
+    from lookalike.models import adaptation
 
     folder = _blobs(tmp_path / "img", n=8)
     # small (< 1,000 images): the pretrained weights, unchanged

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.backends import FaissBackend, new_backend, open_backend
 from lookalike.errors import CollectionError, LookalikeError
+from lookalike.search.backends import FaissBackend, new_backend, open_backend
 
 
 def _exact(q: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:

@@ -23,11 +23,9 @@ from PIL import Image
 
 from badcorpus import AS_ROOT, Case, build, digit, unlock
 from conftest import run_cli as run
-from lookalike.collection import Collection
 from lookalike.config import InputSpec
-from lookalike.datasets import load_dataset
-from lookalike.errors import ImageError
-from lookalike.images import (
+from lookalike.data.datasets import load_dataset
+from lookalike.data.images import (
     FORMATS,
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
@@ -37,7 +35,9 @@ from lookalike.images import (
     load_image,
     load_images,
 )
-from lookalike.skipreport import read_report
+from lookalike.data.skipreport import read_report
+from lookalike.errors import ImageError
+from lookalike.search.collection import Collection
 
 if TYPE_CHECKING:
     from conftest import Trained

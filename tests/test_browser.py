@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
-from lookalike.datasets import load_dataset
+from lookalike.data.datasets import load_dataset
 from servers import serving
 
 CHROMIUM = "/usr/bin/chromium"
@@ -130,8 +130,8 @@ def same_ranking(answer: dict, found: tuple[np.ndarray, np.ndarray]) -> None:
 
 
 def test_upload_draw_click_and_toggle(page: Page, tmp_path: Path, trained) -> None:
-    from lookalike.collection import Collection
-    from lookalike.images import decode_image
+    from lookalike.data.images import decode_image
+    from lookalike.search.collection import Collection
 
     library = Collection.open(trained.collection)  # what the server serves a copy of
     results = page.locator("#results .result")

@@ -1,4 +1,4 @@
-"""Tests for the command line, run in-process through lookalike.cli.main."""
+"""Tests for the command line, run in-process through lookalike.app.cli.main."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli as run
-from lookalike.cli import build_parser, main
-from lookalike.collection import Collection
-from lookalike.datasets import load_dataset
+from lookalike.app.cli import build_parser, main
+from lookalike.data.datasets import load_dataset
+from lookalike.search.collection import Collection
 
 if TYPE_CHECKING:
     from conftest import Trained
@@ -177,7 +177,7 @@ def test_broken_pipe_exits_quietly(monkeypatch: pytest.MonkeyPatch, trained: Tra
         def close(self) -> None:  # main may close stderr; keep what was written readable
             pass
 
-    monkeypatch.setattr("lookalike.cli.cmd_info", broken)
+    monkeypatch.setattr("lookalike.app.cli.cmd_info", broken)
     err = Stderr()
     monkeypatch.setattr("sys.stderr", err)
     assert main(["info", str(trained.collection)]) == 0
@@ -350,8 +350,8 @@ def test_denoise(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 
 def test_denoise_refuses_an_untrained_decoder(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                               trained: Trained) -> None:
-    from lookalike.modelio import load_model
-    from lookalike.reconstruct import has_trained_decoder
+    from lookalike.models.modelio import load_model
+    from lookalike.models.reconstruct import has_trained_decoder
 
     if has_trained_decoder(load_model(trained.model)):
         pytest.skip("the default recipe trains its decoder")
@@ -392,7 +392,7 @@ def test_add_and_remove_commands(capsys: pytest.CaptureFixture[str], tmp_path: P
     code, out, _ = run(capsys, ["add", coll, tmp_path / "copy.png"])
     assert code == 0 and "added 0 image(s)" in out and "1 by content" in out
     # --update: a changed file keeps its id, gets its new pixels and code
-    from lookalike.collection import Collection
+    from lookalike.search.collection import Collection
 
     before = Collection.open(coll)
     n1 = before.sources()[str(folder / "n1.png")][0]
@@ -492,8 +492,8 @@ def test_evaluate_exact_ranks_by_plain_code_distance(capsys: pytest.CaptureFixtu
     re-ranking (computed here independently, scored with scikit-learn)."""
     from sklearn.metrics import label_ranking_average_precision_score
 
-    from lookalike.collection import Collection
-    from lookalike.encoders import encode_dataset
+    from lookalike.models.encoders import encode_dataset
+    from lookalike.search.collection import Collection
 
     exact = _evaluate_json(capsys, trained.collection, "--exact")
     reranked = _evaluate_json(capsys, trained.collection)
@@ -514,7 +514,7 @@ def test_index_report_goes_where_asked(capsys: pytest.CaptureFixture[str], tmp_p
                                        trained: Trained) -> None:
     """`index --report PATH`: the skipped files are listed there (written afresh), not in the
     collection; with nothing skipped the report is still written, empty."""
-    from lookalike.skipreport import read_report
+    from lookalike.data.skipreport import read_report
 
     folder = tmp_path / "images"
     folder.mkdir()

@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.clustering import choose_k, elbow_curve, fit_kmeans, search_in_cluster
-from lookalike.clusterstore import load_clustering, save_clustering
 from lookalike.errors import CollectionError, LookalikeError
-from lookalike.metrics import recall_at_k
+from lookalike.search.clustering import choose_k, elbow_curve, fit_kmeans, search_in_cluster
+from lookalike.search.clusterstore import load_clustering, save_clustering
+from lookalike.search.metrics import recall_at_k
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import Trained
-from lookalike.collection import Collection
 from lookalike.config import InputSpec, ModelConfig, TrainConfig
-from lookalike.datasets import load_dataset
+from lookalike.data.datasets import load_dataset
 from lookalike.errors import CollectionError
-from lookalike.modelio import save_model
-from lookalike.training import train_autoencoder
+from lookalike.models.modelio import save_model
+from lookalike.models.training import train_autoencoder
+from lookalike.search.collection import Collection
 
 
 @pytest.fixture(scope="module")

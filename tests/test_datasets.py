@@ -1,4 +1,4 @@
-"""Tests for lookalike.datasets: built-in datasets, folders, .npz files, IDX directories."""
+"""Tests for lookalike.data.datasets: built-in datasets, folders, .npz files, IDX directories."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from lookalike.config import InputSpec
-from lookalike.datasets import (
+from lookalike.data.datasets import (
     FASHION_MNIST_DIRS,
     FASHION_MNIST_NAMES,
     Dataset,
@@ -20,9 +20,9 @@ from lookalike.datasets import (
     load_dataset,
     split_indices,
 )
+from lookalike.data.idx import write_idx
+from lookalike.data.images import content_hash, find_images
 from lookalike.errors import DataError
-from lookalike.idx import write_idx
-from lookalike.images import content_hash, find_images
 
 RNG = np.random.default_rng(99)
 
@@ -122,7 +122,7 @@ def test_split_indices_partition() -> None:
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIRS[0]).is_dir(),
                     reason=f"fashion-mnist is not installed in {FASHION_MNIST_DIRS[0]}")
 def test_fashion_mnist_splits() -> None:
-    from lookalike.idx import find_idx_split, read_idx
+    from lookalike.data.idx import find_idx_split, read_idx
 
     q = load_dataset("fashion-mnist", "queries")
     assert len(q) == 10_000 and q.images.shape == (10_000, 28, 28, 1)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from lookalike.demo import run_demo
+from lookalike.app.demo import run_demo
 
 
 def test_demo_writes_everything(tmp_path) -> None:
@@ -12,8 +12,8 @@ def test_demo_writes_everything(tmp_path) -> None:
     assert set(metrics["model"]) == {"mAP", "P@1", "P@10", "P@100"}
     assert 0 < metrics["model"]["mAP"] <= 1
     html = res.report.read_text()
-    from lookalike.modelio import load_model
-    from lookalike.reconstruct import has_trained_decoder
+    from lookalike.models.modelio import load_model
+    from lookalike.models.reconstruct import has_trained_decoder
 
     # loss, query grid, LRAP@n, elbow; and reconstructions/denoising when the decoder trained
     expected = 5 if has_trained_decoder(load_model(res.model)) else 4
@@ -24,7 +24,7 @@ def test_demo_writes_everything(tmp_path) -> None:
 
 
 def test_demo_command_says_how_to_serve(tmp_path, capsys) -> None:
-    from lookalike.cli import main
+    from lookalike.app.cli import main
 
     assert main(["-q", "demo", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

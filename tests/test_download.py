@@ -1,4 +1,4 @@
-"""Tests for lookalike.download against a local HTTP server on 127.0.0.1 (never the internet)."""
+"""Tests for lookalike.data.download against a local HTTP server on 127.0.0.1 (never the internet)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lookalike.download import (
+from lookalike.data.download import (
     MNIST_FILES,
     MNIST_MIRRORS,
     default_cache_dir,
     download_mnist,
     fetch,
 )
+from lookalike.data.idx import load_idx_split, write_idx
 from lookalike.errors import DataError
-from lookalike.idx import load_idx_split, write_idx
 
 
 @dataclass

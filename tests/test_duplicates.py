@@ -14,16 +14,16 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from conftest import run_cli as run
-from lookalike.collection import Collection
 from lookalike.config import InputSpec
-from lookalike.duplicates import (
+from lookalike.data.images import conform
+from lookalike.search.collection import Collection
+from lookalike.search.duplicates import (
     DEFAULT_THRESHOLD,
     aligned_correlation,
     duplicate_rows,
     find_duplicates,
     thumbnails,
 )
-from lookalike.images import conform
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -144,7 +144,7 @@ def test_aligned_correlation_equals_the_best_warp_done_one_by_one() -> None:
     size so that the axes cannot be mixed up."""
     from scipy import ndimage
 
-    from lookalike.duplicates import WARPS
+    from lookalike.search.duplicates import WARPS
 
     stored = conform([np.asarray(im)[:, :, None] for im in _digits(6, seed=3)],
                      InputSpec(1, 20, 24))

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from lookalike.datasets import load_dataset
-from lookalike.encoders import ModelEncoder, PixelEncoder
+from lookalike.data.datasets import load_dataset
+from lookalike.data.images import to_float
 from lookalike.errors import LookalikeError
-from lookalike.images import to_float
-from lookalike.metrics import retrieval_metrics
-from lookalike.modelio import load_model
+from lookalike.models.encoders import ModelEncoder, PixelEncoder
+from lookalike.models.modelio import load_model
+from lookalike.search.metrics import retrieval_metrics
 
 
 @pytest.fixture(scope="module")

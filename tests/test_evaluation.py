@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from lookalike.errors import LookalikeError
-from lookalike.evaluation import evaluate
+from lookalike.search.evaluation import evaluate
 
 
 def test_pixels_on_mnist_5k_match_benchmarks_md() -> None:

@@ -1,4 +1,4 @@
-"""Tests for lookalike.figures on real (small) digit images."""
+"""Tests for lookalike.app.figures on real (small) digit images."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from lookalike import figures
+from lookalike.app import figures
 from lookalike.errors import LookalikeError
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike.cli import main
-from lookalike.datasets import load_dataset
+from lookalike.app.cli import main
+from lookalike.data.datasets import load_dataset
 from servers import serving
 
 TOKEN = "fuzz-test-token-0123456789abcdef"

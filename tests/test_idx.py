@@ -1,4 +1,4 @@
-"""Tests for lookalike.idx: reading, writing and finding IDX (MNIST-format) files."""
+"""Tests for lookalike.data.idx: reading, writing and finding IDX (MNIST-format) files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lookalike.data.idx import find_idx_split, load_idx_split, read_idx, write_idx
 from lookalike.errors import DataError
-from lookalike.idx import find_idx_split, load_idx_split, read_idx, write_idx
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -1,4 +1,4 @@
-"""Tests for lookalike.images: decoding files and bytes, conform, float layout, hashing."""
+"""Tests for lookalike.data.images: decoding files and bytes, conform, float layout, hashing."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from lookalike.config import InputSpec
-from lookalike.errors import ImageError
-from lookalike.images import (
+from lookalike.data.images import (
     MAX_PIXELS,
     conform,
     content_hash,
@@ -30,6 +29,7 @@ from lookalike.images import (
     load_image,
     to_float,
 )
+from lookalike.errors import ImageError
 
 RNG = np.random.default_rng(1234)
 

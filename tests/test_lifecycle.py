@@ -17,13 +17,13 @@ import pytest
 from PIL import Image
 
 from conftest import Trained
-from lookalike import checkpoint
-from lookalike.backends import choose_factory
-from lookalike.collection import Collection
-from lookalike.datasets import load_dataset
-from lookalike.encoders import ModelEncoder
+from lookalike.data.datasets import load_dataset
 from lookalike.errors import CollectionError
-from lookalike.modelio import load_model
+from lookalike.models.encoders import ModelEncoder
+from lookalike.models.modelio import load_model
+from lookalike.search import checkpoint
+from lookalike.search.backends import choose_factory
+from lookalike.search.collection import Collection
 
 
 def _same(a: Collection, b: Collection) -> None:
@@ -103,7 +103,7 @@ def test_checkpoints_of_another_model_are_not_reused(tmp_path: Path, trained: Tr
 
 
 def _index_cmd(trained: Trained, out: Path) -> list[str]:
-    return [sys.executable, "-m", "lookalike.cli", "-q", "index", "--model", str(trained.model),
+    return [sys.executable, "-m", "lookalike.app.cli", "-q", "index", "--model", str(trained.model),
             "--dataset", "digits", "--out", str(out), "--checkpoint-every", "16"]
 
 
@@ -197,7 +197,7 @@ def test_sigkill_during_add_then_rerun(tmp_path: Path, trained: Trained) -> None
     paths = _digit_folder(folder, 960)
     ref = tmp_path / "ref"
     shutil.copytree(trained.collection, ref)
-    cmd = [sys.executable, "-m", "lookalike.cli", "-q", "add", "--batch", "40"]
+    cmd = [sys.executable, "-m", "lookalike.app.cli", "-q", "add", "--batch", "40"]
     start = time.perf_counter()
     subprocess.run(cmd + [str(ref), str(folder)], check=True, env=_env(), capture_output=True)
     full = time.perf_counter() - start
@@ -251,7 +251,7 @@ def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path, trained: Trai
         half.mkdir()
         for path in part:
             shutil.move(str(path), half / path.name)
-    cmd = [sys.executable, "-m", "lookalike.cli", "-q", "add", "--batch", "20", str(target)]
+    cmd = [sys.executable, "-m", "lookalike.app.cli", "-q", "add", "--batch", "20", str(target)]
     procs = [subprocess.Popen([*cmd, str(half)], env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for half in halves]
     for proc in procs:

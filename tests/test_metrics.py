@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score, pairwise_distances
 
-from lookalike.metrics import (
+from lookalike.search.metrics import (
     average_precision,
     lrap_at,
     precision_at,

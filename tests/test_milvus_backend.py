@@ -23,13 +23,13 @@ from PIL import Image
 pymilvus = pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from lookalike import collection as collection_module  # noqa: E402
-from lookalike.backends import FaissBackend, new_backend, open_backend  # noqa: E402
-from lookalike.cli import main  # noqa: E402
-from lookalike.collection import Collection  # noqa: E402
-from lookalike.datasets import load_dataset  # noqa: E402
+from lookalike.app.cli import main  # noqa: E402
+from lookalike.data.datasets import load_dataset  # noqa: E402
 from lookalike.errors import LookalikeError, RemoteError  # noqa: E402
-from lookalike.milvus_backend import MilvusBackend, index_spec  # noqa: E402
+from lookalike.search import collection as collection_module  # noqa: E402
+from lookalike.search.backends import FaissBackend, new_backend, open_backend  # noqa: E402
+from lookalike.search.collection import Collection  # noqa: E402
+from lookalike.search.milvus_backend import MilvusBackend, index_spec  # noqa: E402
 
 #: Where the milvus backend's vectors live in these tests: a Milvus Lite file in the test's
 #: temporary directory, or the session's Milvus standalone server.
@@ -308,7 +308,7 @@ def test_service_search_add_delete(backend: str, index_with: Callable[..., Path]
                                    digits_queries: np.ndarray) -> None:
     from fastapi.testclient import TestClient
 
-    from lookalike.service import create_app
+    from lookalike.app.service import create_app
 
     path = index_with(backend)
     coll = Collection.open(path)
@@ -370,7 +370,7 @@ def test_missing_remote_collection_and_dim_mismatch(kind: str, index_with: Calla
     shutil.copytree(path, swapped)
     for f in (swapped / "manifest.json", swapped / "index.milvus.json"):
         f.write_text(f.read_text().replace(name, other_4d))
-    from lookalike.segments import checksums
+    from lookalike.search.segments import checksums
 
     edited = json.loads((swapped / "manifest.json").read_text())  # a consistent pointer
     edited["checksums"] = checksums(swapped, edited["files"])
@@ -402,7 +402,7 @@ def test_unreachable_server_is_a_503_in_the_service(milvus_coll: Collection,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
-    from lookalike.service import create_app
+    from lookalike.app.service import create_app
 
     with TestClient(create_app(milvus_coll.path)) as client:
         shared = client.app.state.collection  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ import torch
 
 from lookalike.config import InputSpec, ModelConfig, TrainConfig
 from lookalike.errors import LookalikeError
-from lookalike.models import build_model
+from lookalike.models.networks import build_model
 
 
 @pytest.mark.parametrize(("arch", "spec", "code_dim"), [

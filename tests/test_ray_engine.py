@@ -19,10 +19,10 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from lookalike.cli import main  # noqa: E402
-from lookalike.collection import Collection  # noqa: E402
-from lookalike.modelio import load_model  # noqa: E402
-from lookalike.ray_engine import RayConfig, encode_images, shutdown  # noqa: E402
+from lookalike.app.cli import main  # noqa: E402
+from lookalike.models.modelio import load_model  # noqa: E402
+from lookalike.models.ray_engine import RayConfig, encode_images, shutdown  # noqa: E402
+from lookalike.search.collection import Collection  # noqa: E402
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""Tests for lookalike.report: a self-contained, escaped, atomically written HTML page."""
+"""Tests for lookalike.app.report: a self-contained, escaped, atomically written HTML page."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from lookalike import figures, report
+from lookalike.app import figures, report
 from lookalike.errors import LookalikeError
 
 METRICS = {

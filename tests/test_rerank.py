@@ -5,8 +5,8 @@ import pytest
 
 from lookalike.config import DiffusionConfig
 from lookalike.errors import LookalikeError
-from lookalike.evaluation import evaluate_features
-from lookalike.rerank import Diffusion
+from lookalike.search.evaluation import evaluate_features
+from lookalike.search.rerank import Diffusion
 
 
 @pytest.fixture(scope="module")

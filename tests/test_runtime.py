@@ -1,4 +1,4 @@
-"""Encoding without PyTorch (lookalike.runtime): the ONNX encoder a model directory carries
+"""Encoding without PyTorch (lookalike.models.runtime): the ONNX encoder a model directory carries
 gives PyTorch's float32 codes; a collection uses it, so a one-image `add` never imports
 PyTorch; a missing, damaged or foreign file falls back to PyTorch, which writes it again."""
 
@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from conftest import Trained
-from lookalike.collection import Collection
-from lookalike.datasets import load_dataset
-from lookalike.encoders import ModelEncoder, encode_dataset
-from lookalike.modelio import load_model
-from lookalike.runtime import ONNX, OnnxEncoder, open_encoder
+from lookalike.data.datasets import load_dataset
+from lookalike.models.encoders import ModelEncoder, encode_dataset
+from lookalike.models.modelio import load_model
+from lookalike.models.runtime import ONNX, OnnxEncoder, open_encoder
+from lookalike.search.collection import Collection
 
 
 @pytest.mark.parametrize("which", ["recipe", "preset"])
@@ -38,7 +38,7 @@ def test_onnx_codes_equal_pytorch_float32(which: str, trained: Trained, exact_co
 
 
 def _add_in_a_process(coll: Path, picture: Path, env: dict[str, str] | None = None) -> dict:
-    code = ("import json, sys; from lookalike.cli import main\n"
+    code = ("import json, sys; from lookalike.app.cli import main\n"
             "rc = main(['-q', 'add', sys.argv[1], sys.argv[2]])\n"
             "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code, str(coll), str(picture)], check=True,

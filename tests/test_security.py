@@ -1,4 +1,4 @@
-"""Who may change the service's collection (lookalike.security): tokens, their files, and the
+"""Who may change the service's collection (lookalike.app.security): tokens, their files, and the
 rule for addresses beyond loopback. Over HTTP, with every route: tests/test_service.py."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lookalike.app.security import Access, check_bind, is_loopback, load_token, parse_token
 from lookalike.errors import LookalikeError
-from lookalike.security import Access, check_bind, is_loopback, load_token, parse_token
 
 TOKEN = "test-token-0123456789abcdef"
 

@@ -18,11 +18,11 @@ import pytest
 
 from conftest import Trained
 from conftest import run_cli as run
-from lookalike.backends import FaissBackend
-from lookalike.collection import Collection
-from lookalike.datasets import load_dataset
+from lookalike.data.datasets import load_dataset
 from lookalike.errors import CollectionError
-from lookalike.segments import (
+from lookalike.search.backends import FaissBackend
+from lookalike.search.collection import Collection
+from lookalike.search.segments import (
     MAX_SEGMENTS,
     IndexSpec,
     Segment,
@@ -186,7 +186,7 @@ def test_pictures_are_compressed(tmp_path: Path, trained: Trained) -> None:
 def write_format_1(coll: Collection, dest: Path) -> None:
     """The layout lookalike wrote before segments: one array file each for ids, codes and
     pictures, one FAISS index, a manifest of format 1 with every file's checksum."""
-    from lookalike.segments import checksums
+    from lookalike.search.segments import checksums
 
     dest.mkdir()
     shutil.copytree(coll.path / "model", dest / "model")
@@ -200,7 +200,7 @@ def write_format_1(coll: Collection, dest: Path) -> None:
     files = {"ids": "ids.npy", "embeddings": "embeddings.npy", "images": "images.npy",
              "index": "index.faiss"}
     if coll.reranks:  # format 1 stored the exact k-NN graph of a re-ranking collection
-        from lookalike.rerank import Diffusion
+        from lookalike.search.rerank import Diffusion
 
         for key, arr in zip(("graph_sims", "graph_ids"), Diffusion(
                 np.asarray(coll.embeddings), coll.retrieval.diffusion).neighbours(), strict=True):
@@ -264,10 +264,10 @@ def _timed(script: str, args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-REMOVE = ("import sys; from lookalike.collection import Collection\n"
+REMOVE = ("import sys; from lookalike.search.collection import Collection\n"
           "c = Collection.open(sys.argv[1])\n"
           "for i in range(int(sys.argv[3])): c.remove([int(sys.argv[2]) + i])\n")
-COMPACT = ("import sys; from lookalike.collection import Collection\n"
+COMPACT = ("import sys; from lookalike.search.collection import Collection\n"
            "c = Collection.open(sys.argv[1]); getattr(c, sys.argv[2])()\n")
 
 
@@ -361,7 +361,7 @@ def test_an_inverted_file_collection_grows_by_exact_segments(tmp_path: Path,
                                                              trained: Trained) -> None:
     """A segment too small to train the collection's IVF gets an exact index; reopened, the
     collection keeps its search parameters and still finds what exact search finds."""
-    from lookalike.modelio import load_model
+    from lookalike.models.modelio import load_model
 
     ds = load_dataset("digits", "all")
     coll = Collection.create(tmp_path / "ivf", load_model(trained.model), ds,

@@ -1,4 +1,4 @@
-"""The HTTP service (lookalike.service): every endpoint and every error, with FastAPI's test
+"""The HTTP service (lookalike.app.service): every endpoint and every error, with FastAPI's test
 client, against small real collections; results are compared with the Collection's own."""
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
-from lookalike import service
-from lookalike.cli import main
-from lookalike.collection import Collection
-from lookalike.datasets import load_dataset
+from lookalike.app import service
+from lookalike.app.cli import main
+from lookalike.app.security import Access, check_bind
+from lookalike.app.service import create_app
+from lookalike.app.shared import SharedCollection, UnknownItem
+from lookalike.data.datasets import load_dataset
 from lookalike.errors import CollectionError, ImageError, LookalikeError
-from lookalike.security import Access, check_bind
-from lookalike.service import create_app
-from lookalike.shared import SharedCollection, UnknownItem
+from lookalike.search.collection import Collection
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -653,7 +653,7 @@ def test_a_change_made_by_another_process_is_seen(rerank_path: Path, queries: np
     shared = SharedCollection(rerank_path)
     count = shared.stats()["count"]
     Image.fromarray(queries[7][:, :, 0]).save(tmp_path / "other.png")
-    code = "import sys; from lookalike.cli import main; sys.exit(main(['-q', 'add', *sys.argv[1:]]))"
+    code = "import sys; from lookalike.app.cli import main; sys.exit(main(['-q', 'add', *sys.argv[1:]]))"
     subprocess.run([sys.executable, "-c", code, str(rerank_path), str(tmp_path / "other.png")],
                    check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert shared.stats()["count"] == count + 1
@@ -671,7 +671,7 @@ def test_searches_that_queue_up_share_an_index_search(
         torch_one_thread: None) -> None:
     """Searches that arrive while one runs go to the index together, in one call, and
     each gets exactly what it would have got alone (re-ranked or not, by image or id)."""
-    from lookalike.segments import SegmentedIndex
+    from lookalike.search.segments import SegmentedIndex
 
     shared = SharedCollection(rerank_path)
     asks = [("image", i, bool(i % 2)) for i in range(8)] + [("id", i * 11, bool(i % 2)) for i in range(4)]
@@ -879,7 +879,7 @@ def test_serve_binds_a_tcp_socket_with_nodelay(rerank_path: Path, monkeypatch: p
 
 
 def test_importing_the_service_does_not_start_or_import_uvicorn() -> None:
-    code = "import sys, lookalike.service; print(json.dumps('uvicorn' in sys.modules))"
+    code = "import sys, lookalike.app.service; print(json.dumps('uvicorn' in sys.modules))"
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True,
                          text=True, check=True, timeout=120).stdout
     assert json.loads(out) is False

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from lookalike.config import InputSpec, ModelConfig, TrainConfig
-from lookalike.datasets import load_dataset
-from lookalike.encoders import ModelEncoder, PixelEncoder
+from lookalike.data.datasets import load_dataset
+from lookalike.data.images import conform, to_float
 from lookalike.errors import DataError, ModelError
-from lookalike.images import conform, to_float
-from lookalike.modelio import load_model, save_model
-from lookalike.reconstruct import denoise, reconstruct
-from lookalike.training import add_noise, train_autoencoder
+from lookalike.models.encoders import ModelEncoder, PixelEncoder
+from lookalike.models.modelio import load_model, save_model
+from lookalike.models.reconstruct import denoise, reconstruct
+from lookalike.models.training import add_noise, train_autoencoder
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def _record_model(monkeypatch: pytest.MonkeyPatch
     """Make ``train_autoencoder``'s model record every input of its forward pass (the
     reconstruction path), with whether it was in training mode, and keep its weights as
     built (before any step)."""
-    from lookalike import training
+    from lookalike.models import training
 
     seen: list[tuple[bool, np.ndarray]] = []
     initial: dict[str, torch.Tensor] = {}
@@ -148,7 +148,7 @@ def test_pixel_encoder_and_denoise(digits) -> None:
     codes = enc.encode(digits.images[:5])
     assert codes.shape == (5, 64) and codes.max() <= 1.0
     res = _train(digits.images, epochs=8)
-    from lookalike.modelio import LoadedModel
+    from lookalike.models.modelio import LoadedModel
 
     model = LoadedModel(res.model, res.model.config, None)
     clean = digits.images[:50]
@@ -172,7 +172,7 @@ def test_contrastive_objective_trains_and_codes_are_unit_length(digits) -> None:
     tc = default_train_config("contrastive", epochs=3, batch_size=128)
     res = train_autoencoder(digits.images[:600], ModelConfig(arch="contrastive", input=spec), tc)
     assert res.history["train_loss"][-1] < res.history["train_loss"][0]
-    from lookalike.modelio import LoadedModel
+    from lookalike.models.modelio import LoadedModel
 
     codes = ModelEncoder(LoadedModel(res.model, res.model.config, tc)).encode(digits.images[:20])
     assert codes.shape == (20, 128)

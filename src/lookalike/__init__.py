@@ -1,11 +1,12 @@
 """lookalike: content-based image retrieval with convolutional (denoising) autoencoders.
 
-The library's layers, each a module with one job:
+The library's layers, each a subpackage of modules with one job:
 
-* data: :mod:`.images` (decode, conform), :mod:`.datasets`, :mod:`.idx`, :mod:`.download`
-* models: :mod:`.config`, :mod:`.models`, :mod:`.training`, :mod:`.modelio`, :mod:`.encoders`
-* search: :mod:`.backends`, :mod:`.collection`, :mod:`.clustering`
-* scoring and output: :mod:`.metrics`, :mod:`.evaluation`, :mod:`.figures`, :mod:`.report`
+* :mod:`.data`: image files, datasets, IDX files, augmentations
+* :mod:`.models`: networks, training, model files, encoders
+* :mod:`.search`: the collection, its segments and index, re-ranking, clustering, scoring
+* :mod:`.app`: the command line, the HTTP service, figures, reports, the demo
+* beside them: :mod:`.config`, :mod:`.errors`, :mod:`.fsutil`, :mod:`.versions`
 * the front door, :mod:`.api`: ``train``, ``load_model``, ``index``, ``open``, ``evaluate``
   (the command line calls the same functions)::
 

