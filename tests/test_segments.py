@@ -337,6 +337,37 @@ def test_sigkill_during_compaction_and_migration(tmp_path: Path, trained: Traine
     assert not all(outcomes), f"no kill landed before the {operation} committed"
 
 
+@pytest.mark.parametrize("how", ["open", "refresh"])
+def test_a_reader_reads_again_when_a_commit_deletes_what_it_read(
+        tmp_path: Path, trained: Trained, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Readers take no lock: one that read a manifest whose files another writer's commit
+    then deleted (a deletion record replaced) reads the new manifest instead of failing."""
+    from lookalike.search import segments
+
+    path = shutil.copytree(trained.collection, tmp_path / "c")
+    writer = Collection.open(path)
+    writer.remove([1])
+    reader = Collection.open(path)
+    writer.remove([2])  # the reader is one commit behind
+    real, read = segments.open_store, []
+
+    def racing(root, manifest, verify=False, loaded=None):  # noqa: ANN001, ANN202
+        read.append(manifest["generation"])
+        if len(read) == 1:  # between reading this manifest and its files, a commit
+            writer.remove([3])
+        return real(root, manifest, verify, loaded)
+
+    monkeypatch.setattr(segments, "open_store", racing)
+    if how == "open":
+        reader = Collection.open(path)
+    else:
+        assert reader.refresh()
+    assert read == [read[0], read[0] + 1]  # the first read failed: its deletions were gone
+    assert reader.manifest["generation"] == writer.manifest["generation"]
+    assert not set(reader.ids.tolist()) & {1, 2, 3} and len(reader) == len(writer)
+    _consistent(reader)
+
+
 @pytest.mark.parametrize(("factory", "params"), [("Flat", ""), ("IVF16,Flat", "nprobe=16"),
                                                  ("HNSW16", "efSearch=128")])
 def test_deleted_rows_are_skipped_by_every_index(factory: str, params: str) -> None:

@@ -140,6 +140,65 @@ def _whitening(codes: np.ndarray | seg.SegmentStore, retrieval: RetrievalConfig
     return None if fit is None else np.concatenate([fit[0][None], fit[1]]).astype(np.float32)
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = read_json(path / "manifest.json")
+    except (OSError, ValueError) as exc:
+        raise CollectionError(f"{path / 'manifest.json'} is damaged ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CollectionError(f"{path / 'manifest.json'} is not a lookalike collection manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CollectionError(
+            f"{path} was written by a newer lookalike (collection format {version}, this one "
+            f"reads up to {FORMAT_VERSION}); upgrade lookalike"
+        )
+    return manifest
+
+
+def _stamp(manifest: dict[str, Any]) -> tuple[Any, Any]:
+    """What tells one commit from the next."""
+    return manifest.get("generation"), manifest.get("format_version")
+
+
+def _stored_whitening(path: Path, manifest: dict[str, Any]) -> Any:
+    """The whitening ``(mean, projection)`` the manifest lists, read; ``_UNREAD`` if none."""
+    name = (manifest.get("files") or {}).get("whitening")
+    if not name:
+        return _UNREAD
+    dim = int(manifest["dim"])
+    try:
+        arr = np.load(path / name, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CollectionError(f"{path}: {name} is damaged ({exc}); run 'lookalike compact'") from None
+    if arr.shape != (dim + 1, dim):
+        raise CollectionError(f"{path}: {name} does not fit {dim}-d codes")
+    return arr[0], arr[1:]
+
+
+#: How often a reader reads the manifest again when the files of the one it read were
+#: deleted under it (another process committed twice meanwhile).
+READ_ATTEMPTS = 8
+
+
+def _read_committed(path: Path, verify: bool = False, loaded: dict[str, Any] | None = None,
+                    whitening: bool = False) -> tuple[dict[str, Any], seg.SegmentStore, Any]:
+    """The last commit's manifest and segments (and its whitening when asked; ``_UNREAD``
+    otherwise), read without a lock: a writer in another process deletes the files of older
+    commits, so a file missing under a manifest that is no longer the last means "read the
+    new one", and only one still the last is damaged."""
+    for attempt in range(READ_ATTEMPTS):
+        manifest = _read_manifest(path)
+        try:
+            manifest, store = seg.open_store(path, manifest, verify, loaded)
+            return manifest, store, _stored_whitening(path, manifest) if whitening else _UNREAD
+        except CollectionError:
+            if attempt + 1 == READ_ATTEMPTS or _stamp(_read_manifest(path)) == _stamp(manifest):
+                raise
+            log.debug("%s: committed again while it was read; reading it again", path)
+    raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True)
 class Item:
     """One database row: ``label`` is -1 when unknown."""
@@ -358,21 +417,9 @@ class Collection:
             raise CollectionError(f"collection {p} does not exist")
         if not (p / "manifest.json").is_file():
             raise CollectionError(f"{p} is not a lookalike collection (no manifest.json)")
-        try:
-            manifest = read_json(p / "manifest.json")
-        except (OSError, ValueError) as exc:
-            raise CollectionError(f"{p / 'manifest.json'} is damaged ({type(exc).__name__})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise CollectionError(f"{p / 'manifest.json'} is not a lookalike collection manifest")
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CollectionError(
-                f"{p} was written by a newer lookalike (collection format {version}, this one "
-                f"reads up to {FORMAT_VERSION}); upgrade lookalike"
-            )
+        manifest, store, _ = _read_committed(p, verify)
         metadata.check(p / metadata.FILE)
         model_path = Path(model_dir) if model_dir is not None else p / "model"
-        manifest, store = seg.open_store(p, manifest, verify)
         if store.spec is not None:
             backend: IndexBackend = seg.SegmentedIndex(store)
         else:
@@ -416,22 +463,18 @@ class Collection:
 
     def refresh(self) -> bool:
         """Read the collection again if another process has committed a change since this
-        object read it (segments already read are kept); whether it had."""
-        try:
-            manifest = read_json(self.path / "manifest.json")
-        except (OSError, ValueError) as exc:
-            raise CollectionError(f"{self.path / 'manifest.json'} is damaged "
-                                  f"({type(exc).__name__})") from None
-        if (manifest.get("generation"), manifest.get("format_version")) == (
-                self.manifest.get("generation"), self.manifest.get("format_version")):
+        object read it (segments already read are kept); whether it had. The whitening is
+        read too, while the files of that commit are sure to be there."""
+        if _stamp(_read_manifest(self.path)) == _stamp(self.manifest):
             return False
         log.info("%s was changed by another process: reading it again", self.path)
-        manifest, store = seg.open_store(self.path, manifest, loaded=self.store.loaded)
+        manifest, store, whitening = _read_committed(self.path, loaded=self.store.loaded,
+                                                     whitening=self.reranks)
         self.manifest, self.store = manifest, store
         if self._local:
             self.backend = seg.SegmentedIndex(store)
         self._diffusion = None
-        self._whitening = _UNREAD
+        self._whitening = whitening
         return True
 
     # ------------------------------------------------------------------ properties
@@ -474,18 +517,11 @@ class Collection:
         """The re-ranking's whitening ``(mean (d,), projection (d, d))``: the stored fit, or
         one fitted now when a collection made before it was stored has none."""
         if self._whitening is _UNREAD:
-            name = self.files.get("whitening")
-            if name:
-                try:
-                    arr = np.load(self.path / name, allow_pickle=False)
-                except (OSError, ValueError) as exc:
-                    raise CollectionError(f"{self.path}: {name} is damaged ({exc}); "
-                                          "run 'lookalike compact'") from None
-                if arr.shape != (self.dim + 1, self.dim):
-                    raise CollectionError(f"{self.path}: {name} does not fit {self.dim}-d codes")
-            else:
+            stored = _stored_whitening(self.path, self.manifest)
+            if stored is _UNREAD:
                 arr = _whitening(self.store, self.retrieval)
-            self._whitening = None if arr is None else (arr[0], arr[1:])
+                stored = None if arr is None else (arr[0], arr[1:])
+            self._whitening = stored
         return self._whitening  # type: ignore[no-any-return]
 
     @property
