@@ -4,17 +4,19 @@ requests, adds and deletes mixed into the searches.
     python benchmarks/service.py                          # 50 clients, 2,000 requests a run
     python benchmarks/service.py --clients 20 --requests 500 --writes 0.15
     python benchmarks/service.py --collection coll --name "..."  # an existing collection (copied)
+    python benchmarks/service.py --workers 1,2                # 1 server process, then 2
 
 Without ``--collection`` it trains the recipe for one epoch on mnist-5k and indexes the
-database split (4,000 images): the model's quality does not matter here, its cost does.
-A run per share of writes (default: none, then 15%),
-each on a fresh copy of the collection served by its own ``lookalike.app.service.serve``
-process on 127.0.0.1 (a free port). Requests: searches by an uploaded PNG (mnist-5k query
-images) and by a stored id, half re-ranked and half exact, plus adds of new images and
-deletes of items the run added. At the end every item the run added and did not delete
-must be stored and found by an exact search with a near-copy of its image (one grey level
-off), and every deleted one must be gone. Every request goes to loopback; the number of
-requests is fixed and a run stops after 10 minutes whatever is left.
+database split (4,000 images): the model's quality does not matter here, its cost does. A
+run per number of server processes (``--workers``, default 1 then 2) and share of writes
+(default: none, then 15%), each on a fresh copy of the collection served by its own
+``lookalike.app.service.serve`` on 127.0.0.1 (a free port). Requests: searches by an
+uploaded PNG (mnist-5k query images) and by a stored id, half re-ranked and half exact,
+plus adds of new images and deletes of items the run added. At the end every item the run
+added and did not delete must be stored and found by an exact search with a near-copy of
+its image (one grey level off), and every deleted one must be gone. Every request goes to
+loopback; the number of requests is fixed and a run stops after 10 minutes whatever is
+left.
 
 Writes the table to docs/benchmarks.md (section "service") and prints it.
 """
@@ -78,14 +80,14 @@ def build_collection(work: Path) -> Path:
 class Server:
     """``lookalike.app.service.serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, collection: Path, threads: int | None) -> None:
+    def __init__(self, collection: Path, threads: int | None, workers: int = 1) -> None:
         code = ("import sys; from lookalike.app.service import serve; "
-                "serve(sys.argv[1], '127.0.0.1', 0, log_level='warning', "
+                "serve(sys.argv[1], '127.0.0.1', 0, log_level='warning', workers=int(sys.argv[2]), "
                 "on_ready=lambda url: print(url, flush=True))")
         env = dict(os.environ)
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(collection)],
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(collection), str(workers)],
                                      stdout=subprocess.PIPE, text=True, env=env)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -269,6 +271,16 @@ def fraction_list(text: str) -> list[float]:
     return values
 
 
+def count_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(1 <= v <= 16 for v in values):
+        raise argparse.ArgumentTypeError(f"expected counts in 1..16, got {text!r}")
+    return values
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=50)
@@ -282,6 +294,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="OMP_NUM_THREADS of the server (default 1: requests are the parallelism; "
                          "0 leaves torch's default)")
+    ap.add_argument("--workers", type=count_list, default=[1, 2],
+                    help="server processes (lookalike serve --workers), comma-separated; "
+                         "runs for each (default 1,2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="print the table, leave docs alone")
     args = ap.parse_args()
@@ -293,11 +308,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         work = Path(tmp)
         source = Path(args.collection) if args.collection else build_collection(work)
-        for writes in args.writes:
-            coll = work / f"serve-{writes}"
+        for workers, writes in [(w, f) for w in args.workers for f in args.writes]:
+            coll = work / f"serve-{workers}-{writes}"
             shutil.copytree(source, coll)
             stored = Collection.open(coll).ids
-            server = Server(coll, args.threads or None)
+            server = Server(coll, args.threads or None, workers)
             try:
                 # searches use the first 500 query images; adds the other 500 (new content)
                 run = asyncio.run(load(server.url, args.clients, args.requests, writes,
@@ -313,30 +328,33 @@ def main() -> None:
             searchable = (f"{'yes' if ok else 'NO'} ({found}/{kept} found, {still} deleted left)"
                           if writes else "(no changes)")
             searches = run.latencies["search-image"] + run.latencies["search-id"]
-            rows.append([f"{writes:.0%}", f"{run.done:,}", f"{run.done / run.seconds:.0f}",
+            rows.append([str(workers), f"{writes:.0%}", f"{run.done:,}", f"{run.done / run.seconds:.0f}",
                          ms(every, 50), ms(every, 95), ms(every, 99),
                          ms(searches, 50), ms(searches, 99), ms(run.latencies["add"], 50),
                          ms(run.latencies["delete"], 50), str(errors), searchable])
             counts = ", ".join(f"{len(v)} {k}" for k, v in run.latencies.items() if v)
-            notes.append(f"{writes:.0%} writes: {counts}; final count {stats['count']:,}"
+            notes.append(f"{workers} x {writes:.0%} writes: {counts}; final count {stats['count']:,}"
                          + (f"; errors {dict(run.errors)}" if run.errors else "")
                          + ("" if run.complete else "; STOPPED AT THE DEADLINE"))
             print(" | ".join(rows[-1]), "--", notes[-1], flush=True)
 
-    header = ["writes", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms",
+    header = ["processes", "writes", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms",
               "search p50", "search p99", "add p50", "delete p50", "errors", "all added searchable"]
     writes_arg = ",".join(f"{w:g}" for w in args.writes)
+    workers_arg = ",".join(map(str, args.workers))
     body = "\n".join([
         "## Service load test",
         "",
         f"`python benchmarks/service.py --clients {args.clients} --requests {args.requests} "
-        f"--writes {writes_arg}" + (" --collection COLL" if args.collection else "")
+        f"--writes {writes_arg} --workers {workers_arg}"
+        + (" --collection COLL" if args.collection else "")
         + f"` — {now()}, commit {commit()}, {machine()}.",
         "",
         f"Collection: {'mnist-5k database (4,000 images)' if not args.collection else args.name}, "
         f"{stats['model']['arch']} model, {stats['dimension']}-d codes, index {stats['index']['name']} "
-        f"{stats['index'].get('factory', '')}, re-ranking {stats['rerank']}. One `lookalike.app.service` "
-        f"process (uvicorn) on 127.0.0.1 with OMP_NUM_THREADS={args.threads or 'default'}; "
+        f"{stats['index'].get('factory', '')}, re-ranking {stats['rerank']}. `lookalike.app.service` "
+        f"on 127.0.0.1 (uvicorn; *processes*: `lookalike serve --workers`, each with "
+        f"OMP_NUM_THREADS={args.threads or 'default'}); "
         f"{args.clients} concurrent keep-alive clients (plain HTTP/1.1 over asyncio) in another process "
         "on the same machine, "
         f"{args.requests:,} requests a run. Requests: searches (k = 10, half re-ranked, half exact), "
@@ -355,10 +373,13 @@ def main() -> None:
         "segment or a deletion record and the manifest, then hands the searches the new snapshot "
         "in one assignment. A re-ranked search runs diffusion over its index's nearest items "
         "(the collection's `candidates`, 250 by default), so neither a search nor a commit costs "
-        "more as the collection grows (the lifecycle table). On two cores the searches mostly "
-        "hold the GIL, and the client runs on the same two cores. With 50 closed-loop clients "
-        "the mean latency is 50 / throughput (Little's law): a p99 under 150 ms would need over "
-        "333 requests/s. Repeated runs on this shared machine spread by about ±15% in requests/s.",
+        "more as the collection grows (the lifecycle table). One process's searches mostly hold "
+        "its GIL; with a process per core they run in parallel, each process reading the "
+        "others' commits before its next answer (changes still take the collection's writer "
+        "lock one commit at a time). The client runs on the same two cores. With "
+        f"{args.clients} closed-loop clients the mean latency is {args.clients} / throughput "
+        f"(Little's law): a p99 under 150 ms would need over {args.clients / 0.150:.0f} "
+        "requests/s. Repeated runs on this shared machine spread by about ±15% in requests/s.",
     ])
     print(body)
     if not args.no_write:

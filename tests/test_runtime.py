@@ -64,6 +64,23 @@ def test_adding_one_image_does_not_import_pytorch(tmp_path: Path, trained: Train
         "rc": 0, "torch": True}
 
 
+def test_a_reranked_search_by_image_imports_neither_pytorch_nor_scikit_learn(
+        trained: Trained) -> None:
+    """What a search needs loads in a fraction of a second: PyTorch (2 s) and scikit-learn
+    (1.5 s, the whitening's fit, done when a commit refits it) are not among it."""
+    code = ("import json, sys; import numpy as np\n"
+            "from lookalike.search.collection import Collection\n"
+            "c = Collection.open(sys.argv[1])\n"
+            "d, i = c.search_images(255 - np.asarray(c.images[:3]), 5, rerank=True)\n"
+            "print(json.dumps({'found': int((i >= 0).sum()), 'reranks': c.reranks,\n"
+            "                  'torch': 'torch' in sys.modules, 'sklearn': 'sklearn' in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code, str(trained.collection)], check=True,
+                         capture_output=True, text=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "found": 15, "reranks": True, "torch": False, "sklearn": False}
+
+
 @pytest.mark.parametrize("damage", ["missing", "truncated", "foreign"])
 def test_an_unusable_onnx_file_falls_back_to_pytorch_and_is_written_again(
         tmp_path: Path, trained: Trained, damage: str) -> None:

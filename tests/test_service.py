@@ -28,6 +28,7 @@ from lookalike.app.shared import SharedCollection, UnknownItem
 from lookalike.data.datasets import load_dataset
 from lookalike.errors import CollectionError, ImageError, LookalikeError
 from lookalike.search.collection import Collection
+from servers import serving
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -666,6 +667,46 @@ def test_a_change_made_by_another_process_is_seen(rerank_path: Path, queries: np
     assert len(Collection.open(rerank_path)) == count + 2
 
 
+def _serving_processes(path: Path) -> int:
+    """How many processes run ``lookalike serve PATH``."""
+    count = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        count += b"serve" in argv and str(path).encode() in argv
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="counts processes through /proc")
+def test_workers_share_the_port_and_see_each_others_changes(rerank_path: Path,
+                                                           queries: np.ndarray) -> None:
+    """`lookalike serve --workers 2`: two processes answer on one port; whichever answers,
+    an item one of them added is there at once, and gone at once once deleted (each
+    request on a new connection, spread over both by the kernel)."""
+    import httpx
+
+    with serving(rerank_path, "--workers", "2") as url:
+        assert _serving_processes(rerank_path) == 2
+        count = httpx.get(url + "api/stats").json()["count"]
+        for n in range(4):
+            added = httpx.post(url + "api/items", files=[("files", (f"n{n}.png", png(queries[20 + n])))])
+            assert added.status_code == 201, added.text
+            (item,) = added.json()["items"]
+            for _ in range(12):
+                assert httpx.get(url + f"api/items/{item['id']}").status_code == 200
+                hits = httpx.post(url + "api/search", json={"id": item["id"], "k": 3})
+                assert hits.status_code == 200, hits.text
+            assert httpx.get(url + "api/stats").json()["count"] == count + 1
+            assert httpx.delete(url + f"api/items/{item['id']}").status_code == 200
+            for _ in range(12):
+                assert httpx.get(url + f"api/items/{item['id']}").status_code == 404
+            assert httpx.get(url + "api/stats").json()["count"] == count
+    assert _serving_processes(rerank_path) == 0
+    assert len(Collection.open(rerank_path, verify=True)) == count
+
+
 def test_searches_that_queue_up_share_an_index_search(
         rerank_path: Path, queries: np.ndarray, monkeypatch: pytest.MonkeyPatch,
         torch_one_thread: None) -> None:
@@ -764,16 +805,19 @@ def test_serve_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
                        rerank_path: Path) -> None:
     calls: list[tuple] = []
 
-    def fake_serve(path, host, port, *, max_upload_bytes, access, on_ready, log_level):
-        calls.append((path, host, port, max_upload_bytes, access, log_level))
+    def fake_serve(path, host, port, *, max_upload_bytes, access, on_ready, log_level, workers):
+        calls.append((path, host, port, max_upload_bytes, access, log_level, workers))
         on_ready(f"http://{host}:{port}/")
 
     monkeypatch.setattr(service, "serve", fake_serve)
     monkeypatch.delenv("LOOKALIKE_TOKEN", raising=False)
     assert main(["serve", str(rerank_path), "--port", "8123", "--max-upload-mb", "2"]) == 0
-    assert calls == [(str(rerank_path), "127.0.0.1", 8123, 2 * 2**20, Access(), "info")]
+    assert calls == [(str(rerank_path), "127.0.0.1", 8123, 2 * 2**20, Access(), "info", 1)]
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
-    for bad in (["--port", "70000"], ["--port", "http"], ["--max-upload-mb", "0"]):
+    assert main(["serve", str(rerank_path), "--workers", "3"]) == 0
+    assert calls[-1][-1] == 3
+    for bad in (["--port", "70000"], ["--port", "http"], ["--max-upload-mb", "0"],
+                ["--workers", "0"], ["--workers", "two"]):
         with pytest.raises(SystemExit) as exit_:
             main(["serve", str(rerank_path), *bad])
         assert exit_.value.code == 2
@@ -786,7 +830,7 @@ def test_serve_access_options(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
                                rerank_path: Path, tmp_path: Path) -> None:
     seen: list[Access] = []
 
-    def fake_serve(path, host, port, *, max_upload_bytes, access, on_ready, log_level):
+    def fake_serve(path, host, port, *, max_upload_bytes, access, on_ready, log_level, workers):
         check_bind(host, access)
         seen.append(access)
         on_ready(f"http://{host}:{port}/")

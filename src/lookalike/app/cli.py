@@ -590,7 +590,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     level = "debug" if args.verbose else "warning" if args.quiet else "info"
     serve(args.collection, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-          access=access, on_ready=ready, log_level=level)
+          access=access, on_ready=ready, log_level=level, workers=args.workers)
     return 0
 
 
@@ -818,6 +818,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve searches only: every change is refused (403)")
     p.add_argument("--token-reads", action="store_true",
                    help="searches and item reads need the token too (health, page, docs stay open)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="server processes sharing the port (default 1; up to one per core: "
+                        "searches then run in parallel, changes still one commit at a time)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the whole pipeline on mnist-5k, with a report")

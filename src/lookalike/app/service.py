@@ -28,10 +28,12 @@ The app's threads share the collection through a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable
 from importlib.resources import files
@@ -52,6 +54,7 @@ from starlette.types import Message
 
 from ..data.images import MAX_PIXELS, decode_image
 from ..errors import ImageError, LookalikeError, RemoteError
+from ..search.collection import Collection
 from .schemas import (
     MAX_ID,
     AddAnswer,
@@ -407,27 +410,81 @@ def _version() -> str:
 def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, *,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, access: Access | None = None,
           on_ready: Callable[[str], None] | None = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", workers: int = 1) -> None:
     """Run the app on uvicorn until interrupted. ``port`` 0 picks a free port; ``on_ready``
     is called with the page's URL once the socket is bound (before serving).
+
+    ``workers`` > 1 forks that many processes in all (POSIX only), each with its own app
+    over the collection, accepting on the one socket: searches run on as many cores, free
+    of one process's GIL. A change takes the collection's writer lock, whichever process
+    receives it, and the others read the new commit before their next answer
+    (:meth:`SharedCollection._current`). The processes stop together.
 
     Raises:
         LookalikeError: ``host`` is not loopback and ``access`` leaves changes open to anyone
             (:func:`check_bind`); checked before anything is opened.
     """
-    import socket
-
     import uvicorn
 
     access = Access() if access is None else access
     check_bind(host, access)
-    app = create_app(collection_path, max_upload_bytes=max_upload_bytes, access=access)
+    if workers < 1 or (workers > 1 and not hasattr(os, "fork")):
+        raise LookalikeError(f"workers must be 1 or more ({workers} given), and more than 1 "
+                             "needs a POSIX system")
+    # The collection is opened before the socket is bound, so that a bad one is reported at
+    # once. With workers each process opens it after the fork (no thread, connection or
+    # encoder session crosses a fork): here it is only checked.
+    def made() -> FastAPI:
+        return create_app(collection_path, max_upload_bytes=max_upload_bytes, access=access)
+
+    if workers == 1:
+        app = made()
+    else:
+        Collection.open(collection_path).close()
+    sock = _listen(host, port, reuse_port=workers > 1)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+
+    def run(app: FastAPI, sock: socket.socket) -> None:
+        config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug")
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            sock.close()
+
+    def worker(ready: int) -> None:
+        # its own socket on the same port: the kernel spreads new connections evenly over
+        # the processes' sockets (SO_REUSEPORT), where one shared socket lets whichever
+        # process wakes first take most of them
+        sock.close()
+        mine = _listen(host, bound, reuse_port=True)
+        app = made()
+        os.write(ready, b"1")
+        os.close(ready)
+        run(app, mine)
+
+    children = _fork_workers(workers - 1, worker)
+    try:
+        if workers > 1:
+            app = made()
+            _wait_ready(children)
+        if on_ready is not None:  # every process has its collection open: none keeps a
+            on_ready(f"http://{shown}:{bound}/")  # client waiting on its start
+        run(app, sock)
+    finally:
+        _stop_workers(children)
+
+
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port``, listening."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it every keep-alive response waits ~40 ms (Nagle against delayed ACKs).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         # Listening now, not when uvicorn starts: a client that acts on on_ready's URL at once
         # waits in the backlog instead of being refused.
@@ -435,13 +492,63 @@ def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port
     except OSError:
         sock.close()
         raise
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    if on_ready is not None:
-        on_ready(f"http://{shown}:{bound}/")
-    config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug")
+    return sock
+
+
+def _fork_workers(n: int, work: Callable[[int], None]) -> list[tuple[int, int]]:
+    """Fork ``n`` processes that each run ``work(ready)``, which writes a byte to the file
+    descriptor ``ready`` once it can answer, and exit; ``(process id, the other end of
+    ready)`` of each. A child dies with its parent (Linux: the parent-death signal) and
+    never returns into the caller."""
+    children = []
+    for _ in range(n):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 0
+            try:
+                os.close(read)
+                _die_with_parent()
+                work(write)
+            except BaseException:  # noqa: B036 - a child reports and exits, never returns
+                log.exception("a service worker failed")
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(write)
+        children.append((pid, read))
+    return children
+
+
+def _wait_ready(children: list[tuple[int, int]]) -> None:
+    for _, ready in children:
+        try:
+            started = os.read(ready, 1)
+        finally:
+            os.close(ready)
+        if not started:
+            raise LookalikeError("a service worker could not start (its error is above)")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (no-op elsewhere)."""
+    import ctypes
+    import signal
+
     try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        sock.close()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_workers(children: list[tuple[int, int]]) -> None:
+    import signal
+
+    for pid, _ in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid, _ in children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 

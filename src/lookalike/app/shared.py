@@ -62,19 +62,30 @@ class SharedCollection:
         self._coll = Collection.open(self.path)
         self._changes: _Grouped[_Change] = _Grouped(self._apply)
         self._searches: _Grouped[_Query] = _Grouped(_nearest)
+        self._installing = threading.Lock()  # guards snapshot and _stamp together
+        self._reading = threading.Lock()  # one reader at a time reads another's commit
         self.snapshot = self._coll
+        self._stamp = -1
         self._publish()
 
     def _publish(self) -> None:
         """Load what readers would otherwise load on first use (the model, the whitening),
         then hand them the committed state."""
         coll = self._coll
+        stamp = self._manifest_stamp()
         if len(coll):
             coll.encoder  # noqa: B018
             if coll.reranks:
                 coll.whitening  # noqa: B018
-        self._stamp = self._manifest_stamp()
-        self.snapshot = coll.snapshot()
+                from ..search import rerank  # noqa: F401 - imported now, not by the first search
+        self._install(coll.snapshot(), stamp)
+
+    def _install(self, snapshot: Collection, stamp: int) -> None:
+        """Make ``snapshot`` the readers' unless they already have a later commit (another
+        process's, read by a reader meanwhile)."""
+        with self._installing:
+            if _generation(snapshot) >= _generation(self.snapshot):
+                self.snapshot, self._stamp = snapshot, stamp
 
     def _manifest_stamp(self) -> int:
         try:
@@ -83,10 +94,18 @@ class SharedCollection:
             return -1
 
     def _current(self) -> Collection:
-        """The snapshot for a read, brought up to date first when another process (a
-        ``lookalike add`` beside the service) has committed a change since."""
-        if self._manifest_stamp() != self._stamp:
-            self._submit(_Change("refresh"))
+        """The snapshot for a read, brought up to date first when another process (a second
+        service worker, a ``lookalike add`` beside the service) has committed a change
+        since. The reader reads that commit itself (the segments already read are kept):
+        it waits for no change of this process, and a client that changed the collection
+        through another process then reads its change here."""
+        stamp = self._manifest_stamp()
+        if stamp != self._stamp:
+            with self._reading:
+                if stamp != self._stamp:
+                    fresh = self.snapshot.snapshot()
+                    fresh.refresh()
+                    self._install(fresh, stamp)
         return self.snapshot
 
     @property
@@ -193,10 +212,10 @@ class SharedCollection:
     def _apply(self, batch: list[_Change]) -> None:
         """Apply the changes queued together: removes first (so an add in the batch never
         returns an id removed in it), then every add in one call; each change gets its
-        result or its own error."""
+        result or its own error. The collection is read again first if another process has
+        committed since, so that the checks see its changes (an item it added)."""
         try:
-            if any(c.kind == "refresh" for c in batch):
-                self._change(lambda coll: coll.refresh())
+            self._change(lambda coll: coll.refresh())
             removes = [c for c in batch if c.kind == "remove"]
             adds = [c for c in batch if c.kind == "add"]
             gone: list[int] = []
@@ -267,6 +286,10 @@ class SharedCollection:
             self._coll = Collection.open(self.path)
             self._publish()
             raise
+
+
+def _generation(coll: Collection) -> int:
+    return int(coll.manifest.get("generation", 0))
 
 
 class _Item(Protocol):
@@ -357,7 +380,7 @@ def _nearest(batch: list[_Query]) -> None:
 class _Change:
     """One queued change and, once committed, its result or error."""
 
-    kind: str  # "add", "remove" or "refresh" (another process committed)
+    kind: str  # "add" or "remove"
     images: list[np.ndarray] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     item_id: int = -1

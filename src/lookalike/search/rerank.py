@@ -33,7 +33,6 @@ from typing import Any
 import faiss
 import numpy as np
 import scipy.sparse as sp
-from sklearn.covariance import LedoitWolf
 
 from ..config import DiffusionConfig
 from ..errors import LookalikeError
@@ -69,6 +68,8 @@ def fit_whitening(codes: np.ndarray, power: float, sample: int | None = WHITEN_S
     None: all); None when ``power`` is 0 or there are too few codes or no variance."""
     if not power or len(codes) < 3:
         return None
+    from sklearn.covariance import LedoitWolf  # (1.5 s to import: not on the search path)
+
     picked = _normalise(np.asarray(codes[sample_rows(len(codes), sample)]))
     est = LedoitWolf(assume_centered=False).fit(picked.astype(np.float64))
     var, vec = np.linalg.eigh(est.covariance_)
