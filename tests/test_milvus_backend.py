@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import secrets
 import sqlite3
 import subprocess
@@ -396,6 +397,26 @@ def test_lite_file_held_by_another_process(tmp_path: Path) -> None:
             MilvusBackend(4, uri=str(db), collection="x")
     finally:
         holder.communicate("", timeout=60)
+
+
+def test_workers_on_a_lite_file_fail_in_one_line(index_with: Callable[..., Path]) -> None:
+    """`serve --workers 2` on Milvus Lite (one process per file): whichever process opens it
+    second, the command ends in one line saying why, exit 2, and leaves no process behind."""
+    coll = index_with("milvus")
+    proc = subprocess.run([sys.executable, "-m", "lookalike.app.cli", "-q", "serve", str(coll),
+                           "--port", "0", "--workers", "2"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("lookalike: error:") and "in use by another process" in lines[0]
+    def cmdline(proc: Path) -> bytes:
+        try:
+            return (proc / "cmdline").read_bytes()
+        except OSError:  # it ended meanwhile
+            return b""
+
+    assert not [p for p in Path("/proc").glob("[0-9]*") if str(coll).encode() in cmdline(p)]
+    assert len(Collection.open(coll)) == 1438  # and it opens in this process: nobody holds it
 
 
 def test_unreachable_server_is_a_503_in_the_service(milvus_coll: Collection,

@@ -510,6 +510,10 @@ def _fork_workers(n: int, work: Callable[[int], None]) -> list[tuple[int, int]]:
                 os.close(read)
                 _die_with_parent()
                 work(write)
+            except LookalikeError as exc:  # the parent says it, in one line
+                with contextlib.suppress(OSError):
+                    os.write(write, f"!{exc}".encode()[:4000])
+                code = 2
             except BaseException:  # noqa: B036 - a child reports and exits, never returns
                 log.exception("a service worker failed")
                 code = 1
@@ -523,11 +527,12 @@ def _fork_workers(n: int, work: Callable[[int], None]) -> list[tuple[int, int]]:
 def _wait_ready(children: list[tuple[int, int]]) -> None:
     for _, ready in children:
         try:
-            started = os.read(ready, 1)
+            said = os.read(ready, 4096)
         finally:
             os.close(ready)
-        if not started:
-            raise LookalikeError("a service worker could not start (its error is above)")
+        if said != b"1":
+            raise LookalikeError("a service worker could not start: " + (
+                said[1:].decode(errors="replace") if said else "its error is above"))
 
 
 def _die_with_parent() -> None:
