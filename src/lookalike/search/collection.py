@@ -609,7 +609,7 @@ class Collection:
         row = int(self.store.rows(np.array([item_id]))[0])
         if row < 0:
             raise LookalikeError(f"no item with id {item_id} in {self.path}")
-        return self.store.code(row)
+        return self.store.codes_at(np.array([row]))[0]
 
     def stored_form(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """``images`` as this collection stores (and hashes) them, ``uint8 (n, *store_spec)``:

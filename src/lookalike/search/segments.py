@@ -458,10 +458,6 @@ class SegmentStore:
             out[sel] = np.asarray(self.parts[s].codes)[self._off[rows[sel]]]
         return out
 
-    def code(self, row: int) -> np.ndarray:
-        part = self.parts[self._seg[row]]
-        return np.asarray(part.codes[self._off[row]])
-
     def picture(self, row: int) -> np.ndarray:
         """The stored picture of row ``row``: ``uint8 (H, W, C)``."""
         part = self.parts[self._seg[row]]
