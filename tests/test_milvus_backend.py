@@ -28,6 +28,7 @@ from lookalike.app.cli import main  # noqa: E402
 from lookalike.data.datasets import load_dataset  # noqa: E402
 from lookalike.errors import LookalikeError, RemoteError  # noqa: E402
 from lookalike.search import collection as collection_module  # noqa: E402
+from lookalike.search import state  # noqa: E402
 from lookalike.search.backends import FaissBackend, new_backend, open_backend  # noqa: E402
 from lookalike.search.collection import Collection  # noqa: E402
 from lookalike.search.milvus_backend import MilvusBackend, index_spec  # noqa: E402
@@ -478,7 +479,7 @@ def test_interrupted_changes_are_repaired_on_open(milvus_coll: Collection,
     assert (ids < 1438).all()
     # a remove written remotely, never committed: the remote side is behind
     with monkeypatch.context() as m:
-        m.setattr(collection_module, "_write_state", crash)
+        m.setattr(state, "write_state", crash)
         with pytest.raises(RuntimeError):
             coll.remove([10, 11])
     assert len(coll.backend) == 1438 - 2

@@ -1,6 +1,7 @@
 """The search layer: the index and its storage, re-ranking, clustering and scoring.
 
 * :mod:`.collection`: a searchable collection on disk, and its changes
+* :mod:`.state`: the manifest (the commit point) and the collection-wide files, read without a lock
 * :mod:`.segments`: where a collection's items lie on disk, written only as they change
 * :mod:`.metadata`: the items' sources, labels and hashes (SQLite)
 * :mod:`.checkpoint`: encoding a new collection so that a crash costs one chunk

@@ -44,10 +44,10 @@ from ..config import InputSpec, RetrievalConfig
 from ..data.datasets import Dataset
 from ..data.images import conform, content_hash, preview_spec
 from ..errors import CollectionError, LookalikeError
-from ..fsutil import atomic_write, atomic_write_json, fsync_dir, read_json
+from ..fsutil import atomic_write_json, fsync_dir
 from ..models.runtime import ONNX, export_encoder, open_encoder, torch_chosen
 from ..versions import versions
-from . import metadata
+from . import metadata, state
 from . import segments as seg
 from .backends import FaissBackend, IndexBackend, choose_factory, discard_backend, new_backend, open_backend
 from .checkpoint import encode_resumable
@@ -60,9 +60,6 @@ if TYPE_CHECKING:  # PyTorch (encoders, modelio) and scikit-learn (rerank) load 
     from .rerank import Diffusion
 
 log = logging.getLogger(__name__)
-
-FORMAT = "lookalike-collection"
-FORMAT_VERSION = 2
 
 _T = TypeVar("_T")
 _UNREAD: Any = object()  # a lazily read attribute not read yet
@@ -77,34 +74,6 @@ def _exclusive(method: Callable[..., _T]) -> Callable[..., _T]:
     return change
 
 
-def _write_state(directory: Path, generation: int, backend: IndexBackend | None,
-                 whitening: np.ndarray | None) -> dict[str, str]:
-    """Write the collection-wide files of one generation (each atomically) and return their
-    names: a new whitening fit when re-ranking, the pointer of an index kept elsewhere
-    (``backend``; a FAISS index lives in the segments). Generation 0 uses the plain names;
-    later ones add ``.<generation>``."""
-    tag = f".{generation}" if generation else ""
-    files: dict[str, str] = {}
-    if whitening is not None:
-        files["whitening"] = f"whitening{tag}.npy"
-        atomic_write(directory / files["whitening"], functools.partial(seg.save_npy, array=whitening))
-    if backend is not None:
-        files["index"] = backend.save(directory, f"index{tag}.{backend.name}")
-    return files
-
-
-def _recover(target: Path) -> None:
-    """Undo a replacement interrupted between its two renames: the old collection, moved
-    aside to ``.<name>.old``, goes back under its name."""
-    old = target.parent / f".{target.name}.old"
-    if old.is_dir() and not target.exists():
-        os.replace(old, target)
-        fsync_dir(target.parent)
-        log.warning("restored %s from an interrupted replacement", target)
-    elif old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _abandon(index: IndexBackend) -> None:
     """Delete what a new collection's backend wrote outside the directory (a remote
     collection) when the collection is not created after all, and let go of it."""
@@ -114,15 +83,6 @@ def _abandon(index: IndexBackend) -> None:
         log.warning("could not delete the new index's remote data: %s", exc)
     finally:
         index.close()
-
-
-def _backend_settings(path: Path) -> dict[str, Any] | None:
-    """The backend settings of the collection at ``path``, if it has a readable manifest."""
-    try:
-        manifest = read_json(path / "manifest.json")
-        return dict(manifest["backend"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _whitening(codes: np.ndarray | seg.SegmentStore, retrieval: RetrievalConfig
@@ -138,65 +98,6 @@ def _whitening(codes: np.ndarray | seg.SegmentStore, retrieval: RetrievalConfig
     picked = codes.codes_at(rows) if isinstance(codes, seg.SegmentStore) else codes[rows]
     fit = fit_whitening(picked, retrieval.diffusion.whiten, None)
     return None if fit is None else np.concatenate([fit[0][None], fit[1]]).astype(np.float32)
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        manifest = read_json(path / "manifest.json")
-    except (OSError, ValueError) as exc:
-        raise CollectionError(f"{path / 'manifest.json'} is damaged ({type(exc).__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CollectionError(f"{path / 'manifest.json'} is not a lookalike collection manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CollectionError(
-            f"{path} was written by a newer lookalike (collection format {version}, this one "
-            f"reads up to {FORMAT_VERSION}); upgrade lookalike"
-        )
-    return manifest
-
-
-def _stamp(manifest: dict[str, Any]) -> tuple[Any, Any]:
-    """What tells one commit from the next."""
-    return manifest.get("generation"), manifest.get("format_version")
-
-
-def _stored_whitening(path: Path, manifest: dict[str, Any]) -> Any:
-    """The whitening ``(mean, projection)`` the manifest lists, read; ``_UNREAD`` if none."""
-    name = (manifest.get("files") or {}).get("whitening")
-    if not name:
-        return _UNREAD
-    dim = int(manifest["dim"])
-    try:
-        arr = np.load(path / name, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CollectionError(f"{path}: {name} is damaged ({exc}); run 'lookalike compact'") from None
-    if arr.shape != (dim + 1, dim):
-        raise CollectionError(f"{path}: {name} does not fit {dim}-d codes")
-    return arr[0], arr[1:]
-
-
-#: How often a reader reads the manifest again when the files of the one it read were
-#: deleted under it (another process committed twice meanwhile).
-READ_ATTEMPTS = 8
-
-
-def _read_committed(path: Path, verify: bool = False, loaded: dict[str, Any] | None = None,
-                    whitening: bool = False) -> tuple[dict[str, Any], seg.SegmentStore, Any]:
-    """The last commit's manifest and segments (and its whitening when asked; ``_UNREAD``
-    otherwise), read without a lock: a writer in another process deletes the files of older
-    commits, so a file missing under a manifest that is no longer the last means "read the
-    new one", and only one still the last is damaged."""
-    for attempt in range(READ_ATTEMPTS):
-        manifest = _read_manifest(path)
-        try:
-            manifest, store = seg.open_store(path, manifest, verify, loaded)
-            return manifest, store, _stored_whitening(path, manifest) if whitening else _UNREAD
-        except CollectionError:
-            if attempt + 1 == READ_ATTEMPTS or _stamp(_read_manifest(path)) == _stamp(manifest):
-                raise
-            log.debug("%s: committed again while it was read; reading it again", path)
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -303,7 +204,7 @@ class Collection:
             CollectionError: ``path`` exists (and not ``overwrite``), or the dataset is empty.
         """
         target = Path(path)
-        _recover(target)
+        state.recover(target)
         if target.exists() and not overwrite:
             raise CollectionError(f"{target} already exists; choose another --out or pass --overwrite")
         if len(dataset) == 0:
@@ -354,13 +255,13 @@ class Collection:
                 export_encoder(model.module, model.config.input, model.fingerprint, tmp / "model")
             segment = seg.write_segment(tmp, "000000", ids, embeddings, images, None,
                                     index if isinstance(index, FaissBackend) else None)
-            files = _write_state(tmp, 0, None if local else index, whitening)
+            files = state.write_state(tmp, 0, None if local else index, whitening)
             metadata.create(tmp / metadata.FILE, (
                 (int(i), s, int(lab), content_hash(im))
                 for i, s, lab, im in zip(ids, dataset.sources, labels, images, strict=True)))
             manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
+                "format": state.FORMAT,
+                "format_version": state.FORMAT_VERSION,
                 "model": {"fingerprint": model.fingerprint, "arch": model.config.arch,
                           "input": model.config.input.to_dict()},
                 "dataset": {"name": dataset.name, "split": dataset.split},
@@ -382,7 +283,7 @@ class Collection:
                 "versions": versions(),
             }
             atomic_write_json(tmp / "manifest.json", manifest)
-            replaced = _backend_settings(target) if target.exists() else None
+            replaced = state.backend_settings(target) if target.exists() else None
             old = target.parent / f".{target.name}.old"
             if target.exists():
                 os.replace(target, old)
@@ -412,12 +313,12 @@ class Collection:
             CollectionError: missing or damaged files, a newer format, another model.
         """
         p = Path(path)
-        _recover(p)
+        state.recover(p)
         if not p.is_dir():
             raise CollectionError(f"collection {p} does not exist")
         if not (p / "manifest.json").is_file():
             raise CollectionError(f"{p} is not a lookalike collection (no manifest.json)")
-        manifest, store, _ = _read_committed(p, verify)
+        manifest, store, _ = state.read_committed(p, verify)
         metadata.check(p / metadata.FILE)
         model_path = Path(model_dir) if model_dir is not None else p / "model"
         if store.spec is not None:
@@ -465,16 +366,16 @@ class Collection:
         """Read the collection again if another process has committed a change since this
         object read it (segments already read are kept); whether it had. The whitening is
         read too, while the files of that commit are sure to be there."""
-        if _stamp(_read_manifest(self.path)) == _stamp(self.manifest):
+        if state.stamp(state.read_manifest(self.path)) == state.stamp(self.manifest):
             return False
         log.info("%s was changed by another process: reading it again", self.path)
-        manifest, store, whitening = _read_committed(self.path, loaded=self.store.loaded,
-                                                     whitening=self.reranks)
+        manifest, store, whitening = state.read_committed(self.path, loaded=self.store.loaded,
+                                                          whitening=self.reranks)
         self.manifest, self.store = manifest, store
         if self._local:
             self.backend = seg.SegmentedIndex(store)
         self._diffusion = None
-        self._whitening = whitening
+        self._whitening = _UNREAD if whitening is None else whitening
         return True
 
     # ------------------------------------------------------------------ properties
@@ -517,8 +418,8 @@ class Collection:
         """The re-ranking's whitening ``(mean (d,), projection (d, d))``: the stored fit, or
         one fitted now when a collection made before it was stored has none."""
         if self._whitening is _UNREAD:
-            stored = _stored_whitening(self.path, self.manifest)
-            if stored is _UNREAD:
+            stored = state.stored_whitening(self.path, self.manifest)
+            if stored is None:
                 arr = _whitening(self.store, self.retrieval)
                 stored = None if arr is None else (arr[0], arr[1:])
             self._whitening = stored
@@ -813,7 +714,7 @@ class Collection:
     def migrate(self) -> bool:
         """Rewrite a format 1 collection as segments (:meth:`compact`); ``False`` when it is
         already in the current format."""
-        if int(self.manifest.get("format_version", 1)) >= FORMAT_VERSION:
+        if int(self.manifest.get("format_version", 1)) >= state.FORMAT_VERSION:
             self._sweep()
             return False
         self._commit(self.store.merged(0, self._new_segment))
@@ -858,10 +759,10 @@ class Collection:
             "whitened_on" in self.manifest
             and self.manifest["whitened_on"] / 2 <= len(store) < self.manifest["whitened_on"] * 2)
         whitening = _whitening(store, self.retrieval) if refit else None
-        files = _write_state(self.path, generation, None if self._local else self.backend, whitening)
+        files = state.write_state(self.path, generation, None if self._local else self.backend, whitening)
         if not refit and "whitening" in self.files:  # the fit carries over
             files["whitening"] = self.files["whitening"]
-        manifest = {**self.manifest, "format_version": FORMAT_VERSION, "count": len(store),
+        manifest = {**self.manifest, "format_version": state.FORMAT_VERSION, "count": len(store),
                     "generation": generation, "pictures": list(store.shape),
                     "segments": [s.to_dict() for s in segments], "files": files,
                     "checksums": seg.checksums(self.path, files), "updated": _now(),
