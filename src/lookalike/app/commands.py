@@ -1,0 +1,521 @@
+"""What each ``lookalike`` command does, given its parsed arguments (the parser is
+:mod:`lookalike.app.cli`). A user error raises :class:`~lookalike.errors.LookalikeError`,
+which the command line prints as one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import BACKBONE_ARCHS, InputSpec
+from ..data.datasets import BUILTIN_DATASETS, Dataset, load_dataset
+from ..errors import LookalikeError
+
+log = logging.getLogger("lookalike")
+
+
+def _default_split(dataset: str, split: str | None) -> str:
+    return split or ("database" if dataset in BUILTIN_DATASETS else "all")
+
+
+def _load(args: argparse.Namespace, spec: InputSpec | None = None) -> Dataset:
+    split = _default_split(args.dataset, getattr(args, "split", None))
+    ds = load_dataset(args.dataset, split, data_dir=args.data_dir, input_spec=spec,
+                      download=getattr(args, "download", False), progress=args.progress)
+    _report_skipped(ds)
+    return ds
+
+
+def _report_skipped(ds: Dataset) -> None:
+    if ds.skipped:  # (each one was logged with its reason as it was met)
+        log.warning("skipped %d unreadable file(s) or folder(s)", len(ds.skipped))
+
+
+def _emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..api import train
+
+    if args.backbone and args.arch != "auto":
+        raise LookalikeError("give --arch or --backbone, not both")
+    model = train(
+        args.dataset, args.out, arch=args.backbone or args.arch, size=args.size,
+        channels=args.channels, latent_dim=args.latent_dim, width=args.width, adapt=args.adapt,
+        rerank=args.rerank, split=args.split, data_dir=args.data_dir, progress=args.progress,
+        download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        loss=args.loss, denoise=False if args.no_denoise else (True if args.denoise else None),
+        noise_factor=args.noise_factor, flip=args.flip or None, val_fraction=args.val_fraction,
+        seed=args.seed, device=args.device, objective=args.objective,
+        temperature=args.temperature, augment=args.augment, jitter=args.jitter,
+        recon_weight=args.recon_weight, budget=args.budget, precision=args.precision,
+        time_budget=args.time_budget)
+    arch, spec, history = model.config.arch, model.config.input, model.history
+    best = int(history["best_epoch"])
+    val = history["val_loss"][best - 1] if history.get("val_loss") else None
+    what = (f"{arch} {spec.height}x{spec.width}, "
+            + ("adapted" if model.train and model.train.objective == "contrastive" else "pretrained weights")
+            if arch in BACKBONE_ARCHS else f"{arch}, best epoch {best}")
+    print(f"model written to {args.out} ({what}, code {model.module.code_dim}-d"
+          + (f", val loss {val:.4f}" if val is not None else "")
+          + f", {history['seconds']:.1f} s, fingerprint {model.fingerprint[:12]})")
+    return 0
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The milvus backend's URI and remote collection name; checked, and the server
+    reached, before anything is encoded."""
+    if args.backend != "milvus":
+        if args.milvus_uri:
+            raise LookalikeError("--milvus-uri is for --backend milvus")
+        return {}
+    if not args.milvus_uri:
+        raise LookalikeError("--backend milvus needs --milvus-uri (a local PATH.db for Milvus Lite, "
+                             "or http://host:19530)")
+    from ..search.milvus_backend import collection_name, index_spec, is_local, normalize_uri, probe
+
+    uri = normalize_uri(args.milvus_uri)
+    out = Path(args.out).absolute()
+    if is_local(uri) and Path(uri).is_relative_to(out):
+        raise LookalikeError(f"the Milvus Lite file {uri} must lie outside the collection directory "
+                             f"{out}, which is written anew")
+    if args.factory != "auto":
+        index_spec(args.factory)
+    probe(uri)
+    return {"uri": uri, "collection": collection_name(out)}
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from ..data.skipreport import REPORT_NAME, write_report
+    from ..models.modelio import load_model
+    from ..search.collection import Collection
+
+    options = _backend_options(args)
+    model = load_model(args.model)
+    codes = None
+    if args.engine == "ray":
+        from ..models.ray_engine import RayConfig, load_and_encode
+
+        ds, codes = load_and_encode(
+            args.dataset, _default_split(args.dataset, args.split), model, data_dir=args.data_dir,
+            config=RayConfig(address=args.ray_address), download=args.download,
+            progress=args.progress, verbose=args.verbose)
+        _report_skipped(ds)
+    else:
+        if args.ray_address:
+            raise LookalikeError("--ray-address is for --engine ray")
+        ds = _load(args, spec=model.config.input)
+    coll = Collection.create(args.out, model, ds, backend=args.backend, factory=args.factory,
+                             search_params=args.search_params, overwrite=args.overwrite,
+                             progress=args.progress, chunk=args.checkpoint_every,
+                             backend_options=options, codes=codes)
+    coll.close()
+    report = write_report(args.report or Path(args.out) / REPORT_NAME, ds.skipped, "index")
+    print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
+          + (f"; skipped {len(ds.skipped)} file(s) (see {report})" if ds.skipped else "")
+          + (f", index in Milvus at {options['uri']}" if options else ""))
+    return 0
+
+
+_ITEM = re.compile(r"(?P<name>[A-Za-z0-9_-]+):(?:(?P<split>database|queries|all):)?(?P<index>\d+)")
+
+
+def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
+    """(descriptions, images uint8 (m,H,W,C), labels (m,), exclude ids (m,), and for the
+    queries that are stored items (``id:N``) their row -> id: their code is the stored one)."""
+    from ..data.images import conform, load_image
+
+    descs: list[str] = []
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    exclude: list[int] = []
+    stored: dict[int, int] = {}
+    cache: dict[tuple[str, str], Dataset] = {}
+    for row, spec in enumerate(specs):
+        m_id = re.fullmatch(r"id:(\d+)", spec)
+        m_item = _ITEM.fullmatch(spec)
+        if m_id:
+            item_id = int(m_id.group(1))
+            image = conform([coll.image(item_id)], coll.input_spec)[0]  # shown; its code is stored
+            label = coll.labels([item_id])[0]
+            own = stored[row] = item_id
+        elif Path(spec).exists():
+            size = (coll.encoder.spec.height, coll.encoder.spec.width)
+            image = conform([load_image(spec, size=size)], coll.encoder.spec)[0]
+            label, own = -1, int(coll.stored_ids([image])[0])
+        elif m_item and m_item.group("name") in BUILTIN_DATASETS:
+            name, split = m_item.group("name"), m_item.group("split") or "queries"
+            key = (name, split)
+            if key not in cache:
+                cache[key] = load_dataset(name, split, data_dir=data_dir)
+            ds = cache[key]
+            index = int(m_item.group("index"))
+            if index >= len(ds):
+                raise LookalikeError(f"{spec}: {name} {split} has {len(ds)} items (0..{len(ds)-1})")
+            image = conform(ds.images[index:index + 1], coll.encoder.spec)[0]
+            label = int(ds.labels[index]) if ds.labels is not None else -1
+            own = coll.find(source=ds.sources[index])
+            own = int(coll.stored_ids([image])[0]) if own is None else own
+        else:
+            raise LookalikeError(
+                f"query {spec!r} is not an image file, id:N, or DATASET[:SPLIT]:INDEX "
+                f"(datasets: {', '.join(BUILTIN_DATASETS)})")
+        descs.append(spec)
+        images.append(image)
+        labels.append(int(label))
+        exclude.append(-1 if own is None else int(own))
+    return (descs, np.stack(images), np.array(labels, dtype=np.int64),
+            np.array(exclude, dtype=np.int64), stored)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..data.images import conform
+    from ..search.collection import Collection
+
+    coll = Collection.open(args.collection, model_dir=args.model)
+    descs, images, q_labels, exclude, stored = _resolve_queries(coll, args.queries, args.data_dir)
+    start = time.perf_counter()
+    codes = np.empty((len(images), coll.dim), np.float32)
+    for row, item_id in stored.items():  # a stored item's query is its stored code
+        codes[row] = coll.vector(item_id)
+    new = [row for row in range(len(images)) if row not in stored]
+    if new:  # (the model, and PyTorch, load only for queries that are not stored items)
+        codes[new] = coll.encoder.encode(images[new])
+    if args.in_cluster:
+        from ..search.clustering import search_in_cluster
+        from ..search.clusterstore import load_clustering
+
+        clustering = load_clustering(coll.path)
+        dist, ids = search_in_cluster(codes, np.asarray(coll.embeddings), coll.ids, clustering,
+                                      args.k, exclude)
+    else:
+        dist, ids = coll.search(codes, args.k, exclude, rerank=False if args.exact else None)
+    elapsed = time.perf_counter() - start
+    names = coll.label_names
+    out: list[dict[str, Any]] = []
+    for desc, q_label, drow, irow in zip(descs, q_labels, dist, ids, strict=True):
+        results = []
+        for rank, (d, item) in enumerate(zip(drow, coll.items(irow), strict=True), start=1):
+            if item is None:
+                continue
+            results.append({"rank": rank, "id": item.id, "distance": round(float(d), 6),
+                            "label": item.label if item.label >= 0 else None,
+                            "label_name": names[item.label] if names and item.label >= 0 else None,
+                            "source": item.source})
+        out.append({"query": desc, "label": int(q_label) if q_label >= 0 else None,
+                    "results": results})
+    if args.figure:
+        from . import figures
+
+        shown = conform(images, coll.store_spec)
+        res_images = np.stack([np.stack([coll.image(i) if i >= 0 else np.zeros_like(shown[0])
+                                         for i in row]) for row in ids])
+        has_labels = bool(np.all(q_labels >= 0))
+        figures.save(figures.query_grid(
+            shown, res_images, dist, query_labels=q_labels if has_labels else None,
+            result_labels=coll.labels(ids.ravel()).reshape(ids.shape) if has_labels else None,
+            label_names=names, result_ids=ids), args.figure)
+    if args.json:
+        _emit_json({"k": args.k, "seconds": round(elapsed, 6), "queries": out})
+    else:
+        for q in out:
+            label = f" (label {q['label']})" if q["label"] is not None else ""
+            print(f"query {q['query']}{label}:")
+            print(f"  {'rank':>4}  {'id':>7}  {'distance':>10}  {'label':>10}  source")
+            for r in q["results"]:
+                lab = r["label_name"] or ("" if r["label"] is None else str(r["label"]))
+                print(f"  {r['rank']:>4}  {r['id']:>7}  {r['distance']:>10.4f}  {lab:>10}  "
+                      f"{r['source']}")
+        if args.figure:
+            print(f"figure written to {args.figure}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..search.evaluation import DEFAULT_LRAP_NS, evaluate
+
+    metrics = evaluate(args.target, args.dataset, data_dir=args.data_dir,
+                       lrap_ns=args.lrap_n or DEFAULT_LRAP_NS, progress=args.progress,
+                       rerank=False if args.exact else None)
+    if args.json:
+        _emit_json(metrics)
+        return 0
+    print(f"{args.target} on {args.dataset} (queries vs database, exact ranking):")
+    for key in ("mAP", "P@1", "P@10", "P@100"):
+        print(f"  {key:<6} {metrics[key]:.4f}")
+    curve = metrics.get("LRAP@n")
+    if curve:
+        pairs = ", ".join(f"{n}: {v:.3f}" for n, v in zip(curve["n"], curve["value"], strict=True))
+        print(f"  LRAP@n {pairs}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from ..search.clustering import choose_k, elbow_curve, fit_kmeans, search_in_cluster
+    from ..search.clusterstore import save_clustering
+    from ..search.collection import Collection
+    from ..search.metrics import recall_at_k
+    from . import figures
+
+    coll = Collection.open(args.collection)
+    codes = np.asarray(coll.embeddings)
+    ks = [k for k in range(2, args.k_max + 1) if k < len(codes)]
+    if args.k is None and len(ks) < 2:
+        raise LookalikeError(f"too few items ({len(codes)}) for an elbow curve; pass --k")
+    inertias = elbow_curve(codes, ks, args.seed) if ks else np.array([])
+    k = args.k or choose_k(ks, inertias.tolist())
+    if ks and args.figure:
+        figures.save(figures.elbow(ks, inertias.tolist(), k), args.figure)
+    clustering = fit_kmeans(codes, k, args.seed)
+    save_clustering(coll.path, clustering)
+    rng = np.random.default_rng(args.seed)
+    sample = np.sort(rng.choice(len(coll), size=min(args.sample, len(coll)), replace=False))
+    qids = coll.ids[sample]
+    _, exact = coll.search(codes[sample], args.top_k, qids)
+    _, approx = search_in_cluster(codes[sample], codes, coll.ids, clustering, args.top_k, qids)
+    recall = recall_at_k(approx, exact)
+    sizes = np.bincount(clustering.assignment, minlength=k).tolist()
+    result = {"k": k, "chosen_by": "argument" if args.k else "elbow",
+              "elbow": {"k": ks, "inertia": [round(float(v), 4) for v in inertias]},
+              "cluster_sizes": sizes, f"recall@{args.top_k}_vs_exact": round(recall, 4),
+              "queries": len(sample)}
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"{k} clusters ({result['chosen_by']}), sizes {sizes}")
+        print(f"in-cluster search recall@{args.top_k} vs exact search: {recall:.4f} "
+              f"over {len(sample)} stored items as queries")
+        print(f"saved to {coll.path / 'clusters.npz'}; search with --in-cluster"
+              + (f"; elbow plot in {args.figure}" if args.figure else ""))
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    from ..models.modelio import load_model
+    from ..models.reconstruct import denoise
+    from . import figures
+
+    model = load_model(args.model)
+    ds = _load(args, spec=model.config.input)
+    rng = np.random.default_rng(args.seed)
+    pick = rng.choice(len(ds), size=min(args.n, len(ds)), replace=False)
+    sample = ds.images[pick]
+    noisy, clean = denoise(model, sample, args.noise_factor, args.seed)
+    figures.save(figures.image_rows([("original", sample), ("noisy", noisy),
+                                     ("denoised", clean)], n=args.n), args.out)
+    print(f"figure written to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..search.collection import Collection
+    from ..search.evaluation import evaluate
+    from .demo import METRIC_KEYS, report_figures
+    from .report import write_report
+
+    coll = Collection.open(args.collection)
+    queries = load_dataset(args.dataset, "queries", data_dir=args.data_dir)
+    database = load_dataset(args.dataset, "database", data_dir=args.data_dir)
+    full = {"model": evaluate(coll.path, args.dataset, queries=queries, database=database),
+            "pixels": evaluate("pixels", args.dataset, queries=queries, database=database)}
+    scores = {n: {k: float(m[k]) for k in METRIC_KEYS} for n, m in full.items()}
+    curves = {n: m["LRAP@n"] for n, m in full.items() if "LRAP@n" in m}
+    write_report(args.out, title=f"lookalike on {args.dataset}", metrics=scores,
+                 figures=report_figures(coll.model, coll, queries, curves),
+                 info={"dataset": args.dataset, "collection": str(coll.path),
+                       "model": f"{coll.model.config.arch} ({coll.model.fingerprint[:12]})"})
+    print(f"report written to {args.out}")
+    return 0
+
+
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ..data.images import content_hash, image_files, load_images
+    from ..data.skipreport import REPORT_NAME, write_report
+    from ..search.collection import Collection
+
+    coll = Collection.open(args.collection)
+    report = Path(args.report) if args.report else coll.path / REPORT_NAME
+    skipped: list[tuple[str, str]] = []
+    files = image_files(args.paths, skipped)
+    present = coll.sources(str(f) for f in files)
+    todo = [f for f in files if args.update or str(f) not in present]
+    before = len(coll)
+    added = dupes = updated = loaded = 0
+    # Each batch is one commit: a crash loses at most the batch in progress, and running
+    # the same command again skips the files already added (by source path).
+    try:
+        with tqdm(total=len(files), initial=len(files) - len(todo), desc="adding", unit="img",
+                  disable=not args.progress) as bar:
+            for start in range(0, len(todo), args.batch):
+                batch = todo[start:start + args.batch]
+                images, kept, bad = load_images(batch, coll.encoder.spec)
+                skipped += bad
+                loaded += len(kept)
+                new = [(im, str(f)) for im, f in zip(images, kept, strict=True)
+                       if str(f) not in present]
+                old = [(present[str(f)][0], im) for im, f in zip(images, kept, strict=True)
+                       if str(f) in present
+                       and content_hash(coll.stored_form([im])[0]) != present[str(f)][1]]
+                if new:
+                    count = len(coll)
+                    coll.add([im for im, _ in new], [src for _, src in new])
+                    added += len(coll) - count
+                    dupes += len(new) - (len(coll) - count)
+                if old:
+                    updated += coll.update([i for i, _ in old], [im for _, im in old])
+                bar.update(len(batch))
+    finally:
+        if skipped:
+            write_report(report, skipped, "add", append=True)
+        coll.close()
+    see = f" (see {report})" if skipped else ""
+    if not loaded and len(todo) == len(files):  # nothing readable, nothing there before
+        raise LookalikeError(f"no readable image to add; {len(skipped)} skipped{see}")
+    print(f"added {added} image(s) to {coll.path}; {len(files) - len(todo)} already there by "
+          f"path, {dupes} by content; {updated} updated; {len(skipped)} skipped{see}; "
+          f"{len(coll)} in all (was {before})")
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from ..search.collection import Collection
+    from ..search.duplicates import find_duplicates
+
+    coll = Collection.open(args.collection)
+    groups = find_duplicates(coll, threshold=args.threshold, k=args.k)
+    sources = {it.id: it.source for it in coll.items([i for g in groups for i in g]) if it}
+    if args.json:
+        _emit_json({"threshold": args.threshold, "k": args.k, "items": len(coll),
+                    "groups": [[{"id": i, "source": sources.get(i)} for i in g] for g in groups]})
+        return 0
+    print(f"{len(groups)} group(s) of near-duplicates among {len(coll)} items "
+          f"(aligned pixel correlation >= {args.threshold})")
+    for number, group in enumerate(groups, start=1):
+        print(f"group {number} ({len(group)} items):")
+        for i in group:
+            print(f"  {i:>7}  {sources.get(i, '')}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from ..search.collection import Collection
+
+    coll = Collection.open(args.collection)
+    ids = {int(i) for i in args.ids}
+    if args.source:
+        items = coll.items(coll.ids)
+        ids |= {it.id for it in items if it and fnmatch.fnmatchcase(it.source, args.source)}
+    if not ids:
+        raise LookalikeError("nothing to remove: give ids or a --source pattern that matches")
+    removed = coll.remove(sorted(ids))
+    print(f"removed {removed} item(s) from {coll.path}; {len(coll)} left")
+    return 0
+
+
+def cmd_storage(args: argparse.Namespace) -> int:
+    """``verify`` (hash every file), ``compact`` (merge segments), ``migrate`` (format 1)."""
+    from ..search.collection import Collection
+
+    coll = Collection.open(args.collection, verify=args.command == "verify")
+    if args.command == "verify":
+        coll.verify()
+        print(f"{coll.path}: {len(coll.store.segments)} segment(s), every checksum matches")
+    elif args.command == "compact":
+        done = coll.compact()
+        print(f"{coll.path}: " + ("compacted into one segment" if done else "already compact")
+              + f", {len(coll)} item(s)")
+    else:
+        done = coll.migrate()
+        print(f"{coll.path}: " + ("migrated to" if done else "already in")
+              + f" collection format {coll.manifest['format_version']}")
+    coll.close()
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..data.skipreport import REPORT_NAME, read_report
+    from ..search.collection import Collection
+
+    coll = Collection.open(args.collection)
+    m = coll.manifest
+    size = sum(p.stat().st_size for p in coll.path.rglob("*") if p.is_file())
+    report = coll.path / REPORT_NAME
+    skipped = len(read_report(report)) if report.is_file() else len(m.get("skipped") or [])
+    backend = m["backend"]
+    index = " ".join(str(v) for v in (backend.get("factory"), backend.get("search_params")) if v)
+    info = {"path": str(coll.path), "count": len(coll), "dim": coll.dim,
+            "model": m["model"], "index": index, "backend": backend, "dataset": m["dataset"],
+            "rerank": "diffusion" if coll.reranks else "none",
+            "size_bytes": size, "created": m["created"], "updated": m["updated"],
+            "generation": m.get("generation", 0), "skipped": skipped}
+    if args.json:
+        _emit_json(info)
+    else:
+        for key, value in info.items():
+            print(f"{key:>10}: {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    res = run_demo(args.out, dataset=args.dataset, epochs=args.epochs, data_dir=args.data_dir,
+                   progress=args.progress)
+    print(json.dumps(res.scores, indent=2))
+    print(f"model:      {res.model}\ncollection: {res.collection}\nmetrics:    {res.metrics}\n"
+          f"report:     {res.report}\nwall time:  {res.seconds:.1f} s")
+    print(f"search it:  lookalike search {res.collection} {args.dataset}:queries:0 --figure q.png")
+    print(f"serve it:   lookalike serve {res.collection}   (then open http://127.0.0.1:8000/)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        from .security import Access, load_token, parse_token
+        from .service import serve
+    except ImportError as exc:
+        raise LookalikeError(f"serving needs the 'serve' extra ({exc.name} is missing): "
+                             "pip install 'lookalike[serve]'") from None
+
+    # --token-file wins over $LOOKALIKE_TOKEN; an empty variable counts as unset.
+    if args.token_file is not None:
+        token: str | None = load_token(args.token_file)
+    elif os.environ.get("LOOKALIKE_TOKEN", "").strip():
+        token = parse_token(os.environ["LOOKALIKE_TOKEN"], "$LOOKALIKE_TOKEN")
+    else:
+        token = None
+    if args.token_reads and token is None:
+        raise LookalikeError("--token-reads needs a token: give --token-file FILE or set "
+                             "$LOOKALIKE_TOKEN")
+    access = Access(token=token, read_only=args.read_only, token_reads=args.token_reads)
+    changes = {"open": "changes open", "token": "changes need the token",
+               "off": "read-only"}[access.writes]
+    if access.token_reads:
+        changes += ", reads need the token"
+
+    def ready(url: str) -> None:
+        print(f"serving {args.collection} at {url} (API docs at {url}docs; {changes}); "
+              "Ctrl-C to stop", flush=True)
+
+    level = "debug" if args.verbose else "warning" if args.quiet else "info"
+    serve(args.collection, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
+          access=access, on_ready=ready, log_level=level, workers=args.workers)
+    return 0
