@@ -10,9 +10,9 @@ the articles' conv-16-8-8 model (128-d at 28x28; untrained: the cost of a change
 depend on the weights). The codes of the large collection are random vectors given to
 ``Collection.create(codes=...)``, so nothing is encoded to build it; the added image is
 encoded. ``auto`` picks the index: exact up to 100,000 codes, IVF above. Each size is built
-once and cached in ``--work``; each run adds new pictures (random pixels, new file names)
-and removes other items, so the collection changes as in use (new segments, deletion
-records, merges by the policy).
+once and cached in ``--work``; an invocation measures a fresh copy of it, and each of its
+runs adds new pictures (random pixels, new file names) and removes other items, so the
+collection changes as in use (new segments, deletion records, merges by the policy).
 
 Writes the table to docs/benchmarks.md (section "lifecycle") and prints it.
 """
@@ -20,6 +20,7 @@ Writes the table to docs/benchmarks.md (section "lifecycle") and prints it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -51,7 +52,7 @@ def _collection(work: Path, n: int) -> Path:
     from lookalike.models.modelio import load_model
     from lookalike.search.collection import Collection
 
-    path = work / f"c{n}"
+    path = work / f"built-{n}"
     if (path / "manifest.json").is_file():
         return path
     model = load_model(_model(work))
@@ -74,19 +75,43 @@ def _collection(work: Path, n: int) -> Path:
     return path
 
 
+#: Runs each CLI process for the benchmark and reports its wall time, CPU time and peak
+#: RSS. It is a process of its own, started before this one grows: Linux carries a
+#: process's peak RSS over into the children it forks and executes, so the children of
+#: this process (which builds and opens million-item collections) would report at least its
+#: size as theirs.
+_RUNNER = """
+import json, os, subprocess, sys, time
+for line in sys.stdin:
+    argv = json.loads(line)
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    print(json.dumps([time.perf_counter() - start, usage.ru_utime + usage.ru_stime,
+                      usage.ru_maxrss / 2**20, os.waitstatus_to_exitcode(status), err]),
+          flush=True)
+"""
+_runner: subprocess.Popen[str] | None = None
+
+
+def _start_runner() -> None:
+    global _runner
+    _runner = subprocess.Popen([sys.executable, "-c", _RUNNER], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
 def _cli(args: list[str]) -> tuple[float, float, float]:
     """Run the CLI; ``(wall seconds, CPU seconds, peak RSS in GB)`` of that process (the CPU
     time tells what the process costs when the machine is shared)."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.app.cli", "-q", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
+    assert _runner is not None and _runner.stdin is not None and _runner.stdout is not None
+    _runner.stdin.write(json.dumps([sys.executable, "-m", "lookalike.app.cli", "-q", *args]) + "\n")
+    _runner.stdin.flush()
+    wall, cpu, rss, code, err = json.loads(_runner.stdout.readline())
+    if code != 0:
         raise RuntimeError(f"lookalike {' '.join(args)} failed: {err}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20
+    return wall, cpu, rss
 
 
 def _png(folder: Path, seed: int) -> Path:
@@ -143,10 +168,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per size (the median)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    _start_runner()  # first, while this process is small
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.sizes:
-        path = _collection(args.work, n)
+        # the runs change a copy of the collection as built: every invocation starts at n
+        path = args.work / "in-use"
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(_collection(args.work, n), path)
         runs = [measure(path, args.work / "scratch", 100 + 2 * r) for r in range(args.repeat)]
         med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -159,6 +188,7 @@ def main() -> None:
                      f"{med['first_add'] * 1000:.0f} ms",
                      f"{med['add'] * 1000:.0f} ms", f"{med['remove'] * 1000:.0f} ms"])
         print(rows[-1], file=sys.stderr)
+        shutil.rmtree(path)
     shutil.rmtree(args.work / "scratch", ignore_errors=True)
     body = "\n\n".join([
         "## Lifecycle: what one change costs (`benchmarks/lifecycle.py`)",
