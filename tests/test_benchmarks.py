@@ -23,3 +23,17 @@ def test_speed_benchmark_smoke_run() -> None:
     assert figures["ann_recall_at_10"] == 1.0  # small collections are searched exactly
     assert {r["n"] for r in figures["ann"]} == {1000, 3000}
     assert "### Exact search" in out and "recall@10" in out
+
+
+def test_service_benchmark_smoke_run(trained) -> None:  # noqa: ANN001 - conftest's Trained
+    """The service load test runs end to end on a small collection with two server
+    processes: no error, every added item found at the end (not a timing test)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "service.py"), "--clients", "4",
+                          "--requests", "60", "--writes", "0.3", "--workers", "2",
+                          "--collection", str(trained.collection), "--no-write"],
+                         capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"}).stdout
+    row = next(line for line in out.splitlines() if line.startswith("| 2 | 30% |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "60" and cells[11] == "0", row  # requests done, errors
+    assert cells[12].startswith("yes ("), row
