@@ -84,7 +84,7 @@ class SharedCollection:
         """Make ``snapshot`` the readers' unless they already have a later commit (another
         process's, read by a reader meanwhile)."""
         with self._installing:
-            if _generation(snapshot) >= _generation(self.snapshot):
+            if snapshot.generation >= self.snapshot.generation:
                 self.snapshot, self._stamp = snapshot, stamp
 
     def _manifest_stamp(self) -> int:
@@ -286,10 +286,6 @@ class SharedCollection:
             self._coll = Collection.open(self.path)
             self._publish()
             raise
-
-
-def _generation(coll: Collection) -> int:
-    return int(coll.manifest.get("generation", 0))
 
 
 class _Item(Protocol):

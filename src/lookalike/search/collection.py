@@ -670,7 +670,7 @@ class Collection:
         if not self._local:
             self.backend.remove(change_ids)
             self.backend.add(change_ids, codes)
-        segments = self.store.with_deleted(change_ids, self._generation + 1)
+        segments = self.store.with_deleted(change_ids, self.generation + 1)
         segment = seg.write_segment(self.path, self._new_segment, change_ids, codes,
                                     conformed[changed], self.store.spec)
         self._commit([*segments, segment])
@@ -693,7 +693,7 @@ class Collection:
             return 0
         if not self._local:
             self.backend.remove(gone)
-        self._commit(self.store.with_deleted(gone, self._generation + 1))
+        self._commit(self.store.with_deleted(gone, self.generation + 1))
         self._write("DELETE FROM items WHERE id = ?", ((int(i),) for i in gone))
         self._merge_if_due()
         return len(gone)
@@ -733,13 +733,14 @@ class Collection:
         return isinstance(self.backend, seg.SegmentedIndex)
 
     @property
-    def _generation(self) -> int:
+    def generation(self) -> int:
+        """The number of the commit this object holds (0: as created)."""
         return int(self.manifest.get("generation", 0))
 
     @property
     def _new_segment(self) -> str:
         """The name of a segment written by the next commit."""
-        return f"{self._generation + 1:06d}"
+        return f"{self.generation + 1:06d}"
 
     def _merge_if_due(self) -> None:
         """The merge policy (:func:`lookalike.search.segments.plan_merge`), after a commit."""
@@ -752,7 +753,7 @@ class Collection:
         """Switch the manifest to ``segments`` (their files already written): the commit
         point. Then delete the files the previous generation had and this one has not."""
         old = set(self.files.values()) | seg.segment_files(self.store.segments)
-        generation = self._generation + 1
+        generation = self.generation + 1
         store = seg.SegmentStore(self.path, segments, self.dim, self.store.shape, self.store.spec,
                                  self.store.loaded)
         refit = self.retrieval.rerank == "diffusion" and not (
