@@ -23,6 +23,19 @@ from pathlib import Path
 START_TIMEOUT_S = 120
 
 
+def serving_processes(path: Path) -> int:
+    """How many processes run ``lookalike serve PATH`` (Linux: read from ``/proc``; 0 where
+    there is none)."""
+    count = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # it ended meanwhile
+            continue
+        count += b"serve" in argv and str(path).encode() in argv
+    return count
+
+
 @contextlib.contextmanager
 def serving(path: Path, *options: str) -> Iterator[str]:
     """``lookalike serve PATH OPTIONS`` on a free loopback port; yields the page's URL."""

@@ -32,6 +32,7 @@ from lookalike.search import state  # noqa: E402
 from lookalike.search.backends import FaissBackend, new_backend, open_backend  # noqa: E402
 from lookalike.search.collection import Collection  # noqa: E402
 from lookalike.search.milvus_backend import MilvusBackend, index_spec  # noqa: E402
+from servers import serving_processes  # noqa: E402
 
 #: Where the milvus backend's vectors live in these tests: a Milvus Lite file in the test's
 #: temporary directory, or the session's Milvus standalone server.
@@ -410,13 +411,7 @@ def test_workers_on_a_lite_file_fail_in_one_line(index_with: Callable[..., Path]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("lookalike: error:") and "in use by another process" in lines[0]
-    def cmdline(proc: Path) -> bytes:
-        try:
-            return (proc / "cmdline").read_bytes()
-        except OSError:  # it ended meanwhile
-            return b""
-
-    assert not [p for p in Path("/proc").glob("[0-9]*") if str(coll).encode() in cmdline(p)]
+    assert serving_processes(coll) == 0
     assert len(Collection.open(coll)) == 1438  # and it opens in this process: nobody holds it
 
 

@@ -28,7 +28,7 @@ from lookalike.app.shared import SharedCollection, UnknownItem
 from lookalike.data.datasets import load_dataset
 from lookalike.errors import CollectionError, ImageError, LookalikeError
 from lookalike.search.collection import Collection
-from servers import serving
+from servers import serving, serving_processes
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -667,18 +667,6 @@ def test_a_change_made_by_another_process_is_seen(rerank_path: Path, queries: np
     assert len(Collection.open(rerank_path)) == count + 2
 
 
-def _serving_processes(path: Path) -> int:
-    """How many processes run ``lookalike serve PATH``."""
-    count = 0
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        count += b"serve" in argv and str(path).encode() in argv
-    return count
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="counts processes through /proc")
 def test_workers_share_the_port_and_see_each_others_changes(rerank_path: Path,
                                                            queries: np.ndarray) -> None:
@@ -688,7 +676,7 @@ def test_workers_share_the_port_and_see_each_others_changes(rerank_path: Path,
     import httpx
 
     with serving(rerank_path, "--workers", "2") as url:
-        assert _serving_processes(rerank_path) == 2
+        assert serving_processes(rerank_path) == 2
         count = httpx.get(url + "api/stats").json()["count"]
         for n in range(4):
             added = httpx.post(url + "api/items", files=[("files", (f"n{n}.png", png(queries[20 + n])))])
@@ -703,7 +691,7 @@ def test_workers_share_the_port_and_see_each_others_changes(rerank_path: Path,
             for _ in range(12):
                 assert httpx.get(url + f"api/items/{item['id']}").status_code == 404
             assert httpx.get(url + "api/stats").json()["count"] == count
-    assert _serving_processes(rerank_path) == 0
+    assert serving_processes(rerank_path) == 0
     assert len(Collection.open(rerank_path, verify=True)) == count
 
 
