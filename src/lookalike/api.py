@@ -161,8 +161,12 @@ class Index:
         exist raises :class:`DataError`."""
         from .data.images import image_files, load_images
 
+        from .search.files import catalogue
+
         images, kept, _ = load_images(image_files(paths), self.collection.encoder.spec)
-        return np.asarray(self.collection.add(images, [str(f) for f in kept]), dtype=np.int64)
+        ids = np.asarray(self.collection.add(images, [str(f) for f in kept]), dtype=np.int64)
+        catalogue(self.collection, [str(f) for f in kept], ids)
+        return ids
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         """Remove items by id; returns how many were removed."""
@@ -207,7 +211,11 @@ def index(model: LoadedModel | str | os.PathLike[str], data: str | os.PathLike[s
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     ds = _data(data, split, loaded.config.input, progress=progress)
-    return Index(Collection.create(out, loaded, ds, overwrite=overwrite, progress=progress, **options))
+    from .search.files import catalogue
+
+    coll = Collection.create(out, loaded, ds, overwrite=overwrite, progress=progress, **options)
+    catalogue(coll, ds.sources, coll.ids)
+    return Index(coll)
 
 
 def open(path: str | os.PathLike[str]) -> Index:  # noqa: A001 - the verb users expect

@@ -98,6 +98,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from ..data.skipreport import REPORT_NAME, write_report
     from ..models.modelio import load_model
     from ..search.collection import Collection
+    from ..search.files import catalogue
 
     options = _backend_options(args)
     model = load_model(args.model)
@@ -118,6 +119,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                              search_params=args.search_params, overwrite=args.overwrite,
                              progress=args.progress, chunk=args.checkpoint_every,
                              backend_options=options, codes=codes)
+    catalogue(coll, ds.sources, coll.ids)
     coll.close()
     report = write_report(args.report or Path(args.out) / REPORT_NAME, ds.skipped, "index")
     print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
@@ -346,6 +348,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from ..data.images import content_hash, image_files, load_images
     from ..data.skipreport import REPORT_NAME, write_report
     from ..search.collection import Collection
+    from ..search.files import catalogue
 
     coll = Collection.open(args.collection)
     report = Path(args.report) if args.report else coll.path / REPORT_NAME
@@ -372,11 +375,14 @@ def cmd_add(args: argparse.Namespace) -> int:
                        and content_hash(coll.stored_form([im])[0]) != present[str(f)][1]]
                 if new:
                     count = len(coll)
-                    coll.add([im for im, _ in new], [src for _, src in new])
+                    ids = coll.add([im for im, _ in new], [src for _, src in new])
+                    catalogue(coll, [src for _, src in new], ids)
                     added += len(coll) - count
                     dupes += len(new) - (len(coll) - count)
                 if old:
                     updated += coll.update([i for i, _ in old], [im for _, im in old])
+                    catalogue(coll, [str(f) for f in kept if str(f) in present],
+                              [present[str(f)][0] for f in kept if str(f) in present])
                 bar.update(len(batch))
     finally:
         if skipped:

@@ -1,0 +1,102 @@
+"""The file catalogue (lookalike/search/files.py) and what a file tells (data/filefacts.py):
+real files written with Pillow, EXIF included."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Trained, run_cli
+from PIL import ExifTags, Image
+
+from lookalike.data.filefacts import Stat, digest, exif_date, read_facts
+from lookalike.search import files
+from lookalike.search.collection import Collection
+
+
+def photo(path: Path, seed: int, taken: str | None = None, camera: tuple[str, str] | None = None,
+          gps: tuple[float, float] | None = None, size: tuple[int, int] = (40, 30)) -> Path:
+    """A JPEG of random colour blocks with the EXIF asked for."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 255, (3, 4, 3), dtype=np.uint8)
+    im = Image.fromarray(blocks).resize(size, Image.NEAREST)
+    exif = Image.Exif()
+    if taken:
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = taken
+    if camera:
+        exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = camera
+    if gps:
+        lat, lon = gps
+        info = exif.get_ifd(ExifTags.IFD.GPSInfo)
+        info[ExifTags.GPS.GPSLatitudeRef] = "N" if lat >= 0 else "S"
+        info[ExifTags.GPS.GPSLatitude] = (abs(lat), 0.0, 0.0)
+        info[ExifTags.GPS.GPSLongitudeRef] = "E" if lon >= 0 else "W"
+        info[ExifTags.GPS.GPSLongitude] = (abs(lon), 0.0, 0.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, exif=exif, quality=95)
+    return path
+
+
+def test_read_facts_gives_the_exif_written_by_pillow(tmp_path: Path) -> None:
+    p = photo(tmp_path / "a.jpg", 0, "2024:03:15 10:20:30", ("Canon", "EOS 80D"), (48.5, -2.25),
+              size=(64, 48))
+    facts = read_facts(p)
+    assert (facts.width, facts.height) == (64, 48)
+    assert facts.taken == "2024-03-15T10:20:30"
+    assert (facts.make, facts.model) == ("Canon", "EOS 80D")
+    assert facts.lat == pytest.approx(48.5) and facts.lon == pytest.approx(-2.25)
+    st = os.stat(p)
+    assert facts.stat == Stat(st.st_size, st.st_mtime_ns, st.st_ino)
+    bare = read_facts(photo(tmp_path / "b.jpg", 1))
+    assert (bare.taken, bare.make, bare.model, bare.lat, bare.lon) == (None,) * 5
+    (tmp_path / "c.jpg").write_bytes(b"not an image")
+    assert read_facts(tmp_path / "c.jpg").width is None
+
+
+def test_exif_dates_and_digests() -> None:
+    assert exif_date("2023:12:31 23:59:59") == "2023-12-31T23:59:59"
+    assert exif_date("0000:00:00 00:00:00") is None and exif_date("") is None and exif_date(5) is None
+
+
+def test_digest_is_of_the_bytes(tmp_path: Path) -> None:
+    a = photo(tmp_path / "a.jpg", 0)
+    shutil.copy(a, tmp_path / "copy.jpg")
+    photo(tmp_path / "other.jpg", 0, taken="2020:01:01 00:00:00")  # same pixels, other bytes
+    assert digest(a) == digest(tmp_path / "copy.jpg") != digest(tmp_path / "other.jpg")
+
+
+def test_index_and_add_catalogue_every_file(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                            trained: Trained) -> None:
+    folder = tmp_path / "photos"
+    photo(folder / "trips" / "a.jpg", 0, "2024:03:15 10:20:30", ("Canon", "EOS 80D"))
+    photo(folder / "home" / "b.jpg", 1, "2021:07:01 08:00:00", ("Apple", "iPhone 12"))
+    photo(folder / "home" / "c.jpg", 2)
+    code, _, err = run_cli(capsys, ["index", "--model", trained.model, "--dataset", folder,
+                                    "--out", tmp_path / "coll"])
+    assert code == 0, err
+    coll = Collection.open(tmp_path / "coll")
+    rows = {Path(r.path).name: r for r in files.rows(files.db(coll))}
+    assert sorted(rows) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert rows["a.jpg"].taken == "2024-03-15T10:20:30" and rows["b.jpg"].model == "iPhone 12"
+    assert rows["a.jpg"].folder == str((folder / "trips").resolve())
+    assert rows["a.jpg"].digest == digest(folder / "trips" / "a.jpg")
+    by_source = coll.sources()
+    assert all(by_source[str(folder / d / n)][0] == rows[n].id
+               for d, n in (("trips", "a.jpg"), ("home", "b.jpg"), ("home", "c.jpg")))
+    # add: a new file and a byte-identical copy of a stored one; the copy shows the same item
+    new = photo(tmp_path / "more" / "d.jpg", 3, "2025:01:02 03:04:05")
+    shutil.copy(folder / "trips" / "a.jpg", tmp_path / "more" / "a-copy.jpg")
+    code, out, err = run_cli(capsys, ["add", tmp_path / "coll", tmp_path / "more"])
+    assert code == 0 and "added 1 image(s)" in out, (out, err)
+    coll = Collection.open(tmp_path / "coll")
+    rows = {Path(r.path).name: r for r in files.rows(files.db(coll))}
+    assert rows["a-copy.jpg"].id == rows["a.jpg"].id and rows["a-copy.jpg"].digest == rows["a.jpg"].digest
+    assert rows["d.jpg"].taken == "2025-01-02T03:04:05" and rows["d.jpg"].path == str(new.resolve())
+    assert set(files.of_ids(files.db(coll), [rows["a.jpg"].id])[rows["a.jpg"].id]) == {
+        rows["a.jpg"], rows["a-copy.jpg"]}
+    # a removed item's rows are no longer read
+    coll.remove([rows["d.jpg"].id])
+    assert "d.jpg" not in {Path(r.path).name for r in files.rows(files.db(coll))}
