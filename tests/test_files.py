@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Trained, run_cli
 from PIL import ExifTags, Image
 
+from conftest import Trained, run_cli
 from lookalike.data.filefacts import Stat, digest, exif_date, read_facts
 from lookalike.search import files
 from lookalike.search.collection import Collection

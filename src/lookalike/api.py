@@ -160,7 +160,6 @@ class Index:
         Unreadable files and other extensions are skipped (logged); a path that does not
         exist raises :class:`DataError`."""
         from .data.images import image_files, load_images
-
         from .search.files import catalogue
 
         images, kept, _ = load_images(image_files(paths), self.collection.encoder.spec)
