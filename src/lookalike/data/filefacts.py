@@ -74,7 +74,8 @@ def exif_date(value: object) -> str | None:
     if not m:
         return None
     try:
-        when = _dt.datetime(*(int(g) for g in m.groups()))
+        y, mo, d, h, mi, sec = (int(g) for g in m.groups())
+        when = _dt.datetime(y, mo, d, h, mi, sec)
     except ValueError:
         return None
     return when.isoformat(timespec="seconds")
