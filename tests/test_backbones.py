@@ -26,7 +26,7 @@ from lookalike.errors import LookalikeError, ModelError
 from lookalike.models import backbones
 from lookalike.models.adaptation import colour_views, train_backbone
 from lookalike.models.encoders import ModelEncoder, encode_dataset
-from lookalike.models.modelio import load_model, save_model
+from lookalike.models.modelio import LoadedModel, load_model, save_model
 from lookalike.models.networks import BackboneModel, build_model, fit_whitening
 from lookalike.models.runtime import open_encoder
 
@@ -57,12 +57,15 @@ def test_features_equal_the_reference_implementation() -> None:
     ref = ref_pkg.EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=str(backbones.weights_file("efficientnet-lite0"))).eval()
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    # the reference is fed the input scaling its weights were trained with, written out here
+    # rather than taken from our MEAN/STD: TensorFlow's lite models, (pixel - 127) / 128 on 0..255
+    scaled = (x * 255 - 127) / 128
     with torch.inference_mode():
         ours = net.features(x)
-        theirs = ref.extract_features((x - net.mean) / net.std)
-        logits = ref((x - net.mean) / net.std)
+        theirs = ref.extract_features(scaled)
+        logits = ref(scaled)
     assert ours.shape == (2, 1280, 7, 7)
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=3e-5)  # float rounding of the scaling
     torch.testing.assert_close(net(x), logits, rtol=0, atol=1e-4)
 
 
@@ -128,9 +131,13 @@ def test_saved_backbone_model_reloads_to_bit_identical_codes(tmp_path: Path) -> 
     assert abs(float(a.mean(axis=0) @ a.mean(axis=0))) < 0.05
     # the whitening was fitted: not the identity's first columns any more
     assert not torch.equal(loaded.module.whiten, torch.eye(1280)[:, :8])  # type: ignore[union-attr]
-    # and a fresh model of the same config without the fit gives other codes
+    # and a fresh model of the same config and pretrained weights, without the fit, gives other codes
     fresh = build_model(config)
     assert isinstance(fresh, BackboneModel)
+    fresh.backbone.load_state_dict(backbones.pretrained("efficientnet-lite0").state_dict())
+    unfitted = encode_dataset(ModelEncoder(LoadedModel(fresh.eval(), config, None), precision="fp32"), data)
+    assert unfitted.shape == a.shape
+    assert np.abs(unfitted - a).max() > 0.1
 
 
 def test_adaptation_respects_the_time_budget_and_changes_the_weights(tmp_path: Path) -> None:
