@@ -97,7 +97,10 @@ def test_searches_merge_segments_and_skip_deleted_rows(tmp_path: Path, trained: 
     queries = load_dataset("digits", "queries").images
     for b in range(5):
         coll.add(queries[b * 10:(b + 1) * 10], [f"b{b}-{j}" for j in range(10)])
-    coll.remove([0, 1, 2, 1440, 1450])
+    removed = [0, 1, 2, 1440, 1450]
+    n = len(coll)
+    coll.remove(removed)
+    assert len(coll) == n - 5 and not np.isin(removed, coll.ids).any()
     assert coll.update([3], queries[100:101]) == 1
     assert coll.ids[-1] == 3  # the updated item now lies in the newest segment
     assert len(coll.store.segments) >= 5
@@ -106,6 +109,7 @@ def test_searches_merge_segments_and_skip_deleted_rows(tmp_path: Path, trained: 
     for k in (1, 10, len(coll) + 5):
         d, i = coll.search(codes, k, rerank=False)
         rd, ri = _exact(coll, codes, min(k, len(coll)))
+        assert not np.isin(removed, i).any() and not np.isin(removed, ri).any()
         assert np.allclose(d[:, :ri.shape[1]], rd, atol=1e-3)
         if k < len(coll):
             assert (i == ri).all()
