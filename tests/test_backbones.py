@@ -5,7 +5,9 @@ reloads to bit-identical codes, and ``train`` picks a backbone for colour folder
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ from lookalike.config import (
 )
 from lookalike.data.datasets import load_dataset
 from lookalike.errors import LookalikeError, ModelError
-from lookalike.models import backbones
+from lookalike.models import adaptation, backbones
 from lookalike.models.adaptation import colour_views, train_backbone
 from lookalike.models.encoders import ModelEncoder, encode_dataset
 from lookalike.models.modelio import LoadedModel, load_model, save_model
@@ -140,15 +142,36 @@ def test_saved_backbone_model_reloads_to_bit_identical_codes(tmp_path: Path) -> 
     assert np.abs(unfitted - a).max() > 0.1
 
 
-def test_adaptation_respects_the_time_budget_and_changes_the_weights(tmp_path: Path) -> None:
+def test_adaptation_respects_the_time_budget_and_changes_the_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = load_dataset(_blobs(tmp_path / "img", n=8), "all")
     config = ModelConfig(arch="efficientnet-lite0", input=InputSpec(3, 48, 48), latent_dim=4)
     train = default_train_config(config.arch, objective="contrastive", batch_size=4,
                                  time_budget=2.0, lr=1e-3)
+    stopwatch: list[float] = []  # the adaptation timed from outside, not by its own clock
+    adapt = adaptation._adapt
+
+    def timed(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        try:
+            return adapt(*args, **kwargs)
+        finally:
+            stopwatch.append(time.perf_counter() - start)
+
+    monkeypatch.setattr(adaptation, "_adapt", timed)
+    # (the first optimizer imports torch._dynamo, seconds on busy cores, before the adaptation's
+    # clock starts: done here first, so that the stopwatch times the same span as that clock)
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+    start = time.perf_counter()
     result = train_backbone(data, config, train)
+    total = time.perf_counter() - start
     assert result.history["adapt_images"] >= 4
     # stops after the first step that ends past the budget: that step began within it
     assert result.history["adapt_last_step_began"] < 2.0 <= result.history["adapt_seconds"]
+    # and the stopwatch agrees with the adaptation's own clock: the budget really went by
+    assert len(stopwatch) == 1 and 2.0 <= stopwatch[0] <= total
+    assert abs(stopwatch[0] - result.history["adapt_seconds"]) < 0.5, (
+        stopwatch, result.history["adapt_seconds"])
     before = backbones.pretrained("efficientnet-lite0").state_dict()
     after = result.model.backbone.state_dict()  # type: ignore[union-attr]
     assert torch.equal(before["_conv_stem.weight"], after["_conv_stem.weight"])  # frozen
