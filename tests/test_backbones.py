@@ -71,6 +71,29 @@ def test_features_equal_the_reference_implementation() -> None:
     torch.testing.assert_close(net(x), logits, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", BACKBONE_ARCHS)
+def test_every_backbone_has_the_reference_parameters(name: str) -> None:
+    """Each backbone, lite1 and lite2 too, has the reference implementation's parameter
+    names and shapes (both built without weights, so a weights package loads into it), and
+    with the same (random) parameters gives the reference's features at its resolution."""
+    import efficientnet_lite_pytorch as ref_pkg  # a test dependency (pyproject: test)
+    torch.manual_seed(0)
+    ours, theirs = backbones.EfficientNetLite(name).eval(), ref_pkg.EfficientNet.from_name(name).eval()
+    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    for module in ours.modules():  # (He's initialisation keeps the features away from zero)
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    theirs.load_state_dict(ours.state_dict())
+    side = backbones.BACKBONES[name].resolution
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        mine, reference = ours.features(x), theirs.extract_features((x * 255 - 127) / 128)
+    assert mine.shape == (1, 1280, -(-side // 32), -(-side // 32))
+    assert float(mine.std()) > 0.5
+    torch.testing.assert_close(mine, reference, rtol=0, atol=1e-3)  # (features up to 6)
+
+
 def test_odd_sizes_pad_like_tensorflow() -> None:
     net = backbones.pretrained("efficientnet-lite0")
     with torch.inference_mode():
