@@ -310,7 +310,8 @@ def test_sigkill_during_remove(tmp_path: Path, trained: Trained) -> None:
 def test_sigkill_during_compaction_and_migration(tmp_path: Path, trained: Trained,
                                                  operation: str) -> None:
     """Kill a compaction (of many segments, with deletions) or a migration (of format 1) at
-    random moments: the collection opens, consistent, with the same content each time."""
+    random moments once it has begun (written its first file), up to about its commit: the
+    collection opens, consistent, with the same content each time; a kill landed inside it."""
     source = Collection.open(shutil.copytree(trained.collection, tmp_path / "base"))
     if operation == "compact":
         queries = load_dataset("digits", "queries").images
