@@ -5,7 +5,9 @@ standalone server on loopback for the session (started on first use).
 In CI (``CI`` or ``LOOKALIKE_REQUIRE_SCALE`` set to true/1/yes, as ``.ci/run`` does) a test
 skipped because a module of the ``scale`` extra (pymilvus, milvus_lite, ray) or the Milvus
 server of the ``test`` extra (milvus) cannot be imported fails the run, and so does a Milvus
-server that cannot start: otherwise the Milvus and Ray tests would quietly not run."""
+server that cannot start, and a test skipped for want of the Debian package
+dataset-fashion-mnist (:data:`needs_fashion_mnist`; ``make test`` installs it): otherwise the
+Milvus, Ray and Fashion-MNIST tests would quietly not run."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import pytest
 import torch
 
 from lookalike.app.cli import main
+from lookalike.data.datasets import FASHION_MNIST_DIRS
 from servers import MilvusStartError, milvus_standalone
 
 
@@ -118,6 +121,12 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 # ---------------------------------------------------------------------------- CI: no scale skips
 SCALE_MODULES = frozenset({"pymilvus", "milvus_lite", "ray", "milvus"})
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+#: Skips a test that reads Fashion-MNIST's IDX files where the Debian package is missing
+#: (a skip that fails the run in CI).
+needs_fashion_mnist = pytest.mark.skipif(
+    not Path(FASHION_MNIST_DIRS[0]).is_dir(),
+    reason=f"{FASHION_MNIST_DIRS[0]} absent (Debian package {FASHION_MNIST_PACKAGE} not installed)")
 _scale_skips: list[str] = []
 
 
@@ -128,10 +137,13 @@ def _required_in_ci() -> bool:
 
 def _scale_skip(report: pytest.CollectReport | pytest.TestReport) -> str | None:
     """The reason, when ``report`` is a skip for want of a module of the scale extra
-    (``pytest.importorskip``'s "could not import 'NAME'")."""
+    (``pytest.importorskip``'s "could not import 'NAME'") or of the Fashion-MNIST package
+    (:data:`needs_fashion_mnist`)."""
     if not report.skipped or not isinstance(report.longrepr, tuple):
         return None
     reason = str(report.longrepr[2])
+    if f"Debian package {FASHION_MNIST_PACKAGE} not installed" in reason:
+        return reason
     found = re.search(r"could not import '([\w.]+)'", reason)
     return reason if found and found.group(1).split(".")[0] in SCALE_MODULES else None
 
@@ -154,9 +166,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
                             config: pytest.Config) -> None:
     if _scale_skips and _required_in_ci():
-        terminalreporter.section("the 'scale' extra or the Milvus server is missing: skips that "
-                                 "fail the run in CI", sep="=", red=True, bold=True)
+        terminalreporter.section("the 'scale' extra, the Milvus server or Fashion-MNIST is missing: "
+                                 "skips that fail the run in CI", sep="=", red=True, bold=True)
         for line in _scale_skips:
             terminalreporter.line(line, red=True)
         terminalreporter.line("install it: pip install -e '.[scale]' (and milvus, the server: "
-                              "'.[test]'; make test installs .[dev], which includes both)")
+                              "'.[test]'; make test installs .[dev], which includes both); "
+                              f"apt-get install {FASHION_MNIST_PACKAGE} (make system)")

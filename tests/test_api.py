@@ -35,14 +35,30 @@ def test_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.Monk
     _photos(tmp_path / "photos", {"beach": (230, 200, 120), "forest": (40, 120, 50)})
     _photos(tmp_path / "more-photos", {"snow": (240, 240, 250)}, n=2, seed=1)
     monkeypatch.chdir(tmp_path)
-    exec(compile(code.group(1), "README.md", "exec"), {})  # noqa: S102 - our own README
+    held: list[dict[str, tuple[int, str]]] = []  # the collection's items when remove was called
+    remove = la.Index.remove
+
+    def spy_remove(self: la.Index, ids: np.ndarray) -> int:
+        held.append(self.collection.sources())
+        return remove(self, ids)
+
+    monkeypatch.setattr(la.Index, "remove", spy_remove)
+    ns: dict[str, object] = {}
+    exec(compile(code.group(1), "README.md", "exec"), ns)  # noqa: S102 - our own README
     out = capsys.readouterr().out.splitlines()
     hits = [line.split() for line in out[:3]]
     assert len(hits) == 3 and all(h[2].startswith("photos/beach/") for h in hits)  # beach finds beach
     assert "photos/beach/1.jpg" not in {h[2] for h in hits}  # not itself
     assert 0.5 <= float(out[3]) <= 1.0  # the mAP line
+    # the two snow photos were added under two new ids, and those were removed again
+    new_ids = ns["new_ids"]
+    assert isinstance(new_ids, np.ndarray) and new_ids.dtype == np.int64
+    assert len(held) == 1 and len(held[0]) == 12
+    added = {src: i for src, (i, _) in held[0].items() if src.startswith("more-photos/")}
+    assert sorted(added) == ["more-photos/snow/0.jpg", "more-photos/snow/1.jpg"]
+    assert sorted(new_ids.tolist()) == sorted(added.values())
     coll = la.open("coll")
-    assert len(coll) == 10  # the two added were removed again
+    assert len(coll) == 10 and not set(new_ids.tolist()) & set(coll.collection.ids.tolist())
     with pytest.raises(LookalikeError, match="a query must be"):
         coll.search(3.5)
     both = coll.search([np.asarray(Image.open("photos/forest/0.jpg")), Image.open("photos/beach/0.jpg")], k=2)

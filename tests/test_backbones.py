@@ -5,7 +5,9 @@ reloads to bit-identical codes, and ``train`` picks a backbone for colour folder
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,10 +25,10 @@ from lookalike.config import (
 )
 from lookalike.data.datasets import load_dataset
 from lookalike.errors import LookalikeError, ModelError
-from lookalike.models import backbones
+from lookalike.models import adaptation, backbones
 from lookalike.models.adaptation import colour_views, train_backbone
 from lookalike.models.encoders import ModelEncoder, encode_dataset
-from lookalike.models.modelio import load_model, save_model
+from lookalike.models.modelio import LoadedModel, load_model, save_model
 from lookalike.models.networks import BackboneModel, build_model, fit_whitening
 from lookalike.models.runtime import open_encoder
 
@@ -57,13 +59,39 @@ def test_features_equal_the_reference_implementation() -> None:
     ref = ref_pkg.EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=str(backbones.weights_file("efficientnet-lite0"))).eval()
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    # the reference is fed the input scaling its weights were trained with, written out here
+    # rather than taken from our MEAN/STD: TensorFlow's lite models, (pixel - 127) / 128 on 0..255
+    scaled = (x * 255 - 127) / 128
     with torch.inference_mode():
         ours = net.features(x)
-        theirs = ref.extract_features((x - net.mean) / net.std)
-        logits = ref((x - net.mean) / net.std)
+        theirs = ref.extract_features(scaled)
+        logits = ref(scaled)
     assert ours.shape == (2, 1280, 7, 7)
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=3e-5)  # float rounding of the scaling
     torch.testing.assert_close(net(x), logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", BACKBONE_ARCHS)
+def test_every_backbone_has_the_reference_parameters(name: str) -> None:
+    """Each backbone, lite1 and lite2 too, has the reference implementation's parameter
+    names and shapes (both built without weights, so a weights package loads into it), and
+    with the same (random) parameters gives the reference's features at its resolution."""
+    import efficientnet_lite_pytorch as ref_pkg  # a test dependency (pyproject: test)
+    torch.manual_seed(0)
+    ours, theirs = backbones.EfficientNetLite(name).eval(), ref_pkg.EfficientNet.from_name(name).eval()
+    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    for module in ours.modules():  # (He's initialisation keeps the features away from zero)
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    theirs.load_state_dict(ours.state_dict())
+    side = backbones.BACKBONES[name].resolution
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        mine, reference = ours.features(x), theirs.extract_features((x * 255 - 127) / 128)
+    assert mine.shape == (1, 1280, -(-side // 32), -(-side // 32))
+    assert float(mine.std()) > 0.5
+    torch.testing.assert_close(mine, reference, rtol=0, atol=1e-3)  # (features up to 6)
 
 
 def test_odd_sizes_pad_like_tensorflow() -> None:
@@ -128,20 +156,45 @@ def test_saved_backbone_model_reloads_to_bit_identical_codes(tmp_path: Path) -> 
     assert abs(float(a.mean(axis=0) @ a.mean(axis=0))) < 0.05
     # the whitening was fitted: not the identity's first columns any more
     assert not torch.equal(loaded.module.whiten, torch.eye(1280)[:, :8])  # type: ignore[union-attr]
-    # and a fresh model of the same config without the fit gives other codes
+    # and a fresh model of the same config and pretrained weights, without the fit, gives other codes
     fresh = build_model(config)
     assert isinstance(fresh, BackboneModel)
+    fresh.backbone.load_state_dict(backbones.pretrained("efficientnet-lite0").state_dict())
+    unfitted = encode_dataset(ModelEncoder(LoadedModel(fresh.eval(), config, None), precision="fp32"), data)
+    assert unfitted.shape == a.shape
+    assert np.abs(unfitted - a).max() > 0.1
 
 
-def test_adaptation_respects_the_time_budget_and_changes_the_weights(tmp_path: Path) -> None:
+def test_adaptation_respects_the_time_budget_and_changes_the_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = load_dataset(_blobs(tmp_path / "img", n=8), "all")
     config = ModelConfig(arch="efficientnet-lite0", input=InputSpec(3, 48, 48), latent_dim=4)
     train = default_train_config(config.arch, objective="contrastive", batch_size=4,
                                  time_budget=2.0, lr=1e-3)
+    stopwatch: list[float] = []  # the adaptation timed from outside, not by its own clock
+    adapt = adaptation._adapt
+
+    def timed(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        try:
+            return adapt(*args, **kwargs)
+        finally:
+            stopwatch.append(time.perf_counter() - start)
+
+    monkeypatch.setattr(adaptation, "_adapt", timed)
+    # (the first optimizer imports torch._dynamo, seconds on busy cores, before the adaptation's
+    # clock starts: done here first, so that the stopwatch times the same span as that clock)
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+    start = time.perf_counter()
     result = train_backbone(data, config, train)
+    total = time.perf_counter() - start
     assert result.history["adapt_images"] >= 4
     # stops after the first step that ends past the budget: that step began within it
     assert result.history["adapt_last_step_began"] < 2.0 <= result.history["adapt_seconds"]
+    # and the stopwatch agrees with the adaptation's own clock: the budget really went by
+    assert len(stopwatch) == 1 and 2.0 <= stopwatch[0] <= total
+    assert abs(stopwatch[0] - result.history["adapt_seconds"]) < 0.5, (
+        stopwatch, result.history["adapt_seconds"])
     before = backbones.pretrained("efficientnet-lite0").state_dict()
     after = result.model.backbone.state_dict()  # type: ignore[union-attr]
     assert torch.equal(before["_conv_stem.weight"], after["_conv_stem.weight"])  # frozen

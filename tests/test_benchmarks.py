@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,4 +37,6 @@ def test_service_benchmark_smoke_run(trained) -> None:  # noqa: ANN001 - conftes
     row = next(line for line in out.splitlines() if line.startswith("| 2 | 30% |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "60" and cells[11] == "0", row  # requests done, errors
-    assert cells[12].startswith("yes ("), row
+    found = re.fullmatch(r"yes \((\d+)/(\d+) found, (\d+) deleted left\)", cells[12])
+    assert found is not None, row
+    assert int(found[1]) == int(found[2]) > 0 and found[3] == "0", row  # items were added, all found

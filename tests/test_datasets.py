@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import needs_fashion_mnist
 from lookalike.config import InputSpec
 from lookalike.data.datasets import (
     FASHION_MNIST_DIRS,
@@ -119,8 +120,7 @@ def test_split_indices_partition() -> None:
 # ---------------------------------------------------------------------------- fashion-mnist
 
 
-@pytest.mark.skipif(not Path(FASHION_MNIST_DIRS[0]).is_dir(),
-                    reason=f"fashion-mnist is not installed in {FASHION_MNIST_DIRS[0]}")
+@needs_fashion_mnist
 def test_fashion_mnist_splits() -> None:
     from lookalike.data.idx import find_idx_split, read_idx
 

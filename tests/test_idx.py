@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import needs_fashion_mnist
+from lookalike.data.datasets import FASHION_MNIST_DIRS
 from lookalike.data.idx import find_idx_split, load_idx_split, read_idx, write_idx
 from lookalike.errors import DataError
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST = Path(FASHION_MNIST_DIRS[0])
 
 
 def _header(code: int, dims: tuple[int, ...]) -> bytes:
@@ -216,10 +218,7 @@ def test_load_idx_split_wrong_shapes(tmp_path: Path) -> None:
         load_idx_split(tmp_path, "train")
 
 
-@pytest.mark.skipif(
-    not FASHION_MNIST.is_dir(),
-    reason=f"{FASHION_MNIST} absent (Debian package dataset-fashion-mnist not installed)",
-)
+@needs_fashion_mnist
 def test_fashion_mnist_t10k() -> None:
     images, labels = load_idx_split(FASHION_MNIST, "t10k")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8

@@ -3,6 +3,7 @@ named on open, an interrupted replacement undone, approximate indexes chosen by 
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -261,6 +262,12 @@ def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path, trained: Trai
     _consistent(done)
     assert len(done) == base + 480
     assert {str(h / p.name) for h in halves for p in h.iterdir()} <= set(done.sources())
+    # ids are given out commit by commit: in id order, the two writers' batches alternate
+    sources = done.sources()
+    order = [Path(src).parent.name for _, src in sorted((i, s) for s, (i, _) in sources.items())
+             if Path(src).parent in halves]
+    runs = 1 + sum(a != b for a, b in itertools.pairwise(order))
+    assert runs >= 3, f"the two writers did not overlap: {runs} runs of commits"
 
 
 def test_damaged_files_are_named_on_open(tmp_path: Path, trained: Trained) -> None:

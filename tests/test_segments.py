@@ -97,7 +97,10 @@ def test_searches_merge_segments_and_skip_deleted_rows(tmp_path: Path, trained: 
     queries = load_dataset("digits", "queries").images
     for b in range(5):
         coll.add(queries[b * 10:(b + 1) * 10], [f"b{b}-{j}" for j in range(10)])
-    coll.remove([0, 1, 2, 1440, 1450])
+    removed = [0, 1, 2, 1440, 1450]
+    n = len(coll)
+    coll.remove(removed)
+    assert len(coll) == n - 5 and not np.isin(removed, coll.ids).any()
     assert coll.update([3], queries[100:101]) == 1
     assert coll.ids[-1] == 3  # the updated item now lies in the newest segment
     assert len(coll.store.segments) >= 5
@@ -106,6 +109,7 @@ def test_searches_merge_segments_and_skip_deleted_rows(tmp_path: Path, trained: 
     for k in (1, 10, len(coll) + 5):
         d, i = coll.search(codes, k, rerank=False)
         rd, ri = _exact(coll, codes, min(k, len(coll)))
+        assert not np.isin(removed, i).any() and not np.isin(removed, ri).any()
         assert np.allclose(d[:, :ri.shape[1]], rd, atol=1e-3)
         if k < len(coll):
             assert (i == ri).all()
@@ -247,21 +251,22 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def _killed(script: str, args: list[str], at: float) -> bool:
-    """Run ``script`` and SIGKILL it after ``at`` seconds; whether it was still running."""
+def _listing(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+def _started(script: str, args: list[str], root: Path) -> tuple[subprocess.Popen[bytes], float]:
+    """Run ``script`` on the collection at ``root`` until it writes its first new file there
+    (its work has begun: starting Python and opening the collection write nothing): the
+    process and that moment (``perf_counter``)."""
+    before = _listing(root)
     proc = subprocess.Popen([sys.executable, "-c", script, *args], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(at)
-    alive = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return alive
-
-
-def _timed(script: str, args: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", script, *args], env=_env(), check=True)
-    return time.perf_counter() - start
+    deadline = time.monotonic() + 120
+    while _listing(root) <= before:
+        assert proc.poll() is None and time.monotonic() < deadline, "it never wrote a file"
+        time.sleep(0.001)
+    return proc, time.perf_counter()
 
 
 REMOVE = ("import sys; from lookalike.search.collection import Collection\n"
@@ -305,7 +310,8 @@ def test_sigkill_during_remove(tmp_path: Path, trained: Trained) -> None:
 def test_sigkill_during_compaction_and_migration(tmp_path: Path, trained: Trained,
                                                  operation: str) -> None:
     """Kill a compaction (of many segments, with deletions) or a migration (of format 1) at
-    random moments: the collection opens, consistent, with the same content each time."""
+    random moments once it has begun (written its first file), up to about its commit: the
+    collection opens, consistent, with the same content each time; a kill landed inside it."""
     source = Collection.open(shutil.copytree(trained.collection, tmp_path / "base"))
     if operation == "compact":
         queries = load_dataset("digits", "queries").images
@@ -320,21 +326,38 @@ def test_sigkill_during_compaction_and_migration(tmp_path: Path, trained: Traine
         return tmp_path / name
 
     reference = _content(source)
-    full = _timed(COMPACT, [str(fresh("timed")), operation])
+    # how long the operation runs from its first file to its commit (a new manifest)
+    timed = fresh("timed")
+    manifest = (timed / "manifest.json").read_bytes()
+    proc, began = _started(COMPACT, [str(timed), operation], timed)
+    while (timed / "manifest.json").read_bytes() == manifest:
+        assert proc.poll() is None, f"the {operation} ended without a commit"
+        time.sleep(0.001)
+    full = time.perf_counter() - began
+    assert proc.wait() == 0
     rng = np.random.default_rng(3)
-    outcomes = []
+    outcomes, inside = [], []
     for attempt in range(4):
         target = fresh(f"c{attempt}")
-        _killed(COMPACT, [str(target), operation], rng.uniform(0.4, 1.0) * full)
+        manifest = (target / "manifest.json").read_bytes()
+        proc, began = _started(COMPACT, [str(target), operation], target)
+        time.sleep(rng.uniform(0, 1.2) * full)  # mostly before the commit, a few after it
+        running = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
         c = Collection.open(target, verify=True)
         _consistent(c)
         assert _content(c) == reference
-        outcomes.append(len(c.store.segments) == 1 and c.manifest["format_version"] == 2)
+        committed = len(c.store.segments) == 1 and c.manifest["format_version"] == 2
+        outcomes.append(committed)
+        # killed while it ran, after it had written a file, before its commit: inside it
+        inside.append(running and not committed and (target / "manifest.json").read_bytes() == manifest)
         getattr(c, operation)()  # finishing it afterwards works
         assert _content(Collection.open(target, verify=True)) == reference
         listed = {f for s in c.store.segments for f in s.files.values()}
         assert {f"segments/{p.name}" for p in (target / "segments").iterdir()} == listed
     assert not all(outcomes), f"no kill landed before the {operation} committed"
+    assert any(inside), f"no kill landed inside the {operation}: {outcomes}"
 
 
 @pytest.mark.parametrize("how", ["open", "refresh"])

@@ -23,7 +23,7 @@ from PIL import Image, ImageFile
 from lookalike.app import service
 from lookalike.app.cli import main
 from lookalike.app.security import Access, check_bind
-from lookalike.app.service import create_app
+from lookalike.app.service import PID_HEADER_ENV, create_app
 from lookalike.app.shared import SharedCollection, UnknownItem
 from lookalike.data.datasets import load_dataset
 from lookalike.errors import CollectionError, ImageError, LookalikeError
@@ -459,6 +459,7 @@ def test_hardening_headers_everywhere(rerank_path: Path) -> None:
             assert r.headers["referrer-policy"] == "no-referrer", name
             assert r.headers["x-frame-options"] == "DENY", name
             assert "frame-ancestors 'none'" in r.headers["content-security-policy"], name
+            assert "x-lookalike-pid" not in r.headers, name  # (tests only, switched on by env)
         for path in ("/", "/docs"):
             csp = answers[path].headers["content-security-policy"]
             assert "default-src 'self'" in csp and "unsafe" not in csp and "script-src" not in csp
@@ -583,7 +584,8 @@ def _hammer(client: TestClient, queries: np.ndarray) -> None:
         for f in searches:
             f.result()
     assert set(statuses) <= {200, 201} and len(statuses) > 40, sorted(set(statuses))
-    assert len(set(added)) == 8 and len(removed) == 4  # (a removed id may come back: see below)
+    # ids are never reused: the 12 adds got 12 ids, and none of the 4 removed came back
+    assert len(set(added)) == 8 and len(set(removed)) == 4 and not set(added) & set(removed)
     assert client.get("/api/stats").json()["count"] == start + 8
     for item in added:  # not lost: stored and found by search
         assert client.get(f"/api/items/{item}").status_code == 200
@@ -591,7 +593,7 @@ def _hammer(client: TestClient, queries: np.ndarray) -> None:
         near = near[:, :, None].copy()
         near[0, 0, 0] = near[0, 0, 0] + 1 if near[0, 0, 0] < 255 else 254
         assert item in ids_of(upload(client, png(near), k="3", rerank="false"))
-    for item in set(removed) - set(added):  # (an add may reuse the largest id after a delete)
+    for item in removed:
         assert client.get(f"/api/items/{item}").status_code == 404
 
 
@@ -668,12 +670,20 @@ def test_a_change_made_by_another_process_is_seen(rerank_path: Path, queries: np
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="counts processes through /proc")
-def test_workers_share_the_port_and_see_each_others_changes(rerank_path: Path,
-                                                           queries: np.ndarray) -> None:
+def test_workers_share_the_port_and_see_each_others_changes(
+        rerank_path: Path, queries: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     """`lookalike serve --workers 2`: two processes answer on one port; whichever answers,
     an item one of them added is there at once, and gone at once once deleted (each
     request on a new connection, spread over both by the kernel)."""
     import httpx
+
+    monkeypatch.setenv(PID_HEADER_ENV, "1")  # each answer names the process that gave it
+    answered: set[str] = set()
+    seen_by_other = gone_for_other = 0  # a change one process made, seen by the other
+
+    def by(answer: httpx.Response) -> str:
+        answered.add(answer.headers["X-Lookalike-Pid"])
+        return answer.headers["X-Lookalike-Pid"]
 
     with serving(rerank_path, "--workers", "2") as url:
         assert serving_processes(rerank_path) == 2
@@ -683,14 +693,21 @@ def test_workers_share_the_port_and_see_each_others_changes(rerank_path: Path,
             assert added.status_code == 201, added.text
             (item,) = added.json()["items"]
             for _ in range(12):
-                assert httpx.get(url + f"api/items/{item['id']}").status_code == 200
+                got = httpx.get(url + f"api/items/{item['id']}")
+                assert got.status_code == 200
+                seen_by_other += by(got) != by(added)
                 hits = httpx.post(url + "api/search", json={"id": item["id"], "k": 3})
                 assert hits.status_code == 200, hits.text
             assert httpx.get(url + "api/stats").json()["count"] == count + 1
-            assert httpx.delete(url + f"api/items/{item['id']}").status_code == 200
+            deleted = httpx.delete(url + f"api/items/{item['id']}")
+            assert deleted.status_code == 200
             for _ in range(12):
-                assert httpx.get(url + f"api/items/{item['id']}").status_code == 404
+                got = httpx.get(url + f"api/items/{item['id']}")
+                assert got.status_code == 404
+                gone_for_other += by(got) != by(deleted)
             assert httpx.get(url + "api/stats").json()["count"] == count
+    assert len(answered) == 2, answered  # both processes answered
+    assert seen_by_other and gone_for_other, (seen_by_other, gone_for_other)
     assert serving_processes(rerank_path) == 0
     assert len(Collection.open(rerank_path, verify=True)) == count
 

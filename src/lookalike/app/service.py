@@ -167,6 +167,11 @@ def _source(upload: UploadFile, n: int) -> str:
 
 
 # ---------------------------------------------------------------------------- the app
+#: Set to 1 (tests only), every answer carries an ``X-Lookalike-Pid`` header naming the process
+#: that gave it; read when the app is made, off by default.
+PID_HEADER_ENV = "LOOKALIKE_TEST_PID_HEADER"
+
+
 def create_app(collection_path: str | os.PathLike[str], *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_k: int = DEFAULT_MAX_K,
                max_pixels: int = MAX_PIXELS, access: Access | None = None) -> FastAPI:
@@ -195,6 +200,13 @@ def create_app(collection_path: str | os.PathLike[str], *,
     app.state.collection = shared
     app.state.access = access
     app.add_middleware(HardeningHeaders)
+    if os.environ.get(PID_HEADER_ENV) == "1":  # tests only: which of the workers answered
+        @app.middleware("http")
+        async def answered_by(request: Request, call_next: Callable[..., Any]) -> Response:
+            response: Response = await call_next(request)
+            response.headers["X-Lookalike-Pid"] = str(os.getpid())
+            return response
+
     reads, writes = guards(access, write=False), guards(access, write=True)
     # the statuses the guards add: 401 for a token, 403 for a read-only service
     read_errors = (401,) if reads else ()
