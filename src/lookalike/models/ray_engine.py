@@ -51,6 +51,8 @@ from ..data.datasets import (
 from ..data.images import conform, load_image
 from ..errors import ImageError, LookalikeError
 from .modelio import CONFIG, WEIGHTS, LoadedModel
+from .onnximport import IMPORTED
+from .runtime import ONNX
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,9 @@ def shutdown(ray: Any) -> None:
 def _model_files(model: LoadedModel) -> dict[str, bytes]:
     if model.path is None:
         raise LookalikeError("the model must be saved (have a directory) before encoding with Ray")
-    return {name: (Path(model.path) / name).read_bytes() for name in (CONFIG, WEIGHTS)}
+    names = (CONFIG, WEIGHTS, IMPORTED, ONNX)  # (an imported encoder's ONNX files too)
+    return {name: (Path(model.path) / name).read_bytes() for name in names
+            if name in (CONFIG, WEIGHTS) or (Path(model.path) / name).is_file()}
 
 
 def _decode(batch: dict[str, np.ndarray], spec: InputSpec) -> dict[str, np.ndarray]:
