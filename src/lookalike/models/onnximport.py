@@ -328,7 +328,9 @@ def import_encoder(file: str | os.PathLike[str], out: str | os.PathLike[str], st
     onnx_sha = file_sha256(target / IMPORTED)
     details = {"file": IMPORTED, "source": source.name, "sha256": onnx_sha, "input": stated.to_dict(),
                "layout": sig.layout, "pool": pool, "output_dim": dim, "batch": sig.batch}
-    tensors = {} if whitening is None else {"whiten_mean": whitening[0], "whiten": whitening[1]}
+    # (C order: safetensors writes an array's memory as it is, and the fit's is Fortran-ordered)
+    tensors = {} if whitening is None else {"whiten_mean": np.ascontiguousarray(whitening[0]),
+                                            "whiten": np.ascontiguousarray(whitening[1])}
     atomic_write(target / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={
         "format": FORMAT, "onnx": json.dumps(details, sort_keys=True)}))
     fingerprint = file_sha256(target / WEIGHTS)
