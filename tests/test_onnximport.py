@@ -398,3 +398,39 @@ def test_cli_options_of_the_import(argv: list[str], message: str, tmp_path: Path
     argv = [str(cases["bgr-feature-map"].file) if a == "F" else a for a in argv]
     code, out, err = run_cli(capsys, ["train", *argv, "--out", tmp_path / "m"])
     assert code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_our_efficientnet_lite0_exported_without_its_scaling_gives_the_backbone_model_codes(
+        tmp_path: Path) -> None:
+    """A real network: lookalike's own EfficientNet-Lite0 (ImageNet weights), exported without
+    its input scaling, which is then stated instead; imported, unwhitened, it gives the
+    L2-normalised GeM-pooled features of lookalike's backbone model, in PyTorch."""
+    from lookalike.config import ModelConfig
+    from lookalike.models.backbones import MEAN, STD, pretrained
+    from lookalike.models.networks import BackboneModel
+
+    net = pretrained("efficientnet-lite0")
+    model = BackboneModel(ModelConfig(arch="efficientnet-lite0", input=InputSpec(3, 64, 64)))
+    model.backbone.load_state_dict(net.state_dict())
+    model.eval()
+    net.mean.zero_()  # the exported graph takes normalised pixels
+    net.std.fill_(1.0)
+
+    class Features(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.features(x)
+
+    file = _export(Features(), torch.zeros(1, 3, 64, 64), tmp_path / "lite0.onnx", {0: "n"}, {0: "n"})
+    imported = import_encoder(file, tmp_path / "m", OnnxInput(mean=MEAN, std=STD,
+                                                             output="feature-map"))
+    assert imported.module.code_dim == 1280
+    images = _pictures(5, (64, 64), seed=4)
+    codes = ModelEncoder(load_model(tmp_path / "m"), precision="fp32").encode(images)
+    with torch.no_grad():
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        reference = torch.nn.functional.normalize(model.features(x), dim=1).numpy()
+    np.testing.assert_allclose(codes, reference, atol=TOL)

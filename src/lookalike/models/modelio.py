@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -28,6 +28,9 @@ from ..versions import versions
 from .networks import Model, build_model
 from .runtime import export_encoder
 
+if TYPE_CHECKING:
+    from .onnximport import ImportedModel
+
 FORMAT = "lookalike-model"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -38,7 +41,7 @@ CONFIG = "config.json"
 class LoadedModel:
     """A model with everything that describes it."""
 
-    module: Model
+    module: Model | ImportedModel
     config: ModelConfig
     train: TrainConfig | None
     history: dict[str, Any] = field(default_factory=dict)

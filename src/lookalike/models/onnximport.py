@@ -347,7 +347,7 @@ def import_encoder(file: str | os.PathLike[str], out: str | os.PathLike[str], st
         "history": history, "code_dim": code_dim,
         "created": datetime.now(UTC).isoformat(timespec="seconds"), "versions": versions()})
     module = ImportedModel(config, target / "encoder.onnx", sig.batch)
-    return LoadedModel(module, config, None, history, fingerprint, target, retrieval)  # type: ignore[arg-type]
+    return LoadedModel(module, config, None, history, fingerprint, target, retrieval)
 
 
 def _write_encoder(proto: onnx.ModelProto, sig: onnxgraph.Signature, steps: onnxgraph.Steps,
@@ -396,7 +396,7 @@ def load_imported(directory: Path, meta: dict[str, Any]) -> LoadedModel:
         _write_encoder(proto, sig, _steps(stated, spec, crop, details["pool"], whitening), fingerprint,
                        directory)
     module = ImportedModel(config, encoder, batch)
-    return LoadedModel(module, config, None, meta.get("history") or {}, fingerprint,  # type: ignore[arg-type]
+    return LoadedModel(module, config, None, meta.get("history") or {}, fingerprint,
                        directory, retrieval)
 
 

@@ -31,6 +31,7 @@ from ..fsutil import atomic_write, read_json
 
 if TYPE_CHECKING:
     from .networks import Model
+    from .onnximport import ImportedModel
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,16 @@ def torch_chosen() -> bool:
     return os.environ.get(ENV, "").lower() == "torch"
 
 
-def export_encoder(module: Model, spec: InputSpec, fingerprint: str, directory: Path) -> bool:
+def export_encoder(module: Model | ImportedModel, spec: InputSpec, fingerprint: str, directory: Path) -> bool:
     """Write ``directory/encoder.onnx`` (atomically) for ``module``'s encode path at ``spec``,
     tagged with ``fingerprint``; whether it was written (a failure is logged, never raised:
     PyTorch encodes then, as before)."""
-    copy = getattr(module, "write_encoder", None)
-    if copy is not None:  # an imported ONNX encoder: copied, never traced
-        return bool(copy(directory))
     import torch
+
+    from .onnximport import ImportedModel
+
+    if isinstance(module, ImportedModel):  # an imported ONNX encoder: copied, never traced
+        return module.write_encoder(directory)
 
     class _Encode(torch.nn.Module):
         def __init__(self, inner: Model) -> None:
