@@ -245,6 +245,7 @@ def _bad(kind: str, d: Path) -> Path:
     makers: dict[str, Callable[[], Path]] = {
         "not-onnx": lambda: _write(d / "photo.onnx", _png_bytes()),
         "garbage": lambda: _write(d / "x.onnx", np.random.default_rng(0).bytes(3000)),
+        "invalid-graph": lambda: _invalid(d / "invalid.onnx"),
         "rank-3-input": lambda: _export(Rank3(), torch.zeros(1, 3, 32), d / "r3.onnx"),
         "dynamic-size": lambda: _export(FeatureMap(), torch.zeros(1, 3, 32, 32), d / "dyn.onnx",
                                         {0: "n", 2: "h", 3: "w"}),
@@ -255,6 +256,18 @@ def _bad(kind: str, d: Path) -> Path:
         "tokens": lambda: _export(Tokens(), torch.zeros(1, 3, 32, 32), d / "tok.onnx", {0: "n"}),
     }
     return makers[kind]()
+
+
+def _invalid(path: Path) -> Path:
+    """An ONNX protobuf whose one node reads a tensor nothing makes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["nowhere"], ["out"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -273,6 +286,7 @@ def _png_bytes() -> bytes:
 BAD = {
     "not-onnx": "is not an ONNX model",
     "garbage": "is not a",
+    "invalid-graph": "is not a valid ONNX model",
     "rank-3-input": "has rank 3, shape (1, 3, 32); expected rank 4",
     "dynamic-size": "input height and width are dynamic; give its size",
     "fixed-batch": "has a fixed batch of 2",
@@ -396,7 +410,9 @@ def test_cli_imports_indexes_searches_adds_and_describes(
 def test_cli_options_of_the_import(argv: list[str], message: str, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str], cases: dict[str, Case]) -> None:
     argv = [str(cases["bgr-feature-map"].file) if a == "F" else a for a in argv]
-    code, out, err = run_cli(capsys, ["train", *argv, "--out", tmp_path / "m"])
+    # (a folder that is not there: training, were it to start, would stop at once)
+    code, out, err = run_cli(capsys, ["train", *argv, "--dataset", tmp_path / "none", "--out",
+                                      tmp_path / "m"])
     assert code == 2 and err.count("\n") == 1 and message in err
 
 
