@@ -450,3 +450,20 @@ def test_our_efficientnet_lite0_exported_without_its_scaling_gives_the_backbone_
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
         reference = torch.nn.functional.normalize(model.features(x), dim=1).numpy()
     np.testing.assert_allclose(codes, reference, atol=TOL)
+
+
+def test_the_python_example_in_docs_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "encoders.md").read_text()
+    example = text.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    _export(FeatureMap(), torch.zeros(1, 3, 224, 224), tmp_path / "tower.onnx", {0: "n", 2: "h", 3: "w"})
+    (tmp_path / "photos").mkdir()
+    for i, picture in enumerate(_pictures(6, (120, 160), seed=5)):
+        Image.fromarray(picture).save(tmp_path / "photos" / f"{i}.png")
+    scope: dict[str, object] = {}
+    exec(compile(example, "docs/encoders.md", "exec"), scope)  # noqa: S102 - our own docs
+    index = scope["index"]
+    assert isinstance(index, la.Index) and len(index) == 6
+    assert scope["model"].history["n_whitening"] == 6  # type: ignore[attr-defined]
+    index.close()

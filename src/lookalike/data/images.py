@@ -9,7 +9,8 @@ This is the one place where pixels change form:
   RGB -> grey by ITU-R 601-2 luma (as Pillow's ``convert("L")``), grey -> RGB by
   replication, and when the size differs a resize that keeps the aspect ratio: the
   shorter side is scaled to fit, the longer one centre-cropped (a 1024x768 photo becomes
-  the middle 768x768 square, scaled), with an antialiasing filter when shrinking.
+  the middle 768x768 square, scaled), with an antialiasing filter when shrinking; a spec
+  with ``resize="squash"`` (an imported encoder that was trained so) scales each side instead.
 * A large JPEG is decoded at a reduced scale when the size it is wanted at is known
   (``size=`` of :func:`decode_image`: Pillow's ``draft``, a DCT-domain reduction, 1/2 to
   1/8), other formats are halved by ``reduce`` down to twice that size: a 24-megapixel
