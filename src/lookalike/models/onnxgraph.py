@@ -34,7 +34,8 @@ _EPS = 1e-12  # as torch.nn.functional.normalize
 _FLOATS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error's message, its first line, for a one-line error of ours."""
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
@@ -52,7 +53,7 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and the like
-        raise ModelError(f"{p} is not an ONNX model ({_first_line(exc)})") from None
+        raise ModelError(f"{p} is not an ONNX model ({first_line(exc)})") from None
     if not proto.graph.node or not proto.graph.output or not proto.opset_import:
         raise ModelError(f"{p} is not an ONNX model (no graph)")
     if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
@@ -61,7 +62,7 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001 - ValidationError, or a protobuf error
-        raise ModelError(f"{p} is not a valid ONNX model ({_first_line(exc)})") from None
+        raise ModelError(f"{p} is not a valid ONNX model ({first_line(exc)})") from None
     opset = opset_of(proto)
     if opset < MIN_OPSET:
         raise ModelError(f"{p} uses ONNX opset {opset}; export it with opset {MIN_OPSET} or newer")

@@ -174,19 +174,15 @@ def _pooling(stated: OnnxInput, proto: onnx.ModelProto, sig: onnxgraph.Signature
         out = onnxgraph.run(onnxgraph.session(raw), _probe(spec), batch)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors have no common base
         raise ModelError(f"{where} fails on a test batch of {spec.height}x{spec.width} images "
-                         f"({onnxgraph._first_line(exc)})") from None
+                         f"({onnxgraph.first_line(exc)})") from None
     if not np.isfinite(out).all():
         raise ModelError(f"{where} gives NaN or infinite outputs for test images")
     shape = "(" + ", ".join(map(str, out.shape)) + ")"
     spatial = out.shape[2:] if sig.layout == "nchw" else out.shape[1:3]
     one_by_one = out.ndim == 4 and spatial == (1, 1)
-    if stated.output == "vector" and (out.ndim == 2 or one_by_one):
+    if (out.ndim == 2 or one_by_one) and stated.output in ("auto", "vector"):
         return "vector", int(np.prod(out.shape[1:]))
-    if stated.output == "feature-map" and out.ndim == 4:
-        return "gem", int(out.shape[1] if sig.layout == "nchw" else out.shape[3])
-    if stated.output == "auto" and (out.ndim == 2 or one_by_one):
-        return "vector", int(np.prod(out.shape[1:]))
-    if stated.output == "auto" and out.ndim == 4:
+    if out.ndim == 4 and stated.output in ("auto", "feature-map"):
         return "gem", int(out.shape[1] if sig.layout == "nchw" else out.shape[3])
     expected = {"vector": "a vector (n, d)", "feature-map": "a feature map of rank 4",
                 "auto": "a vector (n, d) or a feature map of rank 4"}[stated.output]
@@ -346,6 +342,9 @@ def import_encoder(file: str | os.PathLike[str], out: str | os.PathLike[str], st
         "model": config.to_dict(), "onnx": details, "train": None, "retrieval": retrieval.to_dict(),
         "history": history, "code_dim": code_dim,
         "created": datetime.now(UTC).isoformat(timespec="seconds"), "versions": versions()})
+    log.info("imported %s (SHA-256 %s...) into %s: %dx%d %s input, %s output, %d-d codes%s", source,
+             onnx_sha[:12], target, spec.height, spec.width, sig.layout.upper(), pool, code_dim,
+             f", whitened on {history['n_whitening']} images" if whitening is not None else "")
     module = ImportedModel(config, target / "encoder.onnx", sig.batch)
     return LoadedModel(module, config, None, history, fingerprint, target, retrieval)
 
@@ -388,7 +387,7 @@ def load_imported(directory: Path, meta: dict[str, Any]) -> LoadedModel:
         try:
             tensors = load_file(directory / WEIGHTS)
         except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{directory / WEIGHTS}: cannot load ({onnxgraph._first_line(exc)})") from None
+            raise ModelError(f"{directory / WEIGHTS}: cannot load ({onnxgraph.first_line(exc)})") from None
         whitening = (tensors["whiten_mean"], tensors["whiten"]) if "whiten" in tensors else None
         proto = onnxgraph.read_model(source)
         sig = onnxgraph.signature(proto, stated.output_name, source.name)
