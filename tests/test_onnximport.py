@@ -467,3 +467,48 @@ def test_the_python_example_in_docs_runs_as_written(tmp_path: Path, monkeypatch:
     assert isinstance(index, la.Index) and len(index) == 6
     assert scope["model"].history["n_whitening"] == 6  # type: ignore[attr-defined]
     index.close()
+
+
+def _handmade(path: Path, kind: str) -> Path:
+    """Two encoders written node by node: a float16 one (weights, average pool, NCHW), and a
+    channels-last one whose output is a channels-last feature map."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if kind == "float16":
+        x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT16, ["n", 3, 8, 8])
+        y = helper.make_tensor_value_info("out", TensorProto.FLOAT16, ["n", 3])
+        nodes = [helper.make_node("Mul", ["pixels", "scale"], ["scaled"]),  # (float16 weights)
+                 helper.make_node("GlobalAveragePool", ["scaled"], ["pooled"]),
+                 helper.make_node("Flatten", ["pooled"], ["out"], axis=1)]
+        weights = [onnx.numpy_helper.from_array(np.array([1.0, 2.0, 0.5], np.float16).reshape(1, 3, 1, 1),
+                                                "scale")]
+    else:
+        x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 8, 8, 3])
+        y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 8, 8, 3])
+        nodes = [helper.make_node("Relu", ["pixels"], ["out"])]
+        weights = []
+    graph = helper.make_graph(nodes, kind, [x], [y], initializer=weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["float16", "nhwc-feature-map"])
+def test_float16_and_channels_last_maps_give_the_direct_run(kind: str, tmp_path: Path) -> None:
+    file = _handmade(tmp_path / f"{kind}.onnx", kind)
+    stated = OnnxInput(mean=(0.4, 0.5, 0.6), std=(0.3, 0.2, 0.1))
+    import_encoder(file, tmp_path / "m", stated)
+    images = _pictures(4, (8, 8), seed=6)
+    case = Case(nn.Identity(), file, stated, (8, 8), None, kind != "float16", False)
+    x = _prepare(case, images)
+    sess = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"pixels": x.astype(np.float16) if kind == "float16" else x})[0]
+    codes = ModelEncoder(load_model(tmp_path / "m"), precision="fp32").encode(images)
+    if kind == "float16":
+        # ONNX Runtime's CPU pools float16 in float32 and, in the composed graph, drops casts
+        # around it: values the direct run rounds to float16 stay float32 there. So: equal
+        # within float16's precision (its epsilon is 1e-3), not to 1e-5
+        np.testing.assert_allclose(codes, _pool(out.astype(np.float32), case), atol=2e-3)
+    else:  # a channels-last map: GeM over its two spatial axes
+        gem = Case(nn.Identity(), file, stated, (8, 8), None, True, True)
+        np.testing.assert_allclose(codes, _pool(out.transpose(0, 3, 1, 2), gem), atol=TOL)
