@@ -512,3 +512,30 @@ def test_float16_and_channels_last_maps_give_the_direct_run(kind: str, tmp_path:
     else:  # a channels-last map: GeM over its two spatial axes
         gem = Case(nn.Identity(), file, stated, (8, 8), None, True, True)
         np.testing.assert_allclose(codes, _pool(out.transpose(0, 3, 1, 2), gem), atol=TOL)
+
+
+class DarkIsNaN(nn.Module):
+    """NaN for an image with no pixel at full brightness (the import's test images have some)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(x.amax(dim=(1, 2, 3)) - 0.999)[:, None].repeat(1, 2)
+
+
+def test_nan_codes_for_an_image_stop_the_encoding_in_one_line(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    file = _export(DarkIsNaN(), torch.zeros(1, 3, 16, 16), tmp_path / "dark.onnx", {0: "n"}, {0: "n"})
+    import_encoder(file, tmp_path / "m", OnnxInput(mean=(0.0,) * 3, std=(1.0,) * 3))
+    dark = np.full((2, 16, 16, 3), 100, dtype=np.uint8)
+    model = load_model(tmp_path / "m")
+    onnx = open_encoder(tmp_path / "m", model.fingerprint)
+    assert onnx is not None
+    with pytest.raises(ModelError, match="gave NaN codes for 2 image"):
+        onnx.encode(dark)
+    with pytest.raises(ModelError, match="gave NaN codes for 2 image"):
+        ModelEncoder(model).encode(dark)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(dark[0]).save(photos / "dark.png")
+    code, out, err = run_cli(capsys, ["index", "--model", tmp_path / "m", "--dataset", photos,
+                                      "--out", tmp_path / "c"])
+    assert code == 2 and err.count("\n") == 1 and "gave NaN codes" in err
