@@ -276,9 +276,10 @@ def import_encoder(file: str | os.PathLike[str], out: str | os.PathLike[str], st
     """Wrap the ONNX image encoder ``file`` into a model directory ``out`` (see the module's
     text) that takes its input as ``stated``. With ``data`` (a dataset, or a function that
     loads one at the spec the encoder takes, called once the file is checked), the codes'
-    whitening is fitted on its images (a sample of :data:`WHITEN_SAMPLE` at most, seeded by ``seed``; labels
-    unused), keeping ``latent_dim`` directions (default: all); without, the codes are the
-    L2-normalised outputs. ``rerank`` overrides the retrieval rule (the backbones').
+    whitening is fitted on its images (a sample of :data:`WHITEN_SAMPLE` at most, seeded by
+    ``seed``; labels unused), keeping ``latent_dim`` directions (default: all); without, the
+    codes are the L2-normalised outputs. ``rerank`` overrides the retrieval rule (the
+    backbones').
 
     Raises:
         ModelError: the file is not ONNX, or not an encoder this can run (wrong input rank,
