@@ -28,17 +28,27 @@ def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
         raise LookalikeError(f"{what}: {exc}") from None
 
 
+#: How an image of another shape is brought to a model's size: ``crop`` scales the shorter
+#: side to fit and centre-crops the longer one (every model's rule); ``squash`` scales each
+#: side to fit, changing the aspect ratio (some imported encoders were trained so).
+RESIZE_RULES = ("crop", "squash")
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """What a model takes: ``channels`` (1 grey or 3 RGB) x ``height`` x ``width`` pixels."""
+    """What a model takes: ``channels`` (1 grey or 3 RGB) x ``height`` x ``width`` pixels,
+    reached from other sizes by ``resize`` (:data:`RESIZE_RULES`)."""
 
     channels: int = 1
     height: int = 28
     width: int = 28
+    resize: str = "crop"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise LookalikeError(f"channels must be 1 or 3, got {self.channels}")
+        if self.resize not in RESIZE_RULES:
+            raise LookalikeError(f"resize must be one of {', '.join(RESIZE_RULES)}, got {self.resize!r}")
         for name in ("height", "width"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 4 <= value <= 1024:
@@ -50,7 +60,12 @@ class InputSpec:
         return (self.height, self.width, self.channels)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """As JSON; ``resize`` only when not ``crop``, so what was saved before it existed
+        is saved the same."""
+        out = dataclasses.asdict(self)
+        if self.resize == "crop":
+            del out["resize"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputSpec:
@@ -65,6 +80,9 @@ BACKBONE_ARCHS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite
 ARCHITECTURES = ("contrastive", "conv-16-8-8", "conv-32-32", "hourglass", *BACKBONE_ARCHS)
 DEFAULT_ARCH = "contrastive"
 DEFAULT_BACKBONE = "efficientnet-lite0"
+#: The architecture of an imported ONNX encoder (:mod:`lookalike.models.onnximport`): not
+#: one ``lookalike train --arch`` builds, so not in :data:`ARCHITECTURES`.
+IMPORTED_ARCH = "onnx"
 _DEFAULT_LATENT = {"hourglass": 512, "contrastive": 128, **{b: 512 for b in BACKBONE_ARCHS}}
 
 
@@ -84,7 +102,7 @@ class ModelConfig:
     width: int = 32
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
+        if self.arch not in ARCHITECTURES and self.arch != IMPORTED_ARCH:
             raise LookalikeError(
                 f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHITECTURES)}"
             )
@@ -109,7 +127,7 @@ class ModelConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "input": self.input.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

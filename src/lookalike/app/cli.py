@@ -36,6 +36,7 @@ from .commands import (
     cmd_storage,
     cmd_train,
 )
+from .onnxcommand import add_onnx_args
 
 log = logging.getLogger("lookalike")
 EXIT_USAGE = 2
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive_int, help="contrastive: first conv stage's filters")
     p.add_argument("--latent-dim", type=_positive_int,
                    help="dense code size (hourglass 512, contrastive 128)")
+    add_onnx_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("index", help="encode a dataset into a searchable collection",

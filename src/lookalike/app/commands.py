@@ -45,7 +45,11 @@ def _emit_json(obj: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..api import train
+    from .onnxcommand import check_not_onnx, cmd_import
 
+    if args.encoder_onnx:
+        return cmd_import(args)
+    check_not_onnx(args)
     if args.backbone and args.arch != "auto":
         raise LookalikeError("give --arch or --backbone, not both")
     model = train(
@@ -470,6 +474,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             "rerank": "diffusion" if coll.reranks else "none",
             "size_bytes": size, "created": m["created"], "updated": m["updated"],
             "generation": m.get("generation", 0), "skipped": skipped}
+    from .onnxcommand import imported_file
+
+    if (imported := imported_file(coll.path / "model")) is not None:  # (its file's SHA-256)
+        info["encoder"] = imported
     if args.json:
         _emit_json(info)
     else:

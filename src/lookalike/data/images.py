@@ -9,7 +9,8 @@ This is the one place where pixels change form:
   RGB -> grey by ITU-R 601-2 luma (as Pillow's ``convert("L")``), grey -> RGB by
   replication, and when the size differs a resize that keeps the aspect ratio: the
   shorter side is scaled to fit, the longer one centre-cropped (a 1024x768 photo becomes
-  the middle 768x768 square, scaled), with an antialiasing filter when shrinking.
+  the middle 768x768 square, scaled), with an antialiasing filter when shrinking; a spec
+  with ``resize="squash"`` (an imported encoder that was trained so) scales each side instead.
 * A large JPEG is decoded at a reduced scale when the size it is wanted at is known
   (``size=`` of :func:`decode_image`: Pillow's ``draft``, a DCT-domain reduction, 1/2 to
   1/8), other formats are halved by ``reduce`` down to twice that size: a 24-megapixel
@@ -260,9 +261,10 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int, int]:
         return im.size[1], im.size[0], 1 if grey else 3
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def _resize(image: np.ndarray, height: int, width: int, squash: bool = False) -> np.ndarray:
     """Resize keeping the aspect ratio: scale to cover ``height x width``, centre-crop the
-    rest (bilinear; with antialiasing when shrinking, as Pillow's filters do)."""
+    rest (bilinear; with antialiasing when shrinking, as Pillow's filters do); with
+    ``squash``, scale each side to fit instead."""
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
@@ -270,7 +272,7 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
     cw, ch = _cover(w, h, (height, width))
     box = None
-    if (cw, ch) != (width, height):  # crop in source pixels, centred
+    if (cw, ch) != (width, height) and not squash:  # crop in source pixels, centred
         sx, sy = w / cw, h / ch
         left, top = (cw - width) / 2 * sx, (ch - height) / 2 * sy
         box = (left, top, left + width * sx, top + height * sy)
@@ -294,8 +296,10 @@ def conform(images: np.ndarray | Sequence[np.ndarray], spec: InputSpec) -> np.nd
     """Bring images to ``spec``: returns ``uint8 (n, spec.height, spec.width, spec.channels)``.
 
     ``images`` is a ``uint8 (n, H, W, C)`` array or a sequence of ``uint8 (H, W, C)``
-    arrays of any sizes. An empty input gives an empty ``(0, H, W, C)`` array.
+    arrays of any sizes, resized by ``spec.resize``. An empty input gives an empty
+    ``(0, H, W, C)`` array.
     """
+    squash = spec.resize == "squash"
     if isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
             raise ImageError(
@@ -306,12 +310,12 @@ def conform(images: np.ndarray | Sequence[np.ndarray], spec: InputSpec) -> np.nd
             return np.empty((0, *spec.shape), dtype=np.uint8)
         if out.shape[1:3] == (spec.height, spec.width):
             return np.ascontiguousarray(out)
-        return np.stack([_resize(im, spec.height, spec.width) for im in out])
+        return np.stack([_resize(im, spec.height, spec.width, squash) for im in out])
     result = np.empty((len(images), *spec.shape), dtype=np.uint8)
     for i, im in enumerate(images):
         if im.ndim != 3 or im.dtype != np.uint8:
             raise ImageError(f"expected uint8 (H, W, C) images, got {im.dtype} {im.shape}")
-        result[i] = _resize(_channels(im, spec.channels), spec.height, spec.width)
+        result[i] = _resize(_channels(im, spec.channels), spec.height, spec.width, squash)
     return result
 
 

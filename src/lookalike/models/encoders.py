@@ -26,6 +26,7 @@ from .networks import Model
 from .training import resolve_device, use_bf16
 
 if TYPE_CHECKING:
+    from .onnximport import ImportedModel
     from .runtime import OnnxEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -70,10 +71,10 @@ class ModelEncoder:
         self.device = resolve_device(device)
         self.bf16 = use_bf16(precision, self.device)
         self.precision = "bf16" if self.bf16 else "fp32"
-        self._module: Model | None = None
+        self._module: Model | ImportedModel | None = None
 
     @property
-    def module(self) -> Model:
+    def module(self) -> Model | ImportedModel:
         """The encoder's own copy of the model, on its device, in its memory format."""
         if self._module is None:
             module = copy.deepcopy(self.model.module).to(self.device).eval()

@@ -1,6 +1,8 @@
 """A model is a directory: ``model.safetensors`` (weights), ``config.json``
 (architecture, input spec, training settings, loss history, versions, fingerprint) and
 ``encoder.onnx``, its encode path for ONNX Runtime (:mod:`lookalike.models.runtime`).
+An imported ONNX encoder's directory (:mod:`lookalike.models.onnximport`) has the same
+files and its own ``imported.onnx``; :func:`load_model` reads either.
 
 No pickle: loading reads tensors with safetensors and settings from JSON. The
 fingerprint is the SHA-256 of the weights file; it is checked on load, and a
@@ -13,18 +15,21 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import ModelConfig, RetrievalConfig, TrainConfig, default_retrieval_config
+from ..config import IMPORTED_ARCH, ModelConfig, RetrievalConfig, TrainConfig, default_retrieval_config
 from ..errors import LookalikeError, ModelError
 from ..fsutil import atomic_write, atomic_write_json, file_sha256, read_json
 from ..versions import versions
 from .networks import Model, build_model
 from .runtime import export_encoder
+
+if TYPE_CHECKING:
+    from .onnximport import ImportedModel
 
 FORMAT = "lookalike-model"
 FORMAT_VERSION = 1
@@ -36,7 +41,7 @@ CONFIG = "config.json"
 class LoadedModel:
     """A model with everything that describes it."""
 
-    module: Model
+    module: Model | ImportedModel
     config: ModelConfig
     train: TrainConfig | None
     history: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +110,10 @@ def load_model(directory: str | os.PathLike[str], device: str = "cpu") -> Loaded
     fingerprint = file_sha256(d / WEIGHTS)
     if fingerprint != meta.get("fingerprint"):
         raise ModelError(f"{d / WEIGHTS} does not match the fingerprint in {CONFIG} (damaged?)")
+    if isinstance(meta.get("model"), dict) and meta["model"].get("arch") == IMPORTED_ARCH:
+        from .onnximport import load_imported
+
+        return load_imported(d, meta)
     try:
         config = ModelConfig.from_dict(meta["model"])
         train = TrainConfig.from_dict(meta["train"]) if meta.get("train") else None

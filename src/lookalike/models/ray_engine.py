@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import InputSpec
+from ..config import IMPORTED_ARCH, InputSpec
 from ..data.datasets import (
     Dataset,
     folder_dataset,
@@ -51,6 +51,8 @@ from ..data.datasets import (
 from ..data.images import conform, load_image
 from ..errors import ImageError, LookalikeError
 from .modelio import CONFIG, WEIGHTS, LoadedModel
+from .onnximport import IMPORTED
+from .runtime import ONNX
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,9 @@ def shutdown(ray: Any) -> None:
 def _model_files(model: LoadedModel) -> dict[str, bytes]:
     if model.path is None:
         raise LookalikeError("the model must be saved (have a directory) before encoding with Ray")
-    return {name: (Path(model.path) / name).read_bytes() for name in (CONFIG, WEIGHTS)}
+    imported = model.config.arch == IMPORTED_ARCH  # (its ONNX files are its weights)
+    names = (CONFIG, WEIGHTS, IMPORTED, ONNX) if imported else (CONFIG, WEIGHTS)
+    return {name: (Path(model.path) / name).read_bytes() for name in names}
 
 
 def _decode(batch: dict[str, np.ndarray], spec: InputSpec) -> dict[str, np.ndarray]:

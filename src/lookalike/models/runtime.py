@@ -26,10 +26,12 @@ import numpy as np
 
 from ..config import InputSpec, batch_for
 from ..data.images import conform
+from ..errors import ModelError
 from ..fsutil import atomic_write, read_json
 
 if TYPE_CHECKING:
     from .networks import Model
+    from .onnximport import ImportedModel
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,16 @@ def torch_chosen() -> bool:
     return os.environ.get(ENV, "").lower() == "torch"
 
 
-def export_encoder(module: Model, spec: InputSpec, fingerprint: str, directory: Path) -> bool:
+def export_encoder(module: Model | ImportedModel, spec: InputSpec, fingerprint: str, directory: Path) -> bool:
     """Write ``directory/encoder.onnx`` (atomically) for ``module``'s encode path at ``spec``,
     tagged with ``fingerprint``; whether it was written (a failure is logged, never raised:
     PyTorch encodes then, as before)."""
     import torch
+
+    from .onnximport import ImportedModel
+
+    if isinstance(module, ImportedModel):  # an imported ONNX encoder: copied, never traced
+        return module.write_encoder(directory)
 
     class _Encode(torch.nn.Module):
         def __init__(self, inner: Model) -> None:
@@ -88,19 +95,23 @@ class OnnxEncoder:
 
     precision = "fp32"
 
-    def __init__(self, session: Any, spec: InputSpec, dim: int, name: str, fingerprint: str) -> None:
+    def __init__(self, session: Any, spec: InputSpec, dim: int, name: str, fingerprint: str,
+                 batch_size: int | None = None) -> None:
         self.session = session
         self.spec = spec
         self.dim = dim
         self.name = name
         self.fingerprint = fingerprint
-        self.batch_size = batch_for(spec)
+        self.batch_size = batch_size or batch_for(spec)
 
     def encode(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for i in range(0, len(images), self.batch_size):
             part = np.ascontiguousarray(conform(images[i:i + self.batch_size], self.spec))
             out[i:i + len(part)] = self.session.run(None, {"images": part})[0]
+        if not np.isfinite(out).all():  # (an imported encoder's numerics are not ours)
+            raise ModelError(f"the {self.name} encoder gave NaN codes for "
+                             f"{int((~np.isfinite(out).all(axis=1)).sum())} image(s)")
         return out
 
 
@@ -126,8 +137,9 @@ def open_encoder(directory: Path, fingerprint: str) -> OnnxEncoder | None:
             log.warning("%s was made from other weights; PyTorch will encode", path)
             return None
         spec = InputSpec.from_dict(meta["model"]["input"])
+        fixed = (meta.get("onnx") or {}).get("batch")  # an imported encoder's fixed batch (1)
         return OnnxEncoder(session, spec, int(meta["code_dim"]), str(meta["model"]["arch"]),
-                           fingerprint)
+                           fingerprint, fixed)
     except Exception as exc:  # noqa: BLE001 - a damaged or unreadable file: PyTorch encodes
         log.warning("cannot use %s (%s); PyTorch will encode", path, type(exc).__name__)
         return None
