@@ -394,21 +394,18 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_duplicates(args: argparse.Namespace) -> int:
     from ..search.collection import Collection
     from ..search.duplicates import find_duplicates
+    from .dupcommands import review_command, undo_command
 
     coll = Collection.open(args.collection)
+    if args.undo:
+        return undo_command(args, coll)
     groups = find_duplicates(coll, threshold=args.threshold, k=args.k)
     sources = {it.id: it.source for it in coll.items([i for g in groups for i in g]) if it}
     if args.json:
         _emit_json({"threshold": args.threshold, "k": args.k, "items": len(coll),
                     "groups": [[{"id": i, "source": sources.get(i)} for i in g] for g in groups]})
         return 0
-    print(f"{len(groups)} group(s) of near-duplicates among {len(coll)} items "
-          f"(aligned pixel correlation >= {args.threshold})")
-    for number, group in enumerate(groups, start=1):
-        print(f"group {number} ({len(group)} items):")
-        for i in group:
-            print(f"  {i:>7}  {sources.get(i, '')}")
-    return 0
+    return review_command(args, coll, groups)
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
