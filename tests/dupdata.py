@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +98,19 @@ def index_photos(root: Path) -> Path:
     with _one_thread():
         _run_quietly(["-q", "train", "--dataset", str(root / "photos"), "--epochs", "1",
                       "--arch", "contrastive", "--size", "32", "--channels", "1",
-                      "--device", "cpu", "--seed", "0",
-                      "--out", str(root / "model")])
+                      "--device", "cpu", "--seed", "0", "--out", str(root / "model")])
         _run_quietly(["-q", "index", "--model", str(root / "model"), "--dataset",
                       str(root / "photos"), "--out", str(root / "coll")])
+    return root / "coll"
+
+
+def reset(root: Path, master: Path) -> Path:
+    """``root`` as :func:`index_photos` left it: the photos written again (the same bytes),
+    the collection copied from ``master``, no ``root/dups``; returns the collection's path."""
+    for name in ("photos", "coll", "dups"):
+        shutil.rmtree(root / name, ignore_errors=True)
+    write_photos(root / "photos")
+    shutil.copytree(master, root / "coll")
     return root / "coll"
 
 

@@ -5,6 +5,8 @@ the files' common folder (``/photos/2019/a.jpg`` -> ``DIR/2019/a.jpg`` when ever
 lies under ``/photos``), and :func:`undo` puts them back. Nothing is ever deleted and no
 existing file is ever overwritten: a file whose destination exists stays where it is.
 
+The common folder is that of every file in the groups that move, keepers included.
+
 **The manifest** (``DIR/lookalike-moves-<UTC time>.json``, JSON a user can read) lists every
 planned move, with each file's size and SHA-256, the item it was, and its group's keeper.
 It is written (atomically, synced) *before* the first file moves, and its ``status`` says
@@ -199,7 +201,10 @@ def plan(decisions: Sequence[Decision], target: str | os.PathLike[str]) -> dict[
         raise LookalikeError(f"--move-to {dest} is a file, not a folder")
     movers = [(d, m) for d in decisions for m in d.movers]
     paths = [absolute(m.source) for _, m in movers]
-    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else str(dest)
+    # the common folder of every file of the groups, keepers too: the same library gives
+    # the same layout in DIR from one run to the next
+    every = [absolute(m.source) for d in decisions if d.movers for m in d.members if m.facts]
+    root = os.path.commonpath([os.path.dirname(p) for p in every]) if every else str(dest)
     moves, skipped, made = [], [], set()
     for number, (decision, member) in enumerate(movers):
         src = paths[number]
@@ -249,7 +254,9 @@ def move(coll: Collection, decisions: Sequence[Decision], target: str | os.PathL
     path = dest / name
     _save(path, manifest, "moving")  # before the first file moves
     with _locked(path):
-        return _forward(coll, path, manifest, resuming=False)
+        out = _forward(coll, path, manifest, resuming=False)
+    out.skipped += [(e, e["why"]) for e in manifest["skipped"]]
+    return out
 
 
 def _forward(coll: Collection, path: Path, manifest: dict[str, Any], resuming: bool) -> Outcome:
