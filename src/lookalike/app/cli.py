@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="server processes sharing the port (default 1; up to one per core: "
                         "searches then run in parallel, changes still one commit at a time)")
+    p.add_argument("--move-to", metavar="DIR",
+                   help="the duplicates page (/duplicates) moves the copies the user confirms "
+                        "into DIR, with a manifest to undo it (default: it only shows them)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the whole pipeline on mnist-5k, with a report")

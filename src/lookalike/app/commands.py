@@ -514,5 +514,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     level = "debug" if args.verbose else "warning" if args.quiet else "info"
     serve(args.collection, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-          access=access, on_ready=ready, log_level=level, workers=args.workers)
+          access=access, on_ready=ready, log_level=level, workers=args.workers,
+          move_to=args.move_to)
     return 0
