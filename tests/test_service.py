@@ -504,7 +504,8 @@ def test_pages_have_no_inline_script_or_style() -> None:
         def handle_endtag(self, tag: str) -> None:
             self._in_script = False if tag == "script" else self._in_script
 
-    for name, want in (("index.html", ["static/app.js"]),
+    for name, want in (("index.html", ["static/api.js", "static/app.js"]),
+                       ("duplicates.html", ["static/api.js", "static/duplicates.js"]),
                        ("docs.html", ["docs-assets/swagger-ui-bundle.js", "static/docs.js"])):
         scan = Scan()
         scan.feed((service.STATIC / name).read_text())
