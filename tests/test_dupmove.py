@@ -93,11 +93,22 @@ def test_the_review_marks_each_keeper_with_its_reason(capsys: pytest.CaptureFixt
     assert tree(photos / "photos") == before and not (photos / "dups").exists()
 
 
-@pytest.mark.parametrize("argv", [["--keep", "largest"], ["--keep", "in:"]])
-def test_a_bad_keep_rule_is_one_line(capsys: pytest.CaptureFixture[str], photos: Path,
-                                     argv: list[str]) -> None:
-    code, _, err = run(capsys, ["duplicates", photos / "coll", *argv])
-    assert code == 2 and "keep rule" in err and err.count("\n") == 1
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--keep", "largest"], "keep rule"), (["--keep", "in:"], "keep rule"),
+    (["--undo", "photos/2019/a.png"], "not a readable moves manifest"),
+    (["--undo", "photos/missing.json"], "does not exist"),
+    (["--undo", "coll/manifest.json"], "not a lookalike moves manifest"),
+    (["--undo", "coll/manifest.json", "--move-to", "dups"], "not both"),
+    (["--move-to", "dups", "--json"], "leave out --json"),
+    (["--move-to", "photos/2019/a.png"], "is a file, not a folder"),
+    (["--dry-run"], "goes with --move-to")])
+def test_bad_options_are_one_line(capsys: pytest.CaptureFixture[str], photos: Path,
+                                  argv: list[str], says: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(photos)
+    before = tree(photos / "photos")
+    code, _, err = run(capsys, ["duplicates", "coll", *argv])
+    assert code == 2 and says in err and err.count("\n") == 1, err
+    assert tree(photos / "photos") == before and not (photos / "dups").exists()
 
 
 def _check_moved(root: Path, before: dict[str, str], sources: dict[str, int]) -> None:

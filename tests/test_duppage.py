@@ -6,6 +6,7 @@ group, confirms two, moves their copies (asked for the token), then undoes the m
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,19 @@ def _member(page, root: Path, rel: str):  # type: ignore[no-untyped-def]
 
 def _group(page, root: Path, rel: str):  # type: ignore[no-untyped-def]
     return page.locator(".dup-group", has=_member(page, root, rel))
+
+
+def _thumbnails(page, timeout_s: float = 10) -> list[int]:  # type: ignore[no-untyped-def]
+    """Wait until every card's thumbnail has loaded; their natural widths. (Polled: the
+    page's Content-Security-Policy forbids ``wait_for_function``'s eval.)"""
+    script = ("Array.from(document.querySelectorAll('.dup-member img'))"
+              ".map(i => i.complete ? i.naturalWidth : -1)")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        widths = page.evaluate(script)
+        if widths and min(widths) >= 0 or time.monotonic() > deadline:
+            return list(widths)
+        page.wait_for_timeout(50)
 
 
 def test_review_change_keeper_skip_confirm_move_and_undo(browser: Browser, photos: Path,  # noqa: F811
@@ -63,9 +77,7 @@ def test_review_change_keeper_skip_confirm_move_and_undo(browser: Browser, photo
             expect(_member(page, root, "2019/a.png")).to_contain_text("64×64 PNG")
             expect(_group(page, root, "2019/a.png").locator(".reason")).to_contain_text("most pixels")
             # the thumbnails loaded (from the service's stored pictures)
-            widths = page.evaluate("Array.from(document.querySelectorAll('.dup-member img'))"
-                                   ".map(i => i.complete ? i.naturalWidth : -1)")
-            assert len(widths) == sum(len(f) for f in GROUPS.values())
+            assert _thumbnails(page) == [160] * sum(len(f) for f in GROUPS.values())
             apply = page.locator("#apply")
             expect(apply).to_be_disabled()
             # group a: keep the small copy instead; confirm it

@@ -394,8 +394,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_duplicates(args: argparse.Namespace) -> int:
     from ..search.collection import Collection
     from ..search.duplicates import find_duplicates
-    from .dupcommands import review_command, undo_command
+    from .dupcommands import check_args, review_command, undo_command
 
+    check_args(args)
     coll = Collection.open(args.collection)
     if args.undo:
         return undo_command(args, coll)

@@ -53,6 +53,16 @@ def _report_move(out: Outcome) -> None:
     print(f"undo with: lookalike duplicates COLLECTION --undo {out.manifest}")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse the options that do not go together, before any work."""
+    if args.undo and (args.move_to or args.dry_run):
+        raise LookalikeError("give --move-to or --undo, not both")
+    if args.move_to and args.json:
+        raise LookalikeError("--move-to reports in text: leave out --json")
+    if args.dry_run and not args.move_to:
+        raise LookalikeError("--dry-run goes with --move-to DIR (without it nothing moves anyway)")
+
+
 def review_command(args: argparse.Namespace, coll: Collection,
                    groups: Sequence[GroupLike] | Sequence[Sequence[int]]) -> int:
     """The text output of ``duplicates`` (groups, keepers, reasons), then the move when
@@ -108,7 +118,5 @@ def undo_command(args: argparse.Namespace, coll: Collection) -> int:
     """``duplicates COLL --undo MANIFEST``."""
     from ..search import dupmove
 
-    if args.move_to:
-        raise LookalikeError("give --move-to or --undo, not both")
     _report_undo(dupmove.undo(coll, args.undo, progress=args.progress))
     return 0
