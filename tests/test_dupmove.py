@@ -4,6 +4,7 @@ SIGKILL at a random moment of either, completed by running the command again."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -186,6 +187,19 @@ class Crash(BaseException):
     """A crash at a chosen step (nothing catches it but the test)."""
 
 
+def _cross_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every folder another file system, as far as ``link`` can tell: a link between two
+    folders fails with EXDEV (the move then copies)."""
+    link = os.link
+
+    def no_link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(src).parent != Path(dst).parent:
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+        link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", no_link)
+
+
 def _crash_at(monkeypatch: pytest.MonkeyPatch, root: Path, step: int) -> Callable[[], int]:
     """Make the ``step``-th step raise :class:`Crash` before it is done. Steps: every link,
     unlink, replace (an atomic write's rename) and rmdir under ``root``, and each
@@ -221,10 +235,16 @@ def _move(coll_dir: Path, dups: Path) -> None:
     dupmove.move(coll, decide(coll, _groups(coll), KeepRule()), dups)
 
 
-def test_a_crash_at_any_step_is_completed_by_a_rerun(photos: Path, master: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("devices", ["one", "many"])
+def test_a_crash_at_any_step_is_completed_by_a_rerun(photos: Path, master: tuple[Path, Path],
+                                                     devices: str, monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
     """Every step of a move, then of an undo, crashed in turn; running the same again must
-    complete it, byte for byte, and the collection must follow."""
+    complete it, byte for byte, and the collection must follow. On one file system files
+    move as links; on many (every folder its own, as ``link`` sees it) as verified copies."""
     root = photos
+    if devices == "many":
+        _cross_device(monkeypatch)
     before, sources = tree(root / "photos"), _sources(root / "coll")
     steps = {}
     for what in ("move", "undo"):
@@ -256,6 +276,7 @@ def test_a_crash_at_any_step_is_completed_by_a_rerun(photos: Path, master: tuple
                 steps[what] = ran()
                 break
             step += 1
+    print(f"steps crashed in turn: {steps}")  # (pytest -rP)
     # (every file's link and unlink, the manifest's writes, the collection's commit were hit)
     assert steps["move"] >= 2 * len(MOVERS) + 3 and steps["undo"] >= 2 * len(MOVERS) + 3, steps
 
