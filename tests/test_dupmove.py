@@ -363,3 +363,45 @@ def test_sigkill_in_the_middle_of_a_move_and_of_an_undo(photos: Path, seed: int)
     done = _rerun(root / "coll", "--undo", manifest)
     assert done.returncode == 0, done.stderr
     _check_undone(root, before, sources)
+
+
+def test_files_edited_meanwhile_are_never_lost(photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file edited after the plan, before an interrupted move reached it, stays where it is
+    (and in the collection); a moved file edited in DIR comes back as edited, across file
+    systems too."""
+    root = photos
+    before = tree(root / "photos")
+    with pytest.MonkeyPatch.context() as mp:
+        _crash_at(mp, root, 2)  # (1: the manifest's write; 2: the first file's link)
+        with pytest.raises(Crash):
+            _move(root / "coll", root / "dups")
+    assert _status(root / "dups") == "moving"
+    edited = root / "photos" / "phone" / "b.jpg"
+    edited.write_bytes(edited.read_bytes() + b"edited")
+    coll = Collection.open(root / "coll")
+    out = dupmove.finish_pending(coll, root / "dups")[0]
+    assert [why for _, why in out.skipped] == [f"{edited} changed since the move was planned"]
+    assert edited.read_bytes() == before_bytes(before, root, edited) + b"edited"
+    assert str(edited) in _sources(root / "coll") and len(out.done) == len(MOVERS) - 1
+    manifest = out.manifest
+    dupmove.undo(Collection.open(root / "coll"), manifest)
+    assert {r: h for r, h in tree(root / "photos").items() if r != "phone/b.jpg"} == {
+        r: h for r, h in before.items() if r != "phone/b.jpg"}
+    # across file systems: a file edited in DIR comes back as it is now
+    _cross_device(monkeypatch)
+    _move(root / "coll", root / "dups")
+    moved = root / "dups" / "phone" / "b.jpg"
+    moved.write_bytes(moved.read_bytes() + b" again")
+    newest = sorted((root / "dups").glob("lookalike-moves-*.json"))[-1]
+    out = dupmove.undo(Collection.open(root / "coll"), newest)
+    assert out.skipped == [] and edited.read_bytes().endswith(b"edited again")
+
+
+def before_bytes(before: dict[str, str], root: Path, path: Path) -> bytes:
+    """The bytes ``path`` had (written again by :func:`dupdata.write_photos`)."""
+    from dupdata import write_photos
+
+    files = write_photos(root / "regenerated")
+    rel = str(path.relative_to(root / "photos"))
+    assert tree(root / "regenerated")[rel] == before[rel]
+    return files[rel]

@@ -77,6 +77,10 @@ class Outcome:
 
 
 # ---------------------------------------------------------------------------- one file
+class _Changed(Exception):
+    """A file's bytes changed while it was copied."""
+
+
 def _sha(path: Path) -> str:
     return file_sha256(path)
 
@@ -105,7 +109,7 @@ def _copy_into_place(src: Path, dst: Path, sha: str) -> None:
         os.fsync(fh.fileno())
     if _sha(part) != sha:
         part.unlink()
-        raise LookalikeError(f"{src}: the copy at {dst} does not match (changed while copied?)")
+        raise _Changed(f"{src} changed while it was copied")
     try:
         os.link(part, dst)
         part.unlink()
@@ -117,10 +121,11 @@ def _copy_into_place(src: Path, dst: Path, sha: str) -> None:
         os.replace(part, dst)
 
 
-def _transfer(src: Path, dst: Path, sha: str, check: bool) -> str | None:
+def _transfer(src: Path, dst: Path, sha: str, check: bool, back: bool = False) -> str | None:
     """Bring the file at ``src`` to ``dst`` from whatever state a crash left (see the module
     docstring); None when it is at ``dst`` (only), else why it was left alone. ``check``:
-    a file still at ``src`` must still hash to ``sha`` (it was not edited since the plan)."""
+    a file still at ``src`` must still hash to ``sha`` (it was not edited since the plan).
+    ``back`` (an undo): a file is brought back as it is now, edited or not."""
     _part(dst).unlink(missing_ok=True)
     at_src, at_dst = os.path.lexists(src), os.path.lexists(dst)
     if at_dst and not at_src:
@@ -141,7 +146,12 @@ def _transfer(src: Path, dst: Path, sha: str, check: bool) -> str | None:
         except OSError as exc:
             if exc.errno not in _NO_LINK:
                 raise
-            _copy_into_place(src, dst, sha)
+            try:
+                _copy_into_place(src, dst, _sha(src) if back else sha)
+            except FileExistsError:
+                return f"{dst} exists (never overwritten)"
+            except _Changed as changed:
+                return str(changed)
         fsync_dir(dst.parent)
     os.unlink(src)
     fsync_dir(src.parent)
@@ -297,7 +307,8 @@ def undo(coll: Collection, manifest_path: str | os.PathLike[str], progress: bool
 def _backward(coll: Collection, path: Path, manifest: dict[str, Any], progress: bool) -> Outcome:
     out = Outcome(path, "undone")
     for entry in manifest["moves"]:
-        why = _transfer(Path(entry["to"]), Path(entry["from"]), entry["sha256"], check=False)
+        why = _transfer(Path(entry["to"]), Path(entry["from"]), entry["sha256"], check=False,
+                        back=True)
         if why is None:  # (back now, back already, or never moved)
             out.done.append(entry)
         else:
