@@ -246,10 +246,11 @@ def test_docs_work_offline(browser: Browser, server: str) -> None:
         csp = answer.headers["content-security-policy"]
         assert "default-src 'self'" in csp and "unsafe" not in csp
         operations = page.locator(".opblock")
-        expect(operations).to_have_count(7)
+        expect(operations).to_have_count(10)
         paths = {p.replace("\u200b", "") for p in page.locator(".opblock-summary-path").all_inner_texts()}
         assert paths == {"/api/search", "/api/items", "/api/items/{item_id}",
-                         "/api/items/{item_id}/image", "/api/health", "/api/stats"}
+                         "/api/items/{item_id}/image", "/api/health", "/api/stats",
+                         "/api/duplicates", "/api/duplicates/move", "/api/duplicates/undo"}
         # an operation opens, with the responses the schema declares
         stats = page.locator(".opblock-get", has_text="/api/stats")
         stats.locator(".opblock-summary").click()

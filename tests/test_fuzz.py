@@ -35,7 +35,9 @@ MAX_EXAMPLES = 20
 SEED = 0
 OPERATIONS = {("POST", "/api/search"), ("GET", "/api/items/{item_id}"),
               ("GET", "/api/items/{item_id}/image"), ("POST", "/api/items"),
-              ("DELETE", "/api/items/{item_id}"), ("GET", "/api/health"), ("GET", "/api/stats")}
+              ("DELETE", "/api/items/{item_id}"), ("GET", "/api/health"), ("GET", "/api/stats"),
+              ("GET", "/api/duplicates"), ("POST", "/api/duplicates/move"),
+              ("POST", "/api/duplicates/undo")}
 
 
 @pytest.fixture(scope="module")

@@ -505,7 +505,8 @@ def test_pages_have_no_inline_script_or_style() -> None:
         def handle_endtag(self, tag: str) -> None:
             self._in_script = False if tag == "script" else self._in_script
 
-    for name, want in (("index.html", ["static/app.js"]),
+    for name, want in (("index.html", ["static/api.js", "static/app.js"]),
+                       ("duplicates.html", ["static/api.js", "static/duplicates.js"]),
                        ("docs.html", ["docs-assets/swagger-ui-bundle.js", "static/docs.js"])):
         scan = Scan()
         scan.feed((service.STATIC / name).read_text())
@@ -810,17 +811,18 @@ def test_serve_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
                        rerank_path: Path) -> None:
     calls: list[tuple] = []
 
-    def fake_serve(path, host, port, *, max_upload_bytes, access, on_ready, log_level, workers):
-        calls.append((path, host, port, max_upload_bytes, access, log_level, workers))
+    def fake_serve(path, host, port, *, max_upload_bytes, access, on_ready, log_level, workers,
+                   move_to):
+        calls.append((path, host, port, max_upload_bytes, access, log_level, move_to, workers))
         on_ready(f"http://{host}:{port}/")
 
     monkeypatch.setattr(service, "serve", fake_serve)
     monkeypatch.delenv("LOOKALIKE_TOKEN", raising=False)
     assert main(["serve", str(rerank_path), "--port", "8123", "--max-upload-mb", "2"]) == 0
-    assert calls == [(str(rerank_path), "127.0.0.1", 8123, 2 * 2**20, Access(), "info", 1)]
+    assert calls == [(str(rerank_path), "127.0.0.1", 8123, 2 * 2**20, Access(), "info", None, 1)]
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
-    assert main(["serve", str(rerank_path), "--workers", "3"]) == 0
-    assert calls[-1][-1] == 3
+    assert main(["serve", str(rerank_path), "--workers", "3", "--move-to", "dups"]) == 0
+    assert calls[-1][-2:] == ("dups", 3)
     for bad in (["--port", "70000"], ["--port", "http"], ["--max-upload-mb", "0"],
                 ["--workers", "0"], ["--workers", "two"]):
         with pytest.raises(SystemExit) as exit_:
@@ -835,7 +837,8 @@ def test_serve_access_options(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
                                rerank_path: Path, tmp_path: Path) -> None:
     seen: list[Access] = []
 
-    def fake_serve(path, host, port, *, max_upload_bytes, access, on_ready, log_level, workers):
+    def fake_serve(path, host, port, *, max_upload_bytes, access, on_ready, log_level, workers,
+                   move_to):
         check_bind(host, access)
         seen.append(access)
         on_ready(f"http://{host}:{port}/")

@@ -20,6 +20,7 @@ from ..config import (
 )
 from ..data.datasets import BUILTIN_DATASETS, SPLITS
 from ..errors import LookalikeError
+from ..search.keeper import KeepRule
 from .commands import (
     cmd_add,
     cmd_cluster,
@@ -83,6 +84,13 @@ def _correlation(text: str) -> float:
     if not -1.0 <= value <= 1.0:  # (also refuses nan)
         raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got {text!r}")
     return value
+
+
+def _keep_rule(text: str) -> KeepRule:
+    try:
+        return KeepRule.parse(text)
+    except LookalikeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _port(text: str) -> int:
@@ -301,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--k", type=_positive_int, default=DUPLICATE_K,
                    help=f"candidates per item: its nearest codes (default {DUPLICATE_K})")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--keep", type=_keep_rule, metavar="RULE",
+                   help="which copy of a group to keep: best (default: most pixels, then least "
+                        "compressed, then oldest date taken, then shortest path), newest (date "
+                        "taken), or in:GLOB (files under that folder or matching that pattern)")
+    p.add_argument("--move-to", metavar="DIR",
+                   help="move every copy but the keeper into DIR (keeping their folders; they "
+                        "leave the collection) and write a manifest there for --undo; without "
+                        "it nothing moves (a dry run)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --move-to: show where each file would go, move nothing")
+    p.add_argument("--undo", metavar="MANIFEST",
+                   help="put back the files a --move-to moved (and add them to the collection)")
     p.set_defaults(func=cmd_duplicates)
 
     for name, text in (("verify", "check every file of a collection against its checksums"),
@@ -333,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="server processes sharing the port (default 1; up to one per core: "
                         "searches then run in parallel, changes still one commit at a time)")
+    p.add_argument("--move-to", metavar="DIR",
+                   help="the duplicates page (/duplicates) moves the copies the user confirms "
+                        "into DIR, with a manifest to undo it (default: it only shows them)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the whole pipeline on mnist-5k, with a report")

@@ -404,21 +404,19 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_duplicates(args: argparse.Namespace) -> int:
     from ..search.collection import Collection
     from ..search.duplicates import find_duplicates
+    from .dupcommands import check_args, review_command, undo_command
 
+    check_args(args)
     coll = Collection.open(args.collection)
+    if args.undo:
+        return undo_command(args, coll)
     groups = find_duplicates(coll, threshold=args.threshold, k=args.k)
     sources = {it.id: it.source for it in coll.items([i for g in groups for i in g]) if it}
     if args.json:
         _emit_json({"threshold": args.threshold, "k": args.k, "items": len(coll),
                     "groups": [[{"id": i, "source": sources.get(i)} for i in g] for g in groups]})
         return 0
-    print(f"{len(groups)} group(s) of near-duplicates among {len(coll)} items "
-          f"(aligned pixel correlation >= {args.threshold})")
-    for number, group in enumerate(groups, start=1):
-        print(f"group {number} ({len(group)} items):")
-        for i in group:
-            print(f"  {i:>7}  {sources.get(i, '')}")
-    return 0
+    return review_command(args, coll, groups)
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
@@ -531,5 +529,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     level = "debug" if args.verbose else "warning" if args.quiet else "info"
     serve(args.collection, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-          access=access, on_ready=ready, log_level=level, workers=args.workers)
+          access=access, on_ready=ready, log_level=level, workers=args.workers,
+          move_to=args.move_to)
     return 0

@@ -8,7 +8,8 @@ Build the app with :func:`create_app`; ``lookalike serve`` runs it on uvicorn. R
   stored image as PNG (from the collection's arrays, never from a path);
 * ``POST /api/items`` (multipart, one or more files), ``DELETE /api/items/{id}``;
 * ``GET /api/health``, ``GET /api/stats``; ``/openapi.json`` and its Swagger UI at ``/docs``,
-  served from the ``fastapi-offline`` package's copy (nothing is fetched from elsewhere).
+  served from the ``fastapi-offline`` package's copy (nothing is fetched from elsewhere);
+* ``GET /duplicates``, the duplicates review page, and its routes (:mod:`lookalike.app.dupservice`).
 
 Every error is JSON ``{"detail": "<message>"}``: 400 for a file that is not an image (or
 a decompression bomb, refused before decoding), 401 for a missing or wrong token, 403 for a
@@ -55,6 +56,7 @@ from starlette.types import Message
 from ..data.images import MAX_PIXELS, decode_image
 from ..errors import ImageError, LookalikeError, RemoteError
 from ..search.collection import Collection
+from .dupservice import duplicates_router, move_folder
 from .schemas import (
     MAX_ID,
     AddAnswer,
@@ -174,13 +176,15 @@ PID_HEADER_ENV = "LOOKALIKE_TEST_PID_HEADER"
 
 def create_app(collection_path: str | os.PathLike[str], *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_k: int = DEFAULT_MAX_K,
-               max_pixels: int = MAX_PIXELS, access: Access | None = None) -> FastAPI:
+               max_pixels: int = MAX_PIXELS, access: Access | None = None,
+               move_to: str | os.PathLike[str] | None = None) -> FastAPI:
     """The service for the collection at ``collection_path`` (opened now).
 
     ``max_upload_bytes`` caps a request body that carries images (413 past it);
     ``max_k`` caps ``k`` (422 past it); ``max_pixels`` refuses larger images before
     decoding; ``access`` says who may change (and read) the collection
-    (default: everyone, as fits a service on loopback; see :func:`check_bind`).
+    (default: everyone, as fits a service on loopback; see :func:`check_bind`);
+    ``move_to`` is where the duplicates page moves copies (None: it cannot move them).
 
     Raises:
         CollectionError: the collection cannot be opened.
@@ -389,6 +393,7 @@ def create_app(collection_path: str | os.PathLike[str], *,
         return FileResponse(STATIC / "docs.html", headers={
             "Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"})
 
+    app.include_router(duplicates_router(shared.path, access, move_folder(move_to)))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     return app
@@ -422,7 +427,8 @@ def _version() -> str:
 def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, *,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, access: Access | None = None,
           on_ready: Callable[[str], None] | None = None,
-          log_level: str = "info", workers: int = 1) -> None:
+          log_level: str = "info", workers: int = 1,
+          move_to: str | os.PathLike[str] | None = None) -> None:
     """Run the app on uvicorn until interrupted. ``port`` 0 picks a free port; ``on_ready``
     is called with the page's URL once the socket is bound (before serving).
 
@@ -447,7 +453,8 @@ def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port
     # once. With workers each process opens it after the fork (no thread, connection or
     # encoder session crosses a fork): here it is only checked.
     def made() -> FastAPI:
-        return create_app(collection_path, max_upload_bytes=max_upload_bytes, access=access)
+        return create_app(collection_path, max_upload_bytes=max_upload_bytes, access=access,
+                          move_to=move_to)
 
     if workers == 1:
         app = made()

@@ -10,8 +10,7 @@
     searchDrawing: $("search-drawing"), k: $("k"), ranking: $("ranking"), rankingNote: $("ranking-note"),
     rerank: $("ranking-rerank"), exact: $("ranking-exact"), query: $("query"),
     queryImage: $("query-image"), queryText: $("query-text"), status: $("status"), results: $("results"),
-    addQuery: $("add-query"), tokenDialog: $("token-dialog"), tokenWhy: $("token-why"),
-    tokenInput: $("token-input"),
+    addQuery: $("add-query"),
   };
   const state = {
     stats: null,        // GET api/stats
@@ -30,60 +29,7 @@
     els.status.classList.toggle("error", error);
   }
 
-  async function errorText(response) {
-    try {
-      const body = await response.json();
-      if (body && typeof body.detail === "string") return body.detail;
-    } catch (_) { /* not JSON */ }
-    return `${response.status} ${response.statusText}`;
-  }
-
-  // ------------------------------------------------------------------ the token
-  // Asked for only when the server answers 401 (a change, or any read with --token-reads),
-  // then sent with every request; kept in sessionStorage, so it ends with the tab.
-  const TOKEN_KEY = "lookalike-token";
-
-  function storedToken() {
-    try { return sessionStorage.getItem(TOKEN_KEY); } catch (_) { return null; }
-  }
-
-  function keepToken(token) {
-    try {
-      if (token) sessionStorage.setItem(TOKEN_KEY, token);
-      else sessionStorage.removeItem(TOKEN_KEY);
-    } catch (_) { /* storage off: the token is asked again next time */ }
-  }
-
-  function askToken(why) {
-    els.tokenWhy.textContent = why;
-    els.tokenInput.value = "";
-    els.tokenDialog.returnValue = "";
-    els.tokenDialog.showModal();
-    return new Promise((resolve) => {
-      els.tokenDialog.addEventListener("close", () => {
-        const token = els.tokenDialog.returnValue === "ok" ? els.tokenInput.value.trim() : "";
-        els.tokenInput.value = "";
-        resolve(token || null);
-      }, { once: true });
-    });
-  }
-
-  // fetch(), with the token when one is kept; on a 401 it asks for the token and tries
-  // again, until the server takes it or the dialog is cancelled (then the 401 is returned).
-  async function api(url, init = {}) {
-    for (;;) {
-      const token = storedToken();
-      const headers = new Headers(init.headers || {});
-      if (token) headers.set("Authorization", `Bearer ${token}`);
-      const response = await fetch(url, { ...init, headers });
-      if (response.status !== 401) return response;
-      keepToken(null);
-      const why = token ? "The server refused that token." : await errorText(response.clone());
-      const given = await askToken(why);
-      if (!given) return response;
-      keepToken(given);
-    }
-  }
+  const { api, errorText } = window.lookalikeApi;  // (static/api.js: the token)
 
   // An image of the API: a plain URL, or, when reads need the token, fetched with it.
   function setImage(img, url) {

@@ -1,0 +1,142 @@
+"""The duplicates routes of the service: the groups with their keepers, and moves and
+undos on real files behind the same token rules as every other change."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dupdata import GROUPS, index_photos, reset, tree
+from lookalike.app.security import Access
+from lookalike.app.service import create_app
+from lookalike.search.collection import Collection
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+TOKEN = "dupservice-test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("dupservice")
+    coll = index_photos(root)
+    shutil.copytree(coll, root / "coll.master")
+    return root, root / "coll.master"
+
+
+@pytest.fixture()
+def root(master: tuple[Path, Path]) -> Path:
+    reset(*master)
+    return master[0]
+
+
+def _client(root: Path, **options: object) -> Iterator[TestClient]:
+    with TestClient(create_app(root / "coll", **options)) as c:  # type: ignore[arg-type]
+        yield c
+
+
+@pytest.fixture()
+def client(root: Path) -> Iterator[TestClient]:
+    yield from _client(root, move_to=root / "dups", access=Access(token=TOKEN))
+
+
+def _rel(root: Path, source: str) -> str:
+    return str(Path(source).relative_to(root / "photos"))
+
+
+def test_the_groups_come_with_keepers_sizes_and_dates(client: TestClient, root: Path) -> None:
+    answer = client.get("/api/duplicates").json()
+    assert answer["keep"] == "best" and answer["move_to"] == str(root / "dups")
+    got = {frozenset(_rel(root, m["source"]) for m in g["members"]):
+           next(_rel(root, m["source"]) for m in g["members"] if m["id"] == g["keeper"])
+           for g in answer["groups"]}
+    assert got == {frozenset(r for r, _ in files): next(r for r, k in files if k)
+                   for files in GROUPS.values()}
+    members = {_rel(root, m["source"]): m for g in answer["groups"] for m in g["members"]}
+    assert members["phone/d-2018.jpg"]["taken"] == "2018-06-01T12:00:00"
+    assert (members["2019/a.png"]["width"], members["2019/a.png"]["format"]) == (64, "PNG")
+    assert members["2019/a.png"]["bytes"] == (root / "photos/2019/a.png").stat().st_size
+    thumb = client.get(members["2019/a.png"]["thumbnail_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+    newest = client.get("/api/duplicates", params={"keep": "newest"}).json()
+    assert any(_rel(root, m["source"]) == "2019/d-2021.jpg" and m["id"] == g["keeper"]
+               for g in newest["groups"] for m in g["members"])
+    bad = client.get("/api/duplicates", params={"keep": "largest"})
+    assert bad.status_code == 400 and "keep rule" in bad.json()["detail"]
+
+
+def _confirm(answer: dict, keeper_rel: str, root: Path) -> dict:
+    """The group holding ``keeper_rel``, with it as the keeper."""
+    for g in answer["groups"]:
+        ids = {_rel(root, m["source"]): m["id"] for m in g["members"]}
+        if keeper_rel in ids:
+            return {"ids": sorted(ids.values()), "keeper": ids[keeper_rel]}
+    raise AssertionError(keeper_rel)
+
+
+def test_a_move_needs_the_token_and_the_undo_restores_every_byte(client: TestClient, root: Path) -> None:
+    before = tree(root / "photos")
+    count = len(Collection.open(root / "coll"))
+    answer = client.get("/api/duplicates").json()
+    # the user changed group a's keeper to the small copy, and confirmed groups a and e
+    body = {"groups": [_confirm(answer, "phone/a-small.jpg", root), _confirm(answer, "2019/e.jpg", root)]}
+    for headers in ({}, {"Authorization": "Bearer not-the-token-0123456789"}):
+        refused = client.post("/api/duplicates/move", json=body, headers=headers)
+        assert refused.status_code == 401
+    assert tree(root / "photos") == before and not (root / "dups").exists()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    moved = client.post("/api/duplicates/move", json=body, headers=auth)
+    assert moved.status_code == 200, moved.text
+    out = moved.json()
+    gone = {"2019/a.png", "2019/e-copy.jpg", "phone/e-copy-2.jpg"}
+    assert len(out["moved"]) == 3 and out["count"] == count - 3
+    assert tree(root / "photos") == {r: h for r, h in before.items() if r not in gone}
+    assert {r: h for r, h in tree(root / "dups").items() if r.endswith((".png", ".jpg"))} == {
+        r: before[r] for r in gone}
+    # the service's searches see the change: the moved items are gone
+    assert client.get(f"/api/items/{out['moved'][0]}").status_code == 404
+    # the same groups again: they are no longer found, so nothing moves
+    again = client.post("/api/duplicates/move", json=body, headers=auth)
+    assert again.status_code == 409 and "reload" in again.json()["detail"]
+    # undo: without the token refused; with it, every byte back
+    undo = {"manifest": out["manifest"]}
+    assert client.post("/api/duplicates/undo", json=undo).status_code == 401
+    back = client.post("/api/duplicates/undo", json=undo, headers=auth)
+    assert back.status_code == 200 and back.json()["put_back"] == 3, back.text
+    assert tree(root / "photos") == before
+    for name in ("../coll/manifest.json", "lookalike-moves-x.json", "x.json"):
+        assert client.post("/api/duplicates/undo", json={"manifest": name},
+                           headers=auth).status_code == 404
+
+
+def test_forged_groups_are_refused(client: TestClient, root: Path) -> None:
+    before = tree(root / "photos")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    answer = client.get("/api/duplicates").json()
+    a = _confirm(answer, "2019/a.png", root)
+    other = next(m["id"] for g in answer["groups"] for m in g["members"] if m["id"] not in a["ids"])
+    for group in ({"ids": [a["keeper"], other], "keeper": a["keeper"]},  # not a group found
+                  {"ids": a["ids"], "keeper": other},  # a keeper from elsewhere
+                  {"ids": a["ids"][:1] + a["ids"][:1], "keeper": a["keeper"]}):
+        answer_ = client.post("/api/duplicates/move", json={"groups": [group]}, headers=auth)
+        assert answer_.status_code == 409, answer_.text
+    assert client.post("/api/duplicates/move", json={"groups": []}, headers=auth).status_code == 422
+    assert tree(root / "photos") == before
+
+
+def test_moving_off_or_read_only(root: Path) -> None:
+    before = tree(root / "photos")
+    for options, status in (({}, 409), ({"move_to": root / "dups", "access": Access(read_only=True)}, 403)):
+        for c in _client(root, **options):
+            answer = c.get("/api/duplicates").json()
+            assert len(answer["groups"]) == len(GROUPS)
+            body = {"groups": [_confirm(answer, "2019/a.png", root)]}
+            refused = c.post("/api/duplicates/move", json=body)
+            assert refused.status_code == status, refused.text
+            if status == 409:
+                assert answer["move_to"] is None and "--move-to" in refused.json()["detail"]
+    assert tree(root / "photos") == before and not (root / "dups").exists()
