@@ -205,9 +205,8 @@ def _query_codes(coll: Any, images: np.ndarray, stored: dict[int, int]) -> np.nd
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ..data.images import conform
-    from ..search.collection import Collection
-
     from ..search import queries
+    from ..search.collection import Collection
     from .queryargs import filter_of
 
     where = filter_of(args)
