@@ -221,3 +221,33 @@ def test_crop_regions() -> None:
     for bad in ("0,0,0,1", "0.5,0,0.6,1", "1,2,3", "a,b,c,d", "-0.1,0,0.5,0.5"):
         with pytest.raises(LookalikeError):
             queries.Crop.parse(bad)
+
+
+def test_the_python_api_takes_filters_examples_and_crops(library: Path, big: Path,
+                                                         tmp_path: Path) -> None:
+    import lookalike as la
+    from PIL import Image
+
+    idx = la.open(library / "coll")
+    q = library / "photos" / "home" / "h0.jpg"
+    hits = idx.search(q, k=30, where=la.Filter(paths=["trips/*"], camera="canon"))[0]
+    assert len(hits) == 6 and all("/trips/2024/" in h.source for h in hits)
+    # a region: the left half of a picture made of t0 beside noise finds what t0 finds
+    t0 = np.asarray(Image.open(library / "photos" / "trips" / "2024" / "t0.jpg"))
+    noise = np.random.default_rng(5).integers(0, 255, t0.shape, dtype=np.uint8)
+    both = np.concatenate([t0, noise], axis=1)
+    by_crop = [h.id for h in idx.search(both, k=5, exact=True, crop=(0, 0, 0.5, 1))[0]]
+    by_t0 = [h.id for h in idx.search(t0, k=5, exact=True)[0]]
+    assert by_crop == by_t0 != [h.id for h in idx.search(both, k=5, exact=True)[0]]
+    with pytest.raises(LookalikeError, match="bad crop"):
+        idx.search(both, crop="0,0,2,1")
+    # several stored items as examples, one counter-example
+    big_idx = la.open(big)
+    coll = big_idx.collection
+    query = queries.combine(np.stack([coll.vector(3), coll.vector(4)]), coll.vector(5)[None])
+    _, near = coll.search(query[None], 9, rerank=False)  # the index's (approximate) nearest
+    got = big_idx.search([3, 4], k=6, exact=True, unlike=5)
+    assert len(got) == 1 and [h.id for h in got[0]] == [i for i in near[0] if i not in (3, 4, 5)][:6]
+    _, want = _brute(coll, query[None], np.setdiff1d(coll.ids, [3, 4, 5]), 6)  # filtered: exact
+    got = big_idx.search([3, 4], k=6, exact=True, unlike=5, where=la.Filter(paths="/lib/*"))
+    assert [h.id for h in got[0]] == want[0].tolist()
