@@ -225,8 +225,9 @@ def test_crop_regions() -> None:
 
 def test_the_python_api_takes_filters_examples_and_crops(library: Path, big: Path,
                                                          tmp_path: Path) -> None:
-    import lookalike as la
     from PIL import Image
+
+    import lookalike as la
 
     idx = la.open(library / "coll")
     q = library / "photos" / "home" / "h0.jpg"
