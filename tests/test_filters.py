@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,17 @@ def test_the_python_api_takes_filters_examples_and_crops(library: Path, big: Pat
     _, want = _brute(coll, query[None], np.setdiff1d(coll.ids, [3, 4, 5]), 6)  # filtered: exact
     got = big_idx.search([3, 4], k=6, exact=True, unlike=5, where=la.Filter(paths="/lib/*"))
     assert [h.id for h in got[0]] == want[0].tolist()
+
+
+def test_info_shows_the_dates_and_folders(capsys: pytest.CaptureFixture[str], library: Path) -> None:
+    code, out, err = run_cli(capsys, ["info", library / "coll", "--json"])
+    assert code == 0, err
+    info = json.loads(out)
+    photos = library / "photos"
+    assert info["files"] == 18
+    assert info["folders"] == {str(photos / "home"): 6, str(photos / "old"): 6,
+                               str(photos / "trips" / "2024"): 6}
+    first = datetime.fromtimestamp(1_560_000_000).isoformat()
+    assert info["dates"] == [first, "2024-06-10T12:00:00"]
+    code, out, _ = run_cli(capsys, ["info", library / "coll"])
+    assert f"dates: {first} to 2024-06-10T12:00:00" in out and f"6  {photos / 'old'}" in out

@@ -492,9 +492,14 @@ def cmd_storage(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Folders ``info`` lists (by count; ``--json`` gives every one).
+FOLDERS_SHOWN = 20
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ..data.skipreport import REPORT_NAME, read_report
     from ..search.collection import Collection
+    from ..search.summary import summary
 
     coll = Collection.open(args.collection)
     m = coll.manifest
@@ -507,12 +512,20 @@ def cmd_info(args: argparse.Namespace) -> int:
             "model": m["model"], "index": index, "backend": backend, "dataset": m["dataset"],
             "rerank": "diffusion" if coll.reranks else "none",
             "size_bytes": size, "created": m["created"], "updated": m["updated"],
-            "generation": m.get("generation", 0), "skipped": skipped}
+            "generation": m.get("generation", 0), "skipped": skipped, **summary(coll)}
     if args.json:
         _emit_json(info)
-    else:
-        for key, value in info.items():
-            print(f"{key:>10}: {value}")
+        return 0
+    folders = info.pop("folders")
+    if info["dates"]:
+        info["dates"] = " to ".join(info["dates"])
+    for key, value in info.items():
+        print(f"{key:>10}: {value}")
+    shown = list(folders.items())[:FOLDERS_SHOWN]
+    for folder, count in shown:
+        print(f"{count:>10}  {folder}")
+    if len(folders) > len(shown):
+        print(f"{'':>10}  ... and {len(folders) - len(shown)} more folders (--json lists all)")
     return 0
 
 
