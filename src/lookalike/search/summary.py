@@ -23,7 +23,8 @@ def summary(coll: Collection) -> dict[str, Any]:
     (n, first, last), = metadata.query(db, f"SELECT count(*), min(f.taken), max(f.taken) {join}")
     (lo, hi), = metadata.query(db, f"SELECT min(f.mtime_ns), max(f.mtime_ns) {join} WHERE f.taken IS NULL")
     dates = [d for d in (first, last) if d is not None]
-    dates += [datetime.fromtimestamp(t / 1e9).isoformat(timespec="seconds") for t in (lo, hi) if t is not None]
+    dates += [datetime.fromtimestamp(t / 1e9).isoformat(timespec="seconds")
+              for t in (lo, hi) if t is not None]
     folders = metadata.query(db, f"SELECT f.folder, count(*) AS c {join} GROUP BY f.folder "
                                  "ORDER BY c DESC, f.folder")
     return {"files": int(n), "dates": [min(dates), max(dates)] if dates else None,
