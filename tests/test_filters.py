@@ -18,7 +18,7 @@ from lookalike.models.modelio import load_model
 from lookalike.search import files, filters, queries
 from lookalike.search.collection import Collection
 from lookalike.search.filters import Filter
-from test_files import photo
+from photolib import OLD_MTIME, make_library
 
 
 def test_a_filter_is_checked_on_construction() -> None:
@@ -42,22 +42,7 @@ def test_glob_patterns() -> None:
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> Path:
-    """A photo folder indexed with the CLI: trips/2024 (Canon, GPS, 2024), home (Apple,
-    2021), old (no EXIF: its file times say 2019)."""
-    root = tmp_path_factory.mktemp("library")
-    folder = root / "photos"
-    for n in range(6):
-        photo(folder / "trips" / "2024" / f"t{n}.jpg", n, f"2024:0{n + 1}:10 12:00:00",
-              ("Canon", "EOS 80D"), (48.5, -2.25))
-        photo(folder / "home" / f"h{n}.jpg", 10 + n, f"2021:07:0{n + 1} 08:00:00", ("Apple", "iPhone 12"))
-        old = photo(folder / "old" / f"o{n}.jpg", 20 + n)
-        when = 1_560_000_000 + n  # June 2019
-        os.utime(old, (when, when))
-    from conftest import _run_quietly
-
-    _run_quietly(["-q", "index", "--model", str(trained.model), "--dataset", str(folder),
-                  "--out", str(root / "coll")])
-    return root
+    return make_library(tmp_path_factory.mktemp("library"), trained.model)
 
 
 def _search(capsys: pytest.CaptureFixture[str], coll: Path, *args: object) -> list[str]:
@@ -263,7 +248,7 @@ def test_info_shows_the_dates_and_folders(capsys: pytest.CaptureFixture[str], li
     assert info["files"] == 18
     assert info["folders"] == {str(photos / "home"): 6, str(photos / "old"): 6,
                                str(photos / "trips" / "2024"): 6}
-    first = datetime.fromtimestamp(1_560_000_000).isoformat()
+    first = datetime.fromtimestamp(OLD_MTIME).isoformat()
     assert info["dates"] == [first, "2024-06-10T12:00:00"]
     code, out, _ = run_cli(capsys, ["info", library / "coll"])
     assert f"dates: {first} to 2024-06-10T12:00:00" in out and f"6  {photos / 'old'}" in out
