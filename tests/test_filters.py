@@ -252,3 +252,17 @@ def test_info_shows_the_dates_and_folders(capsys: pytest.CaptureFixture[str], li
     assert info["dates"] == [first, "2024-06-10T12:00:00"]
     code, out, _ = run_cli(capsys, ["info", library / "coll"])
     assert f"dates: {first} to 2024-06-10T12:00:00" in out and f"6  {photos / 'old'}" in out
+
+
+def test_a_collection_without_catalogue_filters_paths_by_source(capsys: pytest.CaptureFixture[str],
+                                                                 library: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from lookalike.search import metadata
+
+    copy = shutil.copytree(library / "coll", tmp_path / "coll")
+    metadata.write(copy / metadata.FILE, "DELETE FROM files", [()])
+    q = library / "photos" / "home" / "h0.jpg"
+    trips = _search(capsys, copy, q, "--in", "trips/2024/*")
+    assert len(trips) == 6 and all("/trips/2024/" in s for s in trips)
+    assert _search(capsys, copy, q, "--after", "2000") == []  # (no dates known)

@@ -11,8 +11,8 @@ the index (an inverted file, Milvus): the codes are the segments' own.
 What each field means:
 
 * ``paths``: globs (SQLite ``GLOB``: ``*`` also crosses ``/``, case-sensitive) matched
-  against the file's absolute path (the item's source for an item with no catalogued
-  file); an item passes when one of them matches. A pattern starting with ``/`` or ``~``
+  against the file's absolute path (the item's source in a collection made before the
+  catalogue, until ``lookalike sync`` fills it); an item passes when one of them matches. A pattern starting with ``/`` or ``~``
   is absolute, one starting with ``./`` or ``../`` is taken from the current directory,
   any other matches the end of the path (``trips/2024/*`` passes
   ``/home/me/photos/trips/2024/a.jpg``). A pattern with no ``*?[`` names a folder or a
@@ -24,8 +24,9 @@ What each field means:
 * ``camera``: a piece of the camera's make or model (case-insensitive);
 * ``has_gps``: ``True`` only photos with a GPS position, ``False`` only those without.
 
-Every condition must hold. An item with no catalogued file passes only a filter of
-``paths`` and ``labels``.
+Every condition must hold. An item with no catalogued file (a built-in dataset's, an
+upload through the service) passes only ``labels`` (and ``paths`` in a collection with no
+catalogue).
 """
 
 from __future__ import annotations
@@ -162,9 +163,10 @@ def _epoch_ns(when: datetime) -> int:
 
 def query_sql(f: Filter, label_names: list[str] | None, has_files: bool,
               cwd: str | None = None) -> tuple[str, tuple[Any, ...]]:
-    """``(sql, params)`` selecting the ids of the items that pass ``f`` (rows of ``items``;
-    a deleted item's row may remain until its commit's cleanup: the caller drops ids the
-    collection does not hold)."""
+    """``(sql, params)`` selecting the ids of the items that pass ``f`` (the catalogue's
+    rows, or with no catalogue (``has_files`` false) the items' sources; a row of an item
+    no longer in the collection may remain after a change cut short: the caller drops ids
+    the collection does not hold)."""
     conds: list[str] = []
     params: list[Any] = []
     globs = [g for p in f.paths for g in glob_pattern(p, cwd)]
@@ -189,9 +191,8 @@ def query_sql(f: Filter, label_names: list[str] | None, has_files: bool,
         where = [path_cond.format(col="f.path")] if globs else []
         selects.append("SELECT f.id FROM files f WHERE " + " AND ".join(where + conds))
         sel_params += [*globs, *params]
-    if globs and not f.files_only:  # items with no catalogued file: their source
-        no_file = " AND i.id NOT IN (SELECT id FROM files)" if has_files else ""
-        selects.append(f"SELECT i.id FROM items i WHERE {path_cond.format(col='i.source')}{no_file}")
+    if globs and not f.files_only and not has_files:  # a collection with no catalogue: the sources
+        selects.append(f"SELECT i.id FROM items i WHERE {path_cond.format(col='i.source')}")
         sel_params += globs
     if (globs or conds) and not selects:  # a file condition, and no catalogue yet
         return "SELECT id FROM items WHERE 0", ()
@@ -199,9 +200,9 @@ def query_sql(f: Filter, label_names: list[str] | None, has_files: bool,
     label_cond = f"label IN ({', '.join('?' * len(labels))})" if labels else ""
     if not selects:
         return f"SELECT id FROM items WHERE {label_cond or 1}", tuple(labels)
-    sql = "SELECT id FROM items WHERE id IN (" + " UNION ".join(selects) + ")"
-    if label_cond:
-        sql += f" AND {label_cond}"
+    if not label_cond:  # (ids of rows left by a change cut short are dropped by the caller)
+        return " UNION ".join(selects), tuple(sel_params)
+    sql = f"SELECT id FROM items WHERE id IN ({' UNION '.join(selects)}) AND {label_cond}"
     return sql, (*sel_params, *labels)
 
 
@@ -230,7 +231,8 @@ def _stamp(path: Path) -> tuple[int, ...]:
 def passing_ids(coll: Collection, f: Filter, cwd: str | None = None) -> np.ndarray:
     """The ids of the collection's items that pass ``f``, ``int64``, sorted."""
     db = coll.path / metadata.FILE
-    sql, params = query_sql(f, coll.label_names, catalogue.has_table(db), cwd)
+    catalogued = catalogue.has_table(db) and bool(metadata.query(db, "SELECT 1 FROM files LIMIT 1"))
+    sql, params = query_sql(f, coll.label_names, catalogued, cwd)
     ids = np.fromiter((r[0] for r in metadata.query(db, sql, params)), np.int64)
     ids.sort()
     return ids[coll.store.rows(ids) >= 0]
