@@ -12,8 +12,8 @@ What each field means:
 
 * ``paths``: globs (SQLite ``GLOB``: ``*`` also crosses ``/``, case-sensitive) matched
   against the file's absolute path (the item's source in a collection made before the
-  catalogue, until ``lookalike sync`` fills it); an item passes when one of them matches. A pattern starting with ``/`` or ``~``
-  is absolute, one starting with ``./`` or ``../`` is taken from the current directory,
+  catalogue, until ``lookalike sync`` fills it); an item passes when one of them matches.
+  A pattern starting with ``/`` or ``~`` is absolute, one starting with ``./`` or ``../`` is taken from the current directory,
   any other matches the end of the path (``trips/2024/*`` passes
   ``/home/me/photos/trips/2024/a.jpg``). A pattern with no ``*?[`` names a folder or a
   file: it passes that file and everything under that folder;
