@@ -13,9 +13,9 @@ What each field means:
 * ``paths``: globs (SQLite ``GLOB``: ``*`` also crosses ``/``, case-sensitive) matched
   against the file's absolute path (the item's source in a collection made before the
   catalogue, until ``lookalike sync`` fills it); an item passes when one of them matches.
-  A pattern starting with ``/`` or ``~`` is absolute, one starting with ``./`` or ``../`` is taken from the current directory,
-  any other matches the end of the path (``trips/2024/*`` passes
-  ``/home/me/photos/trips/2024/a.jpg``). A pattern with no ``*?[`` names a folder or a
+  A pattern starting with ``/`` or ``~`` is absolute, one starting with ``./`` or ``../``
+  is taken from the current directory, any other matches the end of the path
+  (``trips/2024/*`` passes ``/home/me/photos/trips/2024/a.jpg``). A pattern with no ``*?[`` names a folder or a
   file: it passes that file and everything under that folder;
 * ``after`` / ``before``: the date taken (EXIF), else the file's modification time, at or
   after ``after`` and before ``before`` (``after="2024-03", before="2024-04"``: March 2024);
