@@ -15,8 +15,8 @@ What each field means:
   catalogue, until ``lookalike sync`` fills it); an item passes when one of them matches.
   A pattern starting with ``/`` or ``~`` is absolute, one starting with ``./`` or ``../``
   is taken from the current directory, any other matches the end of the path
-  (``trips/2024/*`` passes ``/home/me/photos/trips/2024/a.jpg``). A pattern with no ``*?[`` names a folder or a
-  file: it passes that file and everything under that folder;
+  (``trips/2024/*`` passes ``/home/me/photos/trips/2024/a.jpg``). A pattern with no
+  ``*?[`` names a folder or a file: it passes that file and everything under that folder;
 * ``after`` / ``before``: the date taken (EXIF), else the file's modification time, at or
   after ``after`` and before ``before`` (``after="2024-03", before="2024-04"``: March 2024);
   dates are ``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM[:SS]``, local time;
