@@ -266,3 +266,18 @@ def test_a_collection_without_catalogue_filters_paths_by_source(capsys: pytest.C
     trips = _search(capsys, copy, q, "--in", "trips/2024/*")
     assert len(trips) == 6 and all("/trips/2024/" in s for s in trips)
     assert _search(capsys, copy, q, "--after", "2000") == []  # (no dates known)
+
+
+def test_the_scan_merges_its_chunks(big: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    coll = Collection.open(big)
+    where = Filter(labels=("3",))
+    want = filters.passing_ids(coll, where)
+    q = np.random.default_rng(4).standard_normal((3, coll.dim)).astype(np.float32)
+    monkeypatch.setattr(filters, "SCAN_CHUNK", 50)  # 572 passing items: 12 chunks
+    monkeypatch.setattr(filters, "CACHED_CODES", 0)  # read from the segments, chunk by chunk
+    filters._cache.clear()
+    dist, ids = queries.search(coll, q, 10, where=where, rerank=False)
+    bd, bi = _brute(coll, q, want, 10)
+    assert np.array_equal(ids, bi)
+    np.testing.assert_allclose(dist, bd, rtol=1e-4, atol=1e-3)
+    filters._cache.clear()
