@@ -165,8 +165,9 @@ def test_changes_are_seen_by_the_next_filtered_search(big: Path, tmp_path: Path)
     _, before = queries.search(coll, q, 5, where=where, rerank=False)
     assert before[0, 0] == 7
     coll.remove([7])
+    assert 7 not in filters.passing_ids(coll, where)
     _, after = queries.search(coll, q, 5, where=where, rerank=False)
-    assert 7 not in after and after[0, 0] == before[0, 1]
+    assert 7 not in after and after[0, 0] == before[0, 1] and (after % 100 == 7).all()
     files.put(files.db(coll), [files.FileRow("/lib/f7/new.jpg", 8, "/lib/f7", 1, 0, 1, None, 8, 8,
                                              None, None, None, None, None)])
     assert 8 in filters.passing_ids(coll, where)
@@ -198,6 +199,12 @@ def test_together_and_not_in_the_cli(capsys: pytest.CaptureFixture[str], big: Pa
     answer = json.loads(out)["queries"]
     assert len(answer) == 1 and answer[0]["query"] == "id:11 + id:12 - id:13"
     assert [r["id"] for r in answer[0]["results"]] == want[0].tolist()
+    # every item comes back but the examples and the counter-example
+    code, out, err = run_cli(capsys, ["search", big, "id:11", "id:12", "--not", "id:13", "--json",
+                                      "-k", "5000", "--exact", "--in", "/lib/*"])
+    assert code == 0, err
+    got = [r["id"] for r in json.loads(out)["queries"][0]["results"]]
+    assert sorted(got) == sorted(set(range(4000)) - {11, 12, 13})
 
 
 def test_crop_regions() -> None:
