@@ -295,6 +295,8 @@ def nearest_among(store: SegmentStore, rows: np.ndarray, queries: np.ndarray, k:
     return out_d, out_i
 
 
+#: From this many queries at once, :func:`_knn` takes its dot products from BLAS.
+BLAS_QUERIES = 8
 #: Candidates beyond ``k`` whose distances :func:`_knn` computes exactly (the fast form's
 #: rounding cannot reorder items this far apart).
 EXACT_MARGIN = 16
@@ -307,7 +309,10 @@ def _knn(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     measured exactly as ``sum((x - q)²)``. (Not ``faiss.knn``: for a query or a few, its
     OpenMP threads cost ~60 ms on a busy 2-core machine where this costs 0.3 ms.)"""
     n = len(x)
-    fast = np.einsum("ij,ij->i", x, x)[None, :] - 2 * (q @ x.T)
+    # a few queries: numpy's own loop; BLAS's threads (OpenBLAS) cost ~30 ms a call on a
+    # busy machine whatever the size, which only a batch of queries amortises
+    dots = np.einsum("ij,kj->ik", q, x) if len(q) < BLAS_QUERIES else q @ x.T
+    fast = np.einsum("ij,ij->i", x, x)[None, :] - 2 * dots
     wide = min(n, k + EXACT_MARGIN)
     cand = (np.argpartition(fast, wide - 1, axis=1)[:, :wide] if wide < n
             else np.broadcast_to(np.arange(n), (len(q), n)))
