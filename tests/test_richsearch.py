@@ -89,6 +89,13 @@ def test_more_like_and_less_like_by_id(client: TestClient, library: Path) -> Non
     _, near = coll.search(query[None], 11, rerank=False)
     assert _ids(answer) == [i for i in near[0] if i not in (a, b, c)][:8]
     assert not {a, b, c} & set(_ids(answer))
+    # a counter-example alone moves the query too
+    alone = client.post("/api/search", json={"id": a, "unlike": [c], "k": 8, "rerank": False}).json()
+    query = queries.combine(coll.vector(a)[None], coll.vector(c)[None])
+    _, near = coll.search(query[None], 10, rerank=False)
+    assert _ids(alone) == [i for i in near[0] if i not in (a, c)][:8]
+    plain = client.post("/api/search", json={"id": a, "k": 8, "rerank": False}).json()
+    assert _ids(alone) != _ids(plain)
     r = client.post("/api/search", json={"id": a, "like": [10_000]})
     assert r.status_code == 404 and "no item with id 10000" in r.json()["detail"]
 
