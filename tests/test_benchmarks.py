@@ -37,3 +37,17 @@ def test_service_benchmark_smoke_run(trained) -> None:  # noqa: ANN001 - conftes
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "60" and cells[11] == "0", row  # requests done, errors
     assert cells[12].startswith("yes ("), row
+
+
+def test_filters_benchmark_smoke_run(tmp_path: Path) -> None:
+    """The filtered-search benchmark on 20,000 items: every filter's passing set is the one
+    its data was made with, and every ranking equals the brute force (not a timing test)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "filters.py"), "--n", "20000",
+                          "--queries", "5", "--no-write", "--work", str(tmp_path)],
+                         capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"}).stdout
+    rows = [line for line in out.splitlines() if line.startswith(("| folder", "| date"))]
+    assert len(rows) == 4, out
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] in ("200", "2") and cells[6] == "1.000" and cells[7] == "100%", row
