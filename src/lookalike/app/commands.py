@@ -519,6 +519,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     folders = info.pop("folders")
     if info["dates"]:
         info["dates"] = " to ".join(info["dates"])
+    if not info["files"]:  # (no catalogued file: a dataset's items, or not synced yet)
+        del info["files"], info["dates"]
     for key, value in info.items():
         print(f"{key:>10}: {value}")
     shown = list(folders.items())[:FOLDERS_SHOWN]
