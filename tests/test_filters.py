@@ -288,3 +288,17 @@ def test_the_scan_merges_its_chunks(big: Path, monkeypatch: pytest.MonkeyPatch) 
     assert np.array_equal(ids, bi)
     np.testing.assert_allclose(dist, bd, rtol=1e-4, atol=1e-3)
     filters._cache.clear()
+
+
+def test_the_cache_keeps_to_its_bounds(big: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    coll = Collection.open(big)
+    filters._cache.clear()
+    monkeypatch.setattr(filters, "CACHED_BYTES", 3 * 40 * coll.dim * 4 + 3 * 40 * 8)
+    for n in range(6):  # 40 items each
+        filters.passing(coll, Filter(paths=(f"f{n}/*",)))
+    assert len(filters._cache) == 3  # the three newest
+    assert [k[3].paths for k in filters._cache] == [("f3/*",), ("f4/*",), ("f5/*",)]
+    monkeypatch.setattr(filters, "CACHED_FILTERS", 2)
+    filters.passing(coll, Filter(paths=("f6/*",)))
+    assert len(filters._cache) == 2
+    filters._cache.clear()

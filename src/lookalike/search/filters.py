@@ -210,8 +210,10 @@ def query_sql(f: Filter, label_names: list[str] | None, has_files: bool,
 #: the same filter searched again costs no SQL. An entry holds while the metadata file
 #: and the collection's commit are unchanged.
 CACHED_FILTERS = 16
-#: A passing subset up to this many codes keeps its codes gathered (32 MB of 128-d codes).
+#: A passing subset up to this many codes keeps its codes gathered (32 MB of 128-d codes)...
 CACHED_CODES = 65_536
+#: ... while the cache's codes take at most this many bytes (the oldest entries go first).
+CACHED_BYTES = 256 * 2**20
 _cache: OrderedDict[tuple[Any, ...], tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -252,7 +254,8 @@ def passing(coll: Collection, f: Filter, cwd: str | None = None) -> tuple[np.nda
     codes = coll.store.codes_at(rows) if len(rows) <= CACHED_CODES else None
     with _cache_lock:
         _cache[key] = (rows, codes)
-        while len(_cache) > CACHED_FILTERS:
+        while len(_cache) > CACHED_FILTERS or (len(_cache) > 1 and sum(
+                c.nbytes + r.nbytes for r, c in _cache.values() if c is not None) > CACHED_BYTES):
             _cache.popitem(last=False)
     return rows, codes
 
