@@ -40,3 +40,17 @@ def test_service_benchmark_smoke_run(trained) -> None:  # noqa: ANN001 - conftes
     found = re.fullmatch(r"yes \((\d+)/(\d+) found, (\d+) deleted left\)", cells[12])
     assert found is not None, row
     assert int(found[1]) == int(found[2]) > 0 and found[3] == "0", row  # items were added, all found
+
+
+def test_filters_benchmark_smoke_run(tmp_path: Path) -> None:
+    """The filtered-search benchmark on 20,000 items: every filter's passing set is the one
+    its data was made with, and every ranking equals the brute force (not a timing test)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "filters.py"), "--n", "20000",
+                          "--queries", "5", "--no-write", "--work", str(tmp_path)],
+                         capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"}).stdout
+    rows = [line for line in out.splitlines() if line.startswith(("| folder", "| date"))]
+    assert len(rows) == 4, out
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] in ("200", "2") and cells[6] == "1.000" and cells[7] == "100%", row

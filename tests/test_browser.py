@@ -246,10 +246,11 @@ def test_docs_work_offline(browser: Browser, server: str) -> None:
         csp = answer.headers["content-security-policy"]
         assert "default-src 'self'" in csp and "unsafe" not in csp
         operations = page.locator(".opblock")
-        expect(operations).to_have_count(10)
+        expect(operations).to_have_count(11)
         paths = {p.replace("\u200b", "") for p in page.locator(".opblock-summary-path").all_inner_texts()}
         assert paths == {"/api/search", "/api/items", "/api/items/{item_id}",
-                         "/api/items/{item_id}/image", "/api/health", "/api/stats",
+                         "/api/items/{item_id}/image", "/api/items/{item_id}/original",
+                         "/api/health", "/api/stats",
                          "/api/duplicates", "/api/duplicates/move", "/api/duplicates/undo"}
         # an operation opens, with the responses the schema declares
         stats = page.locator(".opblock-get", has_text="/api/stats")
@@ -324,3 +325,122 @@ def test_the_page_asks_for_the_token_only_for_a_change(browser: Browser, trained
         finally:
             context.close()
         assert stats_of(url)["count"] == count + 1
+
+
+# ---------------------------------------------------------------------------- a photo library
+@pytest.fixture(scope="module")
+def photo_server(trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``lookalike serve`` on a folder of real JPEGs with EXIF (tests/photolib.py); yields
+    the page's URL and the library's root."""
+    from photolib import make_library
+
+    root = make_library(tmp_path_factory.mktemp("photo-browser"), trained.model)
+    with serving(root / "coll") as url:
+        yield url, root
+
+
+def natural_width(page: Page, selector: str, timeout_s: float = 10) -> int:
+    script = (f"(() => {{ const i = document.querySelector({selector!r}); "
+              "return i && i.complete ? i.naturalWidth : 0; })()")
+    deadline = time.monotonic() + timeout_s
+    while (width := page.evaluate(script)) == 0 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    return int(width)
+
+
+def direct(url: str, upload: Path, params: dict, fields: dict) -> list[int]:
+    """The ids the service answers to the same search sent without the page."""
+    import httpx
+
+    r = httpx.post(url + "api/search", params=params, timeout=60,
+                   files={"file": (upload.name, upload.read_bytes(), "image/jpeg")}, data=fields)
+    assert r.status_code == 200, r.text
+    return [x["id"] for x in r.json()["results"]]
+
+
+def test_a_photo_library_page(browser: Browser, photo_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, root = photo_server
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    problems = watch(page)
+    results = page.locator("#results .result")
+    upload = root / "photos" / "home" / "h0.jpg"
+    try:
+        page.goto(url)
+        expect(page.locator("#stats")).to_contain_text("18 images")
+        # tiles: the file's name, its full path and date on hover, a distance that fits
+        with page.expect_response("**/api/search") as answer:
+            page.set_input_files("#file", upload)
+        found = answer.value.json()
+        assert len(shown(page, found)) == 12
+        for i, r in enumerate(found["results"]):
+            card = results.nth(i)
+            expect(card.locator(".name")).to_have_text(r["name"])
+            title = card.get_attribute("title") or ""
+            assert r["path"] in title and f"taken {r['taken'].replace('T', ' ')}" in title
+            tile, dist = card.bounding_box(), card.locator(".distance").bounding_box()
+            assert tile and dist and dist["x"] + dist["width"] <= tile["x"] + tile["width"]
+            text = card.locator(".distance").inner_text()
+            assert len(text) <= 6 and abs(float(text) - r["distance"]) <= 0.01 * max(1, r["distance"])
+        # clicking a picture opens its original file at full size (40x30 pixels)
+        results.first.locator(".thumb").click()
+        expect(page.locator("#viewer")).to_be_visible()
+        expect(page.locator("#viewer-title")).to_have_text(found["results"][0]["name"])
+        assert natural_width(page, "#viewer-image") == 40
+        page.click("#viewer-close")
+        expect(page.locator("#viewer")).to_be_hidden()
+        page.screenshot(path=tmp_path / "library.png", full_page=True)
+
+        # the filter field narrows the search (query parameters of the same search)
+        page.fill("#filter", "in:trips/* camera:canon")
+        with page.expect_response("**/api/search?*") as answer:
+            page.press("#filter", "Enter")
+        assert "in=trips%2F*" in answer.value.url and "camera=canon" in answer.value.url
+        trips = shown(page, answer.value.json())
+        assert len(trips) == 6
+        assert all(n.startswith("t") for n in results.locator(".name").all_inner_texts())
+        filtered = {"in": "trips/*", "camera": "canon"}
+        assert trips == direct(url, upload, filtered, {"k": "12", "rerank": "true"})
+
+        # more like one result, less like another, search again
+        more, less = trips[0], trips[1]
+        results.nth(0).locator(".more").click()
+        results.nth(1).locator(".less").click()
+        expect(page.locator("#refine")).to_contain_text("1 more like, 1 less like")
+        with page.expect_response("**/api/search?*") as answer:
+            page.click("#refine")
+        again = answer.value.json()
+        assert again["like"] == [more] and again["unlike"] == [less]
+        ids = shown(page, again)
+        assert more not in ids and less not in ids and len(ids) == 4
+        fields = {"k": "12", "rerank": "true", "like": str(more), "unlike": str(less)}
+        assert ids == direct(url, upload, filtered, fields)
+
+        # a box dragged over the query picture searches that region
+        box = page.locator("#query-image").bounding_box()
+        assert box is not None
+        x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+        page.mouse.move(x + 0.5 * w, y + 0.1 * h)
+        page.mouse.down()
+        with page.expect_response("**/api/search?*") as answer:
+            page.mouse.move(x + 0.8 * w, y + 0.5 * h, steps=4)
+            page.mouse.move(x + 0.99 * w, y + 0.9 * h, steps=4)
+            page.mouse.up()
+        region = answer.value.json()
+        assert region["crop"] == pytest.approx([0.5, 0.1, 0.49, 0.8], abs=0.02)
+        expect(page.locator("#crop-box")).to_be_visible()
+        expect(page.locator("#query-text")).to_contain_text("a region")
+        crop = ",".join(str(v) for v in region["crop"])
+        assert shown(page, region) == direct(url, upload, filtered, {**fields, "crop": crop})
+        with page.expect_response("**/api/search?*") as answer:
+            page.click("#whole")
+        assert answer.value.json()["crop"] is None
+        expect(page.locator("#crop-box")).to_be_hidden()
+        page.screenshot(path=tmp_path / "marked.png", full_page=True)
+        # a bad filter is said on the page, and nothing is sent
+        page.fill("#filter", "colour:red")
+        page.press("#filter", "Enter")
+        expect(page.locator("#status.error")).to_contain_text('"colour:red" is not one of')
+    finally:
+        context.close()
+    assert problems == []

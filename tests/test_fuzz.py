@@ -34,7 +34,8 @@ MAX_EXAMPLES = 20
 #: fixed, so that a run is reproducible (`st run ... --seed 0` replays it)
 SEED = 0
 OPERATIONS = {("POST", "/api/search"), ("GET", "/api/items/{item_id}"),
-              ("GET", "/api/items/{item_id}/image"), ("POST", "/api/items"),
+              ("GET", "/api/items/{item_id}/image"), ("GET", "/api/items/{item_id}/original"),
+              ("POST", "/api/items"),
               ("DELETE", "/api/items/{item_id}"), ("GET", "/api/health"), ("GET", "/api/stats"),
               ("GET", "/api/duplicates"), ("POST", "/api/duplicates/move"),
               ("POST", "/api/duplicates/undo")}

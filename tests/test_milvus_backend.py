@@ -507,3 +507,17 @@ def test_overwrite_and_failed_create_leave_no_remote_collection(
                     "No space left on device")
     assert _remote_names(uri) - others == {kept}
     assert not (tmp_path / "d").exists()
+
+
+def test_a_filtered_search_is_exact_on_milvus_too(milvus_coll: Collection) -> None:
+    """Filters scan the segments' own codes, which a Milvus collection keeps as well."""
+    from lookalike.search import filters, queries
+
+    where = filters.Filter(labels=("3",))
+    want = filters.passing_ids(milvus_coll, where)
+    assert 100 < len(want) < 200 and (milvus_coll.labels(want) == 3).all()
+    q = milvus_coll.store.codes_at(np.array([0, 500, 1000]))
+    _, ids = queries.search(milvus_coll, q, 10, where=where, rerank=False)
+    codes = milvus_coll.store.codes_at(milvus_coll.store.rows(want)).astype(np.float64)
+    d = ((q[:, None, :].astype(np.float64) - codes[None]) ** 2).sum(-1)
+    assert np.array_equal(ids, want[np.argsort(d, axis=1, kind="stable")[:, :10]])

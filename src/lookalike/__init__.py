@@ -14,6 +14,8 @@ The library's layers, each a subpackage of modules with one job:
       model = la.train("photos/", out="model")
       coll = la.index(model, "photos/", out="coll")
       hits = coll.search("query.jpg", k=10)
+      hits = coll.search(["a.jpg", "b.jpg"], together=True, unlike=["c.jpg"],
+                         where=la.Filter(paths=["trips/*"], after="2024-03"))
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from .config import InputSpec, ModelConfig, TrainConfig
 from .errors import CollectionError, DataError, ImageError, LookalikeError, ModelError
 
-_API = ("Hit", "Index", "evaluate", "index", "load_model", "open", "train")
+_API = ("Crop", "Filter", "Hit", "Index", "evaluate", "index", "load_model", "open", "train")
 
 
 def __getattr__(name: str) -> Any:
@@ -39,9 +41,11 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CollectionError",
+    "Crop",
     "Hit",
     "Index",
     "DataError",
+    "Filter",
     "ImageError",
     "InputSpec",
     "LookalikeError",

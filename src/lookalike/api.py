@@ -4,6 +4,8 @@
     model = la.train("photos/", out="model")          # or la.load_model("model")
     coll = la.index(model, "photos/", out="coll")      # or la.open("coll")
     hits = coll.search("query.jpg", k=10)             # paths, arrays or PIL images
+    hits = coll.search(["a.jpg", "b.jpg"], together=True, unlike=["c.jpg"],
+                       where=la.Filter(paths=["trips/*"], after="2024-03"), crop=(0, 0, 0.5, 1))
     coll.add(["new/"]); coll.remove([12])
     la.evaluate("coll", "mnist-5k")
 
@@ -35,8 +37,10 @@ from .config import (
 from .data.datasets import Dataset, folder_images, infer_spec, is_folder, load_dataset
 from .errors import LookalikeError
 from .models.modelio import LoadedModel, load_model
+from .search.filters import Filter
+from .search.queries import Crop
 
-__all__ = ["Hit", "Index", "evaluate", "index", "load_model", "open", "train"]
+__all__ = ["Crop", "Filter", "Hit", "Index", "evaluate", "index", "load_model", "open", "train"]
 
 
 def _data(data: str | os.PathLike[str] | Dataset, split: str | None, spec: Any = None,
@@ -140,17 +144,38 @@ class Index:
     def __len__(self) -> int:
         return len(self.collection)
 
-    def search(self, queries: Any, k: int = 10, exact: bool = False) -> list[list[Hit]]:
+    def search(self, queries: Any, k: int = 10, exact: bool = False, *,
+               where: Filter | None = None, together: bool = False, unlike: Any = None,
+               crop: Crop | Sequence[float] | str | None = None) -> list[list[Hit]]:
         """The ``k`` nearest items to each query, nearest first: one list of :class:`Hit`
-        per query. ``queries``: an image path, a ``uint8 (H, W, C)`` array, a PIL image, or
-        a list of those. A query that is a stored image is not returned as its own result.
-        ``exact`` skips the collection's re-ranking."""
-        spec = self.collection.encoder.spec
-        images = [_image(q, (spec.height, spec.width)) for q in (queries if _many(queries) else [queries])]
-        dist, ids = self.collection.search_images(images, k, rerank=False if exact else None)
+        per query. ``queries``: an image path, a ``uint8 (H, W, C)`` array, a PIL image, a
+        stored item's id (``int``), or a list of those. A query that is a stored image is
+        not returned as its own result. ``exact`` skips the collection's re-ranking.
+
+        ``where``: only items passing this :class:`Filter` (paths, dates, labels, camera,
+        GPS), the true ``k`` nearest of them; ``together``: the queries are examples of one
+        search (one list comes back); ``unlike``: counter-examples, in the same forms,
+        that the results move away from (implies ``together``); ``crop``: search with this
+        region of each query, ``(x, y, w, h)`` in fractions (:class:`Crop`), of a stored
+        item's original file when it has one.
+        """
+        from .search import queries as rich
+
+        coll = self.collection
+        box = None if crop is None else crop if isinstance(crop, Crop) else Crop.parse(crop)
+        codes, own = _codes(coll, queries if _many(queries) else [queries], box)
+        excluded = [[int(i)] for i in own]
+        if together or unlike is not None:
+            neg = own_neg = None
+            if unlike is not None:
+                neg, own_neg = _codes(coll, unlike if _many(unlike) else [unlike], None)
+            codes = rich.combine(codes, neg)[None]
+            excluded = [[int(i) for i in (*own, *(own_neg if own_neg is not None else ()))]]
+        dist, ids = rich.search(coll, codes, k, where=where, exclude=excluded,
+                                rerank=False if exact else None)
         out = []
         for drow, irow in zip(dist, ids, strict=True):
-            items = self.collection.items(irow)
+            items = coll.items(irow)
             out.append([Hit(it.id, float(d), it.source, it.label)
                         for d, it in zip(drow, items, strict=True) if it is not None])
         return out
@@ -175,11 +200,45 @@ class Index:
         self.collection.close()
 
 
+def _codes(coll: Any, queries: Sequence[Any], crop: Crop | None) -> tuple[np.ndarray, np.ndarray]:
+    """The codes ``float32 (m, d)`` of queries (images, paths or stored ids) and the id each
+    stands for in the collection (-1: none), which its results leave out."""
+    codes = np.empty((len(queries), coll.dim), np.float32)
+    own = np.full(len(queries), -1, np.int64)
+    pictures: dict[int, np.ndarray] = {}
+    for row, q in enumerate(queries):
+        if _is_id(q) and crop is None:
+            codes[row], own[row] = coll.vector(int(q)), int(q)
+        elif _is_id(q):
+            from .search.files import db, of_ids
+
+            found = [r.path for r in of_ids(db(coll), [int(q)]).get(int(q), []) if os.path.isfile(r.path)]
+            whole = _image(found[0], None) if found else coll.image(int(q))
+            pictures[row], own[row] = crop.apply(whole) if crop else whole, int(q)
+        else:
+            spec = coll.encoder.spec
+            whole = _image(q, None if crop else (spec.height, spec.width))
+            pictures[row] = crop.apply(whole) if crop else whole
+    if pictures:
+        from .data.images import conform
+
+        rows = sorted(pictures)
+        images = conform([pictures[r] for r in rows], coll.encoder.spec)
+        codes[rows] = coll.encoder.encode(images)
+        stored = coll.stored_ids(images)
+        own[rows] = np.where(own[rows] >= 0, own[rows], stored)
+    return codes, own
+
+
+def _is_id(query: Any) -> bool:
+    return isinstance(query, (int, np.integer)) and not isinstance(query, bool)
+
+
 def _many(queries: Any) -> bool:
     return isinstance(queries, (list, tuple)) or (isinstance(queries, np.ndarray) and queries.ndim == 4)
 
 
-def _image(query: Any, size: tuple[int, int]) -> np.ndarray:
+def _image(query: Any, size: tuple[int, int] | None) -> np.ndarray:
     """A query as ``uint8 (H, W, C)``; a file decoded as a collection's files are (``size``)."""
     from .data.images import decode_image, load_image
 

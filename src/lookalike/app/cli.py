@@ -21,6 +21,7 @@ from ..config import (
 from ..data.datasets import BUILTIN_DATASETS, SPLITS
 from ..errors import LookalikeError
 from ..search.keeper import KeepRule
+from . import queryargs
 from .commands import (
     cmd_add,
     cmd_cluster,
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain nearest codes, without the collection's re-ranking")
     p.add_argument("--model", help="check that this model made the collection")
     p.add_argument("--data-dir", help="IDX directory for dataset-item queries")
+    queryargs.add_arguments(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("evaluate", help="mAP and P@k on a labelled dataset")

@@ -135,11 +135,15 @@ def cmd_index(args: argparse.Namespace) -> int:
 _ITEM = re.compile(r"(?P<name>[A-Za-z0-9_-]+):(?:(?P<split>database|queries|all):)?(?P<index>\d+)")
 
 
-def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
+def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None, crop: Any = None
                      ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
     """(descriptions, images uint8 (m,H,W,C), labels (m,), exclude ids (m,), and for the
-    queries that are stored items (``id:N``) their row -> id: their code is the stored one)."""
+    queries that are stored items (``id:N``) their row -> id: their code is the stored one).
+    With ``crop`` (a :class:`~lookalike.search.queries.Crop`), each query is that region of
+    its picture: a file's or a stored item's original file at full size (its stored picture
+    when it has no catalogued file)."""
     from ..data.images import conform, load_image
+    from ..search.files import db, of_ids
 
     descs: list[str] = []
     images: list[np.ndarray] = []
@@ -152,12 +156,19 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
         m_item = _ITEM.fullmatch(spec)
         if m_id:
             item_id = int(m_id.group(1))
-            image = conform([coll.image(item_id)], coll.input_spec)[0]  # shown; its code is stored
             label = coll.labels([item_id])[0]
-            own = stored[row] = item_id
+            if crop is None:
+                image = conform([coll.image(item_id)], coll.input_spec)[0]  # shown; its code is stored
+                own = stored[row] = item_id
+            else:
+                original = [r.path for r in of_ids(db(coll), [item_id]).get(item_id, [])
+                            if Path(r.path).is_file()]
+                whole = load_image(original[0]) if original else coll.image(item_id)
+                image, own = conform([crop.apply(whole)], coll.input_spec)[0], item_id
         elif Path(spec).exists():
             size = (coll.encoder.spec.height, coll.encoder.spec.width)
-            image = conform([load_image(spec, size=size)], coll.encoder.spec)[0]
+            whole = load_image(spec, size=None if crop else size)
+            image = conform([crop.apply(whole) if crop else whole], coll.encoder.spec)[0]
             label, own = -1, int(coll.stored_ids([image])[0])
         elif m_item and m_item.group("name") in BUILTIN_DATASETS:
             name, split = m_item.group("name"), m_item.group("split") or "queries"
@@ -168,7 +179,8 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
             index = int(m_item.group("index"))
             if index >= len(ds):
                 raise LookalikeError(f"{spec}: {name} {split} has {len(ds)} items (0..{len(ds)-1})")
-            image = conform(ds.images[index:index + 1], coll.encoder.spec)[0]
+            image = ds.images[index]
+            image = conform([crop.apply(image) if crop else image], coll.encoder.spec)[0]
             label = int(ds.labels[index]) if ds.labels is not None else -1
             own = coll.find(source=ds.sources[index])
             own = int(coll.stored_ids([image])[0]) if own is None else own
@@ -184,19 +196,44 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None
             np.array(exclude, dtype=np.int64), stored)
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from ..data.images import conform
-    from ..search.collection import Collection
-
-    coll = Collection.open(args.collection, model_dir=args.model)
-    descs, images, q_labels, exclude, stored = _resolve_queries(coll, args.queries, args.data_dir)
-    start = time.perf_counter()
+def _query_codes(coll: Any, images: np.ndarray, stored: dict[int, int]) -> np.ndarray:
+    """The code of each query picture: a stored item's stored code, the others encoded."""
     codes = np.empty((len(images), coll.dim), np.float32)
-    for row, item_id in stored.items():  # a stored item's query is its stored code
+    for row, item_id in stored.items():
         codes[row] = coll.vector(item_id)
     new = [row for row in range(len(images)) if row not in stored]
     if new:  # (the model, and PyTorch, load only for queries that are not stored items)
         codes[new] = coll.encoder.encode(images[new])
+    return codes
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..data.images import conform
+    from ..search import queries
+    from ..search.collection import Collection
+    from .queryargs import filter_of
+
+    where = filter_of(args)
+    together = args.together or bool(args.unlike)
+    if args.in_cluster and (where or together):
+        raise LookalikeError("--in-cluster searches one query at a time without filters: "
+                             "leave out --in-cluster, or the filters and --together/--not")
+    coll = Collection.open(args.collection, model_dir=args.model)
+    descs, images, q_labels, exclude, stored = _resolve_queries(coll, args.queries, args.data_dir,
+                                                                args.crop)
+    start = time.perf_counter()
+    codes = _query_codes(coll, images, stored)
+    excluded = [[int(e)] for e in exclude]
+    if together:
+        unlike, unlike_own = None, np.empty(0, np.int64)
+        if args.unlike:
+            _, neg, _, unlike_own, neg_stored = _resolve_queries(coll, args.unlike, args.data_dir)
+            unlike = _query_codes(coll, neg, neg_stored)
+        codes = queries.combine(codes, unlike)[None]
+        excluded = [[int(e) for e in (*exclude, *unlike_own)]]
+        descs = [" + ".join(descs) + "".join(f" - {u}" for u in args.unlike or ())]
+        q_labels = q_labels[:1] if len(set(q_labels.tolist())) == 1 else np.array([-1])
+        images = images[:1]
     if args.in_cluster:
         from ..search.clustering import search_in_cluster
         from ..search.clusterstore import load_clustering
@@ -205,7 +242,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         dist, ids = search_in_cluster(codes, np.asarray(coll.embeddings), coll.ids, clustering,
                                       args.k, exclude)
     else:
-        dist, ids = coll.search(codes, args.k, exclude, rerank=False if args.exact else None)
+        dist, ids = queries.search(coll, codes, args.k, where=where, exclude=excluded,
+                                   rerank=False if args.exact else None)
     elapsed = time.perf_counter() - start
     names = coll.label_names
     out: list[dict[str, Any]] = []
@@ -456,9 +494,14 @@ def cmd_storage(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Folders ``info`` lists (by count; ``--json`` gives every one).
+FOLDERS_SHOWN = 20
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ..data.skipreport import REPORT_NAME, read_report
     from ..search.collection import Collection
+    from ..search.summary import summary
 
     coll = Collection.open(args.collection)
     m = coll.manifest
@@ -471,16 +514,26 @@ def cmd_info(args: argparse.Namespace) -> int:
             "model": m["model"], "index": index, "backend": backend, "dataset": m["dataset"],
             "rerank": "diffusion" if coll.reranks else "none",
             "size_bytes": size, "created": m["created"], "updated": m["updated"],
-            "generation": m.get("generation", 0), "skipped": skipped}
+            "generation": m.get("generation", 0), "skipped": skipped, **summary(coll)}
     from .onnxcommand import imported_file
 
     if (imported := imported_file(coll.path / "model")) is not None:  # (its file's SHA-256)
         info["encoder"] = imported
     if args.json:
         _emit_json(info)
-    else:
-        for key, value in info.items():
-            print(f"{key:>10}: {value}")
+        return 0
+    folders = info.pop("folders")
+    if info["dates"]:
+        info["dates"] = " to ".join(info["dates"])
+    if not info["files"]:  # (no catalogued file: a dataset's items, or not synced yet)
+        del info["files"], info["dates"]
+    for key, value in info.items():
+        print(f"{key:>10}: {value}")
+    shown = list(folders.items())[:FOLDERS_SHOWN]
+    for folder, count in shown:
+        print(f"{count:>10}  {folder}")
+    if len(folders) > len(shown):
+        print(f"{'':>10}  ... and {len(folders) - len(shown)} more folders (--json lists all)")
     return 0
 
 

@@ -5,7 +5,7 @@ against it)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,12 @@ class SearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: int = Field(10, ge=1, description="number of results")
     rerank: bool | None = Field(None, description="null: the collection's default; false: exact")
+    like: list[Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(
+        [], max_length=100, description="more examples (stored items' ids): one search like all of them")
+    unlike: list[Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(
+        [], max_length=100, description="counter-examples (stored items' ids): results move away from them")
+    crop: list[float] | None = Field(None, min_length=4, max_length=4, description=(
+        "search with this region of the query picture: [x, y, width, height] as fractions"))
 
 
 class SearchById(SearchOptions):
@@ -44,13 +50,21 @@ class Result(BaseModel):
     label: int | None
     label_name: str | None
     source: str
+    name: str = Field(description="the file's name (or the source's last part)")
+    path: str | None = Field(description="the catalogued file it was read from, if any")
+    taken: str | None = Field(description="date taken (EXIF), else the file's modification time")
     thumbnail_url: str
+    original_url: str | None = Field(description="the original file, where the item has one")
 
 
 class SearchAnswer(BaseModel):
     query: IdQuery | ImageQuery
     k: int
     rerank: bool
+    like: list[int]
+    unlike: list[int]
+    crop: list[float] | None
+    filter: dict[str, Any] = Field(description="the filter applied ({} for none)")
     distance: str = Field(description='"euclidean" or "diffusion (1 - score)"')
     seconds: float
     results: list[Result]

@@ -4,8 +4,13 @@ Build the app with :func:`create_app`; ``lookalike serve`` runs it on uvicorn. R
 
 * ``POST /api/search``: multipart (``file``, optional ``k``, ``rerank``) or JSON
   ``{"id": N, "k": 10, "rerank": null}``; returns the results and the time taken;
+  with more examples (``like``), counter-examples (``unlike``), a region (``crop``) and a
+  filter (query parameters ``in``, ``after``, ``before``, ``label``, ``camera``,
+  ``has_gps``; :mod:`lookalike.app.richsearch`);
 * ``GET /api/items/{id}``, ``GET /api/items/{id}/image[?size=112]``: metadata and the
   stored image as PNG (from the collection's arrays, never from a path);
+* ``GET /api/items/{id}/original``: the file the item was read from, at full size (its
+  catalogued path or its own source, never a path a request names);
 * ``POST /api/items`` (multipart, one or more files), ``DELETE /api/items/{id}``;
 * ``GET /api/health``, ``GET /api/stats``; ``/openapi.json`` and its Swagger UI at ``/docs``,
   served from the ``fastapi-offline`` package's copy (nothing is fetched from elsewhere);
@@ -33,16 +38,17 @@ import contextlib
 import io
 import logging
 import math
+import mimetypes
 import os
 import socket
 import time
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -56,7 +62,9 @@ from starlette.types import Message
 from ..data.images import MAX_PIXELS, decode_image
 from ..errors import ImageError, LookalikeError, RemoteError
 from ..search.collection import Collection
+from ..search.filters import Filter
 from .dupservice import duplicates_router, move_folder
+from .richsearch import RichQuery, crop_of, file_facts, filter_params, name_of, original, rich_search
 from .schemas import (
     MAX_ID,
     AddAnswer,
@@ -249,20 +257,27 @@ def create_app(collection_path: str | os.PathLike[str], *,
         return opts
 
     def results(request: Request, hits: list[Hit], query: dict[str, Any], opts: SearchOptions,
-                seconds: float) -> dict[str, Any]:
+                seconds: float, where: Filter) -> dict[str, Any]:
         root = request.scope.get("root_path", "")
         names = shared.label_names()
         reranked = shared.reranks if opts.rerank is None else opts.rerank
+        facts = file_facts(shared.current(), [h.id for h in hits])
         return {"query": query, "k": opts.k, "rerank": reranked,
                 "distance": "diffusion (1 - score)" if reranked else "euclidean",
-                "seconds": round(seconds, 6),
+                "seconds": round(seconds, 6), "like": opts.like, "unlike": opts.unlike,
+                "crop": opts.crop, "filter": where.to_dict(),
                 "results": [{"rank": r, "id": h.id,
                              "distance": round(h.distance, 6) if math.isfinite(h.distance) else None,
                              "label": h.label if h.label >= 0 else None,
                              "label_name": names[h.label] if names and 0 <= h.label < len(names)
                              else None,
                              "source": h.source,
-                             "thumbnail_url": f"{root}/api/items/{h.id}/image?size={THUMBNAIL}"}
+                             "name": facts[h.id][0] if h.id in facts else name_of(h.source),
+                             "path": facts[h.id][1] if h.id in facts else None,
+                             "taken": facts[h.id][2] if h.id in facts else None,
+                             "thumbnail_url": f"{root}/api/items/{h.id}/image?size={THUMBNAIL}",
+                             "original_url": f"{root}/api/items/{h.id}/original"
+                             if h.id in facts or h.source.startswith("/") else None}
                             for r, h in enumerate(hits, start=1)]}
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
@@ -272,14 +287,17 @@ def create_app(collection_path: str | os.PathLike[str], *,
         "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
             "file": {"type": "string", "format": "binary", "description": "the query image"},
             "k": {"type": "integer", "minimum": 1, "maximum": max_k, "default": 10},
-            "rerank": {"type": "boolean", "description": "omit for the collection's default"}}}},
+            "rerank": {"type": "boolean", "description": "omit for the collection's default"},
+            "like": {"type": "string", "description": "more examples: stored ids, comma-separated"},
+            "unlike": {"type": "string", "description": "counter-examples: stored ids, comma-separated"},
+            "crop": {"type": "string", "description": "a region of the picture: x,y,w,h fractions"}}}},
         "application/json": {"schema": SearchById.model_json_schema()}}}
 
     @app.post("/api/search", tags=["search"], openapi_extra={"requestBody": search_body},
               summary="Search with an uploaded image or a stored item's id",
               response_model=SearchAnswer, dependencies=reads,
               responses=error_responses(400, *read_errors, 404, 413, 415, 422, 503))
-    async def search(request: Request) -> dict[str, Any]:
+    async def search(request: Request, where: Annotated[Filter, Depends(filter_params)]) -> dict[str, Any]:
         media = _media(request)
         req = _capped(request, max_upload_bytes)
         if media == "json":
@@ -292,8 +310,11 @@ def create_app(collection_path: str | os.PathLike[str], *,
             opts = options(data, SearchById)
             assert isinstance(opts, SearchById)
             start = time.perf_counter()
-            hits = await run(shared.search_id, opts.id, opts.k, opts.rerank)
-            return results(request, hits, {"id": opts.id}, opts, time.perf_counter() - start)
+            if _plain(opts, where):
+                hits = await run(shared.search_id, opts.id, opts.k, opts.rerank)
+            else:
+                hits = await run(rich_search, shared.current(), _rich(opts, where, item=opts.id))
+            return results(request, hits, {"id": opts.id}, opts, time.perf_counter() - start, where)
         async with req.form(max_files=1, max_fields=10) as form:
             upload, fields = _one_file(form)
             data = await upload.read()
@@ -301,9 +322,12 @@ def create_app(collection_path: str | os.PathLike[str], *,
         opts = options(fields, SearchOptions)
         start = time.perf_counter()
         image = await run(_decode, data, name, max_pixels)
-        hits = await run(shared.search_image, image, opts.k, opts.rerank)
+        if _plain(opts, where):
+            hits = await run(shared.search_image, image, opts.k, opts.rerank)
+        else:
+            hits = await run(rich_search, shared.current(), _rich(opts, where, image=image))
         query = {"filename": name, "height": image.shape[0], "width": image.shape[1]}
-        return results(request, hits, query, opts, time.perf_counter() - start)
+        return results(request, hits, query, opts, time.perf_counter() - start, where)
 
     @app.get("/api/items/{item_id}", tags=["items"], summary="An item's metadata",
              response_model=ItemInfo, dependencies=reads,
@@ -334,6 +358,23 @@ def create_app(collection_path: str | os.PathLike[str], *,
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
         return Response(_png(image, size), media_type="image/png", headers=headers)
+
+    @app.get("/api/items/{item_id}/original", tags=["items"],
+             summary="The file an item was read from, at full size (never another path)",
+             response_class=Response, dependencies=reads,
+             responses={200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "the file's bytes"},
+                        **error_responses(*read_errors, 404, 422, 503)})
+    def get_original(item_id: int = _item_id()) -> Response:
+        coll = shared.current()
+        shared.item(item_id)  # (404 for an unknown id)
+        found = original(coll, item_id)
+        if found is None:
+            raise UnknownItem(f"item {item_id} has no original file (it was not read from a file, "
+                              "or the file is gone)")
+        media = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
+        return FileResponse(found, media_type=media, headers={
+            "Cache-Control": "no-cache", "Content-Security-Policy": "default-src 'none'; sandbox"})
 
     items_body = {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["files"], "properties": {
@@ -403,6 +444,20 @@ def _item_id() -> Any:
     return PathParam(ge=0, le=MAX_ID, description="an item's id", examples=[0])
 
 
+def _plain(opts: SearchOptions, where: Filter) -> bool:
+    """Whether a search is a plain one (batched with others, :class:`SharedCollection`)."""
+    return not (where or opts.like or opts.unlike or opts.crop)
+
+
+def _rich(opts: SearchOptions, where: Filter, **query: Any) -> RichQuery:
+    return RichQuery(opts.k, opts.rerank, like=tuple(opts.like), unlike=tuple(opts.unlike),
+                     crop=crop_of(opts.crop), where=where, **query)
+
+
+#: Multipart fields of a search besides the file; the lists are comma-separated.
+_FIELDS = ("k", "rerank", "like", "unlike", "crop")
+
+
 def _one_file(form: FormData) -> tuple[UploadFile, dict[str, Any]]:
     uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
     if not uploads:
@@ -411,10 +466,10 @@ def _one_file(form: FormData) -> tuple[UploadFile, dict[str, Any]]:
     fields: dict[str, Any] = {}
     for key, value in form.multi_items():
         if isinstance(value, str):
-            if key not in ("k", "rerank"):
-                raise HTTPException(422, f"{key}: unknown field; expected file, k, rerank")
+            if key not in _FIELDS:
+                raise HTTPException(422, f"{key}: unknown field; expected file, {', '.join(_FIELDS)}")
             if value != "":  # an empty field means "the default"
-                fields[key] = value
+                fields[key] = [v for v in value.split(",") if v.strip()] if key in _FIELDS[2:] else value
     return uploads[0], fields
 
 

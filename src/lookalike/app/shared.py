@@ -108,6 +108,10 @@ class SharedCollection:
                     self._install(fresh, stamp)
         return self.snapshot
 
+    def current(self) -> Collection:
+        """The snapshot a read uses now (another process's commit read first)."""
+        return self._current()
+
     @property
     def reranks(self) -> bool:
         return self.snapshot.reranks

@@ -1,4 +1,5 @@
-// The lookalike page: query by a dropped, picked or drawn image, or by clicking a result.
+// The lookalike page: query by a dropped, picked or drawn image, or by a result; narrow by a
+// filter, a region of the query picture, and results marked more like or less like it.
 // Plain browser JavaScript, no build step; every URL is relative to the page.
 "use strict";
 
@@ -10,7 +11,11 @@
     searchDrawing: $("search-drawing"), k: $("k"), ranking: $("ranking"), rankingNote: $("ranking-note"),
     rerank: $("ranking-rerank"), exact: $("ranking-exact"), query: $("query"),
     queryImage: $("query-image"), queryText: $("query-text"), status: $("status"), results: $("results"),
-    addQuery: $("add-query"),
+    addQuery: $("add-query"), filterForm: $("filter-form"), filter: $("filter"),
+    queryFrame: $("query-frame"), cropBox: $("crop-box"), refine: $("refine"),
+    clearMarks: $("clear-marks"), whole: $("whole"), viewer: $("viewer"), viewerTitle: $("viewer-title"),
+    viewerLink: $("viewer-link"), viewerPath: $("viewer-path"), viewerImage: $("viewer-image"),
+    viewerClose: $("viewer-close"),
   };
   const state = {
     stats: null,        // GET api/stats
@@ -18,6 +23,9 @@
     drawn: false,       // whether the canvas holds strokes
     seq: 0,             // answers to older requests are dropped
     blobs: [],          // object URLs of the images fetched with the token, revoked when replaced
+    like: new Set(),    // ids of results marked "more like this"
+    unlike: new Set(),  // ids of results marked "less like this"
+    crop: null,         // [x, y, w, h] fractions of the query picture, or null for all of it
   };
   // Ink and paper: white on black for grey collections (as MNIST/digits), black on white for colour.
   let paper = "#000";
@@ -86,28 +94,72 @@
     return Number.isFinite(k) ? k : 10;
   }
 
+  // The filter field's words as the search's query parameters: key:value, or a bare word
+  // for a path glob or folder name. Throws on an unknown key.
+  const FILTER_KEYS = { in: "in", after: "after", before: "before", label: "label", camera: "camera", gps: "has_gps" };
+
+  function filterParams() {
+    const params = new URLSearchParams();
+    for (const word of els.filter.value.trim().split(/\s+/).filter(Boolean)) {
+      const at = word.indexOf(":");
+      const key = at > 0 ? word.slice(0, at).toLowerCase() : "in";
+      let value = at > 0 ? word.slice(at + 1) : word;
+      if (!(key in FILTER_KEYS) || !value) {
+        throw new Error(`filter: "${word}" is not one of in:GLOB, after:DATE, before:DATE, label:NAME, camera:TEXT, gps:yes|no`);
+      }
+      if (key === "gps") value = /^(yes|true|1)$/i.test(value) ? "true" : "false";
+      params.append(FILTER_KEYS[key], value);
+    }
+    return params;
+  }
+
+  // A new query: its marks and region start empty; search() with the same query keeps them.
+  function fresh(query) {
+    state.like.clear();
+    state.unlike.clear();
+    state.crop = null;
+    return search(query);
+  }
+
   async function search(query) {
     state.last = query;
     const seq = ++state.seq;
     const rerank = rerankValue();
+    let params;
+    try {
+      params = filterParams();
+    } catch (err) {
+      say(err.message, true);
+      return;
+    }
+    const like = [...state.like];
+    const unlike = [...state.unlike];
     let request;
     if (query.kind === "id") {
       const body = { id: query.id, k: kValue() };
       if (rerank !== null) body.rerank = rerank;
+      if (like.length) body.like = like;
+      if (unlike.length) body.unlike = unlike;
+      if (state.crop) body.crop = state.crop;
       request = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
-      showQuery(`api/items/${query.id}/image?size=112`, `item #${query.id}`, false);
+      showQuery(query.original || `api/items/${query.id}/image?size=112`, `item #${query.id}`, false);
     } else {
       const form = new FormData();
       form.append("file", query.blob, query.name);
       form.append("k", String(kValue()));
       if (rerank !== null) form.append("rerank", String(rerank));
+      if (like.length) form.append("like", like.join(","));
+      if (unlike.length) form.append("unlike", unlike.join(","));
+      if (state.crop) form.append("crop", state.crop.join(","));
       request = { method: "POST", body: form };
       showQuery(query.url, query.name, true);
     }
+    showCrop();
     say("searching…");
+    const where = params.toString();
     let response;
     try {
-      response = await api("api/search", request);
+      response = await api(where ? `api/search?${where}` : "api/search", request);
     } catch (err) {
       if (seq === state.seq) say(`the server cannot be reached (${err.message})`, true);
       return;
@@ -126,9 +178,31 @@
     els.query.hidden = false;
     if (local) els.queryImage.src = url;
     else setImage(els.queryImage, url);
-    els.queryText.textContent = `Query: ${text}`;
+    const parts = [];
+    if (state.like.size) parts.push(`more like ${state.like.size} result${state.like.size > 1 ? "s" : ""}`);
+    if (state.unlike.size) parts.push(`less like ${state.unlike.size}`);
+    if (state.crop) parts.push("a region");
+    els.queryText.textContent = `Query: ${text}` + (parts.length ? ` (${parts.join(", ")})` : "");
     // an uploaded or drawn image can be added (a stored item is there already)
     els.addQuery.hidden = !local || !state.stats || state.stats.access.writes === "off";
+  }
+
+  // A distance in at most 6 characters: 0.123, 12.35, 1235, 1.2e+5.
+  function shortDistance(d) {
+    if (d === null) return "–";
+    if (d < 10) return d.toFixed(3);
+    if (d < 1e4) return d.toPrecision(4).replace(/\.?0+$/, "");
+    return d.toExponential(1);
+  }
+
+  function smallButton(text, cls, title) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = `mark ${cls}`;
+    b.textContent = text;
+    b.title = title;
+    b.setAttribute("aria-label", title);
+    return b;
   }
 
   function render(answer) {
@@ -138,15 +212,24 @@
     list.replaceChildren();
     for (const r of answer.results) {
       const li = document.createElement("li");
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "result";
-      button.dataset.id = String(r.id);
-      const label = r.label_name ?? (r.label === null ? "?" : String(r.label));
-      button.title = `#${r.id} · ${r.source} · distance ${r.distance} · click to search with it`;
+      const card = document.createElement("div");
+      card.className = "result";
+      card.dataset.id = String(r.id);
+      const label = r.label_name ?? (r.label === null ? "" : String(r.label));
+      const where = r.path || r.source;
+      card.title = `${where}${r.taken ? `\ntaken ${r.taken.replace("T", " ")}` : ""}\n#${r.id} · distance ${r.distance}`;
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "thumb";
+      open.setAttribute("aria-label", r.original_url ? `open ${r.name}` : `search with ${r.name}`);
       const img = document.createElement("img");
       setImage(img, r.thumbnail_url);
-      img.alt = `item ${r.id}, label ${label}`;
+      img.alt = `${r.name}${label ? `, label ${label}` : ""}`;
+      open.append(img);
+      open.addEventListener("click", () => (r.original_url ? view(r) : fresh({ kind: "id", id: r.id })));
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = r.name;
       const meta = document.createElement("span");
       meta.className = "meta";
       const lab = document.createElement("span");
@@ -154,19 +237,135 @@
       lab.textContent = label;
       const dist = document.createElement("span");
       dist.className = "distance";
-      dist.textContent = r.distance === null ? "–" : r.distance.toFixed(3);
+      dist.textContent = shortDistance(r.distance);
       meta.append(lab, dist);
-      button.append(img, meta);
-      button.addEventListener("click", () => search({ kind: "id", id: r.id }));
-      li.append(button);
+      const actions = document.createElement("span");
+      actions.className = "actions";
+      const again = smallButton("Search", "search-it", "search with this one");
+      again.addEventListener("click", () => fresh({ kind: "id", id: r.id, original: r.original_url }));
+      const more = smallButton("+", "more", "more like this");
+      const less = smallButton("−", "less", "less like this");
+      more.addEventListener("click", () => mark(r.id, card, state.like, state.unlike));
+      less.addEventListener("click", () => mark(r.id, card, state.unlike, state.like));
+      actions.append(again, more, less);
+      card.append(open, name, meta, actions);
+      paintMarks(card);
+      li.append(card);
       list.append(li);
     }
     const how = answer.rerank ? "re-ranked" : "exact";
     const ms = (answer.seconds * 1000).toFixed(1);
+    const only = Object.keys(answer.filter || {}).length ? ", filtered" : "";
     say(answer.results.length
-      ? `${answer.results.length} results, ${how}, in ${ms} ms (distance: ${answer.distance}). Click one to search with it.`
-      : "no results (the collection is empty)");
+      ? `${answer.results.length} results${only}, ${how}, in ${ms} ms (distance: ${answer.distance}). ` +
+        "Click a picture to open it."
+      : (only ? "no results: nothing passes the filter" : "no results (the collection is empty)"));
+    showMarks();
   }
+
+  // ------------------------------------------------------------------ more like, less like
+  function mark(id, card, into, other) {
+    if (into.has(id)) into.delete(id);
+    else { into.add(id); other.delete(id); }
+    paintMarks(card);
+    showMarks();
+  }
+
+  function paintMarks(card) {
+    const id = Number(card.dataset.id);
+    card.classList.toggle("liked", state.like.has(id));
+    card.classList.toggle("unliked", state.unlike.has(id));
+    card.querySelector(".more").setAttribute("aria-pressed", String(state.like.has(id)));
+    card.querySelector(".less").setAttribute("aria-pressed", String(state.unlike.has(id)));
+  }
+
+  function showMarks() {
+    const marked = state.like.size + state.unlike.size;
+    els.refine.hidden = marked === 0;
+    els.clearMarks.hidden = marked === 0;
+    els.refine.textContent = `Search again (${state.like.size} more like, ${state.unlike.size} less like)`;
+  }
+
+  els.refine.addEventListener("click", () => { if (state.last) search(state.last); });
+  els.clearMarks.addEventListener("click", () => {
+    state.like.clear();
+    state.unlike.clear();
+    for (const card of els.results.querySelectorAll(".result")) paintMarks(card);
+    showMarks();
+  });
+
+  // ------------------------------------------------------------------ the original file
+  function view(r) {
+    els.viewerTitle.textContent = r.name;
+    els.viewerPath.textContent = `${r.path || r.source}${r.taken ? ` · taken ${r.taken.replace("T", " ")}` : ""}`;
+    els.viewerLink.href = r.original_url;
+    els.viewerImage.removeAttribute("src");
+    setImage(els.viewerImage, r.original_url);
+    els.viewer.showModal();
+  }
+
+  els.viewerClose.addEventListener("click", () => els.viewer.close());
+  els.viewer.addEventListener("click", (e) => { if (e.target === els.viewer) els.viewer.close(); });
+
+  // ------------------------------------------------------------------ a region of the query
+  // A box dragged over the query picture: its corners as fractions of the picture.
+  let dragFrom = null;
+
+  function fraction(e) {
+    const box = els.queryImage.getBoundingClientRect();
+    return {
+      x: Math.min(1, Math.max(0, (e.clientX - box.left) / box.width)),
+      y: Math.min(1, Math.max(0, (e.clientY - box.top) / box.height)),
+    };
+  }
+
+  function boxOf(a, b) {
+    return [Math.min(a.x, b.x), Math.min(a.y, b.y), Math.abs(a.x - b.x), Math.abs(a.y - b.y)];
+  }
+
+  function drawBox(crop) {
+    els.cropBox.hidden = !crop;
+    if (!crop) return;
+    const w = els.queryImage.clientWidth, h = els.queryImage.clientHeight;
+    Object.assign(els.cropBox.style, {
+      left: `${crop[0] * w}px`, top: `${crop[1] * h}px`, width: `${crop[2] * w}px`, height: `${crop[3] * h}px`,
+    });
+  }
+
+  function showCrop() {
+    drawBox(state.crop);
+    els.whole.hidden = !state.crop;
+  }
+
+  els.queryFrame.addEventListener("pointerdown", (e) => {
+    e.preventDefault();
+    els.queryFrame.setPointerCapture(e.pointerId);
+    dragFrom = fraction(e);
+  });
+  els.queryFrame.addEventListener("pointermove", (e) => {
+    if (dragFrom) drawBox(boxOf(dragFrom, fraction(e)));
+  });
+  els.queryFrame.addEventListener("pointerup", (e) => {
+    if (!dragFrom) return;
+    const crop = boxOf(dragFrom, fraction(e)).map((v) => Math.round(v * 1000) / 1000);
+    dragFrom = null;
+    if (crop[2] < 0.03 || crop[3] < 0.03) { showCrop(); return; }  // a click, not a box
+    state.crop = crop;
+    if (state.last) search(state.last);
+  });
+  els.whole.addEventListener("click", () => {
+    state.crop = null;
+    if (state.last) search(state.last);
+  });
+
+  // ------------------------------------------------------------------ the filter
+  els.filterForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (state.last) search(state.last);
+    else {
+      try { filterParams(); say("the filter applies to the next search"); } catch (err) { say(err.message, true); }
+    }
+  });
 
   // ------------------------------------------------------------------ adding
   async function addQuery() {
@@ -203,7 +402,7 @@
       say(`${file.name} is larger than the server's limit of ${state.stats.max_upload_bytes.toLocaleString()} bytes`, true);
       return;
     }
-    search({ kind: "image", blob: file, name: file.name || "image", url: URL.createObjectURL(file) });
+    fresh({ kind: "image", blob: file, name: file.name || "image", url: URL.createObjectURL(file) });
   }
 
   els.file.addEventListener("change", () => {
@@ -350,7 +549,7 @@
     if (!crop) { say("draw something first", true); return; }
     crop.toBlob((blob) => {
       if (!blob) { say("this browser could not turn the drawing into a PNG", true); return; }
-      search({ kind: "image", blob, name: "drawing.png", url: URL.createObjectURL(blob) });
+      fresh({ kind: "image", blob, name: "drawing.png", url: URL.createObjectURL(blob) });
     }, "image/png");
   }
 
