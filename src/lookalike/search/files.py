@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..data.filefacts import FileFacts, Stat, digest, read_facts
 from . import metadata
 
@@ -172,7 +174,7 @@ def describe(paths: Sequence[str], ids: Sequence[int], with_digest: bool = True,
 
 
 def catalogue(coll: Collection | Path, paths: Sequence[str | os.PathLike[str]],
-              ids: Sequence[int]) -> int:
+              ids: Sequence[int] | np.ndarray) -> int:
     """Read and record the files ``paths`` as showing the items ``ids`` (row-aligned);
     returns how many rows were written. Paths that are not files (a dataset's
     ``name:split:i`` sources) are passed over."""
