@@ -393,21 +393,28 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
     from ..search.collection import Collection
-    from ..search.duplicates import find_duplicates
+    from ..search.duplicates import find_groups
+    from . import dupreport
 
     coll = Collection.open(args.collection)
-    groups = find_duplicates(coll, threshold=args.threshold, k=args.k)
-    sources = {it.id: it.source for it in coll.items([i for g in groups for i in g]) if it}
+    groups = find_groups(coll, similar=args.similar, progress=args.progress, since=args.since,
+                         threshold=args.threshold, k=args.k)
+    sources = {it.id: it.source for it in coll.items([i for g in groups for i in g.ids]) if it}
+    keepers: dict[tuple[int, ...], tuple[int, str]] = {}  # (a keep rule fills this)
+    if args.csv:
+        text = dupreport.as_csv(groups, sources, keepers)
+        if args.csv == "-":
+            print(text, end="")
+        else:
+            Path(args.csv).write_text(text, encoding="utf-8")
     if args.json:
-        _emit_json({"threshold": args.threshold, "k": args.k, "items": len(coll),
-                    "groups": [[{"id": i, "source": sources.get(i)} for i in g] for g in groups]})
-        return 0
-    print(f"{len(groups)} group(s) of near-duplicates among {len(coll)} items "
-          f"(aligned pixel correlation >= {args.threshold})")
-    for number, group in enumerate(groups, start=1):
-        print(f"group {number} ({len(group)} items):")
-        for i in group:
-            print(f"  {i:>7}  {sources.get(i, '')}")
+        _emit_json(dupreport.as_json(
+            groups, sources, items=len(coll), keepers=keepers,
+            settings={"threshold": args.threshold, "k": args.k, "similar": args.similar,
+                      "since": args.since}))
+    elif args.csv != "-":
+        print(dupreport.as_text(groups, sources, items=len(coll), threshold=args.threshold,
+                                keepers=keepers))
     return 0
 
 
