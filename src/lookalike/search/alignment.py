@@ -43,20 +43,23 @@ SCALES = (1.0, 0.95, 0.9, 0.85, 0.8)
 SHIFT_STEP = 0.025
 
 
-def _warps() -> tuple[tuple[float, float, float], ...]:
+Warp = tuple[float, float, float]
+
+
+def _warps(scales: tuple[float, ...], step: float) -> tuple[Warp, ...]:
     """``(scale, shift_y, shift_x)``: the region of side ``scale`` whose centre sits at the
-    frame's centre plus the shifts (fractions of the side), for every scale of
-    :data:`SCALES` and every shift on a grid of :data:`SHIFT_STEP` up to
-    ``(1 - scale) / 2 + SLACK``."""
+    frame's centre plus the shifts (fractions of the side), for every scale of ``scales``
+    and every shift on a grid of ``step`` up to ``(1 - scale) / 2 + SLACK``."""
     out = []
-    for s in SCALES:
-        reach = int(np.floor(((1 - s) / 2 + SLACK) / SHIFT_STEP + 1e-9))
-        steps = [i * SHIFT_STEP for i in range(-reach, reach + 1)]
+    for s in scales:
+        reach = int(np.floor(((1 - s) / 2 + SLACK) / step + 1e-9))
+        steps = [i * step for i in range(-reach, reach + 1)]
         out += [(s, dy, dx) for dy in steps for dx in steps]
     return tuple(out)
 
 
-WARPS = _warps()
+#: The grid searched at half size (16 px a side), then refined at full size.
+WARPS = _warps(SCALES, SHIFT_STEP)
 
 
 def thumbnails(images: np.ndarray, size: int = COMPARE_SIZE) -> np.ndarray:
@@ -87,12 +90,13 @@ def _axis_operator(n: int, scale: float, shift: float) -> sparse.csr_matrix:
 
 
 @functools.lru_cache(maxsize=8)
-def _operator(height: int, width: int) -> tuple[sparse.csr_matrix, np.ndarray]:
-    """Every warp of :data:`WARPS` as one sparse ``(len(WARPS) * h*w, h*w)`` matrix (bilinear
+def _operator(height: int, width: int, warps: tuple[Warp, ...] = WARPS
+              ) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Every warp of ``warps`` as one sparse ``(len(warps) * h*w, h*w)`` matrix (bilinear
     resampling is separable: the Kronecker product of the two axes'), and
-    ``(len(WARPS), h*w)``: what each input pixel adds to each warp's pixel sum."""
+    ``(len(warps), h*w)``: what each input pixel adds to each warp's pixel sum."""
     ops = [sparse.kron(_axis_operator(height, s, dy), _axis_operator(width, s, dx), format="csr")
-           for s, dy, dx in WARPS]
+           for s, dy, dx in warps]
     sums = np.stack([np.asarray(op.sum(axis=0)).ravel() for op in ops]).astype(np.float32)
     return sparse.vstack(ops, format="csr").astype(np.float32), sums
 
@@ -106,18 +110,19 @@ def standardise(v: np.ndarray) -> np.ndarray:
     return v
 
 
-def _one_way(a: np.ndarray, zb: np.ndarray, shape: tuple[int, int]
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _one_way(a: np.ndarray, zb: np.ndarray, shape: tuple[int, int],
+             warps: tuple[Warp, ...] = WARPS) -> tuple[np.ndarray, np.ndarray]:
     """For each pair, the best correlation of a warp of ``a[i]`` (``(m, h*w)``) with
-    ``zb[i]`` (standardised), ``(m,)``, and that warp's index in :data:`WARPS`, ``(m,)``."""
-    op, warp_sums = _operator(*shape)
+    ``zb[i]`` (standardised), ``(m,)``, and that warp's index in ``warps``, ``(m,)``."""
+    op, warp_sums = _operator(*shape, warps)
     size = shape[0] * shape[1]
     x = standardise(a)  # (a warp of a constant is that constant: no cancellation below)
-    moved = np.asarray(op @ x.T).reshape(len(WARPS), size, len(x))  # (T, p, m)
-    # Pearson with a standardised zb: <moved, zb> / |moved - mean| (zb sums to 0)
-    dots = np.einsum("tpm,mp->tm", moved, zb)
+    moved = np.asarray(op @ x.T).reshape(len(warps), size, len(x))  # (T, p, m)
+    # Pearson with a standardised zb: <moved, zb> / |moved - mean| (zb sums to 0). (Products
+    # and sums along p: einsum takes a slow path on this layout.)
+    dots = (moved * zb.T[None]).sum(axis=1)  # (T, m)
     sums = warp_sums @ x.T  # (T, m)
-    spread = np.einsum("tpm,tpm->tm", moved, moved) - sums * sums / size
+    spread = (moved * moved).sum(axis=1) - sums * sums / size
     corr = dots / np.sqrt(np.maximum(spread, 1e-12))
     best = corr.argmax(axis=0)
     return corr[best, np.arange(len(x))], best
@@ -172,62 +177,83 @@ def _refine(a: np.ndarray, zb: np.ndarray, shape: tuple[int, int], warp: np.ndar
 
 
 def _half(thumbs: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-    """2x2 block means (odd sides keep their last row or column out)."""
+    """2x2 block means (an odd side's last row or column joins the block before it)."""
     h, w = shape[0] // 2, shape[1] // 2
-    x = thumbs.reshape(len(thumbs), shape[0], shape[1])[:, :2 * h, :2 * w].astype(np.float32)
-    return x.reshape(len(x), h, 2, w, 2).mean(axis=(2, 4)).reshape(len(x), h * w), (h, w)
+    pool = _pooling(shape[0], shape[1], h, w)
+    return thumbs.astype(np.float32) @ pool, (h, w)
+
+
+@functools.lru_cache(maxsize=8)
+def _pooling(height: int, width: int, rows: int, cols: int) -> np.ndarray:
+    """``(h*w, rows*cols)``: the means of a ``rows`` x ``cols`` grid of blocks as a matrix."""
+    ys = np.minimum(np.arange(height) * rows // height, rows - 1)
+    xs = np.minimum(np.arange(width) * cols // width, cols - 1)
+    cell = (ys[:, None] * cols + xs[None, :]).ravel()
+    pool = np.zeros((height * width, rows * cols), np.float32)
+    pool[np.arange(height * width), cell] = 1
+    return pool / pool.sum(axis=0, keepdims=True)
 
 
 def _blocks(thumbs: np.ndarray, shape: tuple[int, int], side: int = 8) -> np.ndarray:
-    """Means of a ``side`` x ``side`` grid of blocks, ``(n, side*side)``."""
-    x = thumbs.reshape(len(thumbs), shape[0], shape[1]).astype(np.float32)
-    ys = np.linspace(0, shape[0], side + 1).astype(int)
-    xs = np.linspace(0, shape[1], side + 1).astype(int)
-    return np.stack([x[:, ys[i]:ys[i + 1], xs[j]:xs[j + 1]].mean(axis=(1, 2))
-                     for i in range(side) for j in range(side)], axis=1)
+    """Means of a ``side`` x ``side`` grid of blocks, ``(n, side*side)`` (a matrix product:
+    a strided mean over two axes is many times slower)."""
+    return thumbs.astype(np.float32) @ _pooling(shape[0], shape[1], side, side)  # type: ignore[no-any-return]
 
 
-#: Cascade margins: a copy cropped 10% a side correlates at least this far below its aligned
-#: score on 8x8 block means (GATE is absolute) and at half size (measured on the benchmark's
-#: wallpapers, docs/benchmarks.md "duplicates", with room to spare).
+#: The cascade's gate: the plain correlation of 8x8 block means, which every copy on the
+#: benchmark's wallpapers reaches (their lowest: 0.56; docs/benchmarks.md "duplicates").
 GATE = 0.5
+#: A copy's score on the half-size grid is at most 0.088 below its refined score on the
+#: benchmark's wallpapers: pairs further below the near threshold are not refined.
+HALF_MARGIN = 0.1
+
+
+def _both_ways(a: np.ndarray, b: np.ndarray, shape: tuple[int, int],
+               warps: tuple[Warp, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best warp of either over the other: scores ``(m,)`` and each way's best warp."""
+    one, w1 = _one_way(a, standardise(b), shape, warps)
+    two, w2 = _one_way(b, standardise(a), shape, warps)
+    return np.maximum(one, two), w1, w2
 
 
 def pair_scores(thumbs_a: np.ndarray, thumbs_b: np.ndarray, shape: tuple[int, int],
-                floor: float | None = None, chunk: int = 64) -> np.ndarray:
+                floor: float | None = None, refine_above: float | None = None,
+                chunk: int = 256) -> np.ndarray:
     """``float32 (m,)``: the aligned correlation of each pair ``(thumbs_a[i], thumbs_b[i])``
-    (``uint8 (m, h*w)`` of pictures ``shape``): the best over :data:`WARPS` of either one
-    laid over the other.
+    (``uint8 (m, h*w)`` of pictures ``shape``): the best zoom and shift of either one laid
+    over the other (:data:`WARPS` at half size, refined at full size).
 
-    With ``floor``, a pair that cannot reach it by the cascade's margins keeps a cheaper,
-    lower score (below ``floor``) instead of its exact best. Constant pictures score 0
-    against anything but a constant picture (1).
+    A cascade, each stage on the pairs the last one left: with ``floor``, a pair whose 8x8
+    block means correlate below :data:`GATE` keeps its plain correlation; with ``refine_above``, a pair whose half-size score is below it keeps
+    that score, unrefined. Constant pictures score 0 against anything but a constant picture (1).
     """
     a = thumbs_a.astype(np.float32)
     b = thumbs_b.astype(np.float32)
-    ga, gb = standardise(_blocks(a, shape)), standardise(_blocks(b, shape))
-    score = np.einsum("mp,mp->m", standardise(a), standardise(b))
     flat_a, flat_b = np.ptp(a, axis=1) == 0, np.ptp(b, axis=1) == 0
-    gate = np.einsum("mp,mp->m", ga, gb)
-    todo = np.flatnonzero(~flat_a & ~flat_b & ((floor is None) | (gate >= GATE)))
-    if shape[0] >= 16 and shape[1] >= 16:  # the grid at half size, refined at full size
-        ha, hshape = _half(a, shape)
-        hb, _ = _half(b, shape)
+    todo = np.flatnonzero(~flat_a & ~flat_b)
+    score = np.zeros(len(a), np.float32)
+    if floor is not None:  # the gate; a pair that fails it keeps its block correlation
+        gate = np.einsum("mp,mp->m", standardise(_blocks(a[todo], shape)),
+                         standardise(_blocks(b[todo], shape)))
+        score[todo] = np.minimum(gate, floor - 1e-3)
+        todo = todo[gate >= GATE]
+    score[todo] = np.einsum("mp,mp->m", standardise(a[todo]), standardise(b[todo]))
+    if shape[0] < 16 or shape[1] < 16:  # too small for a cascade: the grid at full size
         for start in range(0, len(todo), chunk):
             pick = todo[start:start + chunk]
-            za, zb = standardise(a[pick]), standardise(b[pick])
-            one, w1 = _one_way(ha[pick], standardise(hb[pick]), hshape)
-            two, w2 = _one_way(hb[pick], standardise(ha[pick]), hshape)
-            grid = np.asarray(WARPS)
-            best = np.maximum(_refine(a[pick], zb, shape, grid[w1])[0],
-                              _refine(b[pick], za, shape, grid[w2])[0])
-            score[pick] = np.maximum(score[pick], best)
+            score[pick] = np.maximum(score[pick], _both_ways(a[pick], b[pick], shape, WARPS)[0])
     else:
+        grid = np.asarray(WARPS)
         for start in range(0, len(todo), chunk):
             pick = todo[start:start + chunk]
-            best = np.maximum(_one_way(a[pick], standardise(b[pick]), shape)[0],
-                              _one_way(b[pick], standardise(a[pick]), shape)[0])
-            score[pick] = np.maximum(score[pick], best)
+            (ha, hshape), (hb, _) = _half(a[pick], shape), _half(b[pick], shape)
+            half, w1, w2 = _both_ways(ha, hb, hshape, WARPS)
+            score[pick] = np.maximum(score[pick], half)
+            fine = np.ones(len(pick), bool) if refine_above is None else half >= refine_above
+            p = pick[fine]
+            if len(p):
+                score[p] = np.maximum(_refine(a[p], standardise(b[p]), shape, grid[w1[fine]])[0],
+                                      _refine(b[p], standardise(a[p]), shape, grid[w2[fine]])[0])
     score[flat_a | flat_b] = 0.0
     score[flat_a & flat_b] = 1.0
     return score.astype(np.float32)

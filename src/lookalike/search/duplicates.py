@@ -35,7 +35,7 @@ import numpy as np
 from ..config import DUPLICATE_K, DUPLICATE_THRESHOLD
 from ..errors import LookalikeError
 from ..fsutil import atomic_write_json
-from .alignment import COMPARE_SIZE, thumb_shape, thumbnails
+from .alignment import COMPARE_SIZE, HALF_MARGIN, thumb_shape, thumbnails
 from .duppass import Checkpoint, PassSettings, scan
 from .filetiers import file_tier
 
@@ -228,7 +228,8 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
             every[start:start + 4096] = thumbs(np.arange(start, min(start + 4096, len(collection))))
         thumbs = every.__getitem__  # noqa: PLW2901 (a cheaper source for the same rows)
     settings = PassSettings(k=k, floor=floor, items=len(collection),
-                            fingerprint=_fingerprint(collection) + f", since {since}")
+                            fingerprint=_fingerprint(collection) + f", since {since}",
+                            refine_above=threshold - HALF_MARGIN)
     checkpoint = Checkpoint(_state(collection), settings) if resume else None
     total = len(collection) if queries is None else len(queries)
     from tqdm.auto import tqdm

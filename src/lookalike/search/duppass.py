@@ -2,8 +2,8 @@
 block by block, in memory O(n·k) beside the items' small grey thumbnails; resumable.
 
 Each item's ``k`` nearest items by cosine of the codes are its candidates (FAISS: exact
-inner product up to :data:`EXACT_UP_TO` items, an inverted file with :data:`NPROBE` probes
-above), searched ``block`` items at a time; every candidate pair is scored by
+inner product up to :data:`EXACT_UP_TO` items or queries, an inverted file with
+:data:`NPROBE` probes above), searched ``block`` items at a time; every candidate pair is scored by
 :func:`lookalike.search.alignment.pair_scores` and kept when it reaches ``floor``. With
 ``queries``, only those rows look for candidates (``--since``: the new items against all).
 
@@ -43,6 +43,7 @@ class PassSettings:
     floor: float
     items: int
     fingerprint: str  # what identifies the items (a collection's generation and size)
+    refine_above: float | None = None  # see lookalike.search.alignment.pair_scores
 
     def __post_init__(self) -> None:
         if self.k <= 0:
@@ -87,12 +88,12 @@ class Checkpoint:
             (self.folder / name).unlink(missing_ok=True)
 
 
-def candidate_index(x: np.ndarray) -> faiss.Index:
-    """An inner-product index over the unit rows ``x``: exact up to :data:`EXACT_UP_TO` rows,
-    else ``IVF(4·sqrt(n)),Flat`` trained on a seeded sample, :data:`NPROBE` probes."""
+def candidate_index(x: np.ndarray, queries: int | None = None) -> faiss.Index:
+    """An inner-product index over the unit rows ``x``: exact up to :data:`EXACT_UP_TO` rows
+    or queries, else ``IVF(4·sqrt(n)),Flat`` trained on a seeded sample, :data:`NPROBE` probes."""
     n, d = x.shape
     index: faiss.Index
-    if n <= EXACT_UP_TO:
+    if min(n, n if queries is None else queries) <= EXACT_UP_TO:
         index = faiss.IndexFlatIP(d)
     else:
         nlist = int(4 * np.sqrt(n))
@@ -133,8 +134,8 @@ def scan(codes: np.ndarray, thumbs: Callable[[np.ndarray], np.ndarray], shape: t
         empty = np.empty(0, np.int64)
         return empty, empty, np.empty(0, np.float32)
     x = unit_rows(codes)
-    index = candidate_index(x)
     todo = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    index = candidate_index(x, len(todo))
     done = 0
     lefts: list[np.ndarray] = []
     rights: list[np.ndarray] = []
@@ -162,7 +163,8 @@ def scan(codes: np.ndarray, thumbs: Callable[[np.ndarray], np.ndarray], shape: t
                 cache[r] = t
         if a.size:
             s = pair_scores(np.stack([cache[int(r)] for r in a]),
-                            np.stack([cache[int(r)] for r in b]), shape, floor=settings.floor)
+                            np.stack([cache[int(r)] for r in b]), shape, floor=settings.floor,
+                            refine_above=settings.refine_above)
             hit = s >= settings.floor
             lefts.append(a[hit])
             rights.append(b[hit])
