@@ -53,9 +53,9 @@ def truth_pairs(truth: dict[str, dict[str, object]]) -> tuple[dict[Pair, str], s
     for a, b in itertools.combinations(names, 2):
         ta, tb = truth[a], truth[b]
         if ta["window"] == tb["window"]:
-            edits = sorted(str(t["edit"]) for t in (ta, tb))
-            true[(a, b)] = edits[1] if edits[0] == "original" else (
-                "two edits" if edits[1] != "original" else "original")
+            edits = [str(t["edit"]) for t in (ta, tb)]
+            others = [e for e in edits if e != "original"]
+            true[(a, b)] = others[0] if len(others) == 1 else "two edits"
         elif ta["source"] == tb["source"]:
             (a0, a1), (b0, b1) = ta["span"], tb["span"]  # type: ignore[misc]
             if min(a1, b1) > max(a0, b0):
@@ -138,15 +138,14 @@ def lookalike_groups(coll_dir: Path, scorer: Callable[..., np.ndarray] | None = 
     return by_tier, seconds
 
 
-def plain_scorer(a: np.ndarray, b: np.ndarray, shape: tuple[int, int], floor: float | None = None,
-                 chunk: int = 64) -> np.ndarray:
+def plain_scorer(a: np.ndarray, b: np.ndarray, shape: tuple[int, int], **_: object) -> np.ndarray:
     from lookalike.search.alignment import standardise
 
     return np.einsum("mp,mp->m", standardise(a), standardise(b)).astype(np.float32)
 
 
-def grid_scorer(a: np.ndarray, b: np.ndarray, shape: tuple[int, int], floor: float | None = None,
-                chunk: int = 64) -> np.ndarray:
+def grid_scorer(a: np.ndarray, b: np.ndarray, shape: tuple[int, int], chunk: int = 64,
+                **_: object) -> np.ndarray:
     """The grid of zooms and shifts at 32 px, no refinement, no ring."""
     from lookalike.search.alignment import _one_way, standardise
 

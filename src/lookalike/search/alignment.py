@@ -16,8 +16,10 @@ that a crop removed is never compared. Correlation ignores brightness and contra
 not depend on any model, so its thresholds serve every collection.
 
 The search is a cascade, each stage on the pairs still able to pass: a plain correlation of
-8x8 block means (:data:`GATE`), then every warp at half size (16 px a side), then every warp
-at :data:`COMPARE_SIZE` for the pairs within :data:`HALF_MARGIN` of the threshold.
+8x8 block means (:data:`GATE`), then every warp of the grid at half size (16 px a side),
+then, for the pairs within :data:`HALF_MARGIN` of the threshold, a local search around the
+best grid warp at :data:`COMPARE_SIZE` (:func:`_refine`, which also scores the frame without
+its outer :data:`RING` pixels and keeps the better).
 """
 
 from __future__ import annotations
@@ -151,9 +153,9 @@ def _refine(a: np.ndarray, zb: np.ndarray, shape: tuple[int, int], warp: np.ndar
     current = warp.astype(np.float64)
     best = np.full(len(a), -np.inf, dtype=np.float32)
     best_moved = np.zeros((len(a), h * w), dtype=np.float32)
-    inner = np.zeros((h, w), dtype=bool)
-    inner[RING:h - RING, RING:w - RING] = True
-    inner = inner.ravel()
+    ring = np.zeros((h, w), dtype=bool)
+    ring[RING:h - RING, RING:w - RING] = True
+    inner = ring.ravel()
     zin = standardise(zb[:, inner])
     scale_step = (SCALES[0] - SCALES[1]) / 2
     shift_step = SHIFT_STEP / 2
@@ -224,8 +226,8 @@ def pair_scores(thumbs_a: np.ndarray, thumbs_b: np.ndarray, shape: tuple[int, in
     over the other (:data:`WARPS` at half size, refined at full size).
 
     A cascade, each stage on the pairs the last one left: with ``floor``, a pair whose 8x8
-    block means correlate below :data:`GATE` keeps its plain correlation; with ``refine_above``, a pair whose half-size score is below it keeps
-    that score, unrefined. Constant pictures score 0 against anything but a constant picture (1).
+    block means correlate below :data:`GATE` keeps that correlation (below ``floor``); with
+    ``refine_above``, a pair whose half-size score is below it keeps that score, unrefined. Constant pictures score 0 against anything but a constant picture (1).
     """
     a = thumbs_a.astype(np.float32)
     b = thumbs_b.astype(np.float32)

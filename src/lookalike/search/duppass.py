@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 
 from ..fsutil import atomic_write_json
-from .alignment import pair_scores
+from .alignment import GATE, _blocks, pair_scores, standardise
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def candidate_index(x: np.ndarray, queries: int | None = None) -> faiss.Index:
         quantizer = faiss.IndexFlatIP(d)
         ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.own_fields = False
-        ivf.referenced_objects = [quantizer]  # the quantizer lives as long as the index
+        ivf.referenced_objects = [quantizer]  # type: ignore[attr-defined]  # (kept alive with it)
         sample = np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)
         ivf.train(x[np.sort(sample)])
         ivf.nprobe = NPROBE
@@ -146,7 +146,6 @@ def scan(codes: np.ndarray, thumbs: Callable[[np.ndarray], np.ndarray], shape: t
         log.info("resuming the duplicate pass after %d of %d rows", done, len(todo))
         if progress is not None:
             progress(done)
-    cache: dict[int, np.ndarray] = {}
     for start in range(done, len(todo), block):
         rows = todo[start:start + block]
         _, nbr = index.search(x[rows], min(settings.k + 1, n))
@@ -157,20 +156,21 @@ def scan(codes: np.ndarray, thumbs: Callable[[np.ndarray], np.ndarray], shape: t
         pairs = np.unique(a * n + b)
         a, b = pairs // n, pairs % n
         need = np.unique(np.concatenate([a, b]))
-        missing = need[[int(r) not in cache for r in need]]
-        if len(missing):
-            for r, t in zip(missing.tolist(), thumbs(missing), strict=True):
-                cache[r] = t
         if a.size:
-            s = pair_scores(np.stack([cache[int(r)] for r in a]),
-                            np.stack([cache[int(r)] for r in b]), shape, floor=settings.floor,
-                            refine_above=settings.refine_above)
+            pictures = thumbs(need)
+            ia, ib = np.searchsorted(need, a), np.searchsorted(need, b)
+            # the gate, on each row's block means once (rows recur in many pairs)
+            means = standardise(_blocks(pictures, shape))
+            gate = np.einsum("mp,mp->m", means[ia], means[ib])
+            s = np.minimum(gate, settings.floor - 1e-3).astype(np.float32)
+            flat = np.ptp(pictures, axis=1) == 0  # (two blank pictures are alike)
+            go = np.flatnonzero((gate >= GATE) | (flat[ia] & flat[ib]))
+            s[go] = pair_scores(pictures[ia[go]], pictures[ib[go]], shape,
+                                refine_above=settings.refine_above)
             hit = s >= settings.floor
             lefts.append(a[hit])
             rights.append(b[hit])
             scores.append(s[hit])
-        if len(cache) > 4 * block * (settings.k + 1):
-            cache.clear()  # memory stays O(block·k); a row is rarely needed again
         if checkpoint is not None:
             checkpoint.save(start + len(rows), np.concatenate(lefts) if lefts else a[:0],
                             np.concatenate(rights) if rights else b[:0],
