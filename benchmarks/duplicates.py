@@ -262,18 +262,19 @@ def main() -> None:
     ap.add_argument("--no-quality", action="store_true", help="only the scale rows")
     args = ap.parse_args()
     work = Path(args.work)
-    parts = []
-    command = "python benchmarks/duplicates.py" + (" --reuse" if args.reuse else "") + (
-        " --scale " + " ".join(map(str, args.scale)) if args.scale else "")
+    stamp = f"{now()}, commit {commit()}, {machine()}"
     if not args.no_quality:
-        parts.append("### Pair precision and recall (Debian wallpapers)\n\n" + quality(work, args.reuse))
+        command = "python benchmarks/duplicates.py" + (" --reuse" if args.reuse else "")
+        body = (f"## Duplicates: pair precision and recall (Debian wallpapers)\n\n`{command}` — "
+                f"{stamp}.\n\n" + quality(work, args.reuse))
+        print(body)
+        print(f"written to {write_section('duplicates', body)}")
     if args.scale:
-        parts.append("### Time and memory at scale (synthetic items)\n\n" + scale(args.scale))
-    body = (f"## Duplicates\n\n`{command}` — {now()}, commit {commit()}, {machine()}.\n\n"
-            + "\n\n".join(parts))
-    print(body)
-    print(f"written to {write_section('duplicates', body)}")
-
+        command = "python benchmarks/duplicates.py --no-quality --scale " + " ".join(map(str, args.scale))
+        body = (f"## Duplicates: time and memory at scale (synthetic items)\n\n`{command}` — "
+                f"{stamp}.\n\n" + scale(args.scale))
+        print(body)
+        print(f"written to {write_section('duplicates-scale', body)}")
 
 if __name__ == "__main__":
     main()
