@@ -227,7 +227,8 @@ def pair_scores(thumbs_a: np.ndarray, thumbs_b: np.ndarray, shape: tuple[int, in
 
     A cascade, each stage on the pairs the last one left: with ``floor``, a pair whose 8x8
     block means correlate below :data:`GATE` keeps that correlation (below ``floor``); with
-    ``refine_above``, a pair whose half-size score is below it keeps that score, unrefined. Constant pictures score 0 against anything but a constant picture (1).
+    ``refine_above``, a pair whose half-size score is below it keeps that score, unrefined.
+    Constant pictures score 0 against anything but a constant picture (1).
     """
     a = thumbs_a.astype(np.float32)
     b = thumbs_b.astype(np.float32)
