@@ -221,19 +221,23 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
         else:
             raise LookalikeError(f"--since takes 'last' or an item id, got {since!r}")
         queries = np.flatnonzero(ids >= first_new)
+    from tqdm.auto import tqdm
+
     thumbs, shape = _collection_thumbs(collection)
     if queries is None and len(collection):  # a full pass: every thumbnail once
         every = np.empty((len(collection), shape[0] * shape[1]), np.uint8)
-        for start in range(0, len(collection), 4096):
-            every[start:start + 4096] = thumbs(np.arange(start, min(start + 4096, len(collection))))
-        thumbs = every.__getitem__  # noqa: PLW2901 (a cheaper source for the same rows)
+        with tqdm(total=len(collection), desc="thumbnails", unit="item",
+                  disable=not progress) as bar:
+            for start in range(0, len(collection), 4096):
+                stop = min(start + 4096, len(collection))
+                every[start:stop] = thumbs(np.arange(start, stop))
+                bar.update(stop - start)
+        thumbs = every.__getitem__
     settings = PassSettings(k=k, floor=floor, items=len(collection),
                             fingerprint=_fingerprint(collection) + f", since {since}",
                             refine_above=threshold - HALF_MARGIN)
     checkpoint = Checkpoint(_state(collection), settings) if resume else None
     total = len(collection) if queries is None else len(queries)
-    from tqdm.auto import tqdm
-
     with tqdm(total=total, desc="duplicates", unit="item", disable=not progress) as bar:
         try:
             i, j, score = scan(np.asarray(collection.embeddings), thumbs, shape, settings,
