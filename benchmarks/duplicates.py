@@ -1,19 +1,24 @@
-"""Near-duplicates: how far planted copies stand from distinct images, and the time and peak
-memory of finding them among 60,000 items.
+"""Duplicates on public pictures: pair precision and recall per edit kind of lookalike's tiers,
+a perceptual-hash peer and ablations; and the time and peak memory of the pass at scale.
 
-    python benchmarks/duplicates.py            # trains two small models (~5 min on 2 cores)
-    python benchmarks/duplicates.py --reuse    # reuse the model and collection under --work
+    python benchmarks/duplicates.py                       # quality (~5-15 min on 2 busy cores)
+    python benchmarks/duplicates.py --scale 100000 300000 # + scale rows (synthetic items)
+    python benchmarks/duplicates.py --reuse ...           # reuse the folder, model, collection
 
-1. *Separation* (scikit-learn's 1,797 digits, upscaled to 32x32 with Pillow, as the tests'
-   folder): the aligned pixel correlation (lookalike.search.duplicates) of copies with their
-   original, by kind of copy, against each digit's nearest *distinct* digit (every pair of
-   one class compared); and the same for the codes of a small model (1 epoch, 32x32).
-2. *60,000 items*: fashion-mnist's training images, indexed with a contrastive model trained
-   for one epoch (``--budget 60000``, plain exact search); ``find_duplicates`` at the default
-   threshold in a fresh process: wall time, peak resident memory during the call above the
-   resident memory before it (``VmHWM`` reset through ``/proc/self/clear_refs``, minus
-   ``VmRSS``: NumPy, FAISS and SciPy alike) and tracemalloc's peak (NumPy and Python
-   allocations only).
+*Quality*: the folder of :mod:`dupdata` (Debian's wallpapers: distinct windows, their copies
+by every edit kind, similar-but-distinct overlapping windows), indexed with the default
+model for a colour folder (``lookalike train`` then ``index``, as a new user would). A *true
+pair* is two files of one window. lookalike's pairs are every pair inside one of its groups
+(what a user would act on); the peer's are the pairs within Hamming distance 10 of the
+``imagehash`` package's 64-bit pHash (imagededup's default), taken alone and as groups.
+Recall is given per edit kind of the pair (``two edits``: two copies of one window);
+"similar as near" counts the similar-but-distinct pairs (overlapping windows) called near.
+
+*Scale*: synthetic items: codes (128-d: a random projection of each thumbnail's 8x8 block
+means, plus noise, so that an item's nearest codes look alike) and smooth 32x32 grey
+thumbnails, 1% of them edited copies of others (shifted, zoomed, noised). The pass
+(:func:`lookalike.search.duppass.scan`) runs in a fresh process: wall time and peak RSS
+(``VmHWM``) of the whole process; then ``--since`` with 1,000 added items.
 
 Writes section "duplicates" of docs/benchmarks.md and prints it.
 """
@@ -21,7 +26,7 @@ Writes section "duplicates" of docs/benchmarks.md and prints it.
 from __future__ import annotations
 
 import argparse
-import io
+import itertools
 import json
 import subprocess
 import sys
@@ -30,243 +35,246 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, machine, now, table, write_section  # noqa: E402
 
+from dupdata import build  # noqa: E402
 from lookalike.app.cli import main as cli  # noqa: E402
-from lookalike.config import InputSpec  # noqa: E402
-from lookalike.data.images import conform  # noqa: E402
-from lookalike.search.duplicates import (  # noqa: E402
-    DEFAULT_K,
-    DEFAULT_THRESHOLD,
-    aligned_correlation,
-    thumbnails,
-)
 
-SIDE = 32
+Pair = tuple[str, str]
 
 
-def _jpeg(im: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return Image.open(io.BytesIO(buf.getvalue()))
+def truth_pairs(truth: dict[str, dict[str, object]]) -> tuple[dict[Pair, str], set[Pair]]:
+    """``{pair: edit kind}`` of the true pairs, and the similar-but-distinct pairs."""
+    names = sorted(truth)
+    true: dict[Pair, str] = {}
+    similar: set[Pair] = set()
+    for a, b in itertools.combinations(names, 2):
+        ta, tb = truth[a], truth[b]
+        if ta["window"] == tb["window"]:
+            edits = [str(t["edit"]) for t in (ta, tb)]
+            others = [e for e in edits if e != "original"]
+            true[(a, b)] = others[0] if len(others) == 1 else "two edits"
+        elif ta["source"] == tb["source"]:
+            (a0, a1), (b0, b1) = ta["span"], tb["span"]  # type: ignore[misc]
+            if min(a1, b1) > max(a0, b0):
+                similar.add((a, b))
+    return true, similar
 
 
-def _resized(im: Image.Image, factor: float) -> Image.Image:
-    return im.resize((round(SIDE * factor), round(SIDE * factor)), Image.Resampling.BICUBIC)
+def group_closure(groups: list[list[str]]) -> set[Pair]:
+    return {tuple(sorted(p)) for g in groups for p in itertools.combinations(g, 2)}  # type: ignore[misc]
 
 
-def _back(im: Image.Image) -> Image.Image:
-    return im.resize((SIDE, SIDE), Image.Resampling.BICUBIC)
+def score_row(name: str, found: set[Pair], true: dict[Pair, str], similar: set[Pair],
+              kinds: list[str], seconds: float | None = None) -> list[str]:
+    hits = found & set(true)
+    precision = len(hits) / len(found) if found else 1.0
+    per_kind = []
+    for kind in kinds:
+        of = [p for p, k in true.items() if k == kind]
+        per_kind.append(f"{sum(p in found for p in of) / len(of):.3f}")
+    return [name, str(len(found)), f"{precision:.3f}", f"{len(hits) / len(true):.3f}", *per_kind,
+            str(len(found & similar)), "" if seconds is None else f"{seconds:.1f}"]
 
 
-COPIES: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "resized 0.8x": lambda im: _resized(im, 0.8),
-    "resized 1.25x": lambda im: _resized(im, 1.25),
-    "JPEG quality 70": lambda im: _jpeg(im, 70),
-    "JPEG quality 50": lambda im: _jpeg(im, 50),
-    "1 px off one edge": lambda im: im.crop((0, 0, SIDE - 1, SIDE)),
-    "1 px off one edge, JPEG 70": lambda im: _jpeg(im.crop((0, 0, SIDE - 1, SIDE)), 70),
-    "2 px off one edge": lambda im: im.crop((0, 0, SIDE, SIDE - 2)),
-    "2 px off one edge, resized back": lambda im: _back(im.crop((2, 0, SIDE, SIDE))),
-    "1 px off every edge": lambda im: im.crop((1, 1, SIDE - 1, SIDE - 1)),
-    "1 px off two adjacent edges": lambda im: im.crop((0, 0, SIDE - 1, SIDE - 1)),
-    "2 px off two adjacent edges": lambda im: im.crop((2, 0, SIDE, SIDE - 2)),
-    "beyond: 3 px off one edge": lambda im: im.crop((0, 0, SIDE, SIDE - 3)),
-    "beyond: 2 px off every edge": lambda im: im.crop((2, 2, SIDE - 2, SIDE - 2)),
-}
+def phash_pairs(photos: Path, names: list[str], within: int = 10) -> tuple[set[Pair], float]:
+    import imagehash
+    from PIL import Image
+
+    start = time.perf_counter()
+    hashes = []
+    for n in names:
+        with Image.open(photos / n) as im:
+            hashes.append(imagehash.phash(im))
+    bits = np.array([h.hash.ravel() for h in hashes], dtype=np.uint8)
+    dist = (bits[:, None, :] != bits[None, :, :]).sum(axis=2)
+    i, j = np.nonzero(np.triu(dist <= within, 1))
+    return {(names[a], names[b]) for a, b in zip(i, j, strict=True)}, time.perf_counter() - start
 
 
-def _stored(images: list[Image.Image]) -> np.ndarray:
-    return conform([np.asarray(im.convert("L"))[:, :, None] for im in images],
-                   InputSpec(1, SIDE, SIDE))
+def components(pairs: set[Pair]) -> list[list[str]]:
+    parent: dict[str, str] = {}
+
+    def root(a: str) -> str:
+        while parent.setdefault(a, a) != a:
+            a = parent[a]
+        return a
+
+    for a, b in pairs:
+        parent[root(a)] = root(b)
+    out: dict[str, list[str]] = {}
+    for a in parent:
+        out.setdefault(root(a), []).append(a)
+    return list(out.values())
 
 
-def separation(work: Path, n_copied: int) -> tuple[str, dict[str, float]]:
-    from sklearn.datasets import load_digits
+def lookalike_groups(coll_dir: Path, scorer: Callable[..., np.ndarray] | None = None,
+                     every_pair: bool = False) -> tuple[dict[str, list[list[str]]], float]:
+    """Groups by tier (names), with the pass's own scorer or ``scorer`` in its place."""
+    from lookalike.search import duplicates, duppass
+    from lookalike.search.collection import Collection
 
-    from lookalike.models.encoders import ModelEncoder
-    from lookalike.models.modelio import load_model
-
-    data = load_digits()
-    pixels = np.clip(np.rint(data.images * (255 / 16)), 0, 255).astype(np.uint8)
-    digits = [Image.fromarray(p).resize((SIDE, SIDE), Image.Resampling.BICUBIC) for p in pixels]
-    originals = _stored(digits)
-    copied = np.random.default_rng(0).choice(len(digits), n_copied, replace=False)
-    model_dir = work / "digits-32-model"
-    if not (model_dir / "config.json").is_file():
-        cli(["-q", "train", "--dataset", "digits", "--epochs", "1", "--size", str(SIDE),
-             "--seed", "0", "--device", "cpu", "--out", str(model_dir)])
-    encoder = ModelEncoder(load_model(model_dir))
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    codes = unit(encoder.encode(originals))
-    rows: list[list[str]] = []
-    copy_min: dict[str, float] = {}
-    for name, make in COPIES.items():
-        copies = _stored([make(digits[i]) for i in copied])
-        grey, shape = thumbnails(np.concatenate([originals[copied], copies]))
-        score = aligned_correlation(grey, shape, np.arange(n_copied, 2 * n_copied),
-                                    np.arange(n_copied)[:, None])[:, 0]
-        cos = np.einsum("ij,ij->i", unit(encoder.encode(copies)), codes[copied])
-        copy_min[name] = float(score.min())
-        rows.append([name, f"{np.median(score):.4f}", f"{score.min():.4f}",
-                     f"{(score >= DEFAULT_THRESHOLD).mean():.0%}", f"{np.median(cos):.4f}",
-                     f"{cos.min():.4f}"])
-    # Each digit's nearest distinct digit: every pair within a class, both directions.
-    grey, shape = thumbnails(originals)
-    nearest = np.full(len(digits), -1.0)
-    nearest_code = np.full(len(digits), -1.0)
-    above = 0
-    for label in range(10):
-        members = np.flatnonzero(data.target == label)
-        others = np.tile(members, (len(members), 1))
-        others[others == members[:, None]] = -1
-        score = aligned_correlation(grey, shape, members, others)
-        nearest[members] = score.max(axis=1)
-        above += int((score >= DEFAULT_THRESHOLD).sum()) // 2
-        cos = codes[members] @ codes[members].T
-        np.fill_diagonal(cos, -1.0)
-        nearest_code[members] = cos.max(axis=1)
-    q = np.quantile(nearest, [0.5, 0.99, 1.0])
-    qc = np.quantile(nearest_code, [0.5, 0.99, 1.0])
-    rows.append(["**nearest distinct digit** (each of 1,797)", f"{q[0]:.4f}",
-                 f"p99 {q[1]:.4f}, max {q[2]:.4f}", f"{above} pair(s)",
-                 f"{qc[0]:.4f}", f"p99 {qc[1]:.4f}, max {qc[2]:.4f}"])
-    text = table(["copy of a digit (32x32)", "aligned pixel corr., median", "min",
-                  f">= {DEFAULT_THRESHOLD}", "code cosine, median", "min"], rows)
-    return text, {"distinct_max": float(q[2]), **copy_min}
+    coll = Collection.open(coll_dir)
+    saved = duppass.pair_scores
+    saved_k = duplicates.DEFAULT_K
+    try:
+        if scorer is not None:
+            duppass.pair_scores = scorer  # type: ignore[assignment]
+        start = time.perf_counter()
+        groups = duplicates.find_groups(coll, similar=True, resume=False,
+                                        k=len(coll) - 1 if every_pair else saved_k)
+        seconds = time.perf_counter() - start
+    finally:
+        duppass.pair_scores = saved  # type: ignore[assignment]
+    sources = {it.id: Path(it.source).name for it in coll.items(coll.ids) if it}
+    by_tier: dict[str, list[list[str]]] = {}
+    for g in groups:
+        by_tier.setdefault(g.tier, []).append([sources[i] for i in g.ids])
+    # pairs of near or stronger: the groups without the similar links
+    strong = duplicates.group_pairs([p for g in groups for p in g.links if p.tier != "similar"])
+    by_tier["near or stronger"] = [[sources[i] for i in g.ids] for g in strong]
+    return by_tier, seconds
 
 
-MEASURE = """
-import json, sys, time, tracemalloc
+def plain_scorer(a: np.ndarray, b: np.ndarray, shape: tuple[int, int], **_: object) -> np.ndarray:
+    from lookalike.search.alignment import standardise
+
+    return np.einsum("mp,mp->m", standardise(a), standardise(b)).astype(np.float32)
+
+
+def grid_scorer(a: np.ndarray, b: np.ndarray, shape: tuple[int, int], chunk: int = 64,
+                **_: object) -> np.ndarray:
+    """The grid of zooms and shifts at 32 px, no refinement, no ring."""
+    from lookalike.search.alignment import _one_way, standardise
+
+    out = np.empty(len(a), np.float32)
+    for s in range(0, len(a), chunk):
+        x, y = a[s:s + chunk], b[s:s + chunk]
+        out[s:s + chunk] = np.maximum(_one_way(x, standardise(y), shape)[0],
+                                      _one_way(y, standardise(x), shape)[0])
+    return out
+
+
+def no_ring_scorer(*args: object, **kwargs: object) -> np.ndarray:
+    from lookalike.search import alignment
+
+    saved = alignment.RING
+    alignment.RING = 0
+    try:
+        return alignment.pair_scores(*args, **kwargs)  # type: ignore[arg-type]
+    finally:
+        alignment.RING = saved
+
+
+def quality(work: Path, reuse: bool) -> str:
+    truth = build(work)["files"]  # type: ignore[index]
+    photos = work / "photos"
+    model, coll = work / "model", work / "coll"
+    if not (reuse and (model / "config.json").is_file()):
+        cli(["-q", "train", "--dataset", str(photos), "--seed", "0", "--out", str(model)])
+    if not (reuse and (coll / "manifest.json").is_file()):
+        cli(["-q", "index", "--model", str(model), "--dataset", str(photos), "--out", str(coll),
+             "--overwrite"])
+    true, similar = truth_pairs(truth)  # type: ignore[arg-type]
+    kinds = ["jpeg", "resize", "crop", "brightness", "stamp", "two edits"]
+    names = sorted(truth)
+    rows = []
+    from lookalike.search.duplicates import NEAR_THRESHOLD
+
+    groups, seconds = lookalike_groups(coll)
+    strong = group_closure(groups["near or stronger"])
+    rows.append(score_row(f"**lookalike, near or stronger** (>= {NEAR_THRESHOLD})", strong, true,
+                          similar, kinds, seconds))
+    for tier in ("identical", "same-pixels"):
+        rows.append(score_row(f"lookalike, {tier} groups", group_closure(groups.get(tier, [])),
+                              true, similar, kinds))
+    every = group_closure([g for t, gs in groups.items() if t != "near or stronger" for g in gs])
+    rows.append(score_row("lookalike with --similar (every group)", every, true, similar, kinds))
+    found, secs = phash_pairs(photos, names)
+    rows.append(score_row("pHash, Hamming <= 10 (imagehash), pairs", found, true, similar, kinds,
+                          secs))
+    rows.append(score_row("pHash, Hamming <= 10, as groups", group_closure(components(found)),
+                          true, similar, kinds))
+    for label, scorer, every_pair in (
+            ("ablation: plain correlation, no alignment", plain_scorer, False),
+            ("ablation: grid of zooms and shifts only (no refinement, no ring)", grid_scorer, False),
+            ("ablation: no ring", no_ring_scorer, False),
+            ("ablation: every pair a candidate (no codes)", None, True)):
+        g, secs = lookalike_groups(coll, scorer, every_pair)
+        rows.append(score_row(label, group_closure(g["near or stronger"]), true, similar, kinds,
+                              secs))
+    counts = {k: sum(v == k for v in true.values()) for k in kinds}
+    header = ["method", "pairs found", "precision", "recall",
+              *[f"recall {k} ({counts[k]})" for k in kinds], "similar as near", "seconds"]
+    return (f"{len(names)} files ({len(set(t['window'] for t in truth.values()))} windows of "  # type: ignore[index]
+            f"{build(work)['sources']} wallpapers), {len(true)} true pairs, {len(similar)} "
+            f"similar-but-distinct pairs.\n\n" + table(header, rows))
+
+
+SCALE = """
+import json, sys, time
 import numpy as np
-from lookalike.search.collection import Collection
-from lookalike.search.duplicates import find_duplicates
-
-def status(key):  # MiB, from /proc/self/status
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith(key)) / 1024
-
-coll = Collection.open(sys.argv[1])
-before = status("VmRSS:")
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")  # the peak (VmHWM) starts again from the current resident size
-tracemalloc.start()
+sys.path.insert(0, sys.argv[4])
+from duplicates_synthetic import items
+from lookalike.search.duppass import PassSettings, scan
+n, since, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+codes, thumbs, copies = items(n, seed)
+settings = PassSettings(k=10, floor=0.85, items=n, fingerprint="synthetic")
 start = time.perf_counter()
-groups = find_duplicates(coll)
+queries = None if since == 0 else np.arange(n - since, n)
+i, j, s = scan(codes, thumbs.__getitem__, (32, 32), settings, queries=queries)
 seconds = time.perf_counter() - start
-peak = tracemalloc.get_traced_memory()[1]
-sizes = np.bincount([len(g) for g in groups]).tolist() if groups else []
-import faiss  # the candidate search alone, as find_duplicates does it, for its share of the time
-from lookalike.search.duplicates import DEFAULT_BLOCK, DEFAULT_K, _unit_rows
-x = _unit_rows(np.asarray(coll.embeddings))
-index = faiss.IndexFlatIP(x.shape[1])
-index.add(x)
-start = time.perf_counter()
-for row in range(0, len(x), DEFAULT_BLOCK):
-    index.search(x[row:row + DEFAULT_BLOCK], DEFAULT_K + 1)
-search = time.perf_counter() - start
-print(json.dumps({"items": len(coll), "dim": coll.dim, "seconds": seconds, "search_seconds": search,
-                  "groups": len(groups),
-                  "in_groups": sum(len(g) for g in groups), "sizes": sizes,
-                  "rss_before_mib": before, "rss_growth_mib": status("VmHWM:") - before,
-                  "tracemalloc_peak_mib": peak / 2**20}))
+found = set(zip(i.tolist(), j.tolist()))
+near = {p for p, v in zip(zip(i.tolist(), j.tolist()), s.tolist()) if v >= 0.975}
+planted = [(min(a, b), max(a, b)) for a, b in copies if queries is None or max(a, b) >= n - since]
+with open("/proc/self/status") as fh:
+    hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+print(json.dumps({"n": n, "since": since, "seconds": seconds, "peak_rss_mib": hwm,
+                  "pairs": len(found), "planted": len(planted),
+                  "planted_near": sum(p in near for p in planted)}))
 """
 
 
-def sixty_thousand(work: Path, reuse: bool) -> dict[str, object]:
-    model, coll = work / "fashion-model", work / "fashion-collection"
-    timings: dict[str, float] = {}
-    if not (reuse and (model / "config.json").is_file()):
-        start = time.perf_counter()
-        cli(["-q", "train", "--dataset", "fashion-mnist", "--budget", "60000", "--rerank",
-             "none", "--seed", "0", "--out", str(model)])
-        timings["train_s"] = time.perf_counter() - start
-    if not (reuse and (coll / "manifest.json").is_file()):
-        start = time.perf_counter()
-        cli(["-q", "index", "--model", str(model), "--dataset", "fashion-mnist", "--out",
-             str(coll), "--overwrite"])
-        timings["index_s"] = time.perf_counter() - start
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(coll)], check=True,
-                         capture_output=True, text=True).stdout
-    return {**json.loads(out.strip().splitlines()[-1]), **timings}
+def scale(sizes: list[int]) -> str:
+    rows = []
+    here = str(Path(__file__).resolve().parent)
+    for n in sizes:
+        for since in (0, 1000):
+            out = subprocess.run([sys.executable, "-c", SCALE, str(n), str(since), "0", here],
+                                 check=True, capture_output=True, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            print(r, flush=True)
+            rows.append([f"{n:,}", "full pass" if since == 0 else "--since, 1,000 new items",
+                         f"{r['seconds']:.0f}", f"{r['peak_rss_mib']:.0f}",
+                         f"{r['planted_near']}/{r['planted']}"])
+    return table(["items", "pass", "seconds", "peak RSS (MiB)", "planted copies found near"], rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="benchmarks/out/duplicates", help="models and collection")
+    ap.add_argument("--work", default="benchmarks/out/duplicates", help="folder, model, collection")
     ap.add_argument("--reuse", action="store_true", help="reuse what --work already holds")
-    ap.add_argument("--copied", type=int, default=300, help="digits to make copies of")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
+    ap.add_argument("--scale", type=int, nargs="*", default=[], metavar="N",
+                    help="also the scale rows at these numbers of synthetic items")
+    ap.add_argument("--no-quality", action="store_true", help="only the scale rows")
     args = ap.parse_args()
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    sep_table, _ = separation(work, args.copied)
-    big = sixty_thousand(work, args.reuse)
-    full_matrix_gb = big["items"] ** 2 * 4 / 1e9  # type: ignore[operator]
-    sizes = big["sizes"]
-    size_text = ", ".join(f"{n} of {s}" for s, n in enumerate(sizes) if n)  # type: ignore[arg-type]
-    big_table = table(
-        ["items", "code dim", "time", "RSS growth", "tracemalloc peak", "groups",
-         "items in groups", "group sizes"],
-        [[f"{big['items']:,}", str(big["dim"]), f"{big['seconds']:.1f} s",
-          f"{big['rss_growth_mib']:.0f} MiB", f"{big['tracemalloc_peak_mib']:.0f} MiB",
-          str(big["groups"]), str(big["in_groups"]), size_text]])
-    body = f"""## Near-duplicates
-
-`python benchmarks/duplicates.py{" --reuse" if args.reuse else ""}` — {now()}, commit {commit()},
-{machine()}; wall time of the whole script {(time.perf_counter() - started) / 60:.1f} min
-{"(models and collection reused from an earlier run of the same commands)" if args.reuse else ""}.
-Other processes shared the machine, so times are upper bounds.
-
-`lookalike duplicates` takes each item's {DEFAULT_K} nearest codes as candidates and calls a
-pair a near-duplicate when the Pearson correlation of the two stored images (grey, at most
-32 px a side) reaches {DEFAULT_THRESHOLD} after the best of 121 small warps (crops of 3% and
-6% off either edge or 6% off both, and their inverses, on each axis).
-
-**Separation.** Copies of {args.copied} digits (scikit-learn's digits upscaled to 32x32,
-as the tests' folder; stored at 32x32) against each of the 1,797 digits' nearest *distinct*
-digit (every same-class pair compared). Code cosines from a contrastive model trained one
-epoch on digits at 32x32. "beyond" rows are larger crops than the warps cover.
-
-{sep_table}
-
-Codes alone cannot draw the line: distinct digits are about as close in code as copies are.
-Aligned pixels can, with a margin, for resizing, re-encoding and crops up to 2 pixels of 32.
-
-**60,000 items.** fashion-mnist's training images (28x28), a contrastive model trained one
-epoch (`lookalike train --dataset fashion-mnist --budget 60000 --rerank none`, then
-`lookalike index`), `find_duplicates` with the defaults in a fresh process:
-
-{big_table}
-
-RSS growth is the peak resident memory during the call (`VmHWM`, reset just before it)
-less the resident memory before it ({big['rss_before_mib']:.0f} MiB: torch, the model and the
-open collection); tracemalloc counts NumPy's allocations only. What grows with the items:
-their grey thumbnails (n x 784 bytes, {big['items'] * 784 / 2**20:.0f} MiB), FAISS's normalised
-copy of the codes (n x d floats, {big['items'] * big['dim'] * 4 / 2**20:.0f} MiB) and the pairs
-found; the rest is per block of 1,024 items (their candidates' thumbnails) and per 128 items
-(their 121 warps, 48 MiB), whatever n. A full similarity matrix would take {big['items']:,}² x
-4 bytes = {full_matrix_gb:.1f} GB. Of the time, the exact search of every item's nearest codes
-(n² x d multiply-adds) takes {big['search_seconds']:.0f} s when run alone; the pixel checks the rest.
-
-Inspected by eye (this model, the default threshold, one run): of the 64 pairs above
-{DEFAULT_THRESHOLD}, 60 look like one photo twice at 28x28 (plain trousers of one cut cannot
-be told apart at this size); 4, from 0.9954 to 0.9979, are one hoodie photographed with
-different prints: a print covering a tenth of the picture moves a global correlation too
-little. They make one false group of 4 among the 50.
-"""
-    print(body)
-    if not args.no_write:
+    stamp = f"{now()}, commit {commit()}, {machine()}"
+    if not args.no_quality:
+        command = "python benchmarks/duplicates.py" + (" --reuse" if args.reuse else "")
+        body = (f"## Duplicates: pair precision and recall (Debian wallpapers)\n\n`{command}` — "
+                f"{stamp}.\n\n" + quality(work, args.reuse))
+        print(body)
         print(f"written to {write_section('duplicates', body)}")
-
+    if args.scale:
+        command = "python benchmarks/duplicates.py --no-quality --scale " + " ".join(map(str, args.scale))
+        body = (f"## Duplicates: time and memory at scale (synthetic items)\n\n`{command}` — "
+                f"{stamp}.\n\n" + scale(args.scale))
+        print(body)
+        print(f"written to {write_section('duplicates-scale', body)}")
 
 if __name__ == "__main__":
     main()

@@ -1,240 +1,337 @@
-"""Near-duplicates: a folder of distinct digits with planted copies (resized, re-encoded,
-cropped a few pixels), indexed with a small model, must give exactly the planted groups."""
+"""Duplicates in tiers, on real image files: windows of scikit-learn's two sample photos as
+distinct pictures, with byte copies (identical), PNG copies of a decoded JPEG (same-pixels),
+edited copies (near: borders cropped up to 10% a side, resized, brightened, date-stamped,
+re-encoded) and a shifted window (similar), indexed with the default model for colour files."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
-from collections.abc import Callable
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from sklearn.datasets import load_digits
+from PIL import Image, ImageDraw, ImageEnhance
+from sklearn.datasets import load_sample_images
 
 from conftest import run_cli as run
 from lookalike.config import InputSpec
 from lookalike.data.images import conform
+from lookalike.search import duppass
+from lookalike.search.alignment import RING, WARPS, _operator, _refine, pair_scores, thumbnails
 from lookalike.search.collection import Collection
 from lookalike.search.duplicates import (
-    DEFAULT_THRESHOLD,
-    aligned_correlation,
-    duplicate_rows,
+    NEAR_THRESHOLD,
+    SIMILAR_THRESHOLD,
+    DuplicateGroup,
+    DuplicatePair,
     find_duplicates,
-    thumbnails,
+    find_groups,
+    group_pairs,
 )
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-SIDE = 32
+
+def _windows() -> dict[str, Image.Image]:
+    """Six distinct photos: the left, middle and right thirds of the two sample photos."""
+    out = {}
+    for name, arr in zip(("china", "flower"), load_sample_images().images, strict=True):
+        im = Image.fromarray(arr)
+        w = im.width // 3
+        for k, letter in enumerate("lmr"):
+            out[f"{name}_{letter}"] = im.crop((k * w, 0, (k + 1) * w, im.height))
+    return out
 
 
-def _digits(count: int, seed: int = 0) -> list[Image.Image]:
-    """``count`` distinct scikit-learn digits (a seeded draw), upscaled to 32x32 (bicubic)."""
-    data = load_digits()
-    pick = np.random.default_rng(seed).choice(len(data.images), count, replace=False)
-    pixels = np.clip(np.rint(data.images[pick] * (255 / 16)), 0, 255).astype(np.uint8)
-    return [Image.fromarray(p).resize((SIDE, SIDE), Image.Resampling.BICUBIC) for p in pixels]
+def _crop(im: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
+    return im.crop((round(left * im.width), round(top * im.height),
+                    round((1 - right) * im.width), round((1 - bottom) * im.height)))
 
 
-def _jpeg(im: Image.Image, quality: int = 70) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return Image.open(io.BytesIO(buf.getvalue()))
+def _stamp(im: Image.Image) -> Image.Image:
+    out = im.copy()
+    ImageDraw.Draw(out).text((8, im.height - 20), "2019/07/14", fill=(255, 160, 40))
+    return out
 
 
-def _scaled(im: Image.Image, factor: float) -> Image.Image:
-    return im.resize((round(im.width * factor), round(im.height * factor)),
-                     Image.Resampling.BICUBIC)
-
-
-#: The planted copies: which of the distinct digits, and how each copy was made.
-PLANTED: dict[int, list[tuple[str, Callable[[Image.Image], Image.Image]]]] = {
-    0: [("0.8x", lambda im: _scaled(im, 0.8)), ("jpeg70", _jpeg)],
-    1: [("1.25x", lambda im: _scaled(im, 1.25))],
-    2: [("jpeg70", _jpeg)],
-    3: [("2px off the bottom", lambda im: im.crop((0, 0, SIDE, SIDE - 2)))],
-    4: [("2px off the left, resized back",
-         lambda im: im.crop((2, 0, SIDE, SIDE)).resize((SIDE, SIDE), Image.Resampling.BICUBIC))],
-    5: [("0.8x", lambda im: _scaled(im, 0.8)),
-        ("2px off the top, resized back",
-         lambda im: im.crop((0, 2, SIDE, SIDE)).resize((SIDE, SIDE), Image.Resampling.BICUBIC))],
-    6: [("1.25x then jpeg70", lambda im: _jpeg(_scaled(im, 1.25)))],
-    7: [("1px off the right, jpeg70", lambda im: _jpeg(im.crop((0, 0, SIDE - 1, SIDE))))],
+#: copy name -> (window, how it was made, expected tier with its original)
+EDITS = {
+    "china_l_crop10.jpg": ("china_l", lambda im: _crop(im, 0.10, 0.10, 0.10, 0.10), "near"),
+    "flower_m_crop.jpg": ("flower_m", lambda im: _crop(im, 0.03, 0.08, 0.07, 0.02), "near"),
+    "china_m_small.jpg": ("china_m", lambda im: im.resize((128, 256)), "near"),
+    "flower_r_bright.jpg": ("flower_r", lambda im: ImageEnhance.Brightness(im).enhance(1.08),
+                            "near"),
+    "china_r_stamp.jpg": ("china_r", _stamp, "near"),
 }
 
 
-def _folder(root: Path, count: int = 40) -> dict[str, int]:
-    """Write the distinct digits and the planted copies; returns file name -> digit number."""
-    root.mkdir()
-    origin: dict[str, int] = {}
-    digits = _digits(count)
-    for i, im in enumerate(digits):
-        im.save(root / f"d{i:02d}.png")
-        origin[f"d{i:02d}.png"] = i
-    for i, copies in PLANTED.items():
-        for c, (_, make) in enumerate(copies):
-            name = f"d{i:02d}_copy{c}.png"
-            make(digits[i]).convert("L").save(root / name)
-            origin[name] = i
+def _folder(root: Path) -> dict[str, str]:
+    """Write the photos and their copies; returns file name -> window name."""
+    root.mkdir(parents=True)
+    origin = {}
+    windows = _windows()
+    for name, im in windows.items():
+        im.save(root / f"{name}.jpg", quality=90)
+        origin[f"{name}.jpg"] = name
+    for name, (window, make, _) in EDITS.items():
+        make(windows[window]).save(root / name, quality=60)
+        origin[name] = window
+    shutil.copyfile(root / "flower_l.jpg", root / "flower_l_copy.jpg")  # identical
+    origin["flower_l_copy.jpg"] = "flower_l"
+    with Image.open(root / "china_l.jpg") as im:  # same pixels, another format
+        im.save(root / "china_l.png")
+    origin["china_l.png"] = "china_l"
     return origin
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
-    """The folder indexed with a small model trained (1 epoch) on it at 32x32."""
+def _index(root: Path, images: Path, out: str = "coll") -> Path:
     from conftest import _one_thread, _run_quietly
 
+    with _one_thread():
+        if not (root / "model" / "config.json").is_file():
+            _run_quietly(["-q", "train", "--dataset", str(images), "--seed", "0", "--device", "cpu",
+                          "--out", str(root / "model")])
+        _run_quietly(["-q", "index", "--model", str(root / "model"), "--dataset", str(images),
+                      "--out", str(root / out)])
+    return root / out
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("dups")
     origin = _folder(root / "images")
-    with _one_thread():
-        _run_quietly(["-q", "train", "--dataset", str(root / "images"), "--epochs", "1",
-                      "--size", str(SIDE), "--device", "cpu", "--seed", "0",
-                      "--out", str(root / "model")])
-        _run_quietly(["-q", "index", "--model", str(root / "model"), "--dataset",
-                      str(root / "images"), "--out", str(root / "coll")])
-    return root / "coll", origin
+    return _index(root, root / "images"), origin
 
 
-def _expected(origin: dict[str, int], images: Path) -> list[list[str]]:
-    return sorted(sorted(str(images / n) for n, i in origin.items() if i == digit)
-                  for digit in PLANTED)
+def _by_source(coll: Collection, groups: list[DuplicateGroup]) -> dict[tuple[str, ...], str]:
+    sources = {it.id: Path(it.source).name for it in coll.items(coll.ids) if it}
+    return {tuple(sorted(sources[i] for i in g.ids)): g.tier for g in groups}
 
 
-def test_finds_every_planted_group_and_nothing_else(planted: tuple[Path, dict[str, int]]) -> None:
-    coll_dir, origin = planted
-    coll = Collection.open(coll_dir)
-    assert len(coll) == len(origin) and coll.images.shape[1:] == (SIDE, SIDE, 1)
-    groups = find_duplicates(coll)
-    sources = {it.id: it.source for it in coll.items(coll.ids) if it}
-    found = sorted(sorted(sources[i] for i in g) for g in groups)
-    assert found == _expected(origin, coll_dir.parent / "images")
-    assert all(g == sorted(g) for g in groups) and groups == sorted(groups)
+def _fresh(coll_dir: Path, tmp_path: Path) -> Collection:
+    """A copy of the module's collection (each test records its own passes)."""
+    shutil.copytree(coll_dir, tmp_path / "coll")
+    return Collection.open(tmp_path / "coll")
 
 
-def test_blocks_do_not_change_the_groups(planted: tuple[Path, dict[str, int]]) -> None:
-    coll = Collection.open(planted[0])
-    codes = np.asarray(coll.embeddings)
-    whole = duplicate_rows(codes, coll.images)
-    assert duplicate_rows(codes, coll.images, block=7) == whole and len(whole) == len(PLANTED)
+def test_every_tier_on_real_files(photos: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    coll_dir, origin = photos
+    coll = _fresh(coll_dir, tmp_path)
+    groups = find_groups(coll)
+    found = _by_source(coll, groups)
+    expected = {
+        ("china_l.jpg", "china_l.png", "china_l_crop10.jpg"): "near",
+        ("flower_l.jpg", "flower_l_copy.jpg"): "identical",
+        **{tuple(sorted((f"{w}.jpg", name))): tier for name, (w, _, tier) in EDITS.items()
+           if w != "china_l"},
+    }
+    assert found == expected
+    # the pairs inside the china_l group keep their own tiers: same-pixels, then near
+    china = next(g for g in groups if len(g.ids) == 3)
+    assert sorted(p.tier for p in china.links) == ["near", "same-pixels"]
+    assert china.score == min(p.score for p in china.links) >= NEAR_THRESHOLD
+    assert find_duplicates(coll) == [list(g.ids) for g in groups]
 
 
-def test_the_threshold_separates_copies_from_distinct_digits() -> None:
-    """The margins behind the default: every planted copy's aligned correlation with its
-    original is above it, and every pair of distinct digits below it."""
-    digits = _digits(40)
-    copies = [(i, make(digits[i])) for i, made in PLANTED.items() for _, make in made]
-    spec = InputSpec(1, SIDE, SIDE)
-    stored = conform([np.asarray(im.convert("L"))[:, :, None] for im in digits]
-                     + [np.asarray(c.convert("L"))[:, :, None] for _, c in copies], spec)
-    n = len(digits)
-    others = np.array([[j for j in range(n) if j != i] for i in range(n)])
-    small, shape = thumbnails(stored)
-    distinct = aligned_correlation(small, shape, np.arange(n), others)
-    planted = aligned_correlation(small, shape, np.arange(n, len(stored)),
-                                  np.array([[i] for i, _ in copies]))
-    assert distinct.max() < DEFAULT_THRESHOLD - 0.002
-    assert planted.min() > DEFAULT_THRESHOLD + 0.002
+def test_a_shifted_window_is_similar_only_when_asked(photos: tuple[Path, dict[str, str]],
+                                                      tmp_path: Path) -> None:
+    """A second shot of a scene (the window moved by 18% of its width) is not an edit: not
+    near, but similar with ``similar=True``."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("china_l.jpg", "flower_l.jpg", "china_r.jpg"):
+        shutil.copyfile(photos[0].parent / "images" / name, images / name)
+    im = Image.fromarray(load_sample_images().images[0])
+    w = im.width // 3
+    im.crop((round(0.18 * w), 0, round(0.18 * w) + w, im.height)).save(images / "burst.jpg")
+    shutil.copytree(photos[0].parent / "model", tmp_path / "model")
+    coll = Collection.open(_index(tmp_path, images))
+    assert find_groups(coll) == []
+    groups = find_groups(coll, similar=True)
+    assert _by_source(coll, groups) == {("burst.jpg", "china_l.jpg"): "similar"}
+    assert SIMILAR_THRESHOLD <= groups[0].score < NEAR_THRESHOLD
 
 
-def test_aligned_correlation_equals_the_best_warp_done_one_by_one() -> None:
-    """The fast path (one sparse operator for all warps, the mean folded out of the
-    numerator) against SciPy's warp and NumPy's correlation, pair by pair, on a non-square
-    size so that the axes cannot be mixed up."""
+def test_border_crops_up_to_ten_percent_a_side_are_near_and_distinct_photos_are_not() -> None:
+    windows = _windows()
+    names = list(windows)
+    crops = [(0.10, 0.10, 0.10, 0.10), (0.02, 0.10, 0.10, 0.02), (0.10, 0.02, 0.02, 0.10),
+             (0.05, 0.0, 0.10, 0.07)]
+    spec = InputSpec(3, 96, 96)
+    stored = conform([np.asarray(im) for im in windows.values()], spec)
+    copies = conform([np.asarray(_crop(windows[n], *c)) for n in names for c in crops], spec)
+    grey, copied = thumbnails(stored), thumbnails(copies)
+    near = pair_scores(copied, np.repeat(grey, len(crops), axis=0), (32, 32))
+    # (one of the 24, 10% off every side of a portrait window, scores 0.972: the limit)
+    assert (near >= NEAR_THRESHOLD).sum() >= 23 and near.min() > 0.97
+    i, j = np.triu_indices(len(names), 1)
+    assert pair_scores(grey[i], grey[j], (32, 32)).max() < SIMILAR_THRESHOLD
+
+
+def test_the_grid_search_equals_warps_done_one_by_one() -> None:
+    """The fast path (one sparse operator for every warp) and the refinement (dense per-axis
+    matrices) against SciPy's warp and NumPy's correlation, pair by pair, on a non-square size
+    so that the axes cannot be mixed up."""
     from scipy import ndimage
 
-    from lookalike.search.duplicates import WARPS
+    from lookalike.search.alignment import _one_way, standardise
 
-    stored = conform([np.asarray(im)[:, :, None] for im in _digits(6, seed=3)],
-                     InputSpec(1, 20, 24))
-    grey, shape = thumbnails(stored)
-    assert shape == (20, 24)
-    rows = np.arange(3)
-    nbrs = np.array([[3, 4, -1], [5, 3, 4], [4, 5, 0]])
-    got = aligned_correlation(grey, shape, rows, nbrs)
-    plain = aligned_correlation(grey, shape, rows, nbrs, floor=2.0)  # none can reach 2: plain
-    h, w = shape
-    for r in rows:
-        image = grey[r].reshape(h, w).astype(np.float64)
-        for c, j in enumerate(nbrs[r]):
-            if j < 0:
-                assert got[r, c] == plain[r, c] == -1
-                continue
-            assert plain[r, c] == pytest.approx(np.corrcoef(grey[r], grey[j])[0, 1], abs=1e-5)
-            best = max(
-                np.corrcoef(ndimage.affine_transform(
-                    image, np.diag([sy, sx]),
-                    offset=((h - 1) / 2 * (1 - sy) + dy * h, (w - 1) / 2 * (1 - sx) + dx * w),
-                    order=1, mode="nearest").ravel(), grey[j])[0, 1]
-                for sy, sx, dy, dx in WARPS)
-            assert got[r, c] == pytest.approx(best, abs=1e-5)
-            assert got[r, c] >= plain[r, c] - 1e-6
+    rng = np.random.default_rng(0)
+    base = ndimage.gaussian_filter(rng.random((3, 20, 24)), (0, 2, 2))
+    a = np.rint(255 * (base - base.min()) / np.ptp(base)).reshape(3, -1).astype(np.uint8)
+    b = a[[1, 2, 0]]
+    h, w = 20, 24
+    got, which = _one_way(a, standardise(b), (h, w))
+
+    def warped(image: np.ndarray, s: float, dy: float, dx: float) -> np.ndarray:
+        return ndimage.affine_transform(
+            image.reshape(h, w).astype(np.float64), np.diag([s, s]),
+            offset=((h - 1) / 2 * (1 - s) + dy * h, (w - 1) / 2 * (1 - s) + dx * w),
+            order=1, mode="nearest").ravel()
+
+    for r in range(3):
+        each = [np.corrcoef(warped(a[r], *warp), b[r])[0, 1] for warp in WARPS]
+        assert got[r] == pytest.approx(max(each), abs=1e-4)
+        assert int(which[r]) == int(np.argmax(each))
+    refined, moved = _refine(a, standardise(b), (h, w), np.asarray(WARPS)[which])
+    assert np.all(refined >= got - 1e-5)
+    assert _operator(h, w)[0].shape == (len(WARPS) * h * w, h * w)
+    inner = np.zeros((h, w), dtype=bool)
+    inner[RING:h - RING, RING:w - RING] = True
+    for r in range(3):  # the better of the whole frame and the frame without its ring
+        whole = np.corrcoef(moved[r], b[r])[0, 1]
+        ringless = np.corrcoef(moved[r][inner.ravel()], b[r][inner.ravel()])[0, 1]
+        assert refined[r] == pytest.approx(max(whole, ringless), abs=1e-4)
 
 
-def test_cli_text_and_json(capsys: pytest.CaptureFixture[str],
-                           planted: tuple[Path, dict[str, int]]) -> None:
-    coll_dir, origin = planted
-    code, out, err = run(capsys, ["duplicates", coll_dir, "--json"])
+def test_a_group_takes_the_weakest_tier_that_holds_it_together() -> None:
+    pairs = [DuplicatePair(1, 2, "identical", 1.0), DuplicatePair(2, 3, "near", 0.98),
+             DuplicatePair(1, 3, "near", 0.99), DuplicatePair(7, 8, "same-pixels", 1.0),
+             DuplicatePair(7, 9, "similar", 0.9)]
+    groups = group_pairs(pairs)
+    assert [g.ids for g in groups] == [(1, 2, 3), (7, 8, 9)]
+    assert [(g.tier, g.score) for g in groups] == [("near", 0.99), ("similar", 0.9)]
+    # the spanning links: the identical pair and the stronger near pair
+    assert groups[0].links == (DuplicatePair(1, 2, "identical", 1.0),
+                               DuplicatePair(1, 3, "near", 0.99))
+    assert group_pairs([DuplicatePair(4, 5, "identical", 1.0)])[0].tier == "identical"
+
+
+def test_since_checks_only_the_new_items_and_gives_the_full_groups(
+        photos: tuple[Path, dict[str, str]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    coll = _fresh(photos[0], tmp_path)
+    with pytest.raises(Exception, match="no earlier duplicate pass"):
+        find_groups(coll, since="last")
+    find_groups(coll)
+    new = tmp_path / "new"
+    new.mkdir()
+    windows = _windows()
+    _crop(windows["flower_m"], 0.06, 0.02, 0.02, 0.06).save(new / "flower_m_again.jpg")
+    windows["china_m"].rotate(180).save(new / "upside_down.jpg")  # distinct from all
+    from conftest import _one_thread, _run_quietly
+
+    with _one_thread():
+        _run_quietly(["-q", "add", str(tmp_path / "coll"), str(new)])
+    coll = Collection.open(tmp_path / "coll")
+    asked: list[int] = []
+    scan = duppass.scan
+
+    def counting(*args: object, **kwargs: object) -> object:
+        queries = kwargs.get("queries")
+        asked.append(len(coll) if queries is None else len(queries))  # type: ignore[arg-type]
+        return scan(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("lookalike.search.duplicates.scan", counting)
+    since = find_groups(coll, since="last")
+    full = find_groups(coll, resume=False)
+    assert asked == [2, len(coll)]
+    assert since == full
+    assert ("flower_m.jpg", "flower_m_again.jpg", "flower_m_crop.jpg") in _by_source(coll, since)
+    # a removed item leaves the recorded pairs too
+    gone = next(it.id for it in coll.items(coll.ids) if it and it.source.endswith("_copy.jpg"))
+    coll.remove([gone])
+    coll = Collection.open(tmp_path / "coll")
+    assert find_groups(coll, since="last") == find_groups(coll, resume=False)
+
+
+def test_an_interrupted_pass_resumes_after_its_last_saved_block(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (40, 16, 16), dtype=np.uint8)
+    from scipy import ndimage
+
+    smooth = np.stack([ndimage.gaussian_filter(b.astype(float), 1.5) for b in base])
+    thumbs = np.clip(np.rint(smooth * 3 - 250), 0, 255).astype(np.uint8).reshape(40, -1)
+    thumbs[20:30] = thumbs[:10]  # ten exact copies
+    codes = thumbs.astype(np.float32) + rng.normal(0, 1, thumbs.shape).astype(np.float32)
+    settings = duppass.PassSettings(k=3, floor=0.9, items=40, fingerprint="test")
+    whole = duppass.scan(codes, thumbs.__getitem__, (16, 16), settings, block=8)
+    assert len(whole[0]) == 10
+    checkpoint = duppass.Checkpoint(tmp_path, settings, every_s=0)
+    seen: list[int] = []
+
+    def stop_after_two(rows: int) -> None:
+        seen.append(rows)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        duppass.scan(codes, thumbs.__getitem__, (16, 16), settings, block=8,
+                     checkpoint=checkpoint, progress=stop_after_two)
+    assert json.loads((tmp_path / "pass.json").read_text())["done"] == 16
+    seen.clear()
+    again = duppass.scan(codes, thumbs.__getitem__, (16, 16), settings, block=8,
+                         checkpoint=checkpoint, progress=seen.append)
+    assert seen == [16, 8, 8, 8]  # the 16 rows done, then the three blocks left
+    assert all(np.array_equal(x, y) for x, y in zip(again, whole, strict=True))
+    other = duppass.Checkpoint(tmp_path, duppass.PassSettings(3, 0.9, 41, "test"))
+    assert other.load() is None  # other items: starts over
+
+
+def test_cli_text_json_and_csv(capsys: pytest.CaptureFixture[str],
+                               photos: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    coll = _fresh(photos[0], tmp_path)
+    expected = _by_source(coll, find_groups(coll))
+    code, out, err = run(capsys, ["duplicates", coll.path, "--json"])
     assert code == 0, err
     result = json.loads(out)
-    assert result["threshold"] == DEFAULT_THRESHOLD and result["items"] == len(origin)
-    found = sorted(sorted(item["source"] for item in g) for g in result["groups"])
-    assert found == _expected(origin, coll_dir.parent / "images")
-    code, out, err = run(capsys, ["duplicates", coll_dir])
-    assert code == 0, err
-    lines = out.splitlines()
-    assert lines[0].startswith(f"{len(PLANTED)} group(s) of near-duplicates among {len(origin)}")
-    assert sum(line.startswith("group ") for line in lines) == len(PLANTED)
-    # At -1 every candidate pair joins: each item is in a group (the k-NN graph's pieces).
-    code, out, _ = run(capsys, ["duplicates", coll_dir, "--threshold", "-1", "--json"])
-    assert code == 0 and sum(len(g) for g in json.loads(out)["groups"]) == len(origin)
+    assert result["threshold"] == NEAR_THRESHOLD and result["items"] == len(coll)
+    assert result["tiers"] == {"identical": 1, "same-pixels": 0, "near": 5, "similar": 0}
+    assert {tuple(sorted(Path(i["source"]).name for i in g["items"])): g["tier"]
+            for g in result["groups"]} == expected
+    assert all(g["keeper"] is None and g["reason"] is None for g in result["groups"])
+    code, out, err = run(capsys, ["duplicates", coll.path, "--csv", tmp_path / "dups.csv"])
+    assert code == 0 and out.startswith("6 group(s) of duplicates"), err
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "dups.csv").read_text())))
+    assert sum(len(g) for g in expected) == len(rows)
+    assert {r["tier"] for r in rows if Path(r["source"]).name == "flower_l_copy.jpg"} == {"identical"}
+    code, out, err = run(capsys, ["duplicates", coll.path, "--csv", "-"])
+    assert code == 0 and out == (tmp_path / "dups.csv").read_text()
+    code, out, err = run(capsys, ["duplicates", coll.path, "--since", "last", "--json"])
+    assert code == 0 and json.loads(out)["groups"] == result["groups"]
 
 
-@pytest.mark.parametrize("value", ["1.5", "nan", "high"])
-def test_cli_refuses_a_bad_threshold(capsys: pytest.CaptureFixture[str],
-                                     planted: tuple[Path, dict[str, int]], value: str) -> None:
-    code, _, err = run(capsys, ["duplicates", planted[0], "--threshold", value])
-    assert code == 2 and "--threshold" in err and err.count("\n") == 1
+@pytest.mark.parametrize("argv", [["--since", "yesterday"], ["--since", "-3"],
+                                  ["--threshold", "1.5"], ["--threshold", "nan"]])
+def test_cli_refuses_bad_values_in_one_line(capsys: pytest.CaptureFixture[str],
+                                            photos: tuple[Path, dict[str, str]],
+                                            argv: list[str]) -> None:
+    code, _, err = run(capsys, ["duplicates", photos[0], *argv])
+    assert code == 2 and argv[0] in err and err.count("\n") == 1
 
 
-def _components(pairs: list[tuple[int, int]]) -> list[list[int]]:
-    """Connected components of the graph ``pairs`` (union-find), each sorted, sorted."""
-    parent: dict[int, int] = {}
-
-    def root(a: int) -> int:
-        while parent.setdefault(a, a) != a:
-            a = parent[a]
-        return a
-
-    for a, b in pairs:
-        parent[root(a)] = root(b)
-    groups: dict[int, list[int]] = {}
-    for a in parent:
-        groups.setdefault(root(a), []).append(a)
-    return sorted(sorted(g) for g in groups.values())
+def test_cli_since_last_without_an_earlier_pass(capsys: pytest.CaptureFixture[str],
+                                                photos: tuple[Path, dict[str, str]],
+                                                tmp_path: Path) -> None:
+    coll = _fresh(photos[0], tmp_path)
+    code, _, err = run(capsys, ["duplicates", coll.path, "--since", "last"])
+    assert code == 2 and "no earlier duplicate pass" in err and err.count("\n") == 1
 
 
-def test_cli_k_sets_how_many_nearest_codes_are_candidates(
-        capsys: pytest.CaptureFixture[str], planted: tuple[Path, dict[str, int]]) -> None:
-    """`duplicates -k K`: each item's K nearest codes (by cosine) are its candidates. At
-    threshold -1 every candidate pair joins, so the groups are the components of the K-NN
-    graph, computed here from the stored codes."""
-    coll_dir, origin = planted
-    coll = Collection.open(coll_dir)
-    x = np.asarray(coll.embeddings, dtype=np.float64)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    sim = x @ x.T
-    np.fill_diagonal(sim, -np.inf)
-    order = np.argsort(-sim, axis=1, kind="stable")
-    found = {}
-    for k in (1, 3):
-        code, out, err = run(capsys, ["duplicates", coll_dir, "-k", str(k), "--threshold", "-1",
-                                      "--json"])
-        assert code == 0, err
-        result = json.loads(out)
-        assert result["k"] == k and result["items"] == len(origin)
-        found[k] = sorted(sorted(item["id"] for item in g) for g in result["groups"])
-        pairs = [(int(coll.ids[r]), int(coll.ids[c])) for r in range(len(x)) for c in order[r, :k]]
-        assert found[k] == _components(pairs)
-    assert len(found[1]) > len(found[3])  # more candidates, fewer and larger pieces
+def test_blocks_do_not_change_the_groups(photos: tuple[Path, dict[str, str]],
+                                         tmp_path: Path) -> None:
+    coll = _fresh(photos[0], tmp_path)
+    assert find_groups(coll, block=3, resume=False) == find_groups(coll, resume=False)

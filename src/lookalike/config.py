@@ -413,7 +413,7 @@ def default_retrieval_config(arch: str) -> RetrievalConfig:
 
 #: ``lookalike duplicates``: the aligned pixel correlation of a near-duplicate pair, and the
 #: candidates per item (its nearest codes); see :mod:`lookalike.search.duplicates`.
-DUPLICATE_THRESHOLD = 0.995
+DUPLICATE_THRESHOLD = 0.975
 DUPLICATE_K = 10
 
 

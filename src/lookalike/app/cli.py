@@ -77,6 +77,19 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _since(value: str) -> int | str:
+    """``--since``: ``last`` or an item id (a non-negative integer)."""
+    if value == "last":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected 'last' or an item id, got {value!r}")
+    return number
+
+
 def _correlation(text: str) -> float:
     try:
         value = float(text)
@@ -300,17 +313,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_remove)
 
     p = sub.add_parser(
-        "duplicates", help="groups of near-duplicate images in a collection",
-        description="Groups of near-duplicate images: one picture resized, re-encoded or "
-        "cropped by a few percent. Each item's k nearest codes are the candidates; a pair is "
-        "a near-duplicate when the Pearson correlation of their stored pixels, after the best "
-        "small shift and scale, reaches the threshold. Memory grows as items x k.")
+        "duplicates", help="groups of duplicate images in a collection, in tiers",
+        description="Groups of duplicate images, each in the strongest tier that holds it "
+        "together: identical (same file bytes), same-pixels (same decoded pixels), near (an "
+        "edit: re-encoded, resized, borders cropped up to 10%% a side, colours nudged, a small "
+        "overlay), and with --similar also similar (same scene, not an edit). Each item's k "
+        "nearest codes are the candidates; a pair is near when the Pearson correlation of "
+        "their stored pixels, after the best zoom and shift, reaches the threshold "
+        "(docs/duplicates.md). Memory grows as items x k; an interrupted pass resumes.")
     p.add_argument("collection")
     p.add_argument("--threshold", type=_correlation, default=DUPLICATE_THRESHOLD,
-                   help=f"aligned pixel correlation in [-1, 1] (default {DUPLICATE_THRESHOLD})")
+                   help=f"aligned pixel correlation of a near pair, in [-1, 1] "
+                        f"(default {DUPLICATE_THRESHOLD})")
     p.add_argument("-k", "--k", type=_positive_int, default=DUPLICATE_K,
                    help=f"candidates per item: its nearest codes (default {DUPLICATE_K})")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--similar", action="store_true",
+                   help="also group similar pictures (same scene or subject, not an edit)")
+    p.add_argument("--since", type=_since, metavar="LAST",
+                   help="'last': check only the items added since the last pass against "
+                        "every item (and keep that pass's pairs); or an item id: those from it on")
+    p.add_argument("--json", action="store_true", help="print the groups as JSON")
+    p.add_argument("--csv", metavar="FILE",
+                   help="write the groups as CSV, one row per item, to FILE ('-': print it)")
     p.add_argument("--keep", type=_keep_rule, metavar="RULE",
                    help="which copy of a group to keep: best (default: most pixels, then least "
                         "compressed, then oldest date taken, then shortest path), newest (date "

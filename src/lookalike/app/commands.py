@@ -441,20 +441,35 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
     from ..search.collection import Collection
-    from ..search.duplicates import find_duplicates
+    from ..search.duplicates import find_groups
+    from ..search.dupreview import decide
+    from ..search.keeper import KeepRule
+    from . import dupreport
     from .dupcommands import check_args, review_command, undo_command
 
     check_args(args)
     coll = Collection.open(args.collection)
     if args.undo:
         return undo_command(args, coll)
-    groups = find_duplicates(coll, threshold=args.threshold, k=args.k)
-    sources = {it.id: it.source for it in coll.items([i for g in groups for i in g]) if it}
+    groups = find_groups(coll, similar=args.similar, progress=args.progress, since=args.since,
+                         threshold=args.threshold, k=args.k)
+    if not (args.json or args.csv):
+        return review_command(args, coll, groups)
+    sources = {it.id: it.source for it in coll.items([i for g in groups for i in g.ids]) if it}
+    keepers = {tuple(sorted(d.ids)): (d.keeper, d.reason)
+               for d in decide(coll, groups, args.keep or KeepRule()) if d.keeper is not None}
+    if args.csv:
+        text = dupreport.as_csv(groups, sources, keepers)
+        if args.csv == "-":
+            print(text, end="")
+        else:
+            Path(args.csv).write_text(text, encoding="utf-8")
     if args.json:
-        _emit_json({"threshold": args.threshold, "k": args.k, "items": len(coll),
-                    "groups": [[{"id": i, "source": sources.get(i)} for i in g] for g in groups]})
-        return 0
-    return review_command(args, coll, groups)
+        _emit_json(dupreport.as_json(
+            groups, sources, items=len(coll), keepers=keepers,
+            settings={"threshold": args.threshold, "k": args.k, "similar": args.similar,
+                      "since": args.since}))
+    return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:

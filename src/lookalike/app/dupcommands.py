@@ -5,6 +5,7 @@ and the reason; a dry run, the default), ``--move-to DIR`` and ``--undo MANIFEST
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -80,8 +81,10 @@ def review_command(args: argparse.Namespace, coll: Collection,
         if dupmove.pending(args.move_to):  # pragma: no cover - finish_pending just did them
             raise LookalikeError(f"{args.move_to} still holds an interrupted run")
     decisions = decide(coll, as_groups(groups), rule)
-    print(f"{len(decisions)} group(s) of near-duplicates among {len(coll)} items "
-          f"(aligned pixel correlation >= {args.threshold}); keep rule: {rule}")
+    tally = Counter(d.tier for d in decisions)
+    print(f"{len(decisions)} group(s) of duplicates among {len(coll)} items (near: aligned pixel "
+          f"correlation >= {args.threshold})"
+          + "".join(f", {n} {t}" for t, n in sorted(tally.items())) + f"; keep rule: {rule}")
     print_review(decisions)
     movers = [m for d in decisions for m in d.movers]
     size = _size(sum(m.facts.bytes for m in movers if m.facts))

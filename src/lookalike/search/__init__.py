@@ -8,6 +8,8 @@
 * :mod:`.backends`, :mod:`.milvus_backend`: where codes are searched (FAISS, Milvus)
 * :mod:`.rerank`: label-free diffusion re-ranking
 * :mod:`.clustering`, :mod:`.clusterstore`: K-means on codes and search inside a cluster
-* :mod:`.duplicates`: near-duplicate images
+* :mod:`.duplicates`: duplicate images in tiers; :mod:`.duppass` (the pass over candidate
+  blocks, resumable), :mod:`.alignment` (aligned pixel correlation), :mod:`.filetiers`
+  (identical files, same pixels)
 * :mod:`.metrics`, :mod:`.evaluation`: scoring a ranking against labels
 """
