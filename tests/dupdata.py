@@ -66,7 +66,7 @@ GROUPS = {
 
 def write_photos(root: Path) -> dict[str, bytes]:
     """Write the folder; returns each file's path relative to ``root`` -> its bytes."""
-    digits = _digits(5 + DISTINCT)
+    digits = _digits(5)
     a, b, c, d, e = digits[:5]
     files = {
         "2019/a.png": _png(a),
@@ -81,7 +81,12 @@ def write_photos(root: Path) -> dict[str, bytes]:
         "2019/e-copy.jpg": _jpeg(e, 85),
         "phone/e-copy-2.jpg": _jpeg(e, 85),
     }
-    for i, im in enumerate(digits[5:]):
+    # the distinct pictures: random 4x4 colour blocks, nothing alike (two different digits
+    # drawn from 8x8 can be as alike as a copy once scaled up: no tier should call them apart)
+    rng = np.random.default_rng(1)
+    for i in range(DISTINCT):
+        im = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize(
+            (SIDE, SIDE), Image.Resampling.NEAREST)
         files[f"{('2019', 'phone')[i % 2]}/other-{i:02d}.png"] = _png(im)
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -302,7 +302,8 @@ def test_cli_text_json_and_csv(capsys: pytest.CaptureFixture[str],
     assert result["tiers"] == {"identical": 1, "same-pixels": 0, "near": 5, "similar": 0}
     assert {tuple(sorted(Path(i["source"]).name for i in g["items"])): g["tier"]
             for g in result["groups"]} == expected
-    assert all(g["keeper"] is None and g["reason"] is None for g in result["groups"])
+    # every group's keeper by the default rule, with its reason (all the items are files)
+    assert all(g["keeper"] in {i["id"] for i in g["items"]} and g["reason"] for g in result["groups"])
     code, out, err = run(capsys, ["duplicates", coll.path, "--csv", tmp_path / "dups.csv"])
     assert code == 0 and out.startswith("6 group(s) of duplicates"), err
     rows = list(csv.DictReader(io.StringIO((tmp_path / "dups.csv").read_text())))

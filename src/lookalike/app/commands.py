@@ -464,6 +464,8 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
             print(text, end="")
         else:
             Path(args.csv).write_text(text, encoding="utf-8")
+            if not args.json:  # (the review on the terminal, the table in the file)
+                return review_command(args, coll, groups)
     if args.json:
         _emit_json(dupreport.as_json(
             groups, sources, items=len(coll), keepers=keepers,
