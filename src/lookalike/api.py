@@ -57,6 +57,7 @@ def _data(data: str | os.PathLike[str] | Dataset, split: str | None, spec: Any =
 def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *,
           arch: str = "auto", size: tuple[int, int] | None = None, channels: int | None = None,
           latent_dim: int | None = None, width: int | None = None, adapt: bool | None = None,
+          pooling: str | None = None, test_views: str | None = None,
           rerank: str | None = None, split: str | None = None, data_dir: str | None = None,
           download: bool = False, progress: bool = False, **train_options: Any) -> LoadedModel:
     """Train (or, for a pretrained backbone, fit) a model on ``data`` and save it to ``out``.
@@ -67,7 +68,8 @@ def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *
     ``(h, w)`` / ``channels`` say otherwise. ``adapt`` fine-tunes a backbone on ``data``
     first, for ``time_budget`` seconds (default :func:`config.adaptation_budget`: 0.045 s
     an image, 30-300 s); ``adapt=None`` adapts from 1,000 images on
-    (:func:`config.adapts_by_default`). ``train_options`` override :class:`TrainConfig` fields
+    (:func:`config.adapts_by_default`). ``pooling`` and ``test_views`` set a backbone's
+    :class:`ModelConfig` fields of those names. ``train_options`` override :class:`TrainConfig` fields
     (``epochs``, ``seed``, ``budget``...). A built-in dataset trains on its database split.
 
     Raises:
@@ -85,7 +87,9 @@ def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *
         native = ds.spec
     arch = choose_arch(native) if arch == "auto" else arch
     config = ModelConfig(arch=arch, input=input_for(arch, native, size, channels),
-                         latent_dim=latent_dim, **({"width": width} if width else {}))
+                         latent_dim=latent_dim, width=width or ModelConfig.width,
+                         pooling=pooling or ModelConfig.pooling,
+                         test_views=test_views or ModelConfig.test_views)
     if ds is None:
         ds = _data(data, split, config.input, progress=progress, **load)
     backbone = arch in BACKBONE_ARCHS

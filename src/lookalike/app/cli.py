@@ -16,7 +16,9 @@ from ..config import (
     DUPLICATE_THRESHOLD,
     LOSSES,
     OBJECTIVES,
+    POOLINGS,
     RERANKERS,
+    TEST_VIEWS,
 )
 from ..data.datasets import BUILTIN_DATASETS, SPLITS
 from ..errors import LookalikeError
@@ -209,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive_int, help="contrastive: first conv stage's filters")
     p.add_argument("--latent-dim", type=_positive_int,
                    help="dense code size (hourglass 512, contrastive 128)")
+    p.add_argument("--pooling", choices=POOLINGS,
+                   help="backbone: pool the last feature map with GeM over the whole map, or "
+                        "rmac: regional GeM (R-MAC's regions; see docs/benchmarks.md, Colour)")
+    p.add_argument("--test-views", choices=TEST_VIEWS,
+                   help="backbone: flip averages each image's features with its mirror "
+                        "image's (twice the encoding time; see docs/benchmarks.md, Colour)")
     add_onnx_args(p)
     p.set_defaults(func=cmd_train)
 

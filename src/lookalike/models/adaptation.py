@@ -88,7 +88,8 @@ def colour_views(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -
 
 def pooled_features(model: BackboneModel, data: Dataset, bf16: bool, device: torch.device,
                     progress: bool = False) -> np.ndarray:
-    """The GeM-pooled backbone features of every image of ``data``, ``float32 (n, 1280)``."""
+    """The pooled backbone features of every image of ``data`` (:meth:`BackboneModel.descriptor`),
+    ``float32 (n, 1280)``."""
     out = np.empty((len(data), model.backbone.feature_dim), dtype=np.float32)
     model.eval()
     with (tqdm(total=len(data), desc="features", unit="img", disable=not progress) as bar,
@@ -97,7 +98,7 @@ def pooled_features(model: BackboneModel, data: Dataset, bf16: bool, device: tor
         for (start, stop), pixels in prefetched(data, model.config.input, CHUNK):
             for lo in range(0, stop - start, step):  # activations bounded (batch_for)
                 x = torch.from_numpy(pixels[lo:lo + step]).to(device).permute(0, 3, 1, 2)
-                feats = model.features(x.float().div_(255.0)).float().cpu().numpy()
+                feats = model.descriptor(x.float().div_(255.0)).float().cpu().numpy()
                 out[start + lo:start + lo + len(x)] = feats
             bar.update(stop - start)
     return out

@@ -9,7 +9,8 @@
   (optional) denoising loss and a projection head used only by the contrastive loss.
 * ``efficientnet-lite0/1/2`` (seed 003's "pretrained models like EfficientNet as feature
   extractor"): an ImageNet-trained backbone (:mod:`lookalike.models.backbones`), its last
-  feature map GeM-pooled, centred and whitened by a projection fitted on the training
+  feature map GeM-pooled (or as ``ModelConfig.pooling`` and ``.test_views`` say,
+  :mod:`lookalike.models.descriptors`), centred and whitened by a projection fitted on the training
   images (:func:`fit_whitening`), L2-normalised. It has no decoder.
 * ``hourglass`` (seed 003): conv stages of 32, 64, 128 filters, then a dense latent of
   ``latent_dim`` (512); the decoder mirrors it with transposed convolutions.
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..config import BACKBONE_ARCHS, ModelConfig
 from .backbones import EfficientNetLite
+from .descriptors import averaged, gem, regional_gem
 
 
 def _conv(cin: int, cout: int, padding: int = 1) -> nn.Sequential:
@@ -138,10 +140,6 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 ARTICLE_PRESETS = ("conv-16-8-8", "conv-32-32", "hourglass")
-#: GeM's exponent: between average (1) and max (inf) pooling; 3 is the usual choice for
-#: retrieval (Radenović, Tolias and Chum, "Fine-tuning CNN image retrieval with no human
-#: annotation", 2018).
-GEM_P = 3.0
 
 
 class BackboneModel(nn.Module):
@@ -169,13 +167,20 @@ class BackboneModel(nn.Module):
                                   nn.Linear(512, 128))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """GeM-pooled last feature map, ``(n, 1280)``, before whitening."""
-        fmap = self.backbone.features(x).float().clamp(min=1e-6)
-        return fmap.pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
+        """The pooled last feature map of ``x`` as given, ``(n, 1280)``, before whitening:
+        GeM, or regional GeM (``config.pooling``, :mod:`lookalike.models.descriptors`)."""
+        fmap = self.backbone.features(x)
+        return regional_gem(fmap) if self.config.pooling == "rmac" else gem(fmap)
+
+    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`features` averaged over the test-time views of ``x``
+        (``config.test_views``), ``(n, 1280)``: what the whitening is fitted on and
+        :meth:`encode` whitens."""
+        return averaged(self.features, x, self.config.test_views)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``float32 (n, 3, H, W)`` in [0, 1] -> L2-normalised codes ``(n, code_dim)``."""
-        z = (F.normalize(self.features(x), dim=1) - self.whiten_mean) @ self.whiten
+        z = (F.normalize(self.descriptor(x), dim=1) - self.whiten_mean) @ self.whiten
         return F.normalize(z, dim=1)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
