@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..data.filefacts import FileFacts, Stat, digest, read_facts
 from . import metadata
 
@@ -172,7 +174,7 @@ def describe(paths: Sequence[str], ids: Sequence[int], with_digest: bool = True,
 
 
 def catalogue(coll: Collection | Path, paths: Sequence[str | os.PathLike[str]],
-              ids: Sequence[int]) -> int:
+              ids: Sequence[int] | np.ndarray) -> int:
     """Read and record the files ``paths`` as showing the items ``ids`` (row-aligned);
     returns how many rows were written. Paths that are not files (a dataset's
     ``name:split:i`` sources) are passed over."""
@@ -181,3 +183,22 @@ def catalogue(coll: Collection | Path, paths: Sequence[str | os.PathLike[str]],
     if found:
         put(db(coll), found)
     return len(found)
+
+
+def relink(path: Path, put_rows: Sequence[FileRow] = (), dropped: Sequence[str] = (),
+           sources: dict[int, str] | None = None) -> None:
+    """One transaction over the catalogue and ``items``: the rows of ``dropped`` paths
+    deleted, ``put_rows`` inserted or replaced, and each item of ``sources`` (id -> path)
+    given that path as its source. What a moved file changes: its item keeps its id, code
+    and picture; only where it is found changes, all at once or not at all."""
+    ensure(path)
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in dropped))
+            conn.executemany(f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * len(COLUMNS))})",
+                             (r.row() for r in put_rows))
+            conn.executemany("UPDATE items SET source = ? WHERE id = ?",
+                             ((s, int(i)) for i, s in (sources or {}).items()))
+    finally:
+        conn.close()

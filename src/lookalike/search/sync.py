@@ -1,0 +1,442 @@
+"""Make a collection mirror its folders (``lookalike sync``): a :func:`plan` read from the
+disk and the catalogue (:mod:`lookalike.search.files`), then :func:`apply`.
+
+What each file on disk is, compared with its catalogue row:
+
+* **unchanged**: same ``stat`` (size, mtime in ns, inode); nothing is read;
+* **updated**: its stat changed and so did its bytes (digest): decoded and re-encoded
+  under the same id (:meth:`Collection.update`); when other paths still show that item,
+  the edited file becomes an item of its own instead;
+* **moved**: a path not in the catalogue whose stat (a rename keeps the inode) or digest
+  (a copy elsewhere, then the original deleted) is a vanished path's: the item keeps its
+  id, code and picture, only its path changes (the row, and ``items.source``), with no
+  decode and no encode;
+* **added**: any other new path; decoded and encoded, or, when its bytes are a live item's
+  file, catalogued as another path of that item without a decode;
+* **removed**: a catalogued path gone from disk; its item is removed when no path shows it
+  any more, otherwise its source is pointed at a path that does.
+
+:func:`apply` is crash-safe as ``add`` is: each batch is one commit, rows are written after
+the commit that adds their items and deleted after the one that removes them, a move is one
+SQLite transaction over the row and the source; running the same sync again finishes the
+job (an item committed whose row was not written yet is recognised by its source).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..data import filefacts
+from ..data.filefacts import Stat
+from ..data.images import find_images, is_image_path, load_images
+from ..errors import LookalikeError
+from ..fsutil import atomic_write_json
+from . import files as catalogue
+from . import metadata
+from .files import FileRow
+
+if TYPE_CHECKING:
+    from .collection import Collection
+
+log = logging.getLogger(__name__)
+
+#: Files decoded and encoded per commit.
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a sync would do. Paths are absolute; ``unchanged`` counts the files recognised
+    by their stat alone; ``reads`` the files read to make the plan (digests)."""
+
+    folders: tuple[str, ...]
+    added: tuple[str, ...] = ()
+    linked: tuple[tuple[str, int], ...] = ()  # (new path, the live item its bytes show)
+    moved: tuple[tuple[FileRow, str], ...] = ()  # (the vanished path's row, its new path)
+    updated: tuple[tuple[str, int], ...] = ()  # (path, item) re-encoded under the id
+    removed: tuple[tuple[str, int], ...] = ()  # (vanished path, its item)
+    touched: tuple[FileRow, ...] = ()  # rows whose file's stat changed, not its bytes
+    adopted: tuple[tuple[str, int], ...] = ()  # (path, item): an item's source with no row
+    split: tuple[tuple[str, int], ...] = ()  # (path, item): edited, added, the item stays
+    stale: tuple[str, ...] = ()  # rows of items no longer in the collection
+    unchanged: int = 0
+    reads: int = 0
+    digests: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    stats: dict[str, Stat] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.linked or self.moved or self.updated or self.removed
+                    or self.touched or self.adopted or self.stale)
+
+    def describe(self) -> list[str]:
+        """One line per change, for ``--dry-run``."""
+        return ([f"add     {p}" for p in self.added]
+                + [f"add     {p} (same bytes as item {i}: no decode)" for p, i in self.linked]
+                + [f"move    {r.path} -> {p} (item {r.id})" for r, p in self.moved]
+                + [f"update  {p} (item {i})" for p, i in self.updated]
+                + [f"remove  {p} (item {i})" for p, i in self.removed])
+
+
+@dataclass
+class Report:
+    """What a sync did: counts of files (paths), plus the work it took."""
+
+    added: int = 0
+    removed: int = 0
+    moved: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    items_removed: int = 0
+    encoded: int = 0
+    decoded: int = 0
+    read: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"added {self.added}, removed {self.removed}, moved {self.moved}, updated "
+                f"{self.updated}, unchanged {self.unchanged}, skipped {len(self.skipped)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        out["seconds"] = round(self.seconds, 6)
+        return out
+
+
+# ---------------------------------------------------------------------------- folders
+def folders_of(coll: Collection) -> list[str]:
+    """The folders the collection mirrors (remembered in its manifest)."""
+    return [str(f) for f in coll.manifest.get("folders") or []]
+
+
+def remember_folders(coll: Collection, folders: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Add ``folders`` (made absolute) to those the manifest remembers, in one commit (the
+    generation moves on, so that every writer reads the new list before its next change);
+    returns the list."""
+    with coll.writing():
+        known = folders_of(coll)
+        wanted = known + [f for f in dict.fromkeys(catalogue.absolute(f) for f in folders)
+                          if f not in known]
+        if wanted != known:
+            manifest = {**coll.manifest, "folders": wanted, "generation": coll.generation + 1,
+                        "updated": datetime.now(UTC).isoformat(timespec="seconds")}
+            atomic_write_json(coll.path / "manifest.json", manifest)
+            coll.manifest = manifest
+    return wanted
+
+
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def _ranges(roots: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """SQL over ``f.path`` for the paths equal to or below ``roots`` (a range scan of the
+    primary key: ``'/'`` sorts just before ``'0'``)."""
+    parts, params = [], []
+    for r in roots:
+        base = r.rstrip(os.sep)
+        parts.append("(f.path = ? OR (f.path > ? AND f.path < ?))")
+        params += [base, base + os.sep, base + chr(ord(os.sep) + 1)]
+    return " OR ".join(parts) or "0", tuple(params)
+
+
+# ---------------------------------------------------------------------------- plan
+def _scan(scope: Sequence[str]) -> dict[str, Stat]:
+    """``stat`` of every image file at or below the paths of ``scope`` (absolute)."""
+    found: dict[str, Stat] = {}
+    for root in scope:
+        if os.path.isdir(root):
+            paths = [os.fspath(p) for p in find_images(root)]
+        elif os.path.isfile(root) and is_image_path(Path(root)):
+            paths = [root]
+        else:
+            continue
+        for p in paths:
+            try:
+                found[p] = Stat.of(p)
+            except OSError:  # gone meanwhile
+                continue
+    return found
+
+
+def _live(coll: Collection, ids: Sequence[int]) -> np.ndarray:
+    return np.asarray(coll.store.rows(np.asarray(ids, dtype=np.int64)) >= 0, dtype=bool)
+
+
+def plan(coll: Collection, folders: Sequence[str | os.PathLike[str]],
+         within: Sequence[str | os.PathLike[str]] | None = None) -> Plan:
+    """What :func:`apply` would do to make the collection mirror ``folders``. ``within``
+    (paths a watcher saw change) narrows the look to those files and folders; the
+    default looks at everything below ``folders``.
+
+    Only files whose stat differs from their row are read (their digest), and new files
+    that no vanished file's stat matches; an idle folder is planned from ``stat`` alone.
+    """
+    roots = [catalogue.absolute(f) for f in folders]
+    scope = roots if within is None else [
+        p for p in (catalogue.absolute(w) for w in within) if _under(p, roots)]
+    disk = _scan(scope)
+    db = catalogue.db(coll)
+    where, params = _ranges(scope)
+    found = catalogue.rows(db, where, params) if scope else []
+    live = _live(coll, [r.id for r in found])
+    known = {r.path: r for r, ok in zip(found, live, strict=True) if ok}
+    stale = tuple(r.path for r, ok in zip(found, live, strict=True) if not ok)
+    legacy = _uncatalogued(coll, scope)
+    reads = 0
+    digests: dict[str, str] = {}
+
+    def digest_of(p: str) -> str | None:
+        nonlocal reads
+        if p not in digests:
+            try:
+                digests[p] = filefacts.digest(p)
+            except OSError:
+                return None
+            reads += 1
+        return digests[p]
+
+    unchanged = 0
+    vanished: dict[str, FileRow] = {}
+    changed: list[FileRow] = []
+    for path, row in known.items():
+        st = disk.get(path)
+        if st is None:
+            vanished[path] = row
+        elif st == row.stat:
+            unchanged += 1
+        else:
+            changed.append(row)
+    adopted = [(p, i) for p, i in legacy.items() if p in disk and p not in known]
+    touched: list[FileRow] = []
+    removed = [(p, i) for p, i in legacy.items() if p not in disk and p not in known]
+    updated: list[tuple[str, int]] = []
+    added: list[str] = []
+    for row in changed:
+        d = digest_of(row.path)
+        if d is None:  # gone meanwhile: the next sync sees it gone
+            unchanged += 1
+        elif d == row.digest:
+            touched.append(row)
+        else:
+            updated.append((row.path, row.id))
+    # a changed file whose item other paths still show (unchanged) becomes its own item
+    kept_paths = {i: [p for r in rs if (p := r.path) not in vanished]
+                  for i, rs in catalogue.of_ids(db, [i for _, i in updated]).items()}
+    edited = {p for p, _ in updated}
+    seen: set[int] = set()
+    split: list[tuple[str, int]] = []
+    for path, item in list(updated):
+        others = [p for p in kept_paths.get(item, []) if p != path]
+        if item in seen or any(o not in edited for o in others):
+            updated.remove((path, item))
+            added.append(path)
+            split.append((path, item))
+        seen.add(item)
+
+    by_stat = {r.stat: r for r in vanished.values()}
+    by_digest: dict[str, FileRow] = {}
+    for r in vanished.values():
+        if r.digest is not None:
+            by_digest.setdefault(r.digest, r)
+    moved: list[tuple[FileRow, str]] = []
+    linked: list[tuple[str, int]] = []
+    for path in sorted(p for p in disk if p not in known and p not in legacy):
+        old = by_stat.get(disk[path])
+        d = None
+        if old is None:
+            d = digest_of(path)
+            if d is None:
+                continue
+            old = by_digest.get(d)
+        if old is not None and old.path in vanished:
+            del vanished[old.path]
+            by_stat.pop(old.stat, None)
+            if old.digest is not None:
+                by_digest.pop(old.digest, None)
+            moved.append((old, path))
+            continue
+        shown = _item_with_digest(coll, d, {i for _, i in updated}) if d is not None else None
+        if shown is not None:
+            linked.append((path, shown))
+        else:
+            added.append(path)
+    removed += [(p, r.id) for p, r in vanished.items()]
+    return Plan(tuple(roots), tuple(sorted(added)), tuple(linked), tuple(moved), tuple(updated),
+                tuple(sorted(removed)), tuple(touched), tuple(adopted), tuple(split), stale,
+                unchanged, reads, digests, disk)
+
+
+def _uncatalogued(coll: Collection, scope: Sequence[str]) -> dict[str, int]:
+    """``{path: id}`` of the live items whose source is a path in ``scope`` but which have no
+    catalogue row: a collection made before the catalogue, or an add whose rows a crash cut
+    off (their file is recorded without a decode)."""
+    if not scope:
+        return {}
+    db = catalogue.db(coll)
+    catalogue.ensure(db)
+    rows = metadata.query(db, "SELECT id, source FROM items WHERE id NOT IN (SELECT id FROM files)")
+    pairs = [(p, int(i)) for i, s in rows if _under(p := catalogue.absolute(s), scope)]
+    live = _live(coll, [i for _, i in pairs])
+    return {p: i for (p, i), ok in zip(pairs, live, strict=True) if ok}
+
+
+def _item_with_digest(coll: Collection, d: str, changing: set[int]) -> int | None:
+    """A live item one of whose catalogued files has the bytes of digest ``d`` (not one of
+    ``changing``, whose rows tell the bytes they had)."""
+    rows = catalogue.rows(catalogue.db(coll), "f.digest = ?", (d,))
+    ids = [r.id for r in rows if r.id not in changing]
+    return next((i for i, ok in zip(ids, _live(coll, ids), strict=True) if ok), None)
+
+
+# ---------------------------------------------------------------------------- apply
+def _row(path: str, item: int, file_digest: str | None) -> FileRow | None:
+    try:
+        return FileRow.made(path, item, filefacts.read_facts(path),
+                            file_digest if file_digest is not None else filefacts.digest(path))
+    except OSError:
+        return None
+
+
+def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
+          progress: Callable[[int], None] | None = None) -> Report:
+    """Carry out ``plan`` (:func:`plan`) on ``coll``; ``progress`` is called with the
+    number of files decoded after each batch. Moves and rows first (metadata only), then
+    removals, then re-encoded and new files, ``batch`` per commit."""
+    start = time.perf_counter()
+    rep = Report(unchanged=plan.unchanged + len(plan.touched) + len(plan.adopted), read=plan.reads)
+    db = catalogue.db(coll)
+    # 1. what changes only the catalogue: moves, rows of files whose bytes are known
+    put: list[FileRow] = []
+    for old, new in plan.moved:
+        st = plan.stats[new]
+        put.append(dataclasses.replace(old, path=new, folder=os.path.dirname(new), size=st.size,
+                                       mtime_ns=st.mtime_ns, inode=st.inode,
+                                       digest=old.digest or plan.digests.get(new)))
+    for old in plan.touched:
+        st = plan.stats[old.path]
+        put.append(dataclasses.replace(old, size=st.size, mtime_ns=st.mtime_ns, inode=st.inode))
+    for path, item in [*plan.adopted, *plan.linked]:
+        row = _row(path, item, plan.digests.get(path))
+        rep.read += path not in plan.digests
+        if row is not None:
+            put.append(row)
+    sources = _sources_after_moves(coll, plan.moved)
+    if put or plan.stale or sources:
+        with coll.writing():
+            catalogue.relink(db, put, [o.path for o, _ in plan.moved] + list(plan.stale), sources)
+    rep.moved, rep.added = len(plan.moved), len(plan.linked)
+    # 2. vanished files: an item no path shows any more goes; another keeps a live source
+    if plan.removed:
+        gone_paths = {p for p, _ in plan.removed}
+        rows_of = catalogue.of_ids(db, sorted({i for _, i in plan.removed}))
+        orphans = sorted({i for _, i in plan.removed
+                          if not [r for r in rows_of.get(i, []) if r.path not in gone_paths]})
+        if orphans:
+            rep.items_removed = coll.remove(orphans)
+        catalogue.relink(db, dropped=sorted(gone_paths),
+                         sources=_live_sources(coll, [i for _, i in plan.removed if i not in orphans],
+                                               gone_paths))
+        rep.removed = len(plan.removed)
+    # 3. changed and new files: decoded and encoded, a commit per batch
+    for start_at in range(0, len(plan.updated), batch):
+        pairs = plan.updated[start_at:start_at + batch]
+        images, kept, bad = load_images([p for p, _ in pairs], coll.encoder.spec)
+        rep.skipped += bad
+        rep.decoded += len(kept)
+        of = dict(pairs)
+        if kept:
+            rep.encoded += coll.update([of[str(p)] for p in kept], images)
+            rows = [_row(str(p), of[str(p)], None) for p in kept]
+            catalogue.put(db, [r for r in rows if r is not None])
+            rep.read += len(rows)
+        rep.updated += len(kept)
+        if progress:
+            progress(len(pairs))
+    for start_at in range(0, len(plan.added), batch):
+        part = list(plan.added[start_at:start_at + batch])
+        images, kept, bad = load_images(part, coll.encoder.spec)
+        rep.skipped += bad
+        rep.decoded += len(kept)
+        rep.read += len([p for p in part if p not in plan.digests])
+        if kept:
+            before = len(coll)
+            paths = [str(p) for p in kept]
+            new_ids = coll.add(images, paths)
+            rep.encoded += len(coll) - before
+            rows = [_row(p, int(i), plan.digests.get(p)) for p, i in zip(paths, new_ids, strict=True)]
+            catalogue.put(db, [r for r in rows if r is not None])
+        rep.added += len(kept)
+        if progress:
+            progress(len(part))
+    if plan.split:  # an edited file that became its own item was its old item's source
+        catalogue.relink(db, sources=_live_sources(coll, [i for _, i in plan.split],
+                                                   {p for p, _ in plan.split}))
+    rep.seconds = time.perf_counter() - start
+    return rep
+
+
+def _sources_after_moves(coll: Collection, moved: Sequence[tuple[FileRow, str]]) -> dict[int, str]:
+    """The new source of each moved item whose source was the path that moved."""
+    if not moved:
+        return {}
+    items = {it.id: it for it in coll.items([o.id for o, _ in moved]) if it is not None}
+    return {o.id: new for o, new in moved
+            if o.id in items and catalogue.absolute(items[o.id].source) == o.path}
+
+
+def _live_sources(coll: Collection, ids: Sequence[int], gone: set[str]) -> dict[int, str]:
+    """For each of ``ids`` whose source is among ``gone``, a path that still shows it."""
+    if not ids:
+        return {}
+    rows_of = catalogue.of_ids(catalogue.db(coll), sorted(set(ids)))
+    out: dict[int, str] = {}
+    for it in coll.items(sorted(set(ids))):
+        if it is None or catalogue.absolute(it.source) not in gone:
+            continue
+        left = sorted(r.path for r in rows_of.get(it.id, []) if r.path not in gone)
+        if left:
+            out[it.id] = left[0]
+    return out
+
+
+def sync(coll: Collection, folders: Sequence[str | os.PathLike[str]] | None = None, *,
+         within: Sequence[str | os.PathLike[str]] | None = None, batch: int = BATCH,
+         progress: Callable[[int], None] | None = None) -> Report:
+    """Plan and apply (the step a manual ``sync`` and a watcher's batch both run):
+    ``folders`` default to the remembered ones.
+
+    Raises:
+        LookalikeError: no folder to mirror, or one that does not exist (a drive not
+            mounted must not empty the collection).
+    """
+    start = time.perf_counter()
+    roots = check_folders(coll, folders)
+    report = apply(coll, plan(coll, roots, within), batch=batch, progress=progress)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def check_folders(coll: Collection, folders: Sequence[str | os.PathLike[str]] | None) -> list[str]:
+    """``folders`` (absolute), or the remembered ones; each must be an existing folder."""
+    roots = [catalogue.absolute(f) for f in folders] if folders else folders_of(coll)
+    if not roots:
+        raise LookalikeError(f"{coll.path} remembers no folder to mirror; give one: "
+                             f"lookalike sync {coll.path} FOLDER")
+    for r in roots:
+        if not os.path.isdir(r):
+            raise LookalikeError(f"folder {r} is missing or not a folder (a drive not mounted?); "
+                                 "nothing was changed")
+    return roots
