@@ -363,14 +363,16 @@ def cmd_add(args: argparse.Namespace) -> int:
     from ..data.images import content_hash, image_files, load_images
     from ..data.skipreport import REPORT_NAME, write_report
     from ..search.collection import Collection
-    from ..search.files import catalogue
+    from ..search.files import catalogue, db, unchanged
 
     coll = Collection.open(args.collection)
     report = Path(args.report) if args.report else coll.path / REPORT_NAME
     skipped: list[tuple[str, str]] = []
     files = image_files(args.paths, skipped)
     present = coll.sources(str(f) for f in files)
-    todo = [f for f in files if args.update or str(f) not in present]
+    # --update reads only the files whose stat differs from the catalogue's record
+    fresh = unchanged(db(coll), [f for f in files if str(f) in present]) if args.update else set()
+    todo = [f for f in files if str(f) not in present or (args.update and str(f) not in fresh)]
     before = len(coll)
     added = dupes = updated = loaded = 0
     # Each batch is one commit: a crash loses at most the batch in progress, and running

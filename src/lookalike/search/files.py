@@ -156,6 +156,30 @@ def of_ids(path: Path, ids: Sequence[int]) -> dict[int, list[FileRow]]:
     return out
 
 
+def of_paths(path: Path, paths: Iterable[str]) -> dict[str, FileRow]:
+    """The rows of those of ``paths`` (absolute) that the catalogue holds, by path."""
+    wanted = list(paths)
+    out: dict[str, FileRow] = {}
+    for start in range(0, len(wanted), 500):
+        part = tuple(wanted[start:start + 500])
+        out.update((r.path, r) for r in rows(path, f"f.path IN ({', '.join('?' * len(part))})", part))
+    return out
+
+
+def unchanged(path: Path, paths: Iterable[str | os.PathLike[str]]) -> set[str]:
+    """Those of ``paths`` (as given) whose catalogue row has their ``stat`` now: files
+    recorded as they are, known without reading them."""
+    given = {absolute(p): os.fspath(p) for p in paths}
+    out = set()
+    for full, row in of_paths(path, given).items():
+        try:
+            if Stat.of(full) == row.stat:
+                out.add(given[full])
+        except OSError:
+            continue
+    return out
+
+
 def describe(paths: Sequence[str], ids: Sequence[int], with_digest: bool = True,
              threads: int = READERS) -> list[FileRow | None]:
     """A row for each file of ``paths`` (shown by ``ids``), its facts read from disk
