@@ -242,3 +242,14 @@ def test_add_update_reads_only_the_files_whose_stat_changed(
     code, out, err = run_cli(capsys, ["add", library, folder, "--update"])
     assert code == 0 and "1 updated" in out, err
     assert set(counts.decoded) == {str(folder / "a" / "p03.png")}
+
+
+def test_index_a_folder_checks_before_training(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    write_digits(folder, ["a.png"])
+    (tmp_path / "coll").mkdir()
+    code, _, err = run_cli(capsys, ["index", folder, "--out", tmp_path / "coll"])
+    assert code == 2 and "already exists" in err and not (tmp_path / ".coll.model").exists()
+    code, _, err = run_cli(capsys, ["index", folder, "--dataset", "digits", "--out", tmp_path / "c2"])
+    assert code == 2 and "not both" in err
