@@ -8,6 +8,7 @@ import builtins
 import json
 import os
 import shutil
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -215,19 +216,38 @@ def test_sync_cli_dry_run_json_and_a_missing_folder(
     assert len(Collection.open(library)) == 26
 
 
-def test_sync_skips_a_bad_file_and_adopts_items_without_rows(
-        capsys: pytest.CaptureFixture[str], library: Path, tmp_path: Path) -> None:
+def test_sync_adopts_items_without_rows(library: Path, tmp_path: Path) -> None:
+    """Items whose rows were never written (a collection made before the catalogue, or a
+    crash after an add's commit): their files are recorded, not added again."""
     folder = tmp_path / "photos"
-    (folder / "broken.png").write_bytes(b"\x89PNG not really")
     coll = Collection.open(library)
-    # items whose rows were never written (a crash after the add's commit): recorded, not re-added
     files.drop(files.db(coll), [str(folder / "a" / "p00.png"), str(folder / "a" / "p01.png")])
     todo = plan(coll, folders_of(coll))
     assert [p for p, _ in todo.adopted] == [str(folder / "a" / "p00.png"), str(folder / "a" / "p01.png")]
+    with sqlite3.connect(files.db(coll)) as conn:
+        conn.execute("DROP TABLE files")
+    assert len(plan(coll, folders_of(coll)).adopted) == 24
     report = sync(coll)
     assert report.added == 0 and report.encoded == 0 and report.unchanged == 24
-    assert [Path(p).name for p, _ in report.skipped] == ["broken.png"]
     assert len(files.rows(files.db(coll))) == 24
+
+
+def test_an_unreadable_file_is_skipped_and_not_read_again_until_it_changes(
+        library: Path, tmp_path: Path, counts: Counts) -> None:
+    folder = tmp_path / "photos"
+    broken = folder / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    coll = Collection.open(library)
+    report = sync(coll)
+    assert [Path(p).name for p, _ in report.skipped] == ["broken.png"] and report.added == 0
+    counts.clear()
+    again = sync(coll)
+    assert [Path(p).name for p, _ in again.skipped] == ["broken.png"]
+    assert not counts.opened and again.read == 0  # known unreadable, unchanged: not read
+    write_digits(folder, ["broken.png"], start=777)  # now a real image
+    fixed = sync(coll)
+    assert fixed.added == 1 and not fixed.skipped
+    assert str(broken) in {r.path for r in files.rows(files.db(coll))}
 
 
 def test_add_update_reads_only_the_files_whose_stat_changed(

@@ -341,11 +341,9 @@ class Collection:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """One writer at a time, across processes: an exclusive ``flock`` on the collection's
-        directory (waited for; the kernel releases it when a process dies; taken by every
-        change, and by the sync's moves, :mod:`lookalike.search.sync`), then the state read
-        again if another process committed since this one read it, so that no commit is
-        built on a manifest that is no longer the last."""
+        """One writer at a time, across processes (every change, and the sync's moves): an
+        exclusive ``flock`` on the directory (the kernel releases it when a process dies),
+        then the state read again if another process committed since this one read it."""
         if self._writers:
             self._writers += 1
             try:

@@ -42,7 +42,7 @@ from ..data.images import IMAGE_EXTENSIONS, is_image_path, load_images
 from ..errors import LookalikeError
 from ..fsutil import atomic_write_json
 from . import files as catalogue
-from . import metadata
+from . import metadata, unreadable
 from .files import FileRow
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ class Plan:
     adopted: tuple[tuple[str, int], ...] = ()  # (path, item): an item's source with no row
     split: tuple[tuple[str, int], ...] = ()  # (path, item): edited, added, the item stays
     stale: tuple[str, ...] = ()  # rows of items no longer in the collection
+    unreadable: tuple[tuple[str, str], ...] = ()  # (path, reason): as it was when it failed
+    unmarked: tuple[str, ...] = ()  # files listed unreadable that are gone
     unchanged: int = 0
     reads: int = 0
     digests: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -77,7 +79,7 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (self.added or self.linked or self.moved or self.updated or self.removed
-                    or self.touched or self.adopted or self.stale)
+                    or self.touched or self.adopted or self.stale or self.unmarked)
 
     def describe(self) -> list[str]:
         """One line per change, for ``--dry-run``."""
@@ -220,11 +222,23 @@ def plan(coll: Collection, folders: Sequence[str | os.PathLike[str]],
     db = catalogue.db(coll)
     where, params = _ranges(scope)
     found = metadata.query(db, "SELECT f.path, f.id, f.size, f.mtime_ns, f.inode FROM files f "
-                           f"JOIN items i ON i.id = f.id WHERE {where}", params) if scope else []
+                           f"JOIN items i ON i.id = f.id WHERE {where}", params
+                           ) if scope and catalogue.has_table(db) else []
     live = _live(coll, [r[1] for r in found])
     known = {r[0]: r for r, ok in zip(found, live, strict=True) if ok}
     stale = tuple(r[0] for r, ok in zip(found, live, strict=True) if not ok)
     legacy = _uncatalogued(coll, scope)
+    marked = unreadable.marks(db, where, params) if scope else {}
+    bad: list[tuple[str, str]] = []
+
+    def still_bad(p: str) -> bool:
+        """Listed unreadable, and not changed since: skipped without a read."""
+        mark = marked.get(p)
+        if mark is not None and (mark[0].size, mark[0].mtime_ns, mark[0].inode) == disk[p]:
+            bad.append((p, mark[1]))
+            return True
+        return False
+
     reads = 0
     digests: dict[str, str] = {}
 
@@ -261,6 +275,8 @@ def plan(coll: Collection, folders: Sequence[str | os.PathLike[str]],
     updated: list[tuple[str, int]] = []
     added: list[str] = []
     for row in changed:
+        if still_bad(row.path):
+            continue
         d = digest_of(row.path)
         if d is None:  # gone meanwhile: the next sync sees it gone
             unchanged += 1
@@ -289,7 +305,10 @@ def plan(coll: Collection, folders: Sequence[str | os.PathLike[str]],
             by_digest.setdefault(r.digest, r)
     moved: list[tuple[FileRow, str]] = []
     linked: list[tuple[str, int]] = []
-    for path in sorted(p for p in disk if p not in known and p not in legacy):
+    unknown: list[tuple[str, str]] = []  # (new path, digest) no vanished file explains
+    for path in sorted(disk.keys() - known.keys() - legacy.keys()):
+        if still_bad(path):
+            continue
         old = by_stat.get(disk[path])
         d = None
         if old is None:
@@ -303,17 +322,21 @@ def plan(coll: Collection, folders: Sequence[str | os.PathLike[str]],
             if old.digest is not None:
                 by_digest.pop(old.digest, None)
             moved.append((old, path))
-            continue
-        shown = _item_with_digest(coll, d, {i for _, i in updated}) if d is not None else None
-        if shown is not None:
-            linked.append((path, shown))
+        elif d is not None:
+            unknown.append((path, d))
+    shown = _items_with_digests(coll, {d for _, d in unknown}, {i for _, i in updated})
+    for path, d in unknown:
+        if d in shown:
+            linked.append((path, shown[d]))
         else:
             added.append(path)
     removed += [(p, r.id) for p, r in vanished.items()]
-    stats = {p: Stat(*disk[p]) for p in [*(p for _, p in moved), *(r.path for r in touched)]}
+    stats = {p: Stat(*disk[p]) for p in [*(p for _, p in moved), *(r.path for r in touched),
+                                         *(p for p, _ in updated), *added, *(p for p, _ in linked)]}
     return Plan(tuple(roots), tuple(sorted(added)), tuple(linked), tuple(moved), tuple(updated),
                 tuple(sorted(removed)), tuple(touched), tuple(adopted), tuple(split), stale,
-                unchanged, reads, digests, stats)
+                tuple(bad), tuple(p for p in marked if p not in disk), unchanged, reads, digests,
+                stats)
 
 
 def _uncatalogued(coll: Collection, scope: Sequence[str]) -> dict[str, int]:
@@ -323,26 +346,40 @@ def _uncatalogued(coll: Collection, scope: Sequence[str]) -> dict[str, int]:
     if not scope:
         return {}
     db = catalogue.db(coll)
-    catalogue.ensure(db)
-    rows = metadata.query(db, "SELECT id, source FROM items WHERE id NOT IN (SELECT id FROM files)")
+    rows = metadata.query(db, "SELECT id, source FROM items" + (
+        " WHERE id NOT IN (SELECT id FROM files)" if catalogue.has_table(db) else ""))
     pairs = [(p, int(i)) for i, s in rows if _under(p := catalogue.absolute(s), scope)]
     live = _live(coll, [i for _, i in pairs])
     return {p: i for (p, i), ok in zip(pairs, live, strict=True) if ok}
 
 
-def _item_with_digest(coll: Collection, d: str, changing: set[int]) -> int | None:
-    """A live item one of whose catalogued files has the bytes of digest ``d`` (not one of
-    ``changing``, whose rows tell the bytes they had)."""
-    rows = catalogue.rows(catalogue.db(coll), "f.digest = ?", (d,))
-    ids = [r.id for r in rows if r.id not in changing]
-    return next((i for i, ok in zip(ids, _live(coll, ids), strict=True) if ok), None)
+def _items_with_digests(coll: Collection, digests: set[str], changing: set[int]) -> dict[str, int]:
+    """For each of ``digests`` the bytes of a live item's catalogued file have, that item
+    (not one of ``changing``, whose rows tell the bytes they had)."""
+    db, wanted = catalogue.db(coll), sorted(digests)
+    out: dict[str, int] = {}
+    if not wanted or not catalogue.has_table(db):
+        return {}
+    for start in range(0, len(wanted), 500):
+        part = tuple(wanted[start:start + 500])
+        rows = metadata.query(db, "SELECT f.digest, f.id FROM files f JOIN items i ON i.id = f.id "
+                              f"WHERE f.digest IN ({', '.join('?' * len(part))})", part)
+        rows = [(d, int(i)) for d, i in rows if int(i) not in changing]
+        for (d, i), ok in zip(rows, _live(coll, [i for _, i in rows]), strict=True):
+            if ok:
+                out.setdefault(d, i)
+    return out
 
 
 # ---------------------------------------------------------------------------- apply
-def _row(path: str, item: int, file_digest: str | None) -> FileRow | None:
+def _row(path: str, item: int, plan: Plan) -> FileRow | None:
+    """The catalogue row of ``path`` showing ``item``: its header read, and its digest from
+    the plan unless the file changed since (then read again)."""
     try:
-        return FileRow.made(path, item, filefacts.read_facts(path),
-                            file_digest if file_digest is not None else filefacts.digest(path))
+        facts = filefacts.read_facts(path)
+        known = plan.digests.get(path)
+        fresh = known is not None and plan.stats.get(path) == facts.stat
+        return FileRow.made(path, item, facts, known if fresh else filefacts.digest(path))
     except OSError:
         return None
 
@@ -366,7 +403,7 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
         st = plan.stats[old.path]
         put.append(dataclasses.replace(old, size=st.size, mtime_ns=st.mtime_ns, inode=st.inode))
     for path, item in [*plan.adopted, *plan.linked]:
-        row = _row(path, item, plan.digests.get(path))
+        row = _row(path, item, plan)
         rep.read += path not in plan.digests
         if row is not None:
             put.append(row)
@@ -375,6 +412,8 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
         with coll.writing():
             catalogue.relink(db, put, [o.path for o, _ in plan.moved] + list(plan.stale), sources)
     rep.moved, rep.added = len(plan.moved), len(plan.linked)
+    rep.skipped += list(plan.unreadable)
+    unreadable.change(db, cleared=plan.unmarked)
     # 2. vanished files: an item no path shows any more goes; another keeps a live source
     if plan.removed:
         gone_paths = {p for p, _ in plan.removed}
@@ -391,12 +430,13 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
     for start_at in range(0, len(plan.updated), batch):
         pairs = plan.updated[start_at:start_at + batch]
         images, kept, bad = load_images([p for p, _ in pairs], coll.encoder.spec)
+        _mark(db, bad, kept)
         rep.skipped += bad
         rep.decoded += len(kept)
         of = dict(pairs)
         if kept:
             rep.encoded += coll.update([of[str(p)] for p in kept], images)
-            rows = [_row(str(p), of[str(p)], None) for p in kept]
+            rows = [_row(str(p), of[str(p)], plan) for p in kept]
             catalogue.put(db, [r for r in rows if r is not None])
             rep.read += len(rows)
         rep.updated += len(kept)
@@ -405,6 +445,7 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
     for start_at in range(0, len(plan.added), batch):
         part = list(plan.added[start_at:start_at + batch])
         images, kept, bad = load_images(part, coll.encoder.spec)
+        _mark(db, bad, kept)
         rep.skipped += bad
         rep.decoded += len(kept)
         rep.read += len([p for p in part if p not in plan.digests])
@@ -413,7 +454,7 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
             paths = [str(p) for p in kept]
             new_ids = coll.add(images, paths)
             rep.encoded += len(coll) - before
-            rows = [_row(p, int(i), plan.digests.get(p)) for p, i in zip(paths, new_ids, strict=True)]
+            rows = [_row(p, int(i), plan) for p, i in zip(paths, new_ids, strict=True)]
             catalogue.put(db, [r for r in rows if r is not None])
         rep.added += len(kept)
         if progress:
@@ -423,6 +464,17 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
                                                    {p for p, _ in plan.split}))
     rep.seconds = time.perf_counter() - start
     return rep
+
+
+def _mark(db: Path, bad: list[tuple[str, str]], kept: Sequence[Path]) -> None:
+    """List the files that could not be read (with their stat now), clear those that were."""
+    listed = []
+    for path, reason in bad:
+        try:
+            listed.append((path, Stat.of(path), reason))
+        except OSError:
+            continue
+    unreadable.change(db, listed, [str(p) for p in kept])
 
 
 def _sources_after_moves(coll: Collection, moved: Sequence[tuple[FileRow, str]]) -> dict[int, str]:
