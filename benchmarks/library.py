@@ -259,7 +259,16 @@ def render(r: dict[str, object], argv: list[str]) -> str:
             f"{commit()} on {machine()}, by `python benchmarks/library.py {' '.join(argv)}`. "
             "Small PNGs (16x16 grey, random pixels) indexed with the articles' conv-16-8-8 "
             "(untrained); one run, each ratio measured side by side in it.\n\n")
-    return head + table(["what", "size", "time", "against", "work"], rows)
+    notes = ("\n\nThe 1% sync's time beyond \"their encode time + the idle sync\" is what each "
+             "changed file costs besides its encoding, which this tiny model makes nearly free "
+             "(0.2 ms an image): a cProfile of the same sync on the same 100,000-file folder "
+             "(2026-12-05) put 0.8 s in the three commits (storing each new picture as PNG, "
+             "writing segments and deletion records, fsyncs) and 0.3 s in reading the "
+             "changed files' headers and digests for the catalogue. With a real encoder "
+             "(EfficientNet-Lite0 at 192 px: tens of ms an image on these cores) those are a few "
+             "percent of the encode time. Moves cost no decode and no encode; the watch's "
+             "latency is the 100 ms quiet time that ends a burst plus one sync of the new path.")
+    return head + table(["what", "size", "time", "against", "work"], rows) + notes
 
 
 def main(argv: list[str] | None = None) -> int:
