@@ -151,9 +151,13 @@ def _post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
         return exc.code, json.loads(exc.read())
 
 
-def test_serve_watch_makes_copied_files_searchable_over_http(library: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_watch_makes_copied_files_searchable_over_http(library: Path, tmp_path: Path,
+                                                            workers: str) -> None:
+    """With --workers 2 the first process watches and writes; whichever process answers
+    reads the commit."""
     folder = tmp_path / "photos"
-    with serving(library, "--watch") as url:
+    with serving(library, "--watch", "--workers", workers) as url:
         new = write_digits(tmp_path / "staging", ["w.png"], start=333)[0]
         next_id = int(Collection.open(library).manifest["next_id"])
         assert _post(url + "api/search", {"id": next_id, "k": 2})[0] == 404

@@ -548,5 +548,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         changes += f"; following {', '.join(folders)}"
     level = "debug" if args.verbose else "warning" if args.quiet else "info"
     serve(args.collection, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-          access=access, on_ready=ready, log_level=level, workers=args.workers, watch=watch)
+          access=access, on_ready=ready, log_level=level, workers=args.workers,
+          **({"watch": watch} if watch is not None else {}))
     return 0
