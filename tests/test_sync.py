@@ -209,10 +209,13 @@ def test_sync_cli_dry_run_json_and_a_missing_folder(
     code, out, _ = run_cli(capsys, ["sync", library, extra])
     assert code == 0 and "added 2" in out
     assert folders_of(Collection.open(library)) == [str(folder), str(extra)]
-    # a remembered folder gone (a drive not mounted): refused, nothing removed
+    # a remembered folder gone, or left empty (a drive not mounted): refused, nothing removed
     os.rename(extra, tmp_path / "elsewhere")
     code, _, err = run_cli(capsys, ["sync", library])
     assert code == 2 and "is missing" in err and len(err.strip().splitlines()) == 1
+    extra.mkdir()
+    code, _, err = run_cli(capsys, ["sync", library])
+    assert code == 2 and "is empty" in err and len(err.strip().splitlines()) == 1
     assert len(Collection.open(library)) == 26
 
 

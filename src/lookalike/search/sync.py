@@ -252,6 +252,13 @@ def plan(coll: Collection, folders: Sequence[str | os.PathLike[str]],
             reads += 1
         return digests[p]
 
+    if within is None:
+        for root in roots:  # an unmounted drive leaves its mount point, empty
+            if known and not any(_under(p, [root]) for p in disk) and any(
+                    _under(p, [root]) for p in known):
+                raise LookalikeError(f"folder {root} is empty but the collection holds its files "
+                                     "(a drive not mounted?); nothing was changed. To drop them, "
+                                     f"lookalike remove {coll.path} --source '{root}/*'")
     unchanged = 0
     gone: list[str] = []
     differ: list[str] = []
