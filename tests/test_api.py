@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def _photos(root: Path, kinds: dict[str, tuple[int, int, int]], n: int = 5, seed
 
 
 def test_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                        capsys: pytest.CaptureFixture[str],
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="lookalike")
     section = README.read_text().split("## Python API", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
@@ -47,8 +50,9 @@ def test_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.Monk
     exec(compile(code.group(1), "README.md", "exec"), ns)  # noqa: S102 - our own README
     out = capsys.readouterr().out.splitlines()
     hits = [line.split() for line in out[:3]]
-    assert len(hits) == 3 and all(h[2].startswith("photos/beach/") for h in hits)  # beach finds beach
-    assert "photos/beach/1.jpg" not in {h[2] for h in hits}  # not itself
+    beach = str(tmp_path / "photos" / "beach")
+    assert len(hits) == 3 and all(h[2].startswith(beach + "/") for h in hits)  # beach finds beach
+    assert f"{beach}/1.jpg" not in {h[2] for h in hits}  # not itself
     assert 0.5 <= float(out[3]) <= 1.0  # the mAP line
     # the two snow photos were added under two new ids, and those were removed again
     new_ids = ns["new_ids"]
@@ -62,6 +66,25 @@ def test_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(LookalikeError, match="a query must be"):
         coll.search(3.5)
     both = coll.search([np.asarray(Image.open("photos/forest/0.jpg")), Image.open("photos/beach/0.jpg")], k=2)
-    assert [h.source.split("/")[1] for h in both[0]] == ["forest", "forest"]
-    assert [h.source.split("/")[1] for h in both[1]] == ["beach", "beach"]
+    assert [Path(h.source).parent.name for h in both[0]] == ["forest", "forest"]
+    assert [Path(h.source).parent.name for h in both[1]] == ["beach", "beach"]
+    # the model was trained for the folder and lives in the collection; the folder is remembered
+    assert (tmp_path / "coll" / "model" / "config.json").is_file()
+    assert not (tmp_path / ".coll.model").exists()
+    assert coll.collection.manifest["folders"] == [str(tmp_path / "photos")]
+    assert "step 1 of 2: training" in caplog.text and "step 2 of 2: indexing" in caplog.text
     coll.close()
+
+
+def test_dir_lists_the_front_door() -> None:
+    names = dir(la)
+    assert {"index", "open", "train", "evaluate", "load_model", "Hit", "Index"} <= set(names)
+    assert "__version__" in names and names == sorted(names)
+
+
+def test_index_needs_data_and_out(tmp_path: Path) -> None:
+    with pytest.raises(LookalikeError, match="needs data and out"):
+        la.index("photos/")
+    (tmp_path / "coll").mkdir()
+    with pytest.raises(LookalikeError, match="already exists"):  # before any training
+        la.index(tmp_path, out=tmp_path / "coll")

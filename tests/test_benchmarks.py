@@ -54,3 +54,18 @@ def test_filters_benchmark_smoke_run(tmp_path: Path) -> None:
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] in ("200", "2") and cells[6] == "1.000" and cells[7] == "100%", row
+
+
+
+def test_library_benchmark_smoke_run(tmp_path: Path) -> None:
+    """The photo-library benchmark runs end to end on 400 files (not a timing test): an idle
+    sync opens no file, the 1% sync encodes only the added and edited files, every file
+    copied into the watched folder is indexed."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "library.py"), "--files", "400",
+                          "--burst", "40", "--singles", "3", "--work", str(tmp_path / "w"),
+                          "--no-write"], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}).stdout
+    figures = json.loads(out[out.index("\n{") + 1:out.index("\n}") + 2])
+    assert figures["idle_reads"] == 0 and figures["changed"] == 4
+    assert figures["changed_encoded"] == 2  # one added, one edited; the move and the deletion: none
+    assert figures["burst_indexed"] == 40 and figures["watch_p95"] > 0

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-SUBCOMMANDS = ("serve", "add", "remove", "duplicates", "train", "index", "search", "evaluate",
+SUBCOMMANDS = ("serve", "add", "sync", "remove", "duplicates", "train", "index", "search", "evaluate",
                "cluster", "denoise", "report", "info", "demo", "verify", "compact", "migrate")
 
 

@@ -11,8 +11,8 @@ The library's layers, each a subpackage of modules with one job:
   (the command line calls the same functions)::
 
       import lookalike as la
-      model = la.train("photos/", out="model")
-      coll = la.index(model, "photos/", out="coll")
+      coll = la.index("photos/", out="coll")   # trains the default model for the photos
+      coll = la.index(la.train("photos/", out="model"), "photos/", out="coll2")
       hits = coll.search("query.jpg", k=10)
       hits = coll.search(["a.jpg", "b.jpg"], together=True, unlike=["c.jpg"],
                          where=la.Filter(paths=["trips/*"], after="2024-03"))
@@ -38,6 +38,12 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     raise AttributeError(f"module 'lookalike' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names and the front door's, which load on first use: so that
+    ``dir(lookalike)`` and an IDE's completion (``la.<TAB>``) list them."""
+    return sorted(set(globals()) | set(_API))
 
 __all__ = [
     "CollectionError",

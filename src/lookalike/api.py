@@ -1,8 +1,9 @@
 """The library's front door: train a model, index a collection, search it, score it.
 
     import lookalike as la
-    model = la.train("photos/", out="model")          # or la.load_model("model")
-    coll = la.index(model, "photos/", out="coll")      # or la.open("coll")
+    coll = la.index("photos/", out="coll")             # trains the default model first
+    model = la.train("photos/", out="model")          # or choose: la.load_model("model")
+    coll = la.index(model, "photos/", out="coll2")     # or la.open("coll")
     hits = coll.search("query.jpg", k=10)             # paths, arrays or PIL images
     hits = coll.search(["a.jpg", "b.jpg"], together=True, unlike=["c.jpg"],
                        where=la.Filter(paths=["trips/*"], after="2024-03"), crop=(0, 0, 0.5, 1))
@@ -15,6 +16,7 @@ Data is a built-in dataset's name, a folder of images, an IDX directory or an ``
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ from .search.filters import Filter
 from .search.queries import Crop
 
 __all__ = ["Crop", "Filter", "Hit", "Index", "evaluate", "index", "load_model", "open", "train"]
+
+log = logging.getLogger(__name__)
 
 
 def _data(data: str | os.PathLike[str] | Dataset, split: str | None, spec: Any = None,
@@ -264,19 +268,82 @@ def _image(query: Any, size: tuple[int, int] | None) -> np.ndarray:
     raise LookalikeError(f"a query must be an image path, array or PIL image, not {type(query).__name__}")
 
 
-def index(model: LoadedModel | str | os.PathLike[str], data: str | os.PathLike[str] | Dataset,
-          out: str | os.PathLike[str], *, split: str | None = None, overwrite: bool = False,
-          progress: bool = False, **options: Any) -> Index:
+def _trained_model_dir(out: str | os.PathLike[str]) -> Path:
+    """Where :func:`index` trains the model of a collection at ``out`` (beside it, hidden;
+    the collection keeps its own copy, and this one is deleted once it is written)."""
+    target = Path(out)
+    return target.parent / f".{target.name}.model"
+
+
+def model_for_index(model: LoadedModel | str | os.PathLike[str] | None,
+                    data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *,
+                    overwrite: bool = False, split: str | None = None, progress: bool = False,
+                    **load: Any) -> LoadedModel:
+    """The model :func:`index` encodes with: ``model`` loaded, or with ``None`` the default
+    model for ``data`` trained now (:func:`train`'s rule, ``arch="auto"``: a pretrained
+    backbone adapted to colour photos, the self-trained recipe for small grey images).
+
+    Raises:
+        CollectionError: ``out`` exists and not ``overwrite`` (checked before training).
+    """
+    if model is not None:
+        return model if isinstance(model, LoadedModel) else load_model(model)
+    from .errors import CollectionError
+
+    if Path(out).exists() and not overwrite:
+        raise CollectionError(f"{out} already exists; choose another --out or pass --overwrite")
+    where = _trained_model_dir(out)
+    if where.exists():  # a run cut short: train again
+        import shutil
+
+        shutil.rmtree(where)
+    name = data.name if isinstance(data, Dataset) else os.fspath(data)
+    log.info("step 1 of 2: training the default model for %s (no --model given)", name)
+    trained = train(data, where, split=split, progress=progress, **load)
+    log.info("step 2 of 2: indexing %s with it (%s)", name, trained.config.arch)
+    return trained
+
+
+def made_model(model: object, out: str | os.PathLike[str]) -> None:
+    """After :func:`index` wrote its collection: delete the model trained for it (``model``
+    None), which the collection keeps a copy of."""
+    if model is None:
+        import shutil
+
+        shutil.rmtree(_trained_model_dir(out), ignore_errors=True)
+
+
+def index(model: LoadedModel | str | os.PathLike[str] | Dataset | None = None,
+          data: str | os.PathLike[str] | Dataset | None = None,
+          out: str | os.PathLike[str] | None = None, *, split: str | None = None,
+          overwrite: bool = False, progress: bool = False, **options: Any) -> Index:
     """Encode ``data`` with ``model`` into a collection at ``out`` and open it. ``options``
-    go to :meth:`Collection.create` (``factory``, ``backend``...)."""
+    go to :meth:`Collection.create` (``factory``, ``backend``...).
+
+    ``la.index("photos/", out="coll")`` (data alone, or ``model=None``) trains the default
+    model for the data first (:func:`model_for_index`) and keeps it in the collection. A
+    collection made from a folder remembers it (absolute), for :func:`lookalike.search.sync.sync`.
+    """
     from .search.collection import Collection
-
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    ds = _data(data, split, loaded.config.input, progress=progress)
     from .search.files import catalogue
+    from .search.sync import remember_folders
 
+    if data is None:  # index(data, out=...)
+        model, data = None, model
+    if data is None or out is None:
+        raise LookalikeError("index needs data and out: la.index('photos/', out='coll')")
+    assert not isinstance(model, Dataset)
+    folder = not isinstance(data, Dataset) and is_folder(data)
+    if folder and not isinstance(data, Dataset):
+        data = os.path.abspath(os.fspath(data))
+    loaded = model_for_index(model, data, out, overwrite=overwrite, split=split, progress=progress)
+    ds = _data(data, split, loaded.config.input, progress=progress)
     coll = Collection.create(out, loaded, ds, overwrite=overwrite, progress=progress, **options)
     catalogue(coll, ds.sources, coll.ids)
+    if folder:
+        assert not isinstance(data, Dataset)
+        remember_folders(coll, [data])
+    made_model(model, out)
     return Index(coll)
 
 

@@ -41,6 +41,7 @@ from .commands import (
     cmd_train,
 )
 from .onnxcommand import add_onnx_args
+from .syncing import cmd_sync
 
 log = logging.getLogger("lookalike")
 EXIT_USAGE = 2
@@ -107,6 +108,16 @@ def _keep_rule(text: str) -> KeepRule:
         return KeepRule.parse(text)
     except LookalikeError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 86400:  # (also refuses nan and inf)
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], got {text!r}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -221,8 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("index", help="encode a dataset into a searchable collection",
-                       description="Encode a dataset into a searchable collection. " + _SKIPPING)
-    p.add_argument("--model", required=True, help="model directory")
+                       description="Encode a dataset into a searchable collection. Without "
+                       "--model, the default model for the data is trained first (as 'train' "
+                       "would: a pretrained backbone, adapted, for colour photos; the recipe for "
+                       "small grey images) and kept in the collection. A collection made from a "
+                       "folder remembers it: 'lookalike sync' keeps it in step. " + _SKIPPING)
+    p.add_argument("folder", nargs="?", metavar="FOLDER",
+                   help="a folder of images (or any --dataset value) to index")
+    p.add_argument("--model", help="model directory (default: train the default model for the data)")
     _data_args(p)
     p.add_argument("--out", required=True, help="collection directory to write")
     p.add_argument("--report", help="where to list the skipped files, JSON lines "
@@ -314,6 +331,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: COLLECTION/skipped.jsonl)")
     p.set_defaults(func=cmd_add)
 
+    p = sub.add_parser(
+        "sync", help="make a collection mirror its folders (added, removed, moved, edited files)",
+        description="Make a collection mirror its folders: new files are added, files gone are "
+        "removed, an edited file is encoded again under its id, and a moved or renamed file "
+        "keeps its item (no decode, no encode). Unchanged files are told by their stat (size, "
+        "modification time, inode), without reading them. Each batch is one commit: an "
+        "interrupted sync finishes when run again. " + _SKIPPING)
+    p.add_argument("collection")
+    p.add_argument("folders", nargs="*", metavar="FOLDER",
+                   help="folders to mirror besides the remembered ones (the folder a collection was "
+                        "indexed from); each is remembered for the next sync")
+    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
+    p.add_argument("--batch", type=_positive_int, default=256, metavar="N",
+                   help="files encoded per commit (default 256)")
+    p.add_argument("--watch", action="store_true",
+                   help="keep following the folders, syncing each burst of changes, until Ctrl-C")
+    p.add_argument("--poll", action="store_true",
+                   help="with --watch: rescan by stat instead of OS events (automatic on network "
+                        "file systems and when the OS watch limit is exhausted)")
+    p.add_argument("--rescan", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="with --watch: the interval of those rescans (default 5)")
+    p.set_defaults(func=cmd_sync)
+
     p = sub.add_parser("remove", help="remove items from a collection by id or source pattern")
     p.add_argument("collection")
     p.add_argument("ids", nargs="*", type=int, metavar="ID")
@@ -390,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--move-to", metavar="DIR",
                    help="the duplicates page (/duplicates) moves the copies the user confirms "
                         "into DIR, with a manifest to undo it (default: it only shows them)")
+    p.add_argument("--watch", action="store_true",
+                   help="keep the collection in step with its folders while serving (as 'sync "
+                        "--watch'; with --workers, one process watches and writes)")
+    p.add_argument("--poll", action="store_true", help="with --watch: rescan by stat instead of "
+                   "OS events")
+    p.add_argument("--rescan", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="with --watch: the interval of those rescans (default 5)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the whole pipeline on mnist-5k, with a report")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -100,13 +101,24 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ..api import made_model, model_for_index
+    from ..data.datasets import is_folder
     from ..data.skipreport import REPORT_NAME, write_report
-    from ..models.modelio import load_model
     from ..search.collection import Collection
     from ..search.files import catalogue
+    from ..search.sync import remember_folders
 
+    if args.folder is not None:
+        if args.dataset != "mnist-5k":
+            raise LookalikeError("give the data as FOLDER or --dataset, not both")
+        args.dataset = args.folder
+    folder = is_folder(args.dataset)
+    if folder:  # (sources, the catalogue and the remembered folder: absolute paths)
+        args.dataset = os.path.abspath(args.dataset)
     options = _backend_options(args)
-    model = load_model(args.model)
+    model = model_for_index(args.model, args.dataset, args.out, overwrite=args.overwrite,
+                            split=args.split, data_dir=args.data_dir, download=args.download,
+                            progress=args.progress)
     codes = None
     if args.engine == "ray":
         from ..models.ray_engine import RayConfig, load_and_encode
@@ -125,7 +137,10 @@ def cmd_index(args: argparse.Namespace) -> int:
                              progress=args.progress, chunk=args.checkpoint_every,
                              backend_options=options, codes=codes)
     catalogue(coll, ds.sources, coll.ids)
+    if folder:
+        remember_folders(coll, [args.dataset])
     coll.close()
+    made_model(args.model, args.out)
     report = write_report(args.report or Path(args.out) / REPORT_NAME, ds.skipped, "index")
     print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
           + (f"; skipped {len(ds.skipped)} file(s) (see {report})" if ds.skipped else "")
@@ -391,14 +406,16 @@ def cmd_add(args: argparse.Namespace) -> int:
     from ..data.images import content_hash, image_files, load_images
     from ..data.skipreport import REPORT_NAME, write_report
     from ..search.collection import Collection
-    from ..search.files import catalogue
+    from ..search.files import catalogue, db, unchanged
 
     coll = Collection.open(args.collection)
     report = Path(args.report) if args.report else coll.path / REPORT_NAME
     skipped: list[tuple[str, str]] = []
     files = image_files(args.paths, skipped)
     present = coll.sources(str(f) for f in files)
-    todo = [f for f in files if args.update or str(f) not in present]
+    # --update reads only the files whose stat differs from the catalogue's record
+    fresh = unchanged(db(coll), [f for f in files if str(f) in present]) if args.update else set()
+    todo = [f for f in files if str(f) not in present or (args.update and str(f) not in fresh)]
     before = len(coll)
     added = dupes = updated = loaded = 0
     # Each batch is one commit: a crash loses at most the batch in progress, and running
@@ -598,8 +615,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {args.collection} at {url} (API docs at {url}docs; {changes}); "
               "Ctrl-C to stop", flush=True)
 
+    watch = None
+    if args.watch:
+        from .syncing import check_watchable
+        from .watch import WatchConfig
+
+        folders = check_watchable(args.collection)
+        watch = WatchConfig(rescan_s=args.rescan, poll=args.poll)
+        changes += f"; following {', '.join(folders)}"
     level = "debug" if args.verbose else "warning" if args.quiet else "info"
     serve(args.collection, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
           access=access, on_ready=ready, log_level=level, workers=args.workers,
-          move_to=args.move_to)
+          move_to=args.move_to,
+          **({"watch": watch} if watch is not None else {}))
     return 0

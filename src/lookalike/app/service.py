@@ -41,11 +41,12 @@ import math
 import mimetypes
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -65,6 +66,9 @@ from ..search.collection import Collection
 from ..search.filters import Filter
 from .dupservice import duplicates_router, move_folder
 from .richsearch import RichQuery, crop_of, file_facts, filter_params, name_of, original, rich_search
+
+if TYPE_CHECKING:
+    from .watch import WatchConfig
 from .schemas import (
     MAX_ID,
     AddAnswer,
@@ -483,7 +487,8 @@ def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, access: Access | None = None,
           on_ready: Callable[[str], None] | None = None,
           log_level: str = "info", workers: int = 1,
-          move_to: str | os.PathLike[str] | None = None) -> None:
+          move_to: str | os.PathLike[str] | None = None,
+          watch: WatchConfig | None = None) -> None:
     """Run the app on uvicorn until interrupted. ``port`` 0 picks a free port; ``on_ready``
     is called with the page's URL once the socket is bound (before serving).
 
@@ -492,6 +497,10 @@ def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port
     of one process's GIL. A change takes the collection's writer lock, whichever process
     receives it, and the others read the new commit before their next answer
     (:meth:`SharedCollection._current`). The processes stop together.
+
+    ``watch`` keeps the collection in step with its remembered folders while it serves
+    (:func:`lookalike.app.watch.keep_in_sync`), in a thread of the first process only: one
+    process watches and writes, every process reads its commits as any other's.
 
     Raises:
         LookalikeError: ``host`` is not loopback and ``access`` leaves changes open to anyone
@@ -538,15 +547,42 @@ def serve(collection_path: str | os.PathLike[str], host: str = "127.0.0.1", port
         run(app, mine)
 
     children = _fork_workers(workers - 1, worker)
+    stop = threading.Event()
+    watcher: threading.Thread | None = None
     try:
         if workers > 1:
             app = made()
             _wait_ready(children)
+        if watch is not None:
+            watcher = _start_watching(collection_path, watch, stop)
         if on_ready is not None:  # every process has its collection open: none keeps a
             on_ready(f"http://{shown}:{bound}/")  # client waiting on its start
         run(app, sock)
     finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join(timeout=30)
         _stop_workers(children)
+
+
+def _start_watching(collection_path: str | os.PathLike[str], config: WatchConfig,
+                    stop: threading.Event) -> threading.Thread:
+    """The thread that syncs the collection with its folders until ``stop`` (first what
+    changed while nothing watched, then each burst); the service answers meanwhile."""
+    from .watch import keep_in_sync
+
+    def say(report: Any) -> None:
+        log.info("synced %s: %s", collection_path, report.summary())
+
+    def work() -> None:
+        try:
+            keep_in_sync(collection_path, stop, config, on_report=say)
+        except Exception:
+            log.exception("watching the folders of %s failed; no longer watching", collection_path)
+
+    thread = threading.Thread(target=work, name="lookalike-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:

@@ -110,7 +110,9 @@ def read_facts(path: str | os.PathLike[str]) -> FileFacts:
             warnings.simplefilter("ignore")  # Pillow warns on odd EXIF blocks; the facts are optional
             with Image.open(Path(path)) as im:
                 width, height = im.size
-                exif = im.getexif()
+                # a PNG's getexif() decodes the whole image to look for an eXIf chunk after the
+                # pixels; the one before them (where Pillow and cameras write it) is in info
+                exif = im.getexif() if im.format != "PNG" or "exif" in im.info else Image.Exif()
                 sub = exif.get_ifd(ExifTags.IFD.Exif)
                 gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
     except Exception:  # noqa: BLE001 - a header Pillow cannot read is a file with no facts

@@ -66,10 +66,10 @@ _UNREAD: Any = object()  # a lazily read attribute not read yet
 
 
 def _exclusive(method: Callable[..., _T]) -> Callable[..., _T]:
-    """A change: made by one writer at a time across processes (:meth:`Collection._writing`)."""
+    """A change: made by one writer at a time across processes (:meth:`Collection.writing`)."""
     @functools.wraps(method)
     def change(self: Collection, *args: Any, **kwargs: Any) -> _T:
-        with self._writing():
+        with self.writing():
             return method(self, *args, **kwargs)
     return change
 
@@ -132,7 +132,7 @@ class Collection:
         self.retrieval = RetrievalConfig.from_dict(manifest.get("retrieval") or {})
         self._diffusion: Diffusion | None = None
         self._whitening: Any = _UNREAD  # (mean, projection) or None, read on first use
-        self._writers = 0  # depth of _writing() in this object (a change calls another)
+        self._writers = 0  # depth of writing() in this object (a change calls another)
 
     def snapshot(self) -> Collection:
         """This collection as committed now, for readers: a commit replaces the manifest,
@@ -340,11 +340,10 @@ class Collection:
         self.backend.close()
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        """One writer at a time, across processes: an exclusive ``flock`` on the collection's
-        directory (waited for; the kernel releases it when a process dies), then the state
-        read again if another process committed since this one read it, so that no commit
-        is built on a manifest that is no longer the last."""
+    def writing(self) -> Iterator[None]:
+        """One writer at a time, across processes (every change, and the sync's moves): an
+        exclusive ``flock`` on the directory (the kernel releases it when a process dies),
+        then the state read again if another process committed since this one read it."""
         if self._writers:
             self._writers += 1
             try:

@@ -156,6 +156,30 @@ def of_ids(path: Path, ids: Sequence[int]) -> dict[int, list[FileRow]]:
     return out
 
 
+def of_paths(path: Path, paths: Iterable[str]) -> dict[str, FileRow]:
+    """The rows of those of ``paths`` (absolute) that the catalogue holds, by path."""
+    wanted = list(paths)
+    out: dict[str, FileRow] = {}
+    for start in range(0, len(wanted), 500):
+        part = tuple(wanted[start:start + 500])
+        out.update((r.path, r) for r in rows(path, f"f.path IN ({', '.join('?' * len(part))})", part))
+    return out
+
+
+def unchanged(path: Path, paths: Iterable[str | os.PathLike[str]]) -> set[str]:
+    """Those of ``paths`` (as given) whose catalogue row has their ``stat`` now: files
+    recorded as they are, known without reading them."""
+    given = {absolute(p): os.fspath(p) for p in paths}
+    out = set()
+    for full, row in of_paths(path, given).items():
+        try:
+            if Stat.of(full) == row.stat:
+                out.add(given[full])
+        except OSError:
+            continue
+    return out
+
+
 def describe(paths: Sequence[str], ids: Sequence[int], with_digest: bool = True,
              threads: int = READERS) -> list[FileRow | None]:
     """A row for each file of ``paths`` (shown by ``ids``), its facts read from disk
@@ -183,3 +207,22 @@ def catalogue(coll: Collection | Path, paths: Sequence[str | os.PathLike[str]],
     if found:
         put(db(coll), found)
     return len(found)
+
+
+def relink(path: Path, put_rows: Sequence[FileRow] = (), dropped: Sequence[str] = (),
+           sources: dict[int, str] | None = None) -> None:
+    """One transaction over the catalogue and ``items``: the rows of ``dropped`` paths
+    deleted, ``put_rows`` inserted or replaced, and each item of ``sources`` (id -> path)
+    given that path as its source. What a moved file changes: its item keeps its id, code
+    and picture; only where it is found changes, all at once or not at all."""
+    ensure(path)
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in dropped))
+            conn.executemany(f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * len(COLUMNS))})",
+                             (r.row() for r in put_rows))
+            conn.executemany("UPDATE items SET source = ? WHERE id = ?",
+                             ((s, int(i)) for i, s in (sources or {}).items()))
+    finally:
+        conn.close()
