@@ -206,6 +206,12 @@ def index(model: LoadedModel | str | os.PathLike[str], data: str | os.PathLike[s
     from .search.collection import Collection
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    if not isinstance(data, Dataset) and is_folder(data):  # decoded and encoded in one stream
+        from .data.pipeline import FolderFiles
+
+        files = FolderFiles.of(data, split or "all")
+        return Index(Collection.create(out, loaded, files, overwrite=overwrite, progress=progress,
+                                       **options))
     ds = _data(data, split, loaded.config.input, progress=progress)
     return Index(Collection.create(out, loaded, ds, overwrite=overwrite, progress=progress, **options))
 

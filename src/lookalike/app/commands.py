@@ -95,6 +95,8 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ..data.datasets import is_folder
+    from ..data.pipeline import FolderFiles
     from ..data.skipreport import REPORT_NAME, write_report
     from ..models.modelio import load_model
     from ..search.collection import Collection
@@ -102,6 +104,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     options = _backend_options(args)
     model = load_model(args.model)
     codes = None
+    ds: Dataset | FolderFiles
     if args.engine == "ray":
         from ..models.ray_engine import RayConfig, load_and_encode
 
@@ -110,18 +113,23 @@ def cmd_index(args: argparse.Namespace) -> int:
             config=RayConfig(address=args.ray_address), download=args.download,
             progress=args.progress, verbose=args.verbose)
         _report_skipped(ds)
+    elif args.ray_address:
+        raise LookalikeError("--ray-address is for --engine ray")
+    elif is_folder(args.dataset):  # decoded and encoded in one stream (skips logged as met)
+        ds = FolderFiles.of(args.dataset, _default_split(args.dataset, args.split))
     else:
-        if args.ray_address:
-            raise LookalikeError("--ray-address is for --engine ray")
         ds = _load(args, spec=model.config.input)
     coll = Collection.create(args.out, model, ds, backend=args.backend, factory=args.factory,
                              search_params=args.search_params, overwrite=args.overwrite,
                              progress=args.progress, chunk=args.checkpoint_every,
                              backend_options=options, codes=codes)
     coll.close()
-    report = write_report(args.report or Path(args.out) / REPORT_NAME, ds.skipped, "index")
+    skipped = [(str(path), str(why)) for path, why in coll.manifest.get("skipped") or ()]
+    if isinstance(ds, FolderFiles) and skipped:
+        log.warning("skipped %d unreadable file(s) or folder(s)", len(skipped))
+    report = write_report(args.report or Path(args.out) / REPORT_NAME, skipped, "index")
     print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
-          + (f"; skipped {len(ds.skipped)} file(s) (see {report})" if ds.skipped else "")
+          + (f"; skipped {len(skipped)} file(s) (see {report})" if skipped else "")
           + (f", index in Milvus at {options['uri']}" if options else ""))
     return 0
 
