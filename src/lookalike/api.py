@@ -13,6 +13,7 @@ Data is a built-in dataset's name, a folder of images, an IDX directory or an ``
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from .config import (
 from .data.datasets import Dataset, folder_images, infer_spec, is_folder, load_dataset
 from .errors import LookalikeError
 from .models.modelio import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Hit", "Index", "evaluate", "index", "load_model", "open", "train"]
 
@@ -159,10 +162,18 @@ class Index:
         """Add image files and folders (recursively); returns the ids, ``int64 (n,)``.
         Unreadable files and other extensions are skipped (logged); a path that does not
         exist raises :class:`DataError`."""
-        from .data.images import image_files, load_images
+        from .data.images import image_files
+        from .data.pipeline import stream
 
-        images, kept, _ = load_images(image_files(paths), self.collection.encoder.spec)
-        return np.asarray(self.collection.add(images, [str(f) for f in kept]), dtype=np.int64)
+        ids = [np.empty(0, dtype=np.int64)]
+        # a commit per batch, the next one decoding while this one is encoded
+        for batch in stream(image_files(paths), self.collection.encoder.spec, batch=1024, ahead=1):
+            for path, reason in batch.skipped:
+                log.warning("skipped %s: %s", path, reason)
+            if len(batch.paths):
+                ids.append(np.asarray(self.collection.add(batch.inputs, [str(f) for f in batch.paths]),
+                                      dtype=np.int64))
+        return np.concatenate(ids)
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         """Remove items by id; returns how many were removed."""

@@ -351,7 +351,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..data.images import content_hash, image_files, load_images
+    from ..data.images import content_hash, image_files
+    from ..data.pipeline import stream
     from ..data.skipreport import REPORT_NAME, write_report
     from ..search.collection import Collection
 
@@ -364,28 +365,28 @@ def cmd_add(args: argparse.Namespace) -> int:
     before = len(coll)
     added = dupes = updated = loaded = 0
     # Each batch is one commit: a crash loses at most the batch in progress, and running
-    # the same command again skips the files already added (by source path).
+    # the same command again skips the files already added (by source path). The next batch
+    # decodes (each file once, in threads) while this one is encoded and committed.
     try:
         with tqdm(total=len(files), initial=len(files) - len(todo), desc="adding", unit="img",
                   disable=not args.progress) as bar:
-            for start in range(0, len(todo), args.batch):
-                batch = todo[start:start + args.batch]
-                images, kept, bad = load_images(batch, coll.encoder.spec)
-                skipped += bad
-                loaded += len(kept)
-                new = [(im, str(f)) for im, f in zip(images, kept, strict=True)
-                       if str(f) not in present]
-                old = [(present[str(f)][0], im) for im, f in zip(images, kept, strict=True)
-                       if str(f) in present
-                       and content_hash(coll.stored_form([im])[0]) != present[str(f)][1]]
+            for batch in stream(todo, coll.encoder.spec, batch=args.batch, ahead=1):
+                for path, reason in batch.skipped:
+                    log.warning("skipped %s: %s", path, reason)
+                skipped += batch.skipped
+                loaded += len(batch.paths)
+                sources = [str(f) for f in batch.paths]
+                new = [j for j, src in enumerate(sources) if src not in present]
+                old = [j for j, src in enumerate(sources) if src in present
+                       and content_hash(coll.stored_form(batch.inputs[j:j + 1])[0]) != present[src][1]]
                 if new:
                     count = len(coll)
-                    coll.add([im for im, _ in new], [src for _, src in new])
+                    coll.add(batch.inputs[new], [sources[j] for j in new])
                     added += len(coll) - count
                     dupes += len(new) - (len(coll) - count)
                 if old:
-                    updated += coll.update([i for i, _ in old], [im for _, im in old])
-                bar.update(len(batch))
+                    updated += coll.update([present[sources[j]][0] for j in old], batch.inputs[old])
+                bar.update(batch.stop - batch.start)
     finally:
         if skipped:
             write_report(report, skipped, "add", append=True)
