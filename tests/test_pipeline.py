@@ -6,7 +6,7 @@ without decoding the chunks done, and decoding ahead of the encoder bounded."""
 from __future__ import annotations
 
 import json
-import time
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -179,19 +179,25 @@ def test_an_interrupted_index_resumes_without_decoding_the_chunks_done(
 def test_decoding_runs_ahead_of_the_encoder_by_a_bounded_number_of_batches(photos: Path) -> None:
     paths = _files(photos) * 4  # 48 files
     started: list[str] = []
+    more = threading.Condition()
 
     def recording(path: Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-        started.append(str(path))
+        with more:
+            started.append(str(path))
+            more.notify_all()
         return decode_file(path, spec)
 
     seen = 0
     for k, batch in enumerate(stream(paths, SPEC, batch=5, ahead=2, threads=3, decode=recording)):
-        # the consumer holds batch k: at most batches k+1 and k+2 decoded or decoding
-        assert len(started) <= min(len(paths), 5 * (k + 3)), (k, len(started))
+        # the consumer holds batch k (a slow encoder): at most batches k+1 and k+2 are
+        # decoded or decoding; give the threads time to start more if they were allowed to
+        bound = min(len(paths), 5 * (k + 3))
+        with more:
+            more.wait_for(lambda bound=bound: len(started) > bound, timeout=0.3)
+        assert len(started) <= bound, (k, len(started))
         assert batch.start == 5 * k and batch.stop == min(5 * k + 5, len(paths))
         assert [str(p) for p in batch.paths] == [paths[i] for i in batch.rows]
         assert len(batch.paths) + len(batch.skipped) == batch.stop - batch.start
         assert batch.inputs.shape[1:] == SPEC.shape and batch.previews.shape[1:] == (96, 96, 3)
         seen += batch.stop - batch.start
-        time.sleep(0.05)  # a slow encoder: unbounded decoding would run far ahead meanwhile
     assert seen == len(paths) and sorted(started) == sorted(paths)
