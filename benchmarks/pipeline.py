@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -167,7 +168,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     assert model.config.input == InputSpec(3, SIZE, SIZE), model.config.input
     encoder = ModelEncoder(model)
     res: dict[str, Any] = {"batch": encoder.batch_size, "precision": encoder.precision,
-                           "folders": {k: str(v) for k, v in where.items()}, "rows": {}}
+                           "folders": {k: str(v) for k, v in where.items()}, "rows": {},
+                           "load": [os.getloadavg()[0]]}
     for name, folder in where.items():
         count = len(FolderFiles.of(folder))
         row: dict[str, Any] = {"count": count, "model": [], "index": [], "old": []}
@@ -182,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["decoders"] = decoders(folder, args.decode_files)
         print(name, json.dumps(row), flush=True)
         res["rows"][name] = row
+    res["load"].append(os.getloadavg()[0])
     res["rss"] = peak_rss(model, where["10 MP"], work / "coll")
     print("rss", json.dumps(res["rss"]), flush=True)
     return res
@@ -213,7 +216,9 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
         "index and metadata written); *two reads*: the path before (previews read first, the "
         "files read again at the model's size). Median of "
         f"{len(next(iter(res['rows'].values()))['index'])} alternated rounds; the ratio is "
-        "taken per round. Folders made by `benchmarks/photodata.py` from `mate-backgrounds`.",
+        f"taken per round. Load average {res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at "
+        "the end (other work shared the cores). Folders made by `benchmarks/photodata.py` from "
+        "Debian's wallpaper packages.",
         "",
         table(["folder", "model images/s", "index images/s", "index / model", "two reads images/s"], rows),
         "",

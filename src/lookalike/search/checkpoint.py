@@ -114,7 +114,7 @@ def _files_key(model: LoadedModel, files: FolderFiles, chunk: int) -> str:
 
 
 def _load_part(path: Path, dim: int, preview: tuple[int, ...]) -> dict[str, np.ndarray] | None:
-    """A checkpointed chunk of files (:func:`_save_part`), or ``None`` when absent or unusable."""
+    """A checkpointed chunk of files (:func:`_encode_part`), or ``None`` when absent or unusable."""
     try:
         with np.load(path, allow_pickle=False) as data:
             part = {k: np.asarray(data[k]) for k in ("rows", "codes", "previews", "skipped")}
