@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     encoder = ModelEncoder(model)
     res: dict[str, Any] = {"batch": encoder.batch_size, "precision": encoder.precision,
                            "folders": {k: str(v) for k, v in where.items()}, "rows": {},
-                           "load": [os.getloadavg()[0]]}
+                           "load": [os.getloadavg()[0]], "when": now(), "commit": commit(),
+                           "machine": machine()}
     for name, folder in where.items():
         count = len(FolderFiles.of(folder))
         row: dict[str, Any] = {"count": count, "model": [], "index": [], "old": []}
@@ -204,13 +205,20 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
                     f"{d['simplejpeg']:.2f}" if "simplejpeg" in d else "not installed",
                     str(d.get("equal", "-"))])
     large = res["rows"]["10 MP"]["count"]
+    verdict = []
+    for name, row in res["rows"].items():
+        d = row["decoders"]
+        if "simplejpeg" in d:  # the share of an indexed image's time that simplejpeg would save
+            share = (d["pillow draft"] - d["simplejpeg"]) / (1000 / statistics.median(row["index"]))
+            verdict.append(f"{name}: {d['pillow draft'] - d['simplejpeg']:+.2f} ms a file, "
+                           f"{100 * share:.1f}% of an indexed image's time")
     return "\n".join([
         "## Indexing at the model's speed",
         "",
-        f"`python benchmarks/pipeline.py {' '.join(argv)}`".replace(" `", "`") + f" — {now()}, commit "
-        f"{commit()}, {machine()}. EfficientNet-Lite0 at {SIZE} px (ImageNet weights, whitened, "
-        f"not adapted), batch {res['batch']}, {res['precision']}, channels-last, as the index path "
-        "runs it. *model*: `ModelEncoder.encode` of model-sized images already in memory; "
+        f"`python benchmarks/pipeline.py {' '.join(argv)}`".replace(" `", "`") + f" — {res['when']}, "
+        f"commit {res['commit']}, {res['machine']}. EfficientNet-Lite0 at {SIZE} px (ImageNet "
+        f"weights, whitened, not adapted), batch {res['batch']}, {res['precision']}, channels-last, "
+        "as the index path runs it. *model*: `ModelEncoder.encode` of model-sized images already in memory; "
         "*index*: `Collection.create` of the folder (what `lookalike index` runs: each file "
         "decoded once, in two threads, while the model encodes; previews compressed, codes, "
         "index and metadata written); *two reads*: the path before (previews read first, the "
@@ -230,6 +238,11 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
         "median of 3 passes):",
         "",
         table(["folder", "files", "Pillow `draft`", "simplejpeg", "same pixels"], dec),
+        "",
+        ("simplejpeg saves " + "; ".join(verdict) + ". lookalike keeps Pillow: a second JPEG "
+         "decoder (a dependency, and a fallback to Pillow for the JPEGs it refuses) would have to "
+         "save at least 5% of the index time to be worth it." if verdict else
+         "(`pip install simplejpeg` to compare it.)"),
     ])
 
 
@@ -243,10 +256,16 @@ def main() -> None:
     ap.add_argument("--old", action="store_true", help="also time the path before the pipeline")
     ap.add_argument("--work", type=Path, default=Path("benchmarks/out/pipeline"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--rewrite", action="store_true",
+                    help="only write the section again from the last run's --work/pipeline.json")
     args = ap.parse_args()
-    res = run(args)
-    (args.work / "pipeline.json").write_text(json.dumps(res, indent=2))
-    body = section(res, sys.argv[1:])
+    if args.rewrite:
+        res = json.loads((args.work / "pipeline.json").read_text())
+    else:
+        res = run(args)
+        res["argv"] = sys.argv[1:]
+        (args.work / "pipeline.json").write_text(json.dumps(res, indent=2))
+    body = section(res, res.get("argv", sys.argv[1:]))
     print(body)
     if not args.no_write:
         write_section("pipeline", body)

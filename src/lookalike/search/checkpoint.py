@@ -139,7 +139,8 @@ def _encode_part(path: Path, encoder: ModelEncoder | OnnxEncoder, files: FolderF
     for batch in stream(files.paths, encoder.spec, batch=encoder.batch_size, start=start, stop=stop,
                         **options):
         rows.append(batch.rows)
-        codes.append(encoder.encode(batch.inputs))
+        if len(batch.rows):
+            codes.append(encoder.encode(batch.inputs))
         previews.append(batch.previews)
         skipped += batch.skipped
         bar.update(batch.stop - batch.start)
