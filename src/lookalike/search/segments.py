@@ -73,9 +73,9 @@ def encode_picture(image: np.ndarray) -> bytes:
     if image.shape[2] == 1:
         Image.fromarray(image[:, :, 0], "L").save(buf, "PNG", optimize=False, compress_level=6)
     else:
-        # lossless, the fastest effort (method 0): 0.36 ms of CPU a 96-px photo preview
-        # (12.6 KB), where method 1 took 2.1 ms (10.7 KB), a fifth of the model's 11 ms an
-        # image, and 100/4 took 22 ms (benchmarks/pipeline.py's folders, 2026-12-05)
+        # lossless, the fastest effort (method 0): about 0.4 ms of CPU a 96-px photo preview
+        # and 18% more bytes than method 1, which took 2.1 ms, a fifth of the model's time
+        # an image (benchmarks/pipeline.py; docs/benchmarks.md); 100/4 took 22 ms
         Image.fromarray(image, "RGB").save(buf, "WEBP", lossless=True, quality=0, method=0)
     return buf.getvalue() if buf.tell() < image.size else np.ascontiguousarray(image).tobytes()
 
