@@ -105,6 +105,33 @@ def index_rate(model: LoadedModel, folder: Path, out: Path, old: bool = False) -
     return n / seconds
 
 
+def cpu_costs(model: LoadedModel, folder: Path, out: Path, n: int) -> dict[str, float]:
+    """CPU ms an image (the process's CPU time, every thread's) of the bare model and of
+    indexing ``folder``, PyTorch on one thread (two spin-wait for each other on busy cores,
+    which inflates their CPU time): what their throughputs compare as when every core is
+    busy, where overlapping decoding with encoding gains nothing."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        encoder = ModelEncoder(model)
+        x = np.random.default_rng(0).integers(0, 256, (n, *encoder.spec.shape), dtype=np.uint8)
+        encoder.encode(x[:encoder.batch_size])
+        t = time.process_time()
+        encoder.encode(x)
+        bare = (time.process_time() - t) / n * 1000
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.process_time()
+        coll = Collection.create(out, model, FolderFiles.of(folder))
+        index = (time.process_time() - t) / len(coll) * 1000
+        coll.close()
+        shutil.rmtree(out, ignore_errors=True)
+    finally:
+        torch.set_num_threads(threads)
+    return {"model_ms": bare, "index_ms": index, "ratio": bare / index}
+
+
 def peak_rss(model: LoadedModel, folder: Path, out: Path) -> dict[str, float]:
     """``lookalike index`` of ``folder`` as its own process: VmHWM (bytes) and seconds."""
     script = ("import atexit, re, sys\n"
@@ -209,6 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["ratio"] = statistics.median(i / m for i, m in zip(row["index"], row["model"], strict=True))
         if args.old:
             row["old_ratio"] = statistics.median(i / m for i, m in zip(row["old"], row["model"], strict=True))
+        row["cpu"] = cpu_costs(model, folder, work / "coll", min(count, args.model_images))
         row["decoders"] = decoders(folder, args.decode_files)
         print(name, json.dumps(row), flush=True)
         res["rows"][name] = row
@@ -223,9 +251,12 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
     rows = []
     for name, row in res["rows"].items():
         med = statistics.median
-        rows.append([f"{row['count']} x {name}", f"{med(row['model']):.0f}", f"{med(row['index']):.0f}",
+        cpu = row.get("cpu")
+        rows.append([f"{row['count']} x {name}", f"{med(row['model']):.1f}", f"{med(row['index']):.1f}",
                      f"**{row['ratio']:.2f}x**",
-                     f"{med(row['old']):.0f} ({row['old_ratio']:.2f}x)" if row["old"] else "-"])
+                     f"{med(row['old']):.1f} ({row['old_ratio']:.2f}x)" if row["old"] else "-",
+                     f"{cpu['model_ms']:.1f} / {cpu['index_ms']:.1f} = **{cpu['ratio']:.2f}x**"
+                     if cpu else "-"])
     dec = []
     for name, row in res["rows"].items():
         d = row["decoders"]
@@ -250,13 +281,16 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
         "*index*: `Collection.create` of the folder (what `lookalike index` runs: each file "
         "decoded once, in two threads, while the model encodes; previews compressed, codes, "
         "index and metadata written); *two reads*: the path before (previews read first, the "
-        "files read again at the model's size). Median of "
+        "files read again at the model's size); *CPU ms*: the process's CPU time an image with "
+        "PyTorch on one thread, so their ratio is the throughput ratio when every core is busy "
+        "(overlap then gains nothing; two PyTorch threads spin-wait on busy cores). Median of "
         f"{len(next(iter(res['rows'].values()))['index'])} alternated rounds; the ratio is "
         f"taken per round. Load average {res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at "
         "the end (other work shared the cores). Folders made by `benchmarks/photodata.py` from "
         "Debian's wallpaper packages.",
         "",
-        table(["folder", "model images/s", "index images/s", "index / model", "two reads images/s"], rows),
+        table(["folder", "model images/s", "index images/s", "index / model", "two reads images/s",
+               "CPU ms an image, model / index, 1 torch thread"], rows),
         "",
         f"Peak RSS of `lookalike index` of the {large} photos of 10 MP as its own process "
         f"(VmHWM, PyTorch included): {res['rss']['peak_rss_bytes'] / 2**30:.2f} GiB "
