@@ -105,7 +105,7 @@ def index_rate(model: LoadedModel, folder: Path, out: Path, old: bool = False) -
     return n / seconds
 
 
-def cpu_costs(model: LoadedModel, folder: Path, out: Path, n: int) -> dict[str, float]:
+def cpu_costs(model: LoadedModel, folder: Path, out: Path, n: int, old: bool) -> dict[str, float]:
     """CPU ms an image (the process's CPU time, every thread's) of the bare model and of
     indexing ``folder``, PyTorch on one thread (two spin-wait for each other on busy cores,
     which inflates their CPU time): what their throughputs compare as when every core is
@@ -121,15 +121,18 @@ def cpu_costs(model: LoadedModel, folder: Path, out: Path, n: int) -> dict[str, 
         t = time.process_time()
         encoder.encode(x)
         bare = (time.process_time() - t) / n * 1000
-        shutil.rmtree(out, ignore_errors=True)
-        t = time.process_time()
-        coll = Collection.create(out, model, FolderFiles.of(folder))
-        index = (time.process_time() - t) / len(coll) * 1000
-        coll.close()
-        shutil.rmtree(out, ignore_errors=True)
+        costs = {"model_ms": bare}
+        for name in ("index", "old") if old else ("index",):
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.process_time()
+            coll = Collection.create(out, model, FolderFiles.of(folder) if name == "index" else
+                                     load_dataset(folder, "all", input_spec=model.config.input))
+            costs[f"{name}_ms"] = (time.process_time() - t) / len(coll) * 1000
+            coll.close()
+            shutil.rmtree(out, ignore_errors=True)
     finally:
         torch.set_num_threads(threads)
-    return {"model_ms": bare, "index_ms": index, "ratio": bare / index}
+    return {**costs, "ratio": bare / costs["index_ms"]}
 
 
 def peak_rss(model: LoadedModel, folder: Path, out: Path) -> dict[str, float]:
@@ -236,7 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["ratio"] = statistics.median(i / m for i, m in zip(row["index"], row["model"], strict=True))
         if args.old:
             row["old_ratio"] = statistics.median(i / m for i, m in zip(row["old"], row["model"], strict=True))
-        row["cpu"] = cpu_costs(model, folder, work / "coll", min(count, args.model_images))
+        row["cpu"] = cpu_costs(model, folder, work / "coll", min(count, args.model_images), args.old)
         row["decoders"] = decoders(folder, args.decode_files)
         print(name, json.dumps(row), flush=True)
         res["rows"][name] = row
@@ -256,7 +259,9 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
                      f"**{row['ratio']:.2f}x**",
                      f"{med(row['old']):.1f} ({row['old_ratio']:.2f}x)" if row["old"] else "-",
                      f"{cpu['model_ms']:.1f} / {cpu['index_ms']:.1f} = **{cpu['ratio']:.2f}x**"
-                     if cpu else "-"])
+                     if cpu else "-",
+                     f"{cpu['old_ms']:.1f} ({cpu['model_ms'] / cpu['old_ms']:.2f}x)"
+                     if cpu and "old_ms" in cpu else "-"])
     dec = []
     for name, row in res["rows"].items():
         d = row["decoders"]
@@ -290,7 +295,7 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
         "Debian's wallpaper packages.",
         "",
         table(["folder", "model images/s", "index images/s", "index / model", "two reads images/s",
-               "CPU ms an image, model / index, 1 torch thread"], rows),
+               "CPU ms an image, model / index, 1 torch thread", "two reads CPU ms"], rows),
         "",
         f"Peak RSS of `lookalike index` of the {large} photos of 10 MP as its own process "
         f"(VmHWM, PyTorch included): {res['rss']['peak_rss_bytes'] / 2**30:.2f} GiB "
