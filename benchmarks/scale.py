@@ -327,6 +327,7 @@ def _encode_worker(model_dir: str, folder: str) -> dict[str, Any]:
     import logging
 
     from lookalike.data.datasets import load_folder
+    from lookalike.data.pipeline import FolderFiles
     from lookalike.models.encoders import ModelEncoder
     from lookalike.models.modelio import load_model
     from lookalike.models.ray_engine import RayConfig, encode_folder, ray_session
@@ -342,7 +343,7 @@ def _encode_worker(model_dir: str, folder: str) -> dict[str, Any]:
     with ray_session(RayConfig(num_cpus=cores)):
         init = time.perf_counter() - start
         start = time.perf_counter()
-        ds_ray, codes_ray = encode_folder(Path(folder), model, RayConfig())
+        ds_ray, codes_ray = encode_folder(FolderFiles.of(folder), model, RayConfig())
         ray_s = time.perf_counter() - start
     same = (ds_ray.sources == ds.sources and bool(np.allclose(codes_ray, codes, rtol=1e-5, atol=1e-6)))
     return {"arch": model.config.arch, "n": len(ds), "in_process_s": in_process, "ray_s": ray_s,

@@ -192,13 +192,20 @@ class Index:
         """Add image files and folders (recursively); returns the ids, ``int64 (n,)``.
         Unreadable files and other extensions are skipped (logged); a path that does not
         exist raises :class:`DataError`."""
-        from .data.images import image_files, load_images
+        from .data.images import image_files
+        from .data.pipeline import stream
         from .search.files import catalogue
 
-        images, kept, _ = load_images(image_files(paths), self.collection.encoder.spec)
-        ids = np.asarray(self.collection.add(images, [str(f) for f in kept]), dtype=np.int64)
-        catalogue(self.collection, [str(f) for f in kept], ids)
-        return ids
+        ids = [np.empty(0, dtype=np.int64)]
+        # a commit per batch, the next one decoding while this one is encoded
+        for batch in stream(image_files(paths), self.collection.encoder.spec, batch=1024, ahead=1):
+            for path, reason in batch.skipped:
+                log.warning("skipped %s: %s", path, reason)
+            if len(batch.paths):
+                sources = [str(f) for f in batch.paths]
+                ids.append(np.asarray(self.collection.add(batch.inputs, sources), dtype=np.int64))
+                catalogue(self.collection, sources, ids[-1])
+        return np.concatenate(ids)
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         """Remove items by id; returns how many were removed."""
@@ -325,7 +332,7 @@ def index(model: LoadedModel | str | os.PathLike[str] | Dataset | None = None,
     collection made from a folder remembers it (absolute), for :func:`lookalike.search.sync.sync`.
     """
     from .search.collection import Collection
-    from .search.files import catalogue
+    from .search.files import catalogue_items
     from .search.sync import remember_folders
 
     if data is None:  # index(data, out=...)
@@ -337,12 +344,18 @@ def index(model: LoadedModel | str | os.PathLike[str] | Dataset | None = None,
     if folder and not isinstance(data, Dataset):
         data = os.path.abspath(os.fspath(data))
     loaded = model_for_index(model, data, out, overwrite=overwrite, split=split, progress=progress)
+    if folder and not isinstance(data, Dataset):  # decoded and encoded in one stream
+        from .data.pipeline import FolderFiles
+
+        coll = Collection.create(out, loaded, FolderFiles.of(data, split or "all"),
+                                 overwrite=overwrite, progress=progress, **options)
+        catalogue_items(coll)
+        remember_folders(coll, [data])
+        made_model(model, out)
+        return Index(coll)
     ds = _data(data, split, loaded.config.input, progress=progress)
     coll = Collection.create(out, loaded, ds, overwrite=overwrite, progress=progress, **options)
-    catalogue(coll, ds.sources, coll.ids)
-    if folder:
-        assert not isinstance(data, Dataset)
-        remember_folders(coll, [data])
+    catalogue_items(coll)
     made_model(model, out)
     return Index(coll)
 

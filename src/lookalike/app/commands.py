@@ -103,9 +103,10 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_index(args: argparse.Namespace) -> int:
     from ..api import made_model, model_for_index
     from ..data.datasets import is_folder
+    from ..data.pipeline import FolderFiles
     from ..data.skipreport import REPORT_NAME, write_report
     from ..search.collection import Collection
-    from ..search.files import catalogue
+    from ..search.files import catalogue_items
     from ..search.sync import remember_folders
 
     if args.folder is not None:
@@ -120,6 +121,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                             split=args.split, data_dir=args.data_dir, download=args.download,
                             progress=args.progress)
     codes = None
+    ds: Dataset | FolderFiles
     if args.engine == "ray":
         from ..models.ray_engine import RayConfig, load_and_encode
 
@@ -128,22 +130,27 @@ def cmd_index(args: argparse.Namespace) -> int:
             config=RayConfig(address=args.ray_address), download=args.download,
             progress=args.progress, verbose=args.verbose)
         _report_skipped(ds)
+    elif args.ray_address:
+        raise LookalikeError("--ray-address is for --engine ray")
+    elif is_folder(args.dataset):  # decoded and encoded in one stream (skips logged as met)
+        ds = FolderFiles.of(args.dataset, _default_split(args.dataset, args.split))
     else:
-        if args.ray_address:
-            raise LookalikeError("--ray-address is for --engine ray")
         ds = _load(args, spec=model.config.input)
     coll = Collection.create(args.out, model, ds, backend=args.backend, factory=args.factory,
                              search_params=args.search_params, overwrite=args.overwrite,
                              progress=args.progress, chunk=args.checkpoint_every,
                              backend_options=options, codes=codes)
-    catalogue(coll, ds.sources, coll.ids)
+    catalogue_items(coll)
     if folder:
         remember_folders(coll, [args.dataset])
     coll.close()
     made_model(args.model, args.out)
-    report = write_report(args.report or Path(args.out) / REPORT_NAME, ds.skipped, "index")
+    skipped = [(str(path), str(why)) for path, why in coll.manifest.get("skipped") or ()]
+    if isinstance(ds, FolderFiles) and skipped:
+        log.warning("skipped %d unreadable file(s) or folder(s)", len(skipped))
+    report = write_report(args.report or Path(args.out) / REPORT_NAME, skipped, "index")
     print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
-          + (f"; skipped {len(ds.skipped)} file(s) (see {report})" if ds.skipped else "")
+          + (f"; skipped {len(skipped)} file(s) (see {report})" if skipped else "")
           + (f", index in Milvus at {options['uri']}" if options else ""))
     return 0
 
@@ -403,7 +410,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..data.images import content_hash, image_files, load_images
+    from ..data.images import content_hash, image_files
+    from ..data.pipeline import stream
     from ..data.skipreport import REPORT_NAME, write_report
     from ..search.collection import Collection
     from ..search.files import catalogue, db, unchanged
@@ -419,31 +427,30 @@ def cmd_add(args: argparse.Namespace) -> int:
     before = len(coll)
     added = dupes = updated = loaded = 0
     # Each batch is one commit: a crash loses at most the batch in progress, and running
-    # the same command again skips the files already added (by source path).
+    # the same command again skips the files already added (by source path). The next batch
+    # decodes (each file once, in threads) while this one is encoded and committed.
     try:
         with tqdm(total=len(files), initial=len(files) - len(todo), desc="adding", unit="img",
                   disable=not args.progress) as bar:
-            for start in range(0, len(todo), args.batch):
-                batch = todo[start:start + args.batch]
-                images, kept, bad = load_images(batch, coll.encoder.spec)
-                skipped += bad
-                loaded += len(kept)
-                new = [(im, str(f)) for im, f in zip(images, kept, strict=True)
-                       if str(f) not in present]
-                old = [(present[str(f)][0], im) for im, f in zip(images, kept, strict=True)
-                       if str(f) in present
-                       and content_hash(coll.stored_form([im])[0]) != present[str(f)][1]]
+            for batch in stream(todo, coll.encoder.spec, batch=args.batch, ahead=1):
+                for path, reason in batch.skipped:
+                    log.warning("skipped %s: %s", path, reason)
+                skipped += batch.skipped
+                loaded += len(batch.paths)
+                sources = [str(f) for f in batch.paths]
+                new = [j for j, src in enumerate(sources) if src not in present]
+                old = [j for j, src in enumerate(sources) if src in present
+                       and content_hash(coll.stored_form(batch.inputs[j:j + 1])[0]) != present[src][1]]
                 if new:
                     count = len(coll)
-                    ids = coll.add([im for im, _ in new], [src for _, src in new])
-                    catalogue(coll, [src for _, src in new], ids)
+                    ids = coll.add(batch.inputs[new], [sources[j] for j in new])
+                    catalogue(coll, [sources[j] for j in new], ids)
                     added += len(coll) - count
                     dupes += len(new) - (len(coll) - count)
                 if old:
-                    updated += coll.update([i for i, _ in old], [im for _, im in old])
-                    catalogue(coll, [str(f) for f in kept if str(f) in present],
-                              [present[str(f)][0] for f in kept if str(f) in present])
-                bar.update(len(batch))
+                    updated += coll.update([present[sources[j]][0] for j in old], batch.inputs[old])
+                    catalogue(coll, [sources[j] for j in old], [present[sources[j]][0] for j in old])
+                bar.update(batch.stop - batch.start)
     finally:
         if skipped:
             write_report(report, skipped, "add", append=True)

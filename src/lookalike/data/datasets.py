@@ -345,11 +345,12 @@ def folder_images(root: Path, unlisted: list[tuple[str, str]] | None = None) -> 
     return paths
 
 
-def folder_dataset(root: Path, images: Sequence[np.ndarray], kept: Sequence[Path],
+def folder_dataset(root: Path, images: Sequence[np.ndarray] | np.ndarray, kept: Sequence[Path],
                    skipped: Sequence[tuple[str, str]], found: int) -> Dataset:
-    """The split ``"all"`` of a folder from its decoded images (one size), the files they
-    came from, in :func:`folder_images` order, and the files skipped, of ``found`` files:
-    labels from the first-level subfolders when every image lies in one."""
+    """The split ``"all"`` of a folder from its decoded images (one size; an array is taken
+    as it is, not copied), the files they came from, in :func:`folder_images` order, and the
+    files skipped, of ``found`` files: labels from the first-level subfolders when every
+    image lies in one."""
     if not kept:
         raise DataError(f"{root}: none of the {found} image files could be read")
     rel = [p.relative_to(root) for p in kept]
@@ -358,8 +359,9 @@ def folder_dataset(root: Path, images: Sequence[np.ndarray], kept: Sequence[Path
         names = tuple(sorted({r.parts[0] for r in rel}))
         lookup = {n: i for i, n in enumerate(names)}
         labels = np.array([lookup[r.parts[0]] for r in rel], dtype=np.int64)
-    return Dataset(str(root), "all", np.stack(images), labels,
-                   tuple(str(p) for p in kept), names, tuple(skipped))
+    stacked = images if isinstance(images, np.ndarray) else np.stack(images)
+    return Dataset(str(root), "all", stacked, labels, tuple(str(p) for p in kept), names,
+                   tuple(skipped))
 
 
 def is_folder(spec: str | os.PathLike[str]) -> bool:

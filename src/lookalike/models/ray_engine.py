@@ -6,16 +6,17 @@ The pipeline for a folder of image files:
 
 1. the files, listed and ordered as the in-process loader lists them
    (:func:`lookalike.data.datasets.folder_images`), become rows ``(index, path)``;
-2. ``map_batches(_decode)`` (Ray tasks) reads and decodes each file with the project's
-   :func:`~lookalike.data.images.load_image` and :func:`~lookalike.data.images.conform` to the model's
-   input; an unreadable file becomes a row with an empty image and the reason the in-process
-   loader gives, not a failure;
+2. ``map_batches(_decode)`` (Ray tasks) decodes each file once, in threads, with the
+   in-process engine's decoder stage (:func:`lookalike.data.pipeline.stream`): the model's
+   input and the preview a collection stores, both from one decode at a reduced scale; an
+   unreadable file becomes a row with empty pictures and the reason the in-process engine
+   gives, not a failure;
 3. ``map_batches(_Encoder)`` (a pool of Ray actors, each loading the model once from its
    weights shipped with the task, so workers need no shared model directory) encodes the
-   readable rows;
-4. the driver collects images, codes and skip records and puts them back in file order, so
-   ids (assigned in that order) are the in-process engine's whatever order the workers
-   finished in.
+   readable rows and drops their model inputs;
+4. the driver collects previews, codes and skip records (never a model input per image) and
+   puts them back in file order, so ids (assigned in that order) are the in-process engine's
+   whatever order the workers finished in.
 
 Built-in datasets, IDX directories and ``.npz`` files are arrays already: they are loaded in
 process and only the encoding runs on Ray (``ray.data.from_numpy``, order preserved).
@@ -40,16 +41,10 @@ from typing import Any
 import numpy as np
 
 from ..config import IMPORTED_ARCH, InputSpec
-from ..data.datasets import (
-    Dataset,
-    folder_dataset,
-    folder_images,
-    is_folder,
-    load_dataset,
-    split_indices,
-)
-from ..data.images import conform, load_image
-from ..errors import ImageError, LookalikeError
+from ..data.datasets import Dataset, is_folder, load_dataset
+from ..data.images import conform, preview_spec
+from ..data.pipeline import FolderFiles, stream
+from ..errors import LookalikeError
 from .modelio import CONFIG, WEIGHTS, LoadedModel
 from .onnximport import IMPORTED
 from .runtime import ONNX
@@ -136,22 +131,20 @@ def _model_files(model: LoadedModel) -> dict[str, bytes]:
 
 
 def _decode(batch: dict[str, np.ndarray], spec: InputSpec) -> dict[str, np.ndarray]:
-    """Rows ``(index, path)`` -> ``(index, path, image, reason)``; ``reason`` is "" for a
-    decoded image and, for a file that is not, what :func:`~lookalike.data.images.load_images`
-    reports (the image is then zeros)."""
+    """Rows ``(index, path)`` -> ``(index, path, image, preview, reason)``: each file decoded
+    once (:func:`~lookalike.data.pipeline.stream`, in threads) to the model's input and its
+    preview; ``reason`` is "" for a decoded file and, for one that is not, what the in-process
+    engine reports (its pictures are then zeros)."""
     paths = [str(p) for p in batch["path"]]
     images = np.zeros((len(paths), *spec.shape), dtype=np.uint8)
-    reasons: list[str] = []
-    for row, path in enumerate(paths):
-        try:
-            image = load_image(path)
-        except ImageError as exc:
-            reasons.append(str(exc).removeprefix(f"{path}: "))
-            continue
-        images[row] = conform([image], spec)[0]
-        reasons.append("")
+    previews = np.zeros((len(paths), *preview_spec(spec).shape), dtype=np.uint8)
+    reasons = [""] * len(paths)
+    for part in stream(paths, spec, batch=max(1, len(paths)), ahead=0):
+        images[part.rows], previews[part.rows] = part.inputs, part.previews
+        for path, reason in part.skipped:
+            reasons[paths.index(path)] = reason
     return {"index": np.asarray(batch["index"], dtype=np.int64),
-            "path": np.array(paths, dtype=object), "image": images,
+            "path": np.array(paths, dtype=object), "image": images, "preview": previews,
             "reason": np.array(reasons, dtype=object)}
 
 
@@ -223,13 +216,12 @@ def encode_images(images: np.ndarray, model: LoadedModel, config: RayConfig = Ra
     return codes
 
 
-def encode_folder(root: Path, model: LoadedModel, config: RayConfig = RayConfig(),
+def encode_folder(files: FolderFiles, model: LoadedModel, config: RayConfig = RayConfig(),
                   progress: bool = False, verbose: bool = False) -> tuple[Dataset, np.ndarray]:
-    """The folder's dataset (split ``"all"``, exactly as
-    :func:`~lookalike.data.datasets.load_folder` gives it for the model's input) and its codes,
-    read, decoded and encoded on Ray."""
-    unlisted: list[tuple[str, str]] = []
-    paths = folder_images(root, unlisted)
+    """The folder's dataset (previews, exactly as the in-process engine's
+    :func:`~lookalike.search.checkpoint.encode_files_resumable` gives it, ``files.split``
+    applied) and its codes, read, decoded and encoded on Ray."""
+    paths = files.paths
     spec = model.config.input
     with ray_session(config, verbose) as ray:
         _quiet_context(ray, progress, preserve_order=False)
@@ -239,23 +231,23 @@ def encode_folder(root: Path, model: LoadedModel, config: RayConfig = RayConfig(
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         ds = ds.map_batches(_decode, fn_kwargs={"spec": spec}, batch_size=config.batch_size,
                             batch_format="numpy")
-        ds = _encode_stage(ray, ds, model, "image", True, config)
+        ds = _encode_stage(ray, ds, model, "image", False, config)  # model inputs dropped
         batches = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
     index = np.concatenate([b["index"] for b in batches]).astype(np.int64)
     order = np.argsort(index, kind="stable")
     if not np.array_equal(index[order], np.arange(len(paths))):  # pragma: no cover
         raise LookalikeError(f"Ray returned {len(index)} rows for {len(paths)} files")
-    images = np.concatenate([b["image"] for b in batches])[order]
-    codes = np.concatenate([b["code"] for b in batches]).astype(np.float32, copy=False)[order]
     reasons = [str(r) for b in batches for r in b["reason"]]
     reasons = [reasons[i] for i in order]
     ok = np.array([r == "" for r in reasons], dtype=bool)
+    previews = np.concatenate([b["preview"] for b in batches])[order][ok]
+    codes = np.concatenate([b["code"] for b in batches]).astype(np.float32, copy=False)[order][ok]
     skipped = [(str(p), r) for p, r in zip(paths, reasons, strict=True) if r]
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     kept = [p for p, good in zip(paths, ok, strict=True) if good]
-    dataset = folder_dataset(root, list(images[ok]), kept, unlisted + skipped, len(paths))
-    return dataset, codes[ok]
+    dataset, taken = files.dataset(previews, kept, skipped, spec)
+    return dataset, codes if len(taken) == len(codes) else codes[taken]
 
 
 def load_and_encode(spec: str | os.PathLike[str], split: str, model: LoadedModel, *,
@@ -266,11 +258,7 @@ def load_and_encode(spec: str | os.PathLike[str], split: str, model: LoadedModel
     :func:`~lookalike.data.datasets.load_dataset` names it, folders converted to the model's
     input) and its codes ``float32 (n, d)``, row-aligned."""
     if is_folder(spec):
-        full, codes = encode_folder(Path(os.fspath(spec)), model, config, progress, verbose)
-        if split == "all":
-            return full, codes
-        index = split_indices(len(full), split)
-        return full.subset(index, split), codes[index]
+        return encode_folder(FolderFiles.of(spec, split), model, config, progress, verbose)
     dataset = load_dataset(spec, split, data_dir=data_dir, input_spec=model.config.input,
                            download=download, progress=progress)
     return dataset, encode_images(dataset.images, model, config, progress, verbose)

@@ -1,28 +1,37 @@
 """Encoding a new collection so that a crash costs one chunk: the codes are saved chunk by
 chunk under the collection's staging directory (``.<name>.partial/chunks``), and running the
 same ``index`` again (same model, same images) loads the chunks already there instead of
-encoding them again (:meth:`lookalike.search.collection.Collection.create`)."""
+encoding them again (:meth:`lookalike.search.collection.Collection.create`).
+
+A folder of files (:class:`~lookalike.data.pipeline.FolderFiles`) is decoded and encoded in
+one stream (:func:`encode_files_resumable`): each chunk of files saves its codes with the
+previews and the skipped files it found, so a resumed run decodes only the chunks not done.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import logging
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.datasets import Dataset
+from ..data.images import preview_spec
+from ..data.pipeline import FolderFiles, stream
 from ..fsutil import atomic_write, atomic_write_json, read_json
 from .segments import save_npy
 
 if TYPE_CHECKING:
     from ..models.encoders import ModelEncoder
     from ..models.modelio import LoadedModel
+    from ..models.runtime import OnnxEncoder
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,22 @@ def _load_codes(path: Path, shape: tuple[int, int], mmap: bool = False) -> np.nd
     return codes if codes.shape == shape else None
 
 
+def _job(stage: Path, key: str, count: int, chunk: int) -> Path:
+    """The checkpoint directory of the job ``key`` under ``stage``: kept when it is that job's
+    (an interrupted run of the same job), else emptied and started anew."""
+    job = stage / "job.json"
+    try:
+        same = job.is_file() and read_json(job).get("key") == key
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        if stage.exists():
+            shutil.rmtree(stage)
+        (stage / "chunks").mkdir(parents=True)
+        atomic_write_json(job, {"key": key, "count": count, "chunk": chunk})
+    return stage / "chunks"
+
+
 def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, dataset: Dataset,
                      images: np.ndarray, chunk: int = 8192, progress: bool = False) -> np.ndarray:
     """Encode ``dataset`` chunk by chunk (its pixels at the model's input, see
@@ -54,18 +79,7 @@ def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, dat
     as they are stored) are loaded instead of encoded again."""
     from ..models.encoders import encode_dataset
 
-    key = _job_key(model, images, dataset.sources, chunk)
-    job = stage / "job.json"
-    chunks = stage / "chunks"
-    try:
-        same = job.is_file() and read_json(job).get("key") == key
-    except (OSError, ValueError):
-        same = False
-    if not same:
-        if stage.exists():
-            shutil.rmtree(stage)
-        chunks.mkdir(parents=True)
-        atomic_write_json(job, {"key": key, "count": len(images), "chunk": chunk})
+    chunks = _job(stage, _job_key(model, images, dataset.sources, chunk), len(images), chunk)
     out = np.empty((len(images), encoder.dim), dtype=np.float32)
     parts = {start: (chunks / f"codes.{start:09d}.npy", (min(chunk, len(images) - start), encoder.dim))
              for start in range(0, len(images), chunk)}
@@ -84,3 +98,99 @@ def encode_resumable(stage: Path, encoder: ModelEncoder, model: LoadedModel, dat
                 atomic_write(path, functools.partial(save_npy, array=codes))
             out[start:stop] = codes
     return out
+
+
+def _files_key(model: LoadedModel, files: FolderFiles, chunk: int) -> str:
+    """What a checkpointed run over files depends on: the model, its input, the chunking, and
+    each file's path, size and modification time (a file changed since gives another job)."""
+    h = hashlib.sha256(f"{model.fingerprint}:{model.config.input}:{chunk}:files:".encode())
+    for path in files.paths:
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}\0-\n".encode())
+    return h.hexdigest()
+
+
+def _load_part(path: Path, dim: int, preview: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+    """A checkpointed chunk of files (:func:`_encode_part`), or ``None`` when absent or unusable."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            part = {k: np.asarray(data[k]) for k in ("rows", "codes", "previews", "skipped")}
+    except (OSError, ValueError, KeyError):
+        return None
+    m = len(part["rows"])
+    if part["codes"].shape != (m, dim) or part["previews"].shape != (m, *preview) \
+            or part["skipped"].ndim != 2 or part["skipped"].shape[1:] != (2,):
+        return None
+    return part
+
+
+def _encode_part(path: Path, encoder: ModelEncoder | OnnxEncoder, files: FolderFiles, start: int,
+                 stop: int, options: dict[str, Any], bar: tqdm) -> dict[str, np.ndarray]:
+    """Files ``start:stop`` decoded and encoded in one stream, saved to ``path`` as one
+    ``.npz`` (atomically: a chunk is there whole or not at all): the rows decoded, their
+    codes and previews, and ``(path, reason)`` of each file skipped. Returns what it saved."""
+    rows: list[np.ndarray] = []
+    codes: list[np.ndarray] = []
+    previews: list[np.ndarray] = []
+    skipped: list[tuple[str, str]] = []
+    for batch in stream(files.paths, encoder.spec, batch=encoder.batch_size, start=start, stop=stop,
+                        **options):
+        rows.append(batch.rows)
+        if len(batch.rows):
+            codes.append(encoder.encode(batch.inputs))
+        previews.append(batch.previews)
+        skipped += batch.skipped
+        bar.update(batch.stop - batch.start)
+    small = preview_spec(encoder.spec).shape
+    part = {"rows": np.concatenate([np.empty(0, np.int64), *rows]),
+            "codes": np.concatenate([np.empty((0, encoder.dim), np.float32), *codes]),
+            "previews": np.concatenate([np.empty((0, *small), np.uint8), *previews]),
+            "skipped": np.array(skipped, dtype=str).reshape(len(skipped), 2)}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, allow_pickle=False, **part)
+
+    atomic_write(path, write)
+    return part
+
+
+def encode_files_resumable(stage: Path, encoder: ModelEncoder | OnnxEncoder, model: LoadedModel,
+                           files: FolderFiles, chunk: int = 8192, progress: bool = False,
+                           threads: int | None = None) -> tuple[Dataset, np.ndarray]:
+    """Decode and encode ``files`` in one stream (:func:`lookalike.data.pipeline.stream`:
+    each file decoded once, in threads, while the encoder works on the batch before), ``chunk``
+    files at a time, each chunk's codes, previews and skipped files saved atomically in
+    ``stage/chunks``; chunks already there from an interrupted run of the same job (same
+    model, same files unchanged) are loaded instead of decoded again. Returns the dataset
+    (previews, as :func:`lookalike.data.datasets.load_folder` gives it, ``files.split``
+    applied) and its codes, ``float32 (n, d)``, row-aligned."""
+    small = preview_spec(encoder.spec).shape
+    chunks = _job(stage, _files_key(model, files, chunk), len(files), chunk)
+    parts = {start: _load_part(chunks / f"files.{start:09d}.npz", encoder.dim, small)
+             for start in range(0, len(files), chunk)}
+    done = sum(min(chunk, len(files) - start) for start, part in parts.items() if part is not None)
+    if done:
+        log.warning("resuming: %d of %d files already encoded", done, len(files))
+    options: dict[str, Any] = {} if threads is None else {"threads": threads}
+    with tqdm(total=len(files), initial=done, desc="encoding", unit="img", disable=not progress) as bar:
+        ready = [part if part is not None else _encode_part(
+                    chunks / f"files.{start:09d}.npz", encoder, files, start, start + chunk, options, bar)
+                 for start, part in parts.items()]
+    skipped = [(str(a), str(b)) for part in ready for a, b in part["skipped"]]
+    for path, reason in skipped:
+        log.warning("skipped %s: %s", path, reason)
+    kept = [files.paths[int(i)] for part in ready for i in part["rows"]]
+    # one array of previews, each chunk's let go as it is copied in (peak: one copy, not two)
+    pictures = np.empty((len(kept), *small), dtype=np.uint8)
+    codes = np.empty((len(kept), encoder.dim), dtype=np.float32)
+    at = 0
+    for part in ready:
+        m = len(part["rows"])
+        pictures[at:at + m], codes[at:at + m] = part.pop("previews"), part.pop("codes")
+        at += m
+    dataset, rows = files.dataset(pictures, kept, skipped, encoder.spec)
+    return dataset, codes if len(rows) == len(codes) else codes[rows]

@@ -43,6 +43,7 @@ import numpy as np
 from ..config import InputSpec, RetrievalConfig
 from ..data.datasets import Dataset
 from ..data.images import conform, content_hash, preview_spec
+from ..data.pipeline import FolderFiles
 from ..errors import CollectionError, LookalikeError
 from ..fsutil import atomic_write_json, fsync_dir
 from ..models.runtime import ONNX, export_encoder, open_encoder, torch_chosen
@@ -50,7 +51,7 @@ from ..versions import versions
 from . import metadata, state
 from . import segments as seg
 from .backends import FaissBackend, IndexBackend, choose_factory, discard_backend, new_backend, open_backend
-from .checkpoint import encode_resumable
+from .checkpoint import encode_files_resumable, encode_resumable
 
 if TYPE_CHECKING:  # PyTorch (encoders, modelio) and scikit-learn (rerank) load on first use:
     # a command that encodes nothing (remove, search id:N, info) never imports them
@@ -185,7 +186,7 @@ class Collection:
 
     # ------------------------------------------------------------------ create / open
     @classmethod
-    def create(cls, path: str | os.PathLike[str], model: LoadedModel, dataset: Dataset, *,
+    def create(cls, path: str | os.PathLike[str], model: LoadedModel, dataset: Dataset | FolderFiles, *,
                backend: str = "faiss", factory: str = "auto", search_params: str | None = None,
                overwrite: bool = False, progress: bool = False, chunk: int = 8192,
                backend_options: dict[str, Any] | None = None,
@@ -198,7 +199,9 @@ class Collection:
         crash, the same call resumes. ``backend_options`` go to the backend (the milvus
         backend's ``uri`` and ``collection``); ``codes`` (``float32 (n, d)``, row-aligned
         with ``dataset``), when given, are the dataset's codes already made by this model
-        (``lookalike.models.ray_engine``), and nothing is encoded here.
+        (``lookalike.models.ray_engine``), and nothing is encoded here. A folder's
+        :class:`~lookalike.data.pipeline.FolderFiles` are decoded and encoded in one stream
+        (:func:`~lookalike.search.checkpoint.encode_files_resumable`), unreadable files skipped.
 
         Raises:
             CollectionError: ``path`` exists (and not ``overwrite``), or the dataset is empty.
@@ -216,13 +219,11 @@ class Collection:
         from ..models.encoders import ModelEncoder
 
         encoder = ModelEncoder(model)
-        images = conform(dataset.images, preview_spec(encoder.spec))
-        if codes is not None and np.shape(codes) != (len(images), encoder.dim):
-            raise CollectionError(f"codes of shape {np.shape(codes)} do not fit {len(images)} images "
+        if codes is not None and np.shape(codes) != (len(dataset), encoder.dim):
+            raise CollectionError(f"codes of shape {np.shape(codes)} do not fit {len(dataset)} images "
                                   f"and {encoder.dim}-d codes")
-        ids = np.arange(len(images), dtype=np.int64)
-        if factory == "auto":
-            factory, chosen = choose_factory(len(ids))
+        if factory == "auto":  # (for files: by their number, the unreadable ones included)
+            factory, chosen = choose_factory(len(dataset))
             search_params = chosen if search_params is None else search_params
         # the index first: a bad factory string or parameter fails before any encoding
         index = new_backend(backend, encoder.dim, factory=factory, search_params=search_params or "",
@@ -230,11 +231,16 @@ class Collection:
         target.parent.mkdir(parents=True, exist_ok=True)
         stage = target.parent / f".{target.name}.partial"
         try:  # a backend keeping vectors elsewhere (a server) writes them first
-            if codes is None:
-                embeddings = encode_resumable(stage, encoder, model, dataset, images, chunk, progress)
+            if isinstance(dataset, FolderFiles):
+                dataset, embeddings = encode_files_resumable(stage, encoder, model, dataset, chunk,
+                                                             progress)
+                images = dataset.images
             else:
-                embeddings = np.ascontiguousarray(codes, dtype=np.float32)
+                images = conform(dataset.images, preview_spec(encoder.spec))
+                embeddings = (encode_resumable(stage, encoder, model, dataset, images, chunk, progress)
+                              if codes is None else np.ascontiguousarray(codes, dtype=np.float32))
                 stage.mkdir(parents=True, exist_ok=True)
+            ids = np.arange(len(images), dtype=np.int64)
             index.add(ids, embeddings)
         except BaseException:
             _abandon(index)

@@ -226,3 +226,10 @@ def relink(path: Path, put_rows: Sequence[FileRow] = (), dropped: Sequence[str] 
                              ((s, int(i)) for i, s in (sources or {}).items()))
     finally:
         conn.close()
+
+
+def catalogue_items(coll: Collection) -> int:
+    """Read and record the file of every item whose source is a file (after ``index``: the
+    items a folder was read into); returns how many rows were written."""
+    items = [it for it in coll.items(coll.ids) if it is not None]
+    return catalogue(coll, [it.source for it in items], [it.id for it in items])

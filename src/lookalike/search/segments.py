@@ -73,9 +73,10 @@ def encode_picture(image: np.ndarray) -> bytes:
     if image.shape[2] == 1:
         Image.fromarray(image[:, :, 0], "L").save(buf, "PNG", optimize=False, compress_level=6)
     else:
-        # lossless; effort 50/method 1: 2.9 ms a 96-px photo preview (12.5 KB) where
-        # 100/4 took 22 ms (11.5 KB), the most of indexing a folder of small photos
-        Image.fromarray(image, "RGB").save(buf, "WEBP", lossless=True, quality=50, method=1)
+        # lossless, the fastest effort (method 0): about 0.4 ms of CPU a 96-px photo preview
+        # and 18% more bytes than method 1, which took 2.1 ms, a fifth of the model's time
+        # an image (benchmarks/pipeline.py; docs/benchmarks.md); 100/4 took 22 ms
+        Image.fromarray(image, "RGB").save(buf, "WEBP", lossless=True, quality=0, method=0)
     return buf.getvalue() if buf.tell() < image.size else np.ascontiguousarray(image).tobytes()
 
 

@@ -1,0 +1,364 @@
+"""Indexing a folder of photos against the bare model: does ``index`` run at the model's speed?
+
+    python benchmarks/pipeline.py                     # 400 photos of 0.3 MP, 100 of 10 MP
+    python benchmarks/pipeline.py --small 200 --large 50 --rounds 1 --no-write
+
+In one run, on the same model (the default colour model: EfficientNet-Lite0 at 192 px, its
+ImageNet weights and whitening, not adapted: adaptation does not change the encoding cost),
+the same batch and precision as the index path (:class:`lookalike.models.encoders.ModelEncoder`):
+
+* **model**: the bare forward pass, ``ModelEncoder.encode`` of model-sized ``uint8`` images
+  already in memory, images/s;
+* **index**: :meth:`Collection.create` of the folder as ``lookalike index`` runs it (the
+  streaming pipeline: each file decoded once, in threads, while the model encodes; previews,
+  codes, index and metadata written), images/s, and its ratio to the model measured just
+  before it;
+* **index, two reads** (``--old``): the path before the pipeline (previews read first, the
+  files read again chunk by chunk at the model's size), for comparison;
+* **peak RSS** of ``lookalike index`` of the large folder as its own process (VmHWM);
+* **decoders**: ms a file to decode at the reduced scale the model needs, Pillow's ``draft``
+  against ``simplejpeg`` (libjpeg-turbo with DCT scaling) when it is installed.
+
+The folders are made by ``benchmarks/photodata.py`` from Debian's wallpapers
+(``apt-get install mate-backgrounds``), cached under ``--work``. Writes the section
+"pipeline" of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import photodata  # noqa: E402
+from _common import commit, machine, now, table, write_section  # noqa: E402
+
+from lookalike.config import InputSpec  # noqa: E402
+from lookalike.data.datasets import load_dataset  # noqa: E402
+from lookalike.data.images import _cover, decode_image  # noqa: E402
+from lookalike.data.pipeline import FolderFiles  # noqa: E402
+from lookalike.models.encoders import ModelEncoder  # noqa: E402
+from lookalike.models.modelio import LoadedModel, load_model  # noqa: E402
+from lookalike.search.collection import Collection  # noqa: E402
+
+SIZE = 192
+
+
+def folders(work: Path, small: int, large: int) -> dict[str, Path]:
+    """The two photo folders (built once, then cached)."""
+    out = {}
+    for name, count, mp in (("0.3 MP", small, 0.3), ("10 MP", large, 10.0)):
+        path = work / f"photos_{count}x{mp:g}mp"
+        try:  # any folder built with these settings (sources installed since do not matter)
+            meta = json.loads((path / photodata.META).read_text())
+            built = meta["count"] == count and meta["settings"]["megapixels"] == mp
+        except (OSError, ValueError, KeyError):
+            built = False
+        if not built:
+            photodata.build(path, count, mp, workers=2)
+        out[name] = path
+    return out
+
+
+def the_model(work: Path, folder: Path) -> LoadedModel:
+    """The default colour model at 192 px, not adapted (built once, then cached)."""
+    path = work / "model"
+    if not (path / "config.json").is_file():
+        from lookalike.api import train
+
+        train(folder, path, arch="efficientnet-lite0", size=(SIZE, SIZE), adapt=False)
+    return load_model(path)
+
+
+def bare_model(encoder: ModelEncoder, n: int) -> float:
+    """Images/s of ``encoder.encode`` on ``n`` random model-sized images in memory."""
+    x = np.random.default_rng(0).integers(0, 256, (n, *encoder.spec.shape), dtype=np.uint8)
+    encoder.encode(x[:encoder.batch_size])  # warm-up
+    t = time.perf_counter()
+    encoder.encode(x)
+    return n / (time.perf_counter() - t)
+
+
+def index_rate(model: LoadedModel, folder: Path, out: Path, old: bool = False) -> float:
+    """Images/s of indexing ``folder`` into a new collection (``old``: previews first, then
+    the files read again, as before the streaming pipeline)."""
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    data = (load_dataset(folder, "all", input_spec=model.config.input) if old
+            else FolderFiles.of(folder))
+    coll = Collection.create(out, model, data)
+    seconds = time.perf_counter() - t
+    n = len(coll)
+    coll.close()
+    shutil.rmtree(out, ignore_errors=True)
+    return n / seconds
+
+
+def cpu_costs(model: LoadedModel, folder: Path, out: Path, n: int, old: bool) -> dict[str, float]:
+    """CPU ms an image (the process's CPU time, every thread's) of the bare model and of
+    indexing ``folder``, PyTorch on one thread (two spin-wait for each other on busy cores,
+    which inflates their CPU time): what their throughputs compare as when every core is
+    busy, where overlapping decoding with encoding gains nothing."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        encoder = ModelEncoder(model)
+        x = np.random.default_rng(0).integers(0, 256, (n, *encoder.spec.shape), dtype=np.uint8)
+        encoder.encode(x[:encoder.batch_size])
+        t = time.process_time()
+        encoder.encode(x)
+        bare = (time.process_time() - t) / n * 1000
+        costs = {"model_ms": bare}
+        for name in ("index", "old") if old else ("index",):
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.process_time()
+            coll = Collection.create(out, model, FolderFiles.of(folder) if name == "index" else
+                                     load_dataset(folder, "all", input_spec=model.config.input))
+            costs[f"{name}_ms"] = (time.process_time() - t) / len(coll) * 1000
+            coll.close()
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        torch.set_num_threads(threads)
+    return {**costs, "ratio": bare / costs["index_ms"]}
+
+
+def peak_rss(model: LoadedModel, folder: Path, out: Path) -> dict[str, float]:
+    """``lookalike index`` of ``folder`` as its own process: VmHWM (bytes) and seconds."""
+    script = ("import atexit, re, sys\n"
+              "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
+              "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
+              "from lookalike.app.cli import main\n"
+              f"sys.exit(main(['-q', 'index', '--model', {str(model.path)!r}, '--dataset', "
+              f"{str(folder)!r}, '--out', {str(out)!r}, '--overwrite']))\n")
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"index failed: {proc.stderr[-2000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return {"peak_rss_bytes": int(re.findall(r"VmHWM (\d+)", proc.stderr)[-1]) * 1024,
+            "seconds": seconds}
+
+
+def decoders(folder: Path, limit: int) -> dict[str, Any]:
+    """ms a file (median of 3 passes) to decode ``limit`` JPEGs of ``folder`` at the scale a
+    192-px model needs: Pillow's ``draft`` (lookalike's :func:`decode_image`) and simplejpeg's
+    ``min_width``/``min_height`` (both libjpeg-turbo's DCT scaling), and whether the pixels
+    are equal."""
+    files = sorted(folder.rglob("*.jpg"))[:limit]
+    blobs = [f.read_bytes() for f in files]  # from memory: the decoders, not the disk
+    out: dict[str, Any] = {"files": len(files)}
+
+    def pillow(data: bytes) -> np.ndarray:
+        return decode_image(data, size=(SIZE, SIZE))
+
+    runs = {"pillow draft": pillow}
+    try:
+        import simplejpeg
+
+        def turbo(data: bytes) -> np.ndarray:
+            h, w = simplejpeg.decode_jpeg_header(data)[:2]
+            cw, ch = _cover(w, h, (SIZE, SIZE))
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=cw, min_height=ch)
+
+        runs["simplejpeg"] = turbo
+    except ImportError:
+        pass
+    for name, fn in runs.items():
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            for b in blobs:
+                fn(b)
+            times.append((time.perf_counter() - t) / len(blobs) * 1000)
+        out[name] = statistics.median(times)
+    if "simplejpeg" in runs:
+        out["equal"] = all(np.array_equal(runs["pillow draft"](b), runs["simplejpeg"](b)) for b in blobs)
+    return out
+
+
+def pictures(folder: Path, limit: int) -> dict[str, Any]:
+    """CPU ms a 96-px preview (of ``limit`` photos of ``folder``) and KB each, compressed as a
+    collection stores them (:func:`lookalike.search.segments.encode_picture`: lossless WebP,
+    method 0) and with the setting before (method 1, quality 50)."""
+    import io
+
+    from PIL import Image
+
+    from lookalike.data.pipeline import decode_file
+    from lookalike.search.segments import encode_picture
+
+    previews = [decode_file(p, InputSpec(3, SIZE, SIZE))[1] for p in sorted(folder.rglob("*.jpg"))[:limit]]
+
+    def before(image: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, "WEBP", lossless=True, quality=50, method=1)
+        return buf.getvalue()
+
+    out: dict[str, Any] = {"previews": len(previews)}
+    for name, fn in (("method 0 (now)", encode_picture), ("method 1, quality 50 (before)", before)):
+        t = time.process_time()
+        sizes = [len(fn(p)) for p in previews]
+        out[name] = {"ms": (time.process_time() - t) / len(previews) * 1000,
+                     "kb": float(np.mean(sizes)) / 1024}
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    where = folders(work, args.small, args.large)
+    model = the_model(work, where["0.3 MP"])
+    assert model.config.input == InputSpec(3, SIZE, SIZE), model.config.input
+    encoder = ModelEncoder(model)
+    res: dict[str, Any] = {"batch": encoder.batch_size, "precision": encoder.precision,
+                           "folders": {k: str(v) for k, v in where.items()}, "rows": {},
+                           "load": [os.getloadavg()[0]], "when": now(), "commit": commit(),
+                           "machine": machine()}
+    for name, folder in where.items():
+        count = len(FolderFiles.of(folder))
+        row: dict[str, Any] = {"count": count, "model": [], "index": [], "old": []}
+        for _ in range(args.rounds):  # alternated, so both see the same machine
+            row["model"].append(bare_model(encoder, min(count, args.model_images)))
+            row["index"].append(index_rate(model, folder, work / "coll"))
+            if args.old:
+                row["old"].append(index_rate(model, folder, work / "coll", old=True))
+        row["ratio"] = statistics.median(i / m for i, m in zip(row["index"], row["model"], strict=True))
+        if args.old:
+            row["old_ratio"] = statistics.median(i / m for i, m in zip(row["old"], row["model"], strict=True))
+        row["cpu"] = cpu_costs(model, folder, work / "coll", min(count, args.model_images), args.old)
+        row["decoders"] = decoders(folder, args.decode_files)
+        print(name, json.dumps(row), flush=True)
+        res["rows"][name] = row
+    res["pictures"] = pictures(where["0.3 MP"], args.decode_files)
+    res["load"].append(os.getloadavg()[0])
+    res["rss"] = peak_rss(model, where["10 MP"], work / "coll")
+    print("rss", json.dumps(res["rss"]), flush=True)
+    return res
+
+
+def section(res: dict[str, Any], argv: list[str]) -> str:
+    rows = []
+    for name, row in res["rows"].items():
+        med = statistics.median
+        cpu = row.get("cpu")
+        rows.append([f"{row['count']} x {name}", f"{med(row['model']):.1f}", f"{med(row['index']):.1f}",
+                     f"**{row['ratio']:.2f}x**",
+                     f"{med(row['old']):.1f} ({row['old_ratio']:.2f}x)" if row["old"] else "-",
+                     f"{cpu['model_ms']:.1f} / {cpu['index_ms']:.1f} = **{cpu['ratio']:.2f}x**"
+                     if cpu else "-",
+                     f"{cpu['old_ms']:.1f} ({cpu['model_ms'] / cpu['old_ms']:.2f}x)"
+                     if cpu and "old_ms" in cpu else "-"])
+    dec = []
+    for name, row in res["rows"].items():
+        d = row["decoders"]
+        dec.append([name, str(d["files"]), f"{d['pillow draft']:.2f}",
+                    f"{d['simplejpeg']:.2f}" if "simplejpeg" in d else "not installed",
+                    str(d.get("equal", "-"))])
+    large = res["rows"]["10 MP"]["count"]
+    verdict = []
+    for name, row in res["rows"].items():
+        d = row["decoders"]
+        if "simplejpeg" in d:  # the share of an indexed image's CPU time simplejpeg would save
+            per_image = row["cpu"]["index_ms"] if "cpu" in row else 1000 / statistics.median(row["index"])
+            share = (d["pillow draft"] - d["simplejpeg"]) / per_image
+            verdict.append(f"{name}: {d['pillow draft'] - d['simplejpeg']:+.2f} ms a file, "
+                           f"{100 * share:+.1f}% of an indexed image's CPU time")
+    return "\n".join([
+        "## Indexing at the model's speed",
+        "",
+        f"`python benchmarks/pipeline.py {' '.join(argv)}`".replace(" `", "`") + f" — {res['when']}, "
+        f"commit {res['commit']}, {res['machine']}. EfficientNet-Lite0 at {SIZE} px (ImageNet "
+        f"weights, whitened, not adapted), batch {res['batch']}, {res['precision']}, channels-last, "
+        "as the index path runs it. *model*: `ModelEncoder.encode` of model-sized images already in memory; "
+        "*index*: `Collection.create` of the folder (what `lookalike index` runs: each file "
+        "decoded once, in two threads, while the model encodes; previews compressed, codes, "
+        "index and metadata written); *two reads*: the path before (previews read first, the "
+        "files read again at the model's size); *CPU ms*: the process's CPU time an image with "
+        "PyTorch on one thread, so their ratio is the throughput ratio when every core is busy "
+        "(overlap then gains nothing; two PyTorch threads spin-wait on busy cores). Median of "
+        f"{len(next(iter(res['rows'].values()))['index'])} alternated rounds; the ratio is "
+        f"taken per round. Load average {res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at "
+        "the end (other work shared the cores). Folders made by `benchmarks/photodata.py` from "
+        "Debian's wallpaper packages.",
+        "",
+        table(["folder", "model images/s", "index images/s", "index / model", "two reads images/s",
+               "CPU ms an image, model / index, 1 torch thread", "two reads CPU ms"], rows),
+        "",
+        f"Peak RSS of `lookalike index` of the {large} photos of 10 MP as its own process "
+        f"(VmHWM, PyTorch included): {res['rss']['peak_rss_bytes'] / 2**30:.2f} GiB "
+        f"({res['rss']['seconds']:.0f} s with the start-up).",
+        "",
+        "Decoding at the reduced scale a 192-px model needs (ms a file, from memory, one thread, "
+        "median of 3 passes; simplejpeg 1.9.0 from PyPI made importable for this column only, it "
+        "is not a dependency):",
+        "",
+        table(["folder", "files", "Pillow `draft`", "simplejpeg", "same pixels"], dec),
+        "",
+        "Wall-clock ratios need a quiet machine: on these shared cores one pass of the bare model "
+        "and one of `index` can see very different shares of the CPU (hence ratios over 1). The "
+        "CPU column does not depend on that: it is the throughput ratio when every core is busy, "
+        "where overlapping decoding with encoding gains nothing; with idle cores the wall-clock "
+        "ratio lies above it. At 10 MP a file's decoding alone costs "
+        f"{res['rows']['10 MP']['decoders']['pillow draft']:.0f} ms of CPU (its entropy decoding "
+        "does not shrink with the DCT scale) against the model's "
+        f"{res['rows']['10 MP']['cpu']['model_ms']:.0f} ms an image, so no decoder order makes "
+        "10-MP photos index at the model's speed on busy cores.",
+        "",
+        "Compressing the 96-px previews a collection stores (CPU ms and KB a preview, "
+        f"{res['pictures']['previews']} previews of the 0.3-MP photos): " + "; ".join(
+            f"{k}: {v['ms']:.2f} ms, {v['kb']:.1f} KB" for k, v in res["pictures"].items()
+            if isinstance(v, dict)) + ".",
+        "",
+        ("simplejpeg saves " + "; ".join(verdict) + ". lookalike keeps Pillow's `draft`: a "
+         "second JPEG decoder (a dependency, a fallback to Pillow for the JPEGs it refuses, and "
+         "pixels that differ from Pillow's on some files, so other codes) would have to save at "
+         "least 5% of the index time, on both sizes, to be worth it." if verdict else
+         "(`pip install simplejpeg` to compare it.)"),
+    ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", type=int, default=400, help="photos of 0.3 MP (default 400)")
+    ap.add_argument("--large", type=int, default=100, help="photos of 10 MP (default 100)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--model-images", type=int, default=400, help="images for the bare model pass")
+    ap.add_argument("--decode-files", type=int, default=50)
+    ap.add_argument("--old", action="store_true", help="also time the path before the pipeline")
+    ap.add_argument("--work", type=Path, default=Path("benchmarks/out/pipeline"))
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--rewrite", action="store_true",
+                    help="only write the section again from the last run's --work/pipeline.json "
+                         "(measuring only what it lacks)")
+    args = ap.parse_args()
+    if args.rewrite:
+        res = json.loads((args.work / "pipeline.json").read_text())
+        if "pictures" not in res:
+            res["pictures"] = pictures(Path(res["folders"]["0.3 MP"]), args.decode_files)
+            (args.work / "pipeline.json").write_text(json.dumps(res, indent=2))
+    else:
+        res = run(args)
+        res["argv"] = sys.argv[1:]
+        (args.work / "pipeline.json").write_text(json.dumps(res, indent=2))
+    body = section(res, res.get("argv", sys.argv[1:]))
+    print(body)
+    if not args.no_write:
+        write_section("pipeline", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Image files as a stream of decoded batches, for encoding while the next files decode.
+
+Indexing a folder runs in stages (as rom1504/clip-retrieval's reader -> mapper -> writer):
+
+1. **reader**: the files, in a fixed order (:class:`FolderFiles`, or any list of paths);
+2. **decoder**: a pool of threads (:func:`stream`); each file is read and decoded **once**
+   (:func:`decode_file`), at a reduced scale when it is large, into both the model's input and
+   the preview a collection stores. Pillow releases the GIL while it reads, decodes and
+   resizes, so these threads work while the encoder computes;
+3. **encoder** and 4. **writer**: the consumer of the batches (the collection's resumable
+   encoding, ``lookalike add``, the Ray engine's decoding tasks).
+
+Memory is bounded: at most ``ahead`` batches past the one the consumer holds are decoded
+(or being decoded) at any time, and nothing of a batch is kept once the consumer drops it.
+An unreadable file is skipped and reported in its batch's ``skipped``, never raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import InputSpec
+from ..errors import DataError, ImageError
+from .datasets import DECODE_THREADS, SPLITS, Dataset, folder_dataset, folder_images, split_indices
+from .images import conform, load_image, preview_spec
+
+Decoder = Callable[[Path, InputSpec], tuple[np.ndarray, np.ndarray]]
+
+
+def decode_file(path: str | os.PathLike[str], spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """One file decoded once: ``(input, preview)``, ``uint8`` of ``spec.shape`` and of
+    :func:`~lookalike.data.images.preview_spec` ``(spec).shape``. The preview is made from
+    the model's input (as every stored picture is), so it is the same array when ``spec`` is
+    preview-sized.
+
+    Raises:
+        ImageError: the file cannot be decoded (its path in the message).
+    """
+    image = conform([load_image(path, size=(spec.height, spec.width))], spec)[0]
+    small = preview_spec(spec)
+    return image, image if small == spec else conform([image], small)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Files ``start:stop`` of a stream, decoded.
+
+    Attributes:
+        start, stop: the positions of the batch's files in the stream's list.
+        rows: ``int64 (m,)``, the positions of the files decoded (the others are skipped).
+        paths: the ``m`` files decoded.
+        inputs: ``uint8 (m, H, W, C)`` at the stream's spec.
+        previews: ``uint8 (m, h, w, C)`` at its preview spec (``inputs`` itself when equal).
+        skipped: ``(path, reason)`` for each file of the batch that could not be decoded.
+    """
+
+    start: int
+    stop: int
+    rows: np.ndarray
+    paths: tuple[Path, ...]
+    inputs: np.ndarray
+    previews: np.ndarray
+    skipped: tuple[tuple[str, str], ...]
+
+
+def stream(paths: Sequence[str | os.PathLike[str]], spec: InputSpec, *, batch: int = 64,
+           start: int = 0, stop: int | None = None, threads: int = DECODE_THREADS, ahead: int = 2,
+           decode: Decoder = decode_file) -> Iterator[Batch]:
+    """Batches of ``batch`` files of ``paths[start:stop]``, in order, decoded by ``decode``
+    (:func:`decode_file`) in ``threads`` threads while the caller works on the batch before:
+    at most ``ahead`` batches are decoded past the one handed out. A file ``decode`` cannot
+    read (:class:`~lookalike.errors.ImageError`) is left out of its batch and listed in its
+    ``skipped``; a batch whose files all fail is still yielded (with ``m`` = 0). Any other
+    exception stops the stream and is raised. Closing the generator early cancels the
+    decoding not started."""
+    if batch <= 0 or threads <= 0 or ahead < 0:
+        raise ValueError(f"batch and threads must be positive and ahead >= 0, got {batch}, "
+                         f"{threads}, {ahead}")
+    stop = len(paths) if stop is None else min(stop, len(paths))
+    small = preview_spec(spec)
+    window = batch * (ahead + 1)  # files decoded or decoding ahead of the caller, at most
+
+    def one(i: int) -> tuple[np.ndarray, np.ndarray] | ImageError:
+        try:
+            return decode(Path(paths[i]), spec)
+        except ImageError as exc:
+            return exc
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lookalike-decode")
+    pending: deque[tuple[int, Future[tuple[np.ndarray, np.ndarray] | ImageError]]] = deque()
+    submitted = start
+    try:
+        for lo in range(start, stop, batch):
+            hi = min(lo + batch, stop)
+            while submitted < min(stop, lo + window):
+                pending.append((submitted, pool.submit(one, submitted)))
+                submitted += 1
+            rows: list[int] = []
+            inputs = np.empty((hi - lo, *spec.shape), np.uint8)
+            previews = inputs if small == spec else np.empty((hi - lo, *small.shape), np.uint8)
+            skipped: list[tuple[str, str]] = []
+            while pending and pending[0][0] < hi:
+                i, future = pending.popleft()
+                got = future.result()
+                if isinstance(got, ImageError):
+                    path = os.fspath(paths[i])
+                    skipped.append((path, str(got).removeprefix(f"{path}: ")))
+                    continue
+                inputs[len(rows)], previews[len(rows)] = got  # (the same array twice: the same pixels)
+                rows.append(i)
+            m = len(rows)
+            yield Batch(lo, hi, np.array(rows, dtype=np.int64), tuple(Path(paths[i]) for i in rows),
+                        inputs[:m], previews[:m], tuple(skipped))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class FolderFiles:
+    """A folder's image files, listed (:func:`~lookalike.data.datasets.folder_images`) but not
+    decoded: what ``lookalike index`` streams through the decoder and the encoder at once,
+    instead of :func:`~lookalike.data.datasets.load_folder`'s previews read first.
+
+    Attributes:
+        root: the folder.
+        paths: its image files, in dataset order.
+        unlisted: ``(path, reason)`` for each subfolder that could not be listed.
+        split: the split wanted of the folder (applied once the readable files are known).
+    """
+
+    root: Path
+    paths: tuple[Path, ...]
+    unlisted: tuple[tuple[str, str], ...] = ()
+    split: str = "all"
+
+    @classmethod
+    def of(cls, root: str | os.PathLike[str], split: str = "all") -> FolderFiles:
+        """The image files below ``root``.
+
+        Raises:
+            DataError: no image file there, or an unknown split.
+        """
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        unlisted: list[tuple[str, str]] = []
+        paths = folder_images(Path(root), unlisted)
+        return cls(Path(root), tuple(paths), tuple(unlisted), split)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def dataset(self, previews: Sequence[np.ndarray] | np.ndarray, kept: Sequence[Path],
+                skipped: Sequence[tuple[str, str]], spec: InputSpec) -> tuple[Dataset, np.ndarray]:
+        """The dataset of the files decoded for ``spec`` (``previews`` of the ``kept`` files,
+        in order; ``skipped`` the others), as :func:`~lookalike.data.datasets.load_folder`
+        gives it, and the rows of ``kept`` it holds (``int64``: all of them for the split
+        ``"all"``, else :func:`~lookalike.data.datasets.split_indices` of them)."""
+        full = folder_dataset(self.root, previews, kept, [*self.unlisted, *skipped], len(self.paths))
+        if preview_spec(spec) != spec:
+            full = dataclasses.replace(full, files=full.sources)
+        if self.split == "all":
+            return full, np.arange(len(full), dtype=np.int64)
+        rows = split_indices(len(full), self.split).astype(np.int64)
+        return full.subset(rows, self.split), rows

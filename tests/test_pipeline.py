@@ -1,0 +1,203 @@
+"""The streaming pipeline (``lookalike.data.pipeline``) that ``index`` and ``add`` run on a
+folder of photos: each file decoded once, the same codes, previews and skips as the path
+that read the files twice, a damaged file skipped and reported, an interrupted run resumed
+without decoding the chunks done, and decoding ahead of the encoder bounded."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from lookalike.config import InputSpec, ModelConfig, default_train_config
+from lookalike.data import images as images_module
+from lookalike.data.datasets import load_dataset
+from lookalike.data.pipeline import FolderFiles, decode_file, stream
+from lookalike.models.adaptation import train_backbone
+from lookalike.models.encoders import ModelEncoder
+from lookalike.models.modelio import LoadedModel, save_model
+from lookalike.search.collection import Collection
+
+SPEC = InputSpec(3, 128, 128)  # over the 96-px previews: the case that used to read twice
+
+
+def _photo(path: Path, seed: int, size: tuple[int, int] = (640, 480)) -> None:
+    """A JPEG with smooth colour areas and grain, large enough for a reduced-scale decode."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize(size, Image.Resampling.BICUBIC), dtype=np.float64)
+    grain = rng.normal(0, 5, smooth.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ten JPEGs in two labelled subfolders (one portrait, one PNG with alpha) and, in the
+    middle of the file order, a truncated JPEG."""
+    root = tmp_path_factory.mktemp("photos")
+    for i in range(10):
+        _photo(root / ("sea" if i % 2 else "wood") / f"p{i:02d}.jpg", i,
+               (480, 640) if i == 3 else (640, 480))
+    rgba = np.zeros((300, 400, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[50:250, 100:300, 3] = 200, 255
+    Image.fromarray(rgba).save(root / "sea" / "p10.png")
+    whole = (root / "wood" / "p04.jpg").read_bytes()
+    (root / "wood" / "p05-damaged.jpg").write_bytes(whole[:len(whole) // 3])
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    data = load_dataset(photos, "all", input_spec=SPEC)
+    config = ModelConfig(arch="efficientnet-lite0", input=SPEC, latent_dim=8)
+    result = train_backbone(data, config, default_train_config(config.arch))
+    return save_model(tmp_path_factory.mktemp("model") / "m", result.model, result.train, result.history)
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How many times each file is decoded (every decode goes through ``decode_image``)."""
+    counts: Counter[str] = Counter()
+    real = images_module.decode_image
+
+    def counting(source, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        counts[str(source)] += 1
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(images_module, "decode_image", counting)
+    return counts
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+
+def test_index_and_add_decode_each_file_once(photos: Path, model: LoadedModel, tmp_path: Path,
+                                             decodes: Counter[str]) -> None:
+    coll = Collection.create(tmp_path / "c", model, FolderFiles.of(photos), chunk=4)
+    assert len(coll) == 11  # the damaged file left out
+    assert decodes == Counter(_files(photos))  # every file once, the damaged one too
+    decodes.clear()
+    from lookalike.api import Index
+
+    extra = tmp_path / "extra"
+    for i in range(3):
+        _photo(extra / f"x{i}.jpg", 100 + i)
+    ids = Index(coll).add([extra])
+    assert ids.tolist() == [11, 12, 13]
+    assert decodes == Counter(_files(extra))
+
+
+def test_streamed_index_equals_the_index_that_read_files_twice(photos: Path, model: LoadedModel,
+                                                               tmp_path: Path) -> None:
+    old = Collection.create(tmp_path / "old", model, load_dataset(photos, "all", input_spec=SPEC))
+    new = Collection.create(tmp_path / "new", model, FolderFiles.of(photos), chunk=4)
+    assert len(new) == len(old) == 11
+    np.testing.assert_allclose(np.asarray(new.embeddings), np.asarray(old.embeddings), rtol=0, atol=1e-6)
+    assert np.array_equal(new.images, old.images) and new.images.shape == (11, 96, 96, 3)
+    assert new.items(new.ids) == old.items(old.ids)  # sources, labels and content hashes
+    for key in ("skipped", "label_names", "count"):
+        assert new.manifest[key] == old.manifest[key]
+    # and the streamed codes are the model's codes of each file at its input
+    direct = ModelEncoder(model).encode(np.stack([decode_file(p, SPEC)[0] for p in
+                                                  [Path(it.source) for it in new.items(new.ids)]]))
+    np.testing.assert_allclose(np.asarray(new.embeddings), direct, rtol=0, atol=1e-6)
+
+
+def test_a_damaged_file_in_the_middle_is_skipped_and_reported(
+        photos: Path, model: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        code, out, err = run_cli(capsys, ["index", "--model", model.path, "--dataset", photos,
+                                          "--out", tmp_path / "c", "--checkpoint-every", "3"])
+    assert code == 0, err
+    report = tmp_path / "c" / "skipped.jsonl"
+    assert "11 images" in out and f"skipped 1 file(s) (see {report})" in out
+    warned = [r.getMessage() for r in caplog.records]
+    assert [m for m in warned if "p05-damaged.jpg: image data is damaged" in m]
+    assert "skipped 1 unreadable file(s) or folder(s)" in warned
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [Path(r["path"]).name for r in lines] == ["p05-damaged.jpg"]
+    coll = Collection.open(tmp_path / "c")
+    kept = [f for f in _files(photos) if "damaged" not in f]
+    assert [it.source for it in coll.items(coll.ids)] == kept  # ids in file order, none missing
+    assert coll.ids.tolist() == list(range(11))
+
+
+def test_an_interrupted_index_resumes_without_decoding_the_chunks_done(
+        photos: Path, model: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        decodes: Counter[str], caplog: pytest.LogCaptureFixture) -> None:
+    reference = Collection.create(tmp_path / "ref", model, FolderFiles.of(photos), chunk=4)
+    real = ModelEncoder.encode
+    calls: list[int] = []
+
+    def failing(self, images, progress=False):  # noqa: ANN001, ANN202
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # in the third chunk of four files
+        return real(self, images, progress)
+
+    monkeypatch.setattr(ModelEncoder, "encode", failing)
+    with pytest.raises(KeyboardInterrupt):
+        Collection.create(tmp_path / "c", model, FolderFiles.of(photos), chunk=4)
+    assert not (tmp_path / "c").exists()
+    assert len(list((tmp_path / ".c.partial" / "chunks").glob("files.*.npz"))) == 2
+    monkeypatch.setattr(ModelEncoder, "encode", real)
+    decodes.clear()
+    with caplog.at_level("WARNING"):
+        resumed = Collection.create(tmp_path / "c", model, FolderFiles.of(photos), chunk=4)
+    assert "resuming: 8 of 12 files already encoded" in caplog.text
+    assert decodes == Counter(_files(photos)[8:])  # only the last chunk's files, once each
+    assert resumed.items(resumed.ids) == reference.items(reference.ids)
+    assert resumed.manifest["skipped"] == reference.manifest["skipped"]  # kept in the checkpoint
+    np.testing.assert_allclose(np.asarray(resumed.embeddings), np.asarray(reference.embeddings),
+                               rtol=0, atol=1e-6)
+    assert np.array_equal(resumed.images, reference.images)
+    assert not (tmp_path / ".c.partial").exists()
+    # a file changed since is another job: nothing is reused
+    monkeypatch.setattr(ModelEncoder, "encode", failing)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        Collection.create(tmp_path / "d", model, FolderFiles.of(photos), chunk=4)
+    _photo(photos / "sea" / "p01.jpg", 99)
+    try:
+        monkeypatch.setattr(ModelEncoder, "encode", real)
+        decodes.clear()
+        Collection.create(tmp_path / "d", model, FolderFiles.of(photos), chunk=4)
+        assert decodes == Counter(_files(photos))
+    finally:
+        _photo(photos / "sea" / "p01.jpg", 1)
+
+
+def test_decoding_runs_ahead_of_the_encoder_by_a_bounded_number_of_batches(photos: Path) -> None:
+    paths = _files(photos) * 4  # 48 files
+    started: list[str] = []
+    more = threading.Condition()
+
+    def recording(path: Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+        with more:
+            started.append(str(path))
+            more.notify_all()
+        return decode_file(path, spec)
+
+    seen = 0
+    for k, batch in enumerate(stream(paths, SPEC, batch=5, ahead=2, threads=3, decode=recording)):
+        # the consumer holds batch k (a slow encoder): at most batches k+1 and k+2 are
+        # decoded or decoding; give the threads time to start more if they were allowed to
+        bound = min(len(paths), 5 * (k + 3))
+        with more:
+            more.wait_for(lambda bound=bound: len(started) > bound, timeout=0.3)
+        assert len(started) <= bound, (k, len(started))
+        assert batch.start == 5 * k and batch.stop == min(5 * k + 5, len(paths))
+        assert [str(p) for p in batch.paths] == [paths[i] for i in batch.rows]
+        assert len(batch.paths) + len(batch.skipped) == batch.stop - batch.start
+        assert batch.inputs.shape[1:] == SPEC.shape and batch.previews.shape[1:] == (96, 96, 3)
+        seen += batch.stop - batch.start
+    assert seen == len(paths) and sorted(started) == sorted(paths)
