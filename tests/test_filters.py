@@ -275,6 +275,29 @@ def test_a_collection_without_catalogue_filters_paths_by_source(capsys: pytest.C
     assert _search(capsys, copy, q, "--after", "2000") == []  # (no dates known)
 
 
+def test_paths_are_matched_per_item_in_a_partly_catalogued_collection(
+        capsys: pytest.CaptureFixture[str], library: Path, tmp_path: Path) -> None:
+    """An older collection where one later ``add`` catalogued one file: the items with no
+    row are matched on their sources, the catalogued one on its row (here moved)."""
+    import shutil
+
+    from lookalike.search import metadata
+
+    copy = shutil.copytree(library / "coll", tmp_path / "coll")
+    db = copy / metadata.FILE
+    metadata.write(db, "DELETE FROM files WHERE path NOT LIKE ?", [("%/trips/2024/t0.jpg",)])
+    metadata.write(db, "UPDATE files SET path = '/elsewhere/moved/t0.jpg' WHERE path LIKE ?",
+                   [("%/t0.jpg",)])
+    assert metadata.query(db, "SELECT count(*) FROM files")[0][0] == 1
+    q = library / "photos" / "home" / "h0.jpg"
+    assert len(_search(capsys, copy, q, "--in", "old")) == 6
+    assert len(_search(capsys, copy, q, "--in", "home/*")) == 5  # (h0 is the query)
+    trips = _search(capsys, copy, q, "--in", "trips/2024/*")  # t0's row says it moved
+    assert sorted(os.path.basename(s) for s in trips) == [f"t{n}.jpg" for n in range(1, 6)]
+    assert [os.path.basename(s) for s in _search(capsys, copy, q, "--in", "moved")] == ["t0.jpg"]
+    assert len(_search(capsys, copy, q, "--camera", "canon")) == 1  # (only a row tells a camera)
+
+
 def test_the_scan_merges_its_chunks(big: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     coll = Collection.open(big)
     where = Filter(labels=("3",))

@@ -160,12 +160,13 @@ def _epoch_ns(when: datetime) -> int:
     return int(when.timestamp() * 1_000_000_000)
 
 
-def query_sql(f: Filter, label_names: list[str] | None, has_files: bool,
+def query_sql(f: Filter, label_names: list[str] | None, has_table: bool = True,
               cwd: str | None = None) -> tuple[str, tuple[Any, ...]]:
-    """``(sql, params)`` selecting the ids of the items that pass ``f`` (the catalogue's
-    rows, or with no catalogue (``has_files`` false) the items' sources; a row of an item
-    no longer in the collection may remain after a change cut short: the caller drops ids
-    the collection does not hold)."""
+    """``(sql, params)`` selecting the ids of the items that pass ``f``, decided per item:
+    an item with catalogue rows by its rows, one with none (``has_table`` false: the
+    metadata file has no ``files`` table yet) by its source. A row of an item no longer in
+    the collection may remain after a change cut short: the caller drops ids the collection
+    does not hold."""
     conds: list[str] = []
     params: list[Any] = []
     globs = [g for p in f.paths for g in glob_pattern(p, cwd)]
@@ -186,12 +187,14 @@ def query_sql(f: Filter, label_names: list[str] | None, has_files: bool,
     path_cond = "(" + " OR ".join(["{col} GLOB ?"] * len(globs)) + ")" if globs else ""
     selects: list[str] = []
     sel_params: list[Any] = []
-    if has_files and (globs or conds):
+    if has_table and (globs or conds):
         where = [path_cond.format(col="f.path")] if globs else []
         selects.append("SELECT f.id FROM files f WHERE " + " AND ".join(where + conds))
         sel_params += [*globs, *params]
-    if globs and not f.files_only and not has_files:  # a collection with no catalogue: the sources
-        selects.append(f"SELECT i.id FROM items i WHERE {path_cond.format(col='i.source')}")
+    if globs and not f.files_only:  # the items with no catalogued file: their sources
+        # (the GLOB first: the probe of files' id index runs only for the sources that match)
+        uncatalogued = " AND NOT EXISTS (SELECT 1 FROM files f WHERE f.id = i.id)" if has_table else ""
+        selects.append(f"SELECT i.id FROM items i WHERE {path_cond.format(col='i.source')}{uncatalogued}")
         sel_params += globs
     if (globs or conds) and not selects:  # a file condition, and no catalogue yet
         return "SELECT id FROM items WHERE 0", ()
@@ -232,8 +235,7 @@ def _stamp(path: Path) -> tuple[int, ...]:
 def passing_ids(coll: Collection, f: Filter, cwd: str | None = None) -> np.ndarray:
     """The ids of the collection's items that pass ``f``, ``int64``, sorted."""
     db = coll.path / metadata.FILE
-    catalogued = catalogue.has_table(db) and bool(metadata.query(db, "SELECT 1 FROM files LIMIT 1"))
-    sql, params = query_sql(f, coll.label_names, catalogued, cwd)
+    sql, params = query_sql(f, coll.label_names, catalogue.has_table(db), cwd)
     ids = np.fromiter((r[0] for r in metadata.query(db, sql, params)), np.int64)
     ids.sort()
     return ids[coll.store.rows(ids) >= 0]
