@@ -26,7 +26,7 @@ def test_a_filter_is_checked_on_construction() -> None:
     assert Filter(paths="a/*").paths == ("a/*",)
     for bad in ({"after": "2024-13"}, {"after": "March"}, {"before": "2024-02-30"},
                 {"after": "2024", "before": "2023"}, {"camera": " "}, {"paths": [""]},
-                {"has_gps": "yes"}):
+                {"has_gps": "yes"}, {"paths": ["["]}, {"paths": ["2019/[ab"]}, {"paths": ["a[]"]}):
         with pytest.raises(LookalikeError):
             Filter(**bad)  # type: ignore[arg-type]
     assert filters.parse_date("2024-03").isoformat() == "2024-03-01T00:00:00"
@@ -38,6 +38,8 @@ def test_glob_patterns() -> None:
     assert filters.glob_pattern("/abs/x/*.jpg") == ["/abs/x/*.jpg"]
     assert filters.glob_pattern("trips") == ["*/trips", "*/trips/*"]
     assert filters.glob_pattern("./here", cwd="/home/me") == ["/home/me/here", "/home/me/here/*"]
+    for fine in ("[[]2019]*", "a[]]b", "a[^]]b", "[ab]*"):
+        filters.check_glob(fine)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,9 @@ def test_the_cli_filters_by_path_date_camera_and_gps(capsys: pytest.CaptureFixtu
     assert code == 2 and "bad date '2024-99'" in err and "Traceback" not in err
     code, _, err = run_cli(capsys, ["search", coll, q, "--label", "nope"])
     assert code == 2 and "no label named 'nope'" in err
+    code, _, err = run_cli(capsys, ["search", coll, q, "--in", "trips/["])
+    assert code == 2 and "bad path pattern 'trips/['" in err and len(err.strip().splitlines()) == 1
+    assert _search(capsys, coll, q, "--in", "trips/[2]0[0-9][4]/*") == trips
 
 
 def test_the_label_filter(capsys: pytest.CaptureFixture[str], library: Path) -> None:

@@ -72,7 +72,7 @@ def test_filters_are_query_parameters(client: TestClient, library: Path) -> None
     assert len(by_id["results"]) == 6 - in_home
     assert {r["label_name"] for r in by_id["results"]} == {"home"}
     for params, message in (({"after": "2024-99"}, "bad date"), ({"label": "nope"}, "no label named"),
-                            ({"has_gps": "maybe"}, "has_gps")):
+                            ({"has_gps": "maybe"}, "has_gps"), ({"in": "trips/["}, "'trips/['")):
         r = client.post("/api/search", params=params, json={"id": 0})
         assert r.status_code in (400, 422) and message in r.json()["detail"], r.text
     schema = client.get("/openapi.json").json()["paths"]["/api/search"]["post"]["parameters"]

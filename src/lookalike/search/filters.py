@@ -11,8 +11,10 @@ the index (an inverted file, Milvus): the codes are the segments' own.
 What each field means:
 
 * ``paths``: globs (SQLite ``GLOB``: ``*`` also crosses ``/``, case-sensitive) matched
-  against the file's absolute path (the item's source in a collection made before the
-  catalogue, until ``lookalike sync`` fills it); an item passes when one of them matches.
+  against the absolute paths of the item's catalogued files, or for an item with none (one
+  added before the catalogue, until ``lookalike sync`` fills it) against its source; an
+  item passes when one of them matches. ``[...]`` is a set of characters (``[[]`` is a
+  literal ``[``); a ``[`` with no closing ``]`` is an error.
   A pattern starting with ``/`` or ``~`` is absolute, one starting with ``./`` or ``../``
   is taken from the current directory, any other matches the end of the path
   (``trips/2024/*`` passes ``/home/me/photos/trips/2024/a.jpg``). A pattern with no
@@ -25,8 +27,8 @@ What each field means:
 * ``has_gps``: ``True`` only photos with a GPS position, ``False`` only those without.
 
 Every condition must hold. An item with no catalogued file (a built-in dataset's, an
-upload through the service) passes only ``labels`` (and ``paths`` in a collection with no
-catalogue).
+upload through the service, one added before the catalogue) passes only ``labels`` and
+``paths`` (by its source).
 """
 
 from __future__ import annotations
@@ -73,6 +75,23 @@ def parse_date(text: str) -> datetime:
         raise LookalikeError(f"bad date {text!r}: {exc}") from None
 
 
+def check_glob(pattern: str) -> None:
+    """Raise :class:`LookalikeError` when a ``[`` of ``pattern`` opens a set that no ``]``
+    closes (SQLite's GLOB would match nothing, silently). As in SQLite, a ``]`` right after
+    ``[`` or ``[^`` belongs to the set."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "[":
+            j = i + 1 + (pattern[i + 1:i + 2] == "^")
+            j += pattern[j:j + 1] == "]"
+            end = pattern.find("]", j)
+            if end < 0:
+                raise LookalikeError(f"bad path pattern {pattern!r}: a '[' with no closing ']' "
+                                     "(write [[] for a literal '[')")
+            i = end
+        i += 1
+
+
 def _tuple(value: Any, what: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -89,7 +108,8 @@ class Filter:
     """Which items a search may return (see the module docstring); the default passes all.
 
     Raises:
-        LookalikeError: a bad date, an empty glob or camera, ``after`` not before ``before``.
+        LookalikeError: a bad date, an empty or malformed glob (:func:`check_glob`), an
+        empty camera, ``after`` not before ``before``.
     """
 
     paths: tuple[str, ...] = ()
@@ -102,6 +122,8 @@ class Filter:
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", _tuple(self.paths, "paths"))
         object.__setattr__(self, "labels", _tuple(self.labels, "labels"))
+        for pattern in self.paths:
+            check_glob(pattern)
         for name in ("after", "before"):
             value = getattr(self, name)
             if value is not None:
@@ -326,5 +348,5 @@ def _knn(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(exact, order, 1), np.take_along_axis(cand, order, 1)
 
 
-__all__ = ["Filter", "glob_pattern", "nearest_among", "parse_date", "passing", "passing_ids",
+__all__ = ["Filter", "check_glob", "glob_pattern", "nearest_among", "parse_date", "passing", "passing_ids",
            "query_sql"]
