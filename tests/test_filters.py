@@ -303,6 +303,35 @@ def test_paths_are_matched_per_item_in_a_partly_catalogued_collection(
     assert len(_search(capsys, copy, q, "--camera", "canon")) == 1  # (only a row tells a camera)
 
 
+def test_a_region_of_an_uncatalogued_item_is_cut_from_its_source(
+        capsys: pytest.CaptureFixture[str], library: Path, tmp_path: Path) -> None:
+    """The CLI and the API take a stored item's region from its original file
+    (files.original): with no catalogue row, its source, as the service does."""
+    import shutil
+
+    import lookalike as la
+    from lookalike.search import metadata
+
+    copy = shutil.copytree(library / "coll", tmp_path / "coll")
+    source = library / "photos" / "home" / "h1.jpg"
+    item = Collection.open(copy).find(source=str(source))
+    assert item is not None
+    metadata.write(copy / metadata.FILE, "DELETE FROM files WHERE id = ?", [(item,)])
+
+    def cli(query: object) -> dict[int, float]:
+        code, out, err = run_cli(capsys, ["search", copy, query, "--crop", "0.5,0,0.5,1", "--exact",
+                                          "--json", "-k", "30"])
+        assert code == 0, err
+        return {r["id"]: r["distance"] for r in json.loads(out)["queries"][0]["results"]}
+
+    by_item, by_file = cli(f"id:{item}"), cli(source)
+    assert item not in by_item and by_item == {i: d for i, d in by_file.items() if i != item}
+    idx = la.open(copy)
+    by_item_api = {h.id: h.distance for h in idx.search(item, k=30, exact=True, crop=(0.5, 0, 0.5, 1))[0]}
+    by_file_api = {h.id: h.distance for h in idx.search(source, k=30, exact=True, crop=(0.5, 0, 0.5, 1))[0]}
+    assert by_item_api == {i: d for i, d in by_file_api.items() if i != item}
+
+
 def test_the_scan_merges_its_chunks(big: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     coll = Collection.open(big)
     where = Filter(labels=("3",))

@@ -133,6 +133,12 @@ def test_the_original_file_and_only_it(library: Path, tmp_path: Path, torch_one_
         assert r.headers["content-type"] == "image/jpeg"
         assert "sandbox" in r.headers["content-security-policy"]
         assert client.get("/api/items/99999/original").status_code == 404
+        # an item with no catalogue row (an older collection): its own source
+        from lookalike.search import metadata
+
+        metadata.write(copy / metadata.FILE, "DELETE FROM files WHERE id = ?", [(item,)])
+        r = client.get(f"/api/items/{item}/original")
+        assert r.status_code == 200 and r.content == path.read_bytes()
         assert client.get("/api/items/..%2F..%2Fetc%2Fpasswd/original").status_code in (404, 422)
         # an uploaded item has no original file
         added = client.post("/api/items", files={"files": ("x.png", _png(np.zeros((8, 8, 3), np.uint8)),
