@@ -143,3 +143,33 @@ def test_original_is_a_catalogued_file_still_there_else_the_source(
         assert Path("b.jpg").is_file() and files.original(coll, id_b) is None
     finally:
         os.chdir(cwd)
+
+
+def test_removing_items_deletes_their_rows(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                           trained: Trained) -> None:
+    """``lookalike remove`` and ``Index.remove`` delete the removed items' catalogue rows
+    (the service's DELETE: tests/test_richsearch.py); the files themselves stay."""
+    import lookalike as la
+    from lookalike.search import metadata
+
+    folder = tmp_path / "photos"
+    shots = [photo(folder / f"p{n}.jpg", n) for n in range(4)]
+    coll = _index(capsys, folder, tmp_path / "coll", trained.model)
+    ids = [coll.sources()[str(p)][0] for p in shots]
+    copy = Path(shutil.copy(shots[0], tmp_path / "copy.jpg"))
+    files.catalogue(coll, [copy], [ids[0]])  # two rows for one item
+
+    def raw(item: int) -> int:  # (files.rows hides a removed item's rows: count them all)
+        return int(metadata.query(files.db(coll), "SELECT count(*) FROM files WHERE id = ?", (item,))[0][0])
+
+    assert [raw(i) for i in ids] == [2, 1, 1, 1]
+    code, out, err = run_cli(capsys, ["remove", tmp_path / "coll", str(ids[0])])
+    assert code == 0 and "removed 1 item(s)" in out, err
+    code, out, err = run_cli(capsys, ["remove", tmp_path / "coll", "--source", "*/p1.jpg"])
+    assert code == 0 and "removed 1 item(s)" in out, err
+    assert [raw(i) for i in ids] == [0, 0, 1, 1]
+    index = la.open(tmp_path / "coll")
+    assert index.remove([ids[2]]) == 1
+    index.close()
+    assert [raw(i) for i in ids] == [0, 0, 0, 1]
+    assert all(p.is_file() for p in shots) and copy.is_file()

@@ -149,3 +149,24 @@ def test_the_original_file_and_only_it(library: Path, tmp_path: Path, torch_one_
         assert client.get(f"/api/items/{item}/original").status_code == 401
         r = client.get(f"/api/items/{item}/original", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and r.content == path.read_bytes()
+
+
+def test_delete_removes_the_items_catalogue_rows(library: Path, tmp_path: Path,
+                                                 torch_one_thread: None) -> None:
+    from lookalike.search import files, metadata
+
+    copy = shutil.copytree(library / "coll", tmp_path / "coll")
+    path = library / "photos" / "old" / "o3.jpg"
+    item = Collection.open(copy).find(source=str(path))
+    assert item is not None
+
+    def rows() -> int:
+        return int(metadata.query(files.db(copy), "SELECT count(*) FROM files WHERE id = ?", (item,))[0][0])
+
+    assert rows() == 1
+    with TestClient(create_app(copy)) as client:
+        assert client.delete(f"/api/items/{item}").status_code == 200
+        assert rows() == 0
+        assert client.get(f"/api/items/{item}/original").status_code == 404
+        assert client.delete(f"/api/items/{item}").status_code == 404
+    assert path.is_file() and metadata.query(files.db(copy), "SELECT count(*) FROM files")[0][0] == 17

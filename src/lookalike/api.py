@@ -193,8 +193,12 @@ class Index:
         return ids
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
-        """Remove items by id; returns how many were removed."""
-        return int(self.collection.remove(ids))
+        """Remove items by id (their catalogue rows too); returns how many were removed."""
+        from .search.files import db, drop_ids
+
+        removed = int(self.collection.remove(ids))
+        drop_ids(db(self.collection), np.asarray(ids, np.int64).ravel())  # (after the commit)
+        return removed
 
     def close(self) -> None:
         self.collection.close()

@@ -459,6 +459,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     import fnmatch
 
+    from ..search import files
     from ..search.collection import Collection
 
     coll = Collection.open(args.collection)
@@ -469,6 +470,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if not ids:
         raise LookalikeError("nothing to remove: give ids or a --source pattern that matches")
     removed = coll.remove(sorted(ids))
+    files.drop_ids(files.db(coll), sorted(ids))  # after the commit, as items' rows (search/metadata.py)
     print(f"removed {removed} item(s) from {coll.path}; {len(coll)} left")
     return 0
 
