@@ -100,3 +100,76 @@ def test_index_and_add_catalogue_every_file(capsys: pytest.CaptureFixture[str], 
     # a removed item's rows are no longer read
     coll.remove([rows["d.jpg"].id])
     assert "d.jpg" not in {Path(r.path).name for r in files.rows(files.db(coll))}
+
+
+def _index(capsys: pytest.CaptureFixture[str], folder: Path, out: Path, model: Path) -> Collection:
+    code, _, err = run_cli(capsys, ["index", "--model", model, "--dataset", folder, "--out", out])
+    assert code == 0, err
+    return Collection.open(out)
+
+
+def test_original_is_a_catalogued_file_still_there_else_the_source(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, trained: Trained) -> None:
+    from lookalike.search import metadata
+
+    folder = tmp_path / "photos"
+    a, b = photo(folder / "a.jpg", 0), photo(folder / "b.jpg", 1)
+    coll = _index(capsys, folder, tmp_path / "coll", trained.model)
+    ids = coll.sources()
+    id_a, id_b = ids[str(a)][0], ids[str(b)][0]
+    assert files.original(coll, id_a) == str(a)
+    # a second catalogued path of the item (a copy elsewhere): the first that is still a file
+    copy = Path(shutil.copy(a, tmp_path / "z-copy.jpg"))
+    files.catalogue(coll, [copy], [id_a])
+    assert files.original(coll, id_a) == str(a)
+    a.unlink()
+    assert files.original(coll, id_a) == str(copy)
+    copy.unlink()
+    assert files.original(coll, id_a) is None  # (its source is gone too)
+    # an item with no catalogue row (an older collection): its source, an absolute file
+    metadata.write(files.db(coll), "DELETE FROM files WHERE id = ?", [(id_b,)])
+    assert files.original(coll, id_b) == str(b)
+    # a row wins over the source: the file moved, the catalogue says where
+    moved = Path(shutil.copy(b, tmp_path / "moved.jpg"))
+    files.catalogue(coll, [moved], [id_b])
+    assert files.original(coll, id_b) == str(moved)
+    assert files.original(coll, 10_000) is None
+    # a relative source is never looked up (it would be read from the current directory)
+    metadata.write(files.db(coll), "DELETE FROM files WHERE id = ?", [(id_b,)])
+    metadata.write(files.db(coll), "UPDATE items SET source = 'b.jpg' WHERE id = ?", [(id_b,)])
+    cwd = os.getcwd()
+    try:
+        os.chdir(folder)
+        assert Path("b.jpg").is_file() and files.original(coll, id_b) is None
+    finally:
+        os.chdir(cwd)
+
+
+def test_removing_items_deletes_their_rows(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                           trained: Trained) -> None:
+    """``lookalike remove`` and ``Index.remove`` delete the removed items' catalogue rows
+    (the service's DELETE: tests/test_richsearch.py); the files themselves stay."""
+    import lookalike as la
+    from lookalike.search import metadata
+
+    folder = tmp_path / "photos"
+    shots = [photo(folder / f"p{n}.jpg", n) for n in range(4)]
+    coll = _index(capsys, folder, tmp_path / "coll", trained.model)
+    ids = [coll.sources()[str(p)][0] for p in shots]
+    copy = Path(shutil.copy(shots[0], tmp_path / "copy.jpg"))
+    files.catalogue(coll, [copy], [ids[0]])  # two rows for one item
+
+    def raw(item: int) -> int:  # (files.rows hides a removed item's rows: count them all)
+        return int(metadata.query(files.db(coll), "SELECT count(*) FROM files WHERE id = ?", (item,))[0][0])
+
+    assert [raw(i) for i in ids] == [2, 1, 1, 1]
+    code, out, err = run_cli(capsys, ["remove", tmp_path / "coll", str(ids[0])])
+    assert code == 0 and "removed 1 item(s)" in out, err
+    code, out, err = run_cli(capsys, ["remove", tmp_path / "coll", "--source", "*/p1.jpg"])
+    assert code == 0 and "removed 1 item(s)" in out, err
+    assert [raw(i) for i in ids] == [0, 0, 1, 1]
+    index = la.open(tmp_path / "coll")
+    assert index.remove([ids[2]]) == 1
+    index.close()
+    assert [raw(i) for i in ids] == [0, 0, 0, 1]
+    assert all(p.is_file() for p in shots) and copy.is_file()

@@ -26,7 +26,7 @@ def test_a_filter_is_checked_on_construction() -> None:
     assert Filter(paths="a/*").paths == ("a/*",)
     for bad in ({"after": "2024-13"}, {"after": "March"}, {"before": "2024-02-30"},
                 {"after": "2024", "before": "2023"}, {"camera": " "}, {"paths": [""]},
-                {"has_gps": "yes"}):
+                {"has_gps": "yes"}, {"paths": ["["]}, {"paths": ["2019/[ab"]}, {"paths": ["a[]"]}):
         with pytest.raises(LookalikeError):
             Filter(**bad)  # type: ignore[arg-type]
     assert filters.parse_date("2024-03").isoformat() == "2024-03-01T00:00:00"
@@ -38,6 +38,8 @@ def test_glob_patterns() -> None:
     assert filters.glob_pattern("/abs/x/*.jpg") == ["/abs/x/*.jpg"]
     assert filters.glob_pattern("trips") == ["*/trips", "*/trips/*"]
     assert filters.glob_pattern("./here", cwd="/home/me") == ["/home/me/here", "/home/me/here/*"]
+    for fine in ("[[]2019]*", "a[]]b", "a[^]]b", "[ab]*"):
+        filters.check_glob(fine)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,9 @@ def test_the_cli_filters_by_path_date_camera_and_gps(capsys: pytest.CaptureFixtu
     assert code == 2 and "bad date '2024-99'" in err and "Traceback" not in err
     code, _, err = run_cli(capsys, ["search", coll, q, "--label", "nope"])
     assert code == 2 and "no label named 'nope'" in err
+    code, _, err = run_cli(capsys, ["search", coll, q, "--in", "trips/["])
+    assert code == 2 and "bad path pattern 'trips/['" in err and len(err.strip().splitlines()) == 1
+    assert _search(capsys, coll, q, "--in", "trips/[2]0[0-9][4]/*") == trips
 
 
 def test_the_label_filter(capsys: pytest.CaptureFixture[str], library: Path) -> None:
@@ -273,6 +278,58 @@ def test_a_collection_without_catalogue_filters_paths_by_source(capsys: pytest.C
     trips = _search(capsys, copy, q, "--in", "trips/2024/*")
     assert len(trips) == 6 and all("/trips/2024/" in s for s in trips)
     assert _search(capsys, copy, q, "--after", "2000") == []  # (no dates known)
+
+
+def test_paths_are_matched_per_item_in_a_partly_catalogued_collection(
+        capsys: pytest.CaptureFixture[str], library: Path, tmp_path: Path) -> None:
+    """An older collection where one later ``add`` catalogued one file: the items with no
+    row are matched on their sources, the catalogued one on its row (here moved)."""
+    import shutil
+
+    from lookalike.search import metadata
+
+    copy = shutil.copytree(library / "coll", tmp_path / "coll")
+    db = copy / metadata.FILE
+    metadata.write(db, "DELETE FROM files WHERE path NOT LIKE ?", [("%/trips/2024/t0.jpg",)])
+    metadata.write(db, "UPDATE files SET path = '/elsewhere/moved/t0.jpg' WHERE path LIKE ?",
+                   [("%/t0.jpg",)])
+    assert metadata.query(db, "SELECT count(*) FROM files")[0][0] == 1
+    q = library / "photos" / "home" / "h0.jpg"
+    assert len(_search(capsys, copy, q, "--in", "old")) == 6
+    assert len(_search(capsys, copy, q, "--in", "home/*")) == 5  # (h0 is the query)
+    trips = _search(capsys, copy, q, "--in", "trips/2024/*")  # t0's row says it moved
+    assert sorted(os.path.basename(s) for s in trips) == [f"t{n}.jpg" for n in range(1, 6)]
+    assert [os.path.basename(s) for s in _search(capsys, copy, q, "--in", "moved")] == ["t0.jpg"]
+    assert len(_search(capsys, copy, q, "--camera", "canon")) == 1  # (only a row tells a camera)
+
+
+def test_a_region_of_an_uncatalogued_item_is_cut_from_its_source(
+        capsys: pytest.CaptureFixture[str], library: Path, tmp_path: Path) -> None:
+    """The CLI and the API take a stored item's region from its original file
+    (files.original): with no catalogue row, its source, as the service does."""
+    import shutil
+
+    import lookalike as la
+    from lookalike.search import metadata
+
+    copy = shutil.copytree(library / "coll", tmp_path / "coll")
+    source = library / "photos" / "home" / "h1.jpg"
+    item = Collection.open(copy).find(source=str(source))
+    assert item is not None
+    metadata.write(copy / metadata.FILE, "DELETE FROM files WHERE id = ?", [(item,)])
+
+    def cli(query: object) -> dict[int, float]:
+        code, out, err = run_cli(capsys, ["search", copy, query, "--crop", "0.5,0,0.5,1", "--exact",
+                                          "--json", "-k", "30"])
+        assert code == 0, err
+        return {r["id"]: r["distance"] for r in json.loads(out)["queries"][0]["results"]}
+
+    by_item, by_file = cli(f"id:{item}"), cli(source)
+    assert item not in by_item and by_item == {i: d for i, d in by_file.items() if i != item}
+    idx = la.open(copy)
+    by_item_api = {h.id: h.distance for h in idx.search(item, k=30, exact=True, crop=(0.5, 0, 0.5, 1))[0]}
+    by_file_api = {h.id: h.distance for h in idx.search(source, k=30, exact=True, crop=(0.5, 0, 0.5, 1))[0]}
+    assert by_item_api == {i: d for i, d in by_file_api.items() if i != item}
 
 
 def test_the_scan_merges_its_chunks(big: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -72,7 +72,7 @@ def test_filters_are_query_parameters(client: TestClient, library: Path) -> None
     assert len(by_id["results"]) == 6 - in_home
     assert {r["label_name"] for r in by_id["results"]} == {"home"}
     for params, message in (({"after": "2024-99"}, "bad date"), ({"label": "nope"}, "no label named"),
-                            ({"has_gps": "maybe"}, "has_gps")):
+                            ({"has_gps": "maybe"}, "has_gps"), ({"in": "trips/["}, "'trips/['")):
         r = client.post("/api/search", params=params, json={"id": 0})
         assert r.status_code in (400, 422) and message in r.json()["detail"], r.text
     schema = client.get("/openapi.json").json()["paths"]["/api/search"]["post"]["parameters"]
@@ -133,6 +133,12 @@ def test_the_original_file_and_only_it(library: Path, tmp_path: Path, torch_one_
         assert r.headers["content-type"] == "image/jpeg"
         assert "sandbox" in r.headers["content-security-policy"]
         assert client.get("/api/items/99999/original").status_code == 404
+        # an item with no catalogue row (an older collection): its own source
+        from lookalike.search import metadata
+
+        metadata.write(copy / metadata.FILE, "DELETE FROM files WHERE id = ?", [(item,)])
+        r = client.get(f"/api/items/{item}/original")
+        assert r.status_code == 200 and r.content == path.read_bytes()
         assert client.get("/api/items/..%2F..%2Fetc%2Fpasswd/original").status_code in (404, 422)
         # an uploaded item has no original file
         added = client.post("/api/items", files={"files": ("x.png", _png(np.zeros((8, 8, 3), np.uint8)),
@@ -143,3 +149,24 @@ def test_the_original_file_and_only_it(library: Path, tmp_path: Path, torch_one_
         assert client.get(f"/api/items/{item}/original").status_code == 401
         r = client.get(f"/api/items/{item}/original", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and r.content == path.read_bytes()
+
+
+def test_delete_removes_the_items_catalogue_rows(library: Path, tmp_path: Path,
+                                                 torch_one_thread: None) -> None:
+    from lookalike.search import files, metadata
+
+    copy = shutil.copytree(library / "coll", tmp_path / "coll")
+    path = library / "photos" / "old" / "o3.jpg"
+    item = Collection.open(copy).find(source=str(path))
+    assert item is not None
+
+    def rows() -> int:
+        return int(metadata.query(files.db(copy), "SELECT count(*) FROM files WHERE id = ?", (item,))[0][0])
+
+    assert rows() == 1
+    with TestClient(create_app(copy)) as client:
+        assert client.delete(f"/api/items/{item}").status_code == 200
+        assert rows() == 0
+        assert client.get(f"/api/items/{item}/original").status_code == 404
+        assert client.delete(f"/api/items/{item}").status_code == 404
+    assert path.is_file() and metadata.query(files.db(copy), "SELECT count(*) FROM files")[0][0] == 17

@@ -208,8 +208,12 @@ class Index:
         return np.concatenate(ids)
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
-        """Remove items by id; returns how many were removed."""
-        return int(self.collection.remove(ids))
+        """Remove items by id (their catalogue rows too); returns how many were removed."""
+        from .search.files import db, drop_ids
+
+        removed = int(self.collection.remove(ids))
+        drop_ids(db(self.collection), np.asarray(ids, np.int64).ravel())  # (after the commit)
+        return removed
 
     def close(self) -> None:
         self.collection.close()
@@ -225,10 +229,10 @@ def _codes(coll: Any, queries: Sequence[Any], crop: Crop | None) -> tuple[np.nda
         if _is_id(q) and crop is None:
             codes[row], own[row] = coll.vector(int(q)), int(q)
         elif _is_id(q):
-            from .search.files import db, of_ids
+            from .search.files import original
 
-            found = [r.path for r in of_ids(db(coll), [int(q)]).get(int(q), []) if os.path.isfile(r.path)]
-            whole = _image(found[0], None) if found else coll.image(int(q))
+            found = original(coll, int(q))
+            whole = _image(found, None) if found is not None else coll.image(int(q))
             pictures[row], own[row] = crop.apply(whole) if crop else whole, int(q)
         else:
             spec = coll.encoder.spec

@@ -163,10 +163,10 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None, crop
     """(descriptions, images uint8 (m,H,W,C), labels (m,), exclude ids (m,), and for the
     queries that are stored items (``id:N``) their row -> id: their code is the stored one).
     With ``crop`` (a :class:`~lookalike.search.queries.Crop`), each query is that region of
-    its picture: a file's or a stored item's original file at full size (its stored picture
-    when it has no catalogued file)."""
+    its picture: a file's or a stored item's original file at full size
+    (:func:`~lookalike.search.files.original`; its stored picture when it has none)."""
     from ..data.images import conform, load_image
-    from ..search.files import db, of_ids
+    from ..search.files import original
 
     descs: list[str] = []
     images: list[np.ndarray] = []
@@ -184,9 +184,8 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None, crop
                 image = conform([coll.image(item_id)], coll.input_spec)[0]  # shown; its code is stored
                 own = stored[row] = item_id
             else:
-                original = [r.path for r in of_ids(db(coll), [item_id]).get(item_id, [])
-                            if Path(r.path).is_file()]
-                whole = load_image(original[0]) if original else coll.image(item_id)
+                found = original(coll, item_id)
+                whole = load_image(found) if found is not None else coll.image(item_id)
                 image, own = conform([crop.apply(whole)], coll.input_spec)[0], item_id
         elif Path(spec).exists():
             size = (coll.encoder.spec.height, coll.encoder.spec.width)
@@ -502,6 +501,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     import fnmatch
 
+    from ..search import files
     from ..search.collection import Collection
 
     coll = Collection.open(args.collection)
@@ -512,6 +512,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if not ids:
         raise LookalikeError("nothing to remove: give ids or a --source pattern that matches")
     removed = coll.remove(sorted(ids))
+    files.drop_ids(files.db(coll), sorted(ids))  # after the commit, as items' rows (search/metadata.py)
     print(f"removed {removed} item(s) from {coll.path}; {len(coll)} left")
     return 0
 

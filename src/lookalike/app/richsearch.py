@@ -7,9 +7,11 @@ routes them):
 * :class:`RichQuery` and :func:`rich_search`: a search with a filter, more examples
   (``like``), counter-examples (``unlike``) or a region (``crop``), run on a snapshot
   without the batching of plain searches;
-* :func:`file_facts`: the name, catalogued path and date of results, for the page's tiles;
-* :func:`original`: the file an item was read from, the only file the service ever serves
-  from disk (its catalogued path or its own source, never a path a request names).
+* :func:`file_facts`: the name, catalogued path and date of results, for the page's tiles.
+
+The file an item was read from, the only file the service ever serves from disk, is
+:func:`lookalike.search.files.original` (its catalogued path or its own source, never a
+path a request names).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -27,7 +28,7 @@ from ..data.images import conform, load_image
 from ..errors import LookalikeError
 from ..search import queries
 from ..search.collection import Collection
-from ..search.files import db, of_ids
+from ..search.files import db, of_ids, original
 from ..search.filters import Filter
 from .shared import Hit, UnknownItem
 
@@ -121,18 +122,6 @@ def file_facts(coll: Collection, ids: list[int]) -> dict[int, tuple[str, str | N
             r = rows[i][0]
             out[i] = (os.path.basename(r.path), r.path, _when(r.taken, r.mtime_ns))
     return out
-
-
-def original(coll: Collection, item_id: int) -> Path | None:
-    """The file ``item_id`` was read from: a catalogued path of it that is still a file,
-    else its source when that is an absolute path to a file; ``None`` otherwise."""
-    for r in of_ids(db(coll), [item_id]).get(item_id, []):
-        if os.path.isfile(r.path):
-            return Path(r.path)
-    found = coll.items([item_id])[0]
-    if found is not None and os.path.isabs(found.source) and os.path.isfile(found.source):
-        return Path(found.source)
-    return None
 
 
 def name_of(source: str) -> str:

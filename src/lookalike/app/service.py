@@ -63,9 +63,10 @@ from starlette.types import Message
 from ..data.images import MAX_PIXELS, decode_image
 from ..errors import ImageError, LookalikeError, RemoteError
 from ..search.collection import Collection
+from ..search.files import original
 from ..search.filters import Filter
 from .dupservice import duplicates_router, move_folder
-from .richsearch import RichQuery, crop_of, file_facts, filter_params, name_of, original, rich_search
+from .richsearch import RichQuery, crop_of, file_facts, filter_params, name_of, rich_search
 
 if TYPE_CHECKING:
     from .watch import WatchConfig
@@ -376,7 +377,7 @@ def create_app(collection_path: str | os.PathLike[str], *,
         if found is None:
             raise UnknownItem(f"item {item_id} has no original file (it was not read from a file, "
                               "or the file is gone)")
-        media = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
+        media = mimetypes.guess_type(found)[0] or "application/octet-stream"
         return FileResponse(found, media_type=media, headers={
             "Cache-Control": "no-cache", "Content-Security-Policy": "default-src 'none'; sandbox"})
 

@@ -180,6 +180,21 @@ def unchanged(path: Path, paths: Iterable[str | os.PathLike[str]]) -> set[str]:
     return out
 
 
+def original(coll: Collection, item_id: int) -> str | None:
+    """The file ``item_id`` was read from: a catalogued path of it that is still a file
+    (the first by path), else its source when that is an absolute path to a file; ``None``
+    otherwise (an unknown item, a dataset's or an upload's, a file gone). The only paths it
+    looks at are the collection's own, never one a caller names: the service serves what
+    it returns."""
+    for r in of_ids(db(coll), [int(item_id)]).get(int(item_id), []):
+        if os.path.isfile(r.path):
+            return r.path
+    found = coll.items([int(item_id)])[0]
+    if found is not None and os.path.isabs(found.source) and os.path.isfile(found.source):
+        return found.source
+    return None
+
+
 def describe(paths: Sequence[str], ids: Sequence[int], with_digest: bool = True,
              threads: int = READERS) -> list[FileRow | None]:
     """A row for each file of ``paths`` (shown by ``ids``), its facts read from disk

@@ -11,8 +11,10 @@ the index (an inverted file, Milvus): the codes are the segments' own.
 What each field means:
 
 * ``paths``: globs (SQLite ``GLOB``: ``*`` also crosses ``/``, case-sensitive) matched
-  against the file's absolute path (the item's source in a collection made before the
-  catalogue, until ``lookalike sync`` fills it); an item passes when one of them matches.
+  against the absolute paths of the item's catalogued files, or for an item with none (one
+  added before the catalogue, until ``lookalike sync`` fills it) against its source; an
+  item passes when one of them matches. ``[...]`` is a set of characters (``[[]`` is a
+  literal ``[``); a ``[`` with no closing ``]`` is an error.
   A pattern starting with ``/`` or ``~`` is absolute, one starting with ``./`` or ``../``
   is taken from the current directory, any other matches the end of the path
   (``trips/2024/*`` passes ``/home/me/photos/trips/2024/a.jpg``). A pattern with no
@@ -25,8 +27,8 @@ What each field means:
 * ``has_gps``: ``True`` only photos with a GPS position, ``False`` only those without.
 
 Every condition must hold. An item with no catalogued file (a built-in dataset's, an
-upload through the service) passes only ``labels`` (and ``paths`` in a collection with no
-catalogue).
+upload through the service, one added before the catalogue) passes only ``labels`` and
+``paths`` (by its source).
 """
 
 from __future__ import annotations
@@ -73,6 +75,23 @@ def parse_date(text: str) -> datetime:
         raise LookalikeError(f"bad date {text!r}: {exc}") from None
 
 
+def check_glob(pattern: str) -> None:
+    """Raise :class:`LookalikeError` when a ``[`` of ``pattern`` opens a set that no ``]``
+    closes (SQLite's GLOB would match nothing, silently). As in SQLite, a ``]`` right after
+    ``[`` or ``[^`` belongs to the set."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "[":
+            j = i + 1 + (pattern[i + 1:i + 2] == "^")
+            j += pattern[j:j + 1] == "]"
+            end = pattern.find("]", j)
+            if end < 0:
+                raise LookalikeError(f"bad path pattern {pattern!r}: a '[' with no closing ']' "
+                                     "(write [[] for a literal '[')")
+            i = end
+        i += 1
+
+
 def _tuple(value: Any, what: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -89,7 +108,8 @@ class Filter:
     """Which items a search may return (see the module docstring); the default passes all.
 
     Raises:
-        LookalikeError: a bad date, an empty glob or camera, ``after`` not before ``before``.
+        LookalikeError: a bad date, an empty or malformed glob (:func:`check_glob`), an
+        empty camera, ``after`` not before ``before``.
     """
 
     paths: tuple[str, ...] = ()
@@ -102,6 +122,8 @@ class Filter:
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", _tuple(self.paths, "paths"))
         object.__setattr__(self, "labels", _tuple(self.labels, "labels"))
+        for pattern in self.paths:
+            check_glob(pattern)
         for name in ("after", "before"):
             value = getattr(self, name)
             if value is not None:
@@ -160,12 +182,13 @@ def _epoch_ns(when: datetime) -> int:
     return int(when.timestamp() * 1_000_000_000)
 
 
-def query_sql(f: Filter, label_names: list[str] | None, has_files: bool,
+def query_sql(f: Filter, label_names: list[str] | None, has_table: bool = True,
               cwd: str | None = None) -> tuple[str, tuple[Any, ...]]:
-    """``(sql, params)`` selecting the ids of the items that pass ``f`` (the catalogue's
-    rows, or with no catalogue (``has_files`` false) the items' sources; a row of an item
-    no longer in the collection may remain after a change cut short: the caller drops ids
-    the collection does not hold)."""
+    """``(sql, params)`` selecting the ids of the items that pass ``f``, decided per item:
+    an item with catalogue rows by its rows, one with none (``has_table`` false: the
+    metadata file has no ``files`` table yet) by its source. A row of an item no longer in
+    the collection may remain after a change cut short: the caller drops ids the collection
+    does not hold."""
     conds: list[str] = []
     params: list[Any] = []
     globs = [g for p in f.paths for g in glob_pattern(p, cwd)]
@@ -186,12 +209,14 @@ def query_sql(f: Filter, label_names: list[str] | None, has_files: bool,
     path_cond = "(" + " OR ".join(["{col} GLOB ?"] * len(globs)) + ")" if globs else ""
     selects: list[str] = []
     sel_params: list[Any] = []
-    if has_files and (globs or conds):
+    if has_table and (globs or conds):
         where = [path_cond.format(col="f.path")] if globs else []
         selects.append("SELECT f.id FROM files f WHERE " + " AND ".join(where + conds))
         sel_params += [*globs, *params]
-    if globs and not f.files_only and not has_files:  # a collection with no catalogue: the sources
-        selects.append(f"SELECT i.id FROM items i WHERE {path_cond.format(col='i.source')}")
+    if globs and not f.files_only:  # the items with no catalogued file: their sources
+        # (the GLOB first: the probe of files' id index runs only for the sources that match)
+        uncatalogued = " AND NOT EXISTS (SELECT 1 FROM files f WHERE f.id = i.id)" if has_table else ""
+        selects.append(f"SELECT i.id FROM items i WHERE {path_cond.format(col='i.source')}{uncatalogued}")
         sel_params += globs
     if (globs or conds) and not selects:  # a file condition, and no catalogue yet
         return "SELECT id FROM items WHERE 0", ()
@@ -232,8 +257,7 @@ def _stamp(path: Path) -> tuple[int, ...]:
 def passing_ids(coll: Collection, f: Filter, cwd: str | None = None) -> np.ndarray:
     """The ids of the collection's items that pass ``f``, ``int64``, sorted."""
     db = coll.path / metadata.FILE
-    catalogued = catalogue.has_table(db) and bool(metadata.query(db, "SELECT 1 FROM files LIMIT 1"))
-    sql, params = query_sql(f, coll.label_names, catalogued, cwd)
+    sql, params = query_sql(f, coll.label_names, catalogue.has_table(db), cwd)
     ids = np.fromiter((r[0] for r in metadata.query(db, sql, params)), np.int64)
     ids.sort()
     return ids[coll.store.rows(ids) >= 0]
@@ -324,5 +348,5 @@ def _knn(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(exact, order, 1), np.take_along_axis(cand, order, 1)
 
 
-__all__ = ["Filter", "glob_pattern", "nearest_among", "parse_date", "passing", "passing_ids",
+__all__ = ["Filter", "check_glob", "glob_pattern", "nearest_among", "parse_date", "passing", "passing_ids",
            "query_sql"]
