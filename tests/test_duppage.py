@@ -136,3 +136,29 @@ def test_the_page_says_when_moving_is_off(browser: Browser, photos: Path, tmp_pa
             assert width[0] <= width[1], f"the page scrolls sideways on a phone: {width}"
         finally:
             context.close()
+
+
+def test_both_pages_share_one_set_image(browser: Browser, photos: Path, tmp_path: Path) -> None:  # noqa: F811
+    """setImage lives in static/api.js alone; with --token-reads the duplicates page's
+    thumbnails come through it, fetched with the token."""
+    static = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "app" / "static"
+    defined = {p.name for p in static.glob("*.js") if "r.ok ? r.blob()" in p.read_text()}
+    assert defined == {"api.js"}
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    path = shutil.copytree(photos / "coll", tmp_path / "coll")
+    with serving(path, "--token-file", str(token_file), "--token-reads") as url:
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+        try:
+            page.goto(url + "duplicates")
+            expect(page.locator("#token-dialog")).to_be_visible()
+            page.fill("#token-input", TOKEN)
+            page.click("#token-ok")
+            expect(page.locator(".dup-group")).to_have_count(len(GROUPS))
+            widths = _thumbnails(page)
+            assert widths and min(widths) > 0, widths
+            assert all(src.startswith("blob:") for src in page.evaluate(
+                "Array.from(document.querySelectorAll('.dup-member img')).map(i => i.src)"))
+        finally:
+            context.close()

@@ -46,6 +46,7 @@ _MANIFEST = re.compile(re.escape(dupmove.PREFIX) + r"[0-9A-Za-z]+\.json")
 class DupMember(BaseModel):
     id: int
     source: str
+    path: str | None = Field(None, description="the file (absolute, from the catalogue)")
     width: int | None = None
     height: int | None = None
     format: str | None = None
@@ -58,6 +59,7 @@ class DupMember(BaseModel):
 class DupGroup(BaseModel):
     tier: str
     keeper: int | None = Field(description="null: fewer than two files, nothing to do")
+    keeper_path: str | None = Field(None, description="the file kept (an item may show several)")
     reason: str
     members: list[DupMember]
 

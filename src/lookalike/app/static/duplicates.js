@@ -26,15 +26,9 @@
     return u === 0 ? `${n} B` : `${n.toFixed(1)} ${units[u]}`;
   }
 
-  // An image of the API: a plain URL, or, when reads need the token, fetched with it.
+  // An image of the API (static/api.js), fetched with the token when reads need it.
   function setImage(img, url) {
-    if (state.reads !== "token") { img.src = url; return; }
-    api(url).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
-      if (!blob) return;
-      const local = URL.createObjectURL(blob);
-      state.blobs.push(local);
-      img.src = local;
-    }).catch(() => { /* the card stays without its image */ });
+    window.lookalikeApi.setImage(img, url, state.reads === "token", state.blobs);
   }
 
   function el(tag, props = {}, children = []) {
@@ -70,7 +64,7 @@
       `${m.width}×${m.height} ${m.format} · ${size(m.bytes)}` + (m.taken ? ` · taken ${m.taken.replace("T", " ")}` : "");
     const fig = el("figure", { className: "dup-member" }, [
       img,
-      el("p", { className: "source", textContent: m.source || `item #${m.id}` }),
+      el("p", { className: "source", textContent: m.path || m.source || `item #${m.id}` }),
       el("p", { className: "facts muted", textContent: facts }),
       el("span", { className: "badge" }),
     ]);
