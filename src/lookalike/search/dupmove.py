@@ -456,9 +456,9 @@ def finish_pending(coll: Collection, target: str | os.PathLike[str]) -> list[Out
     finished, an undo too. Returns what each did."""
     outcomes: list[Outcome] = []
     dest = Path(absolute(str(target)))
-    if not pending(dest):
+    if not dest.is_dir():
         return outcomes
-    with _locked(dest):
+    with _locked(dest):  # (before any manifest is read)
         for p in pending(dest):
             manifest = read_manifest(p)  # (read again under the lock: another run may have
             if manifest["status"] not in ("moving", "undoing"):  # finished it meanwhile)
