@@ -162,3 +162,33 @@ def test_both_pages_share_one_set_image(browser: Browser, photos: Path, tmp_path
                 "Array.from(document.querySelectorAll('.dup-member img')).map(i => i.src)"))
         finally:
             context.close()
+
+
+def test_the_search_page_uses_the_shared_set_image(browser: Browser, photos: Path,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    """The search page (static/app.js) with --token-reads: its results' images come through
+    api.js's setImage, fetched with the token."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    path = shutil.copytree(photos / "coll", tmp_path / "coll")
+    with serving(path, "--token-file", str(token_file), "--token-reads") as url:
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+        try:
+            page.goto(url)
+            expect(page.locator("#token-dialog")).to_be_visible()
+            page.fill("#token-input", TOKEN)
+            page.click("#token-ok")
+            expect(page.locator("#token-dialog")).to_be_hidden()
+            page.set_input_files("#file", photos / "photos" / "2019" / "a.png")
+            images = page.locator("#results .result img")
+            expect(images.first).to_be_visible()
+            deadline = time.monotonic() + 10
+            script = ("Array.from(document.querySelectorAll('#results .result img'))"
+                      ".map(i => [i.src, i.complete ? i.naturalWidth : 0])")
+            while not all(w > 0 for _, w in page.evaluate(script)) and time.monotonic() < deadline:
+                page.wait_for_timeout(50)
+            got = page.evaluate(script)
+            assert got and all(src.startswith("blob:") and w > 0 for src, w in got), got
+        finally:
+            context.close()
