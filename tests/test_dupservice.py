@@ -194,3 +194,24 @@ def test_a_move_under_way_elsewhere_is_409(client: TestClient, root: Path) -> No
     assert tree(root / "photos") == before
     done = client.post("/api/duplicates/move", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert done.status_code == 200, done.text
+
+
+def test_an_item_shown_by_two_files_keeps_the_file_chosen(client: TestClient, root: Path) -> None:
+    """A byte copy of 2019/e.jpg catalogued as its item: each file is a member; the keeper
+    chosen by path stays and the item's other file moves."""
+    from lookalike.search import files
+
+    e, copy = root / "photos" / "2019" / "e.jpg", root / "photos" / "2019" / "e-copy-3.jpg"
+    copy.write_bytes(e.read_bytes())
+    coll = Collection.open(root / "coll")
+    e_id = files.rows(files.db(coll), "f.path = ?", (str(e),))[0].id
+    files.catalogue(coll, [copy], [e_id])
+    coll.close()
+    answer = client.get("/api/duplicates").json()
+    g = next(g for g in answer["groups"] if any(m["path"] == str(copy) for m in g["members"]))
+    assert g["keeper"] == e_id and g["keeper_path"] == str(e) and len(g["members"]) == 4
+    body = {"groups": [{"ids": sorted({m["id"] for m in g["members"]}), "keeper": e_id,
+                        "keeper_path": str(copy)}]}
+    moved = client.post("/api/duplicates/move", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert moved.status_code == 200, moved.text
+    assert copy.is_file() and not e.exists() and (root / "dups" / "2019" / "e.jpg").is_file()

@@ -75,6 +75,9 @@ class MoveGroup(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ids: list[int] = Field(min_length=2, max_length=10_000)
     keeper: int = Field(ge=0, le=MAX_ID)
+    keeper_path: str | None = Field(None, max_length=4096, description=(
+        "which file of the keeper to keep, when the item shows several (a path the group "
+        "listed; another is not one: the rule chooses among the item's files)"))
 
 
 class MoveRequest(BaseModel):
@@ -175,7 +178,8 @@ def duplicates_router(shared: SharedCollection, access: Access, move_to: Path | 
                     raise HTTPException(409, f"the group of items {sorted(g.ids)[:5]} is not one "
                                              "of the groups found now (reload the page)")
                 confirmed[frozenset(g.ids)] = match  # (a group given twice is one)
-            decisions = decide(coll, list(confirmed.values()), chosen={g.keeper for g in body.groups})
+            decisions = decide(coll, list(confirmed.values()), chosen={g.keeper for g in body.groups},
+                               chosen_paths={g.keeper_path for g in body.groups if g.keeper_path})
             out = dupmove.move(coll, decisions, folder)
             return {"manifest": out.manifest.name, "moved": [int(e["id"]) for e in out.done],
                     "not_moved": [{"id": int(e["id"]), "why": why} for e, why in out.skipped],

@@ -166,12 +166,12 @@ def _members(item_id: int, source: str | None, label: int,
 
 
 def decide(coll: Collection, groups: Sequence[GroupLike], rule: KeepRule | None = None,
-           chosen: Collection_[int] = ()) -> list[Decision]:
+           chosen: Collection_[int] = (), chosen_paths: Collection_[str] = ()) -> list[Decision]:
     """Each group decided under ``rule`` (default ``best``), in the order given.
 
     ``chosen`` are keepers chosen by hand (the review page): a group holding one of them
-    keeps it ("chosen by hand"; of an item showing several files, the one ``rule`` puts
-    first).
+    keeps it ("chosen by hand"; of an item showing several files, the one of
+    ``chosen_paths``, else the one ``rule`` puts first).
 
     Raises:
         LookalikeError: a chosen id that is not a file of its group.
@@ -187,6 +187,7 @@ def decide(coll: Collection, groups: Sequence[GroupLike], rule: KeepRule | None 
             paths.get(i, [])))
         files = [m for m in members if m.facts is not None]
         hand = [m for m in files if m.id in chosen]
+        hand = [m for m in hand if m.path in chosen_paths] or hand
         if {m.id for m in members if m.id in chosen} and len({m.id for m in hand}) != 1:
             raise LookalikeError(f"choose one file of the group of item {members[0].id} to keep")
         if len(files) < 2:
