@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 
 from conftest import run_cli as run
 from dupdata import GROUPS, index_photos, reset, tree
-from lookalike.search import dupmove
+from lookalike.search import dupmove, files
 from lookalike.search.collection import Collection
 from lookalike.search.dupreview import decide
 from lookalike.search.keeper import KeepRule
@@ -102,6 +103,7 @@ def test_the_review_marks_each_keeper_with_its_reason(capsys: pytest.CaptureFixt
     (["--undo", "coll/manifest.json", "--move-to", "dups"], "not both"),
     (["--move-to", "dups", "--json"], "leave out --json"),
     (["--move-to", "photos/2019/a.png"], "is a file, not a folder"),
+    (["--move-to", "photos/2019/a.png/dups"], "lies inside the file"),
     (["--dry-run"], "goes with --move-to")])
 def test_bad_options_are_one_line(capsys: pytest.CaptureFixture[str], photos: Path,
                                   argv: list[str], says: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,6 +112,166 @@ def test_bad_options_are_one_line(capsys: pytest.CaptureFixture[str], photos: Pa
     code, _, err = run(capsys, ["duplicates", "coll", *argv])
     assert code == 2 and says in err and err.count("\n") == 1, err
     assert tree(photos / "photos") == before and not (photos / "dups").exists()
+
+
+def test_keep_in_glob_that_matches_nothing_is_said(capsys: pytest.CaptureFixture[str],
+                                                   photos: Path) -> None:
+    code, out, err = run(capsys, ["duplicates", photos / "coll", "--keep", "in:phone/*"])
+    assert code == 0 and "warning" not in err
+    assert {k for k, _ in _review(out, photos / "photos")} == {
+        "phone/a-small.jpg", "phone/b.jpg", "phone/c-q60.jpg", "phone/d-2018.jpg", "phone/e-copy-2.jpg"}
+    code, out, err = run(capsys, ["duplicates", photos / "coll", "--keep", "in:camera/*"])
+    assert code == 0 and err.count("\n") == 1 and "in:camera/* matches no file" in err
+
+
+def _relative_sources(coll_dir: Path, root: Path) -> None:
+    """Store every item's source relative to ``root`` (as ``index --dataset photos`` run in
+    ``root`` stores them); the catalogue keeps the absolute paths."""
+    import sqlite3
+
+    db = sqlite3.connect(coll_dir / "metadata.sqlite")
+    with db:
+        db.execute("UPDATE items SET source = substr(source, ?) WHERE source LIKE ?",
+                   (len(str(root)) + 2, f"{root}/%"))
+    db.close()
+
+
+def test_files_come_from_the_catalogue_never_the_working_folder(
+        capsys: pytest.CaptureFixture[str], photos: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative sources, run from another folder with the same layout: the catalogued files
+    move, the look-alike folder is never touched; a file changed since it was catalogued
+    stays; a second path showing one item is decided on its own; without catalogue rows
+    nothing moves."""
+    from dupdata import write_photos
+
+    _relative_sources(photos / "coll", photos)
+    assert "photos/2019/a.png" in _sources(photos / "coll")
+    write_photos(tmp_path / "photos")  # the same layout elsewhere
+    decoy = tree(tmp_path / "photos")
+    # one item shown by two files: a byte copy of 2019/e.jpg, catalogued as its item
+    e = photos / "photos" / "2019" / "e.jpg"
+    (photos / "photos" / "2019" / "e-copy-3.jpg").write_bytes(e.read_bytes())
+    coll = Collection.open(photos / "coll")
+    e_id = files.rows(files.db(coll), "f.path = ?", (str(e),))[0].id
+    files.catalogue(coll, [photos / "photos" / "2019" / "e-copy-3.jpg"], [e_id])
+    coll.close()
+    # a file edited since it was catalogued (same length, other bytes)
+    edited = photos / "photos" / "phone" / "c-q60.jpg"
+    data = bytearray(edited.read_bytes())
+    data[-3] ^= 0xFF
+    edited.write_bytes(bytes(data))
+    before = tree(photos / "photos")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, ["duplicates", photos / "coll", "--move-to", photos / "dups"])
+    assert code == 0, err
+    assert tree(tmp_path / "photos") == decoy
+    moved = {rel for rel in tree(photos / "dups") if not rel.startswith("lookalike-moves-")}
+    assert moved == MOVERS - {"phone/c-q60.jpg"} | {"2019/e-copy-3.jpg"}
+    assert "changed since it was catalogued" in out
+    assert tree(photos / "photos") == {r: h for r, h in before.items() if r not in moved}
+    # e.jpg's item stays (e.jpg is kept); the moved copy left the catalogue
+    coll = Collection.open(photos / "coll")
+    assert coll.items([e_id])[0] is not None
+    assert [r.path for r in files.of_ids(files.db(coll), [e_id])[e_id]] == [str(e)]
+    coll.close()
+    manifest = next((photos / "dups").glob("lookalike-moves-*.json"))
+    code, out, err = run(capsys, ["duplicates", photos / "coll", "--undo", manifest])
+    assert code == 0, err
+    assert tree(photos / "photos") == before
+    coll = Collection.open(photos / "coll")
+    # (the e copies hold the same pixels: all show e.jpg's item again)
+    assert {str(e), str(photos / "photos" / "2019" / "e-copy-3.jpg")} <= {
+        r.path for r in files.of_ids(files.db(coll), [e_id])[e_id]}
+    coll.close()
+    # no catalogue rows: relative sources are not resolved against the working folder
+    import sqlite3
+
+    db = sqlite3.connect(photos / "coll" / "metadata.sqlite")
+    with db:
+        db.execute("DELETE FROM files")
+    db.close()
+    shutil.rmtree(photos / "dups")
+    code, out, err = run(capsys, ["duplicates", photos / "coll", "--move-to", photos / "dups"])
+    assert code == 0 and "nothing to move" in out and "no file in the catalogue" in out, out + err
+    assert tree(tmp_path / "photos") == decoy and tree(photos / "photos") == before
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda m: m.update(status="sideways"), "status"),
+    (lambda m: m.pop("moves"), "'moves' is not a list"),
+    (lambda m: m["moves"].append("x"), "moves entry"),
+    (lambda m: m["moves"][0].pop("sha256"), "sha256"),
+    (lambda m: m["moves"][0].update(to="relative/x.jpg"), "not absolute"),
+    (lambda m: m["moves"][0].update(label="1"), "label"),
+    (lambda m: m.update(made_folders="dups"), "made_folders"),
+    (lambda m: m.update(made_folders=[3]), "made_folders")])
+def test_a_malformed_manifest_is_one_line(capsys: pytest.CaptureFixture[str], photos: Path,
+                                          change: Callable[[dict[str, Any]], Any], says: str) -> None:
+    _move(photos / "coll", photos / "dups")
+    path = next((photos / "dups").glob("lookalike-moves-*.json"))
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    moved = tree(photos / "dups")
+    code, _, err = run(capsys, ["duplicates", photos / "coll", "--undo", path])
+    assert code == 2 and says in err and err.count("\n") == 1, err
+    assert tree(photos / "dups") == moved
+
+
+def test_undo_removes_only_the_folders_it_made_under_its_folder(photos: Path, tmp_path: Path) -> None:
+    _move(photos / "coll", photos / "dups")
+    path = next((photos / "dups").glob("lookalike-moves-*.json"))
+    manifest = json.loads(path.read_text())
+    outside = tmp_path / "someone-elses-empty-folder"
+    outside.mkdir()
+    manifest["made_folders"] = [str(outside), *manifest["made_folders"]]
+    path.write_text(json.dumps(manifest))
+    dupmove.undo(Collection.open(photos / "coll"), path)
+    assert outside.is_dir()
+    assert not (photos / "dups" / "phone").exists() and not (photos / "dups" / "2019").exists()
+
+
+def test_the_folder_is_locked_before_any_manifest_is_read_or_written(photos: Path) -> None:
+    """While another process works in DIR, a move writes nothing there and an interrupted
+    run is not read; a run finished meanwhile (listed, then done by another) is not redone."""
+    import fcntl
+
+    (photos / "dups").mkdir()
+    coll = Collection.open(photos / "coll")
+    from lookalike.search.dupreview import groups_of
+
+    decisions = decide(coll, groups_of(coll), KeepRule())
+    fd = os.open(photos / "dups" / dupmove.LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(dupmove.Busy):
+            dupmove.move(coll, decisions, photos / "dups")
+        assert list((photos / "dups").glob("lookalike-moves-*.json")) == []
+    finally:
+        os.close(fd)
+    out = dupmove.move(coll, decisions, photos / "dups")
+    manifest = json.loads(out.manifest.read_text())
+    assert manifest["status"] == "moved"
+    # listed as interrupted just before another process finished it: read again, not redone
+    real = dupmove.pending
+    calls = iter([[out.manifest], [out.manifest]])
+    dupmove.pending = lambda target: next(calls, real(target))  # type: ignore[assignment]
+    try:
+        assert dupmove.finish_pending(coll, photos / "dups") == []
+    finally:
+        dupmove.pending = real  # type: ignore[assignment]
+    assert json.loads(out.manifest.read_text()) == manifest
+
+
+def test_a_group_given_twice_is_one_entry(photos: Path) -> None:
+    coll = Collection.open(photos / "coll")
+    from lookalike.search.dupreview import groups_of
+
+    decisions = decide(coll, groups_of(coll), KeepRule())
+    out = dupmove.move(coll, decisions + decisions, photos / "dups")
+    froms = [e["from"] for e in json.loads(out.manifest.read_text())["moves"]]
+    assert len(froms) == len(set(froms)) == len(MOVERS)
 
 
 def _check_moved(root: Path, before: dict[str, str], sources: dict[str, int]) -> None:
@@ -139,6 +301,14 @@ def _check_undone(root: Path, before: dict[str, str], sources: dict[str, int]) -
 
             images, _, _ = load_images([src], coll.encoder.spec)
             assert coll.stored_ids(images)[0] >= 0, src
+    # every file put back is catalogued again, as showing the item that holds its pixels
+    rows = {r.path: r.id for r in files.rows(files.db(coll))}
+    assert set(rows) == {str(root / "photos" / rel) for rel in before}
+    for path, item in rows.items():
+        from lookalike.data.images import load_images
+
+        images, _, _ = load_images([path], coll.encoder.spec)
+        assert coll.stored_ids(images)[0] == item, path
 
 
 def test_move_then_undo_restores_every_byte(capsys: pytest.CaptureFixture[str], photos: Path) -> None:
@@ -175,7 +345,8 @@ def test_move_then_undo_restores_every_byte(capsys: pytest.CaptureFixture[str], 
     _check_undone(photos, before, sources)
     assert json.loads(manifests[0].read_text())["status"] == "undone"
     # the folders the moves made are gone; dups/phone was there before (the test made it)
-    assert sorted(p.name for p in (photos / "dups").iterdir()) == [m.name for m in manifests] + ["phone"]
+    assert sorted(p.name for p in (photos / "dups").iterdir()) == sorted(
+        [m.name for m in manifests] + [dupmove.LOCK, "phone"])
     assert not any((photos / "dups" / "phone").iterdir())
     # undoing again changes nothing
     code, out, _ = run(capsys, ["duplicates", photos / "coll", "--undo", manifests[0]])
@@ -230,9 +401,9 @@ def _crash_at(monkeypatch: pytest.MonkeyPatch, root: Path, step: int) -> Callabl
 def _move(coll_dir: Path, dups: Path) -> None:
     coll = Collection.open(coll_dir)
     dupmove.finish_pending(coll, dups)
-    from lookalike.search.dupreview import _groups
+    from lookalike.search.dupreview import groups_of
 
-    dupmove.move(coll, decide(coll, _groups(coll), KeepRule()), dups)
+    dupmove.move(coll, decide(coll, groups_of(coll), KeepRule()), dups)
 
 
 @pytest.mark.parametrize("devices", ["one", "many"])

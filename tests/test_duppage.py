@@ -136,3 +136,59 @@ def test_the_page_says_when_moving_is_off(browser: Browser, photos: Path, tmp_pa
             assert width[0] <= width[1], f"the page scrolls sideways on a phone: {width}"
         finally:
             context.close()
+
+
+def test_both_pages_share_one_set_image(browser: Browser, photos: Path, tmp_path: Path) -> None:  # noqa: F811
+    """setImage lives in static/api.js alone; with --token-reads the duplicates page's
+    thumbnails come through it, fetched with the token."""
+    static = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "app" / "static"
+    defined = {p.name for p in static.glob("*.js") if "r.ok ? r.blob()" in p.read_text()}
+    assert defined == {"api.js"}
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    path = shutil.copytree(photos / "coll", tmp_path / "coll")
+    with serving(path, "--token-file", str(token_file), "--token-reads") as url:
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+        try:
+            page.goto(url + "duplicates")
+            expect(page.locator("#token-dialog")).to_be_visible()
+            page.fill("#token-input", TOKEN)
+            page.click("#token-ok")
+            expect(page.locator(".dup-group")).to_have_count(len(GROUPS))
+            widths = _thumbnails(page)
+            assert widths and min(widths) > 0, widths
+            assert all(src.startswith("blob:") for src in page.evaluate(
+                "Array.from(document.querySelectorAll('.dup-member img')).map(i => i.src)"))
+        finally:
+            context.close()
+
+
+def test_the_search_page_uses_the_shared_set_image(browser: Browser, photos: Path,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    """The search page (static/app.js) with --token-reads: its results' images come through
+    api.js's setImage, fetched with the token."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    path = shutil.copytree(photos / "coll", tmp_path / "coll")
+    with serving(path, "--token-file", str(token_file), "--token-reads") as url:
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+        try:
+            page.goto(url)
+            expect(page.locator("#token-dialog")).to_be_visible()
+            page.fill("#token-input", TOKEN)
+            page.click("#token-ok")
+            expect(page.locator("#token-dialog")).to_be_hidden()
+            page.set_input_files("#file", photos / "photos" / "2019" / "a.png")
+            images = page.locator("#results .result img")
+            expect(images.first).to_be_visible()
+            deadline = time.monotonic() + 10
+            script = ("Array.from(document.querySelectorAll('#results .result img'))"
+                      ".map(i => [i.src, i.complete ? i.naturalWidth : 0])")
+            while not all(w > 0 for _, w in page.evaluate(script)) and time.monotonic() < deadline:
+                page.wait_for_timeout(50)
+            got = page.evaluate(script)
+            assert got and all(src.startswith("blob:") and w > 0 for src, w in got), got
+        finally:
+            context.close()

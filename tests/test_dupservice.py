@@ -140,3 +140,78 @@ def test_moving_off_or_read_only(root: Path) -> None:
             if status == 409:
                 assert answer["move_to"] is None and "--move-to" in refused.json()["detail"]
     assert tree(root / "photos") == before and not (root / "dups").exists()
+
+
+def test_reads_use_the_shared_collection_and_a_change_closes_its_own(
+        client: TestClient, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET opens no collection; a move opens one for its change and closes it; a group
+    given twice in one request moves its files once."""
+    opened: list[Collection] = []
+    closed: list[Collection] = []
+    real_open, real_close = Collection.open.__func__, Collection.close  # type: ignore[attr-defined]
+
+    def open_(cls: type[Collection], *args: object, **kwargs: object) -> Collection:
+        coll = real_open(cls, *args, **kwargs)
+        opened.append(coll)
+        return coll
+
+    def close(self: Collection) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(Collection, "open", classmethod(open_))
+    monkeypatch.setattr(Collection, "close", close)
+    answer = client.get("/api/duplicates").json()
+    assert len(answer["groups"]) == len(GROUPS) and opened == []
+    e = _confirm(answer, "2019/e.jpg", root)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    moved = client.post("/api/duplicates/move", json={"groups": [e, e]}, headers=auth)
+    assert moved.status_code == 200, moved.text
+    assert len(moved.json()["moved"]) == 2 and len(opened) == 1
+    assert all(any(c is o for c in closed) for o in opened)
+    manifest = (root / "dups" / moved.json()["manifest"]).read_text()
+    assert manifest.count('"from"') == 2
+
+
+def test_a_move_under_way_elsewhere_is_409(client: TestClient, root: Path) -> None:
+    import fcntl
+    import os
+
+    from lookalike.search import dupmove
+
+    before = tree(root / "photos")
+    answer = client.get("/api/duplicates").json()
+    body = {"groups": [_confirm(answer, "2019/a.png", root)]}
+    (root / "dups").mkdir()
+    fd = os.open(root / "dups" / dupmove.LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # (another process, a second worker: the same lock)
+        busy = client.post("/api/duplicates/move", json=body,
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+    finally:
+        os.close(fd)
+    assert busy.status_code == 409 and "try again" in busy.json()["detail"], busy.text
+    assert tree(root / "photos") == before
+    done = client.post("/api/duplicates/move", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert done.status_code == 200, done.text
+
+
+def test_an_item_shown_by_two_files_keeps_the_file_chosen(client: TestClient, root: Path) -> None:
+    """A byte copy of 2019/e.jpg catalogued as its item: each file is a member; the keeper
+    chosen by path stays and the item's other file moves."""
+    from lookalike.search import files
+
+    e, copy = root / "photos" / "2019" / "e.jpg", root / "photos" / "2019" / "e-copy-3.jpg"
+    copy.write_bytes(e.read_bytes())
+    coll = Collection.open(root / "coll")
+    e_id = files.rows(files.db(coll), "f.path = ?", (str(e),))[0].id
+    files.catalogue(coll, [copy], [e_id])
+    coll.close()
+    answer = client.get("/api/duplicates").json()
+    g = next(g for g in answer["groups"] if any(m["path"] == str(copy) for m in g["members"]))
+    assert g["keeper"] == e_id and g["keeper_path"] == str(e) and len(g["members"]) == 4
+    body = {"groups": [{"ids": sorted({m["id"] for m in g["members"]}), "keeper": e_id,
+                        "keeper_path": str(copy)}]}
+    moved = client.post("/api/duplicates/move", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert moved.status_code == 200, moved.text
+    assert copy.is_file() and not e.exists() and (root / "dups" / "2019" / "e.jpg").is_file()

@@ -173,3 +173,33 @@ def test_removing_items_deletes_their_rows(capsys: pytest.CaptureFixture[str], t
     index.close()
     assert [raw(i) for i in ids] == [0, 0, 0, 1]
     assert all(p.is_file() for p in shots) and copy.is_file()
+
+
+def test_read_facts_never_decodes_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PNG whose eXIf chunk follows the pixels: Pillow's getexif() would decode the whole
+    image to reach it; read_facts gives its size (and no date) without loading a pixel."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image, ImageFile
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(buf, format="PNG")
+    data = buf.getvalue()
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = "2019:05:01 10:11:12"
+    raw = exif.tobytes()
+    chunk = struct.pack(">I", len(raw)) + b"eXIf" + raw + struct.pack(">I", zlib.crc32(b"eXIf" + raw))
+    end = data.rindex(b"IEND") - 4
+    (tmp_path / "late.png").write_bytes(data[:end] + chunk + data[end:])
+    loads: list[object] = []
+
+    def no_load(self: object) -> None:
+        loads.append(self)
+        raise AssertionError("pixels decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_load)
+    facts = read_facts(tmp_path / "late.png")
+    assert (facts.width, facts.height, facts.format, facts.taken) == (40, 30, "PNG", None)
+    assert loads == []

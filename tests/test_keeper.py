@@ -118,3 +118,30 @@ def test_png_exif_after_the_pixels_is_not_read(tmp_path: Path) -> None:
     with Image.open(tmp_path / "late.png") as im:  # (Pillow does find it after a decode)
         im.load()
         assert im.getexif().get_ifd(0x8769).get(0x9003) == "2019:05:01 10:11:12"
+
+
+def test_date_taken_is_filefacts_own(tmp_path: Path) -> None:
+    """One definition of the date taken: DateTimeOriginal, else DateTime (IFD0)."""
+    from lookalike.data.filefacts import read_facts
+
+    exif = Image.Exif()
+    exif[0x0132] = "2017:03:04 05:06:07"  # DateTime only
+    Image.new("RGB", (32, 24)).save(tmp_path / "dt.jpg", exif=exif)
+    assert file_facts(tmp_path / "dt.jpg").taken == "2017-03-04T05:06:07"
+    assert read_facts(tmp_path / "dt.jpg").taken == file_facts(tmp_path / "dt.jpg").taken
+    assert read_facts(tmp_path / "dt.jpg").format == "JPEG"
+
+
+def test_in_glob_reads_as_the_search_filter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``in:phone/*`` matches a phone folder anywhere below, as ``--in phone/*`` does; a
+    folder named without wildcards is the files under it; ``./x`` is from the working folder."""
+    monkeypatch.chdir(tmp_path)
+    rule = KeepRule.parse("in:phone/*")
+    assert rule.matches("/photos/phone/a.jpg") and rule.matches("/a/b/phone/x/y.jpg")
+    assert not rule.matches("/photos/2019/a.jpg")
+    assert KeepRule.parse("in:phone").matches("/photos/phone/a.jpg")
+    assert not KeepRule.parse("in:phone").matches("/photos/phones/a.jpg")
+    assert KeepRule.parse("in:./phone").matches(str(tmp_path / "phone" / "a.jpg"))
+    assert not KeepRule.parse("in:./phone").matches("/elsewhere/phone/a.jpg")
+    a, b = _f("/photos/2019/a.jpg", 200, 200), _f("/photos/phone/a.jpg", 100, 100)
+    assert choose([a, b], rule) == (1, "in phone/*")

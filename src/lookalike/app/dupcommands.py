@@ -5,6 +5,7 @@ and the reason; a dry run, the default), ``--move-to DIR`` and ``--undo MANIFEST
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -28,10 +29,10 @@ def _size(n: int) -> str:
 
 def _line(mark: str, m: Member) -> str:
     if m.facts is None:
-        return f"  {mark:<5} {m.id:>7}  {m.source}  ({m.problem})"
+        return f"  {mark:<5} {m.id:>7}  {m.shown}  ({m.problem})"
     f = m.facts
     taken = f", taken {f.taken}" if f.taken else ""
-    return f"  {mark:<5} {m.id:>7}  {m.source}  ({f.width}x{f.height} {f.format}, {_size(f.bytes)}{taken})"
+    return f"  {mark:<5} {m.id:>7}  {m.shown}  ({f.width}x{f.height} {f.format}, {_size(f.bytes)}{taken})"
 
 
 def print_review(decisions: Sequence[Decision]) -> None:
@@ -40,9 +41,11 @@ def print_review(decisions: Sequence[Decision]) -> None:
     for number, d in enumerate(decisions, start=1):
         print(f"group {number} ({d.tier}, {len(d.members)} items): "
               + (f"keep {d.keeper}: {d.reason}" if d.keeper is not None else d.reason))
-        movers = {m.id for m in d.movers}
+        movers = {m.path for m in d.movers}
         for m in d.members:
-            print(_line("keep" if m.id == d.keeper else "move" if m.id in movers else "-", m))
+            mark = ("keep" if m.facts is not None and m.path == d.keeper_path
+                    else "move" if m.path in movers else "-")
+            print(_line(mark, m))
 
 
 def _report_move(out: Outcome) -> None:
@@ -81,6 +84,10 @@ def review_command(args: argparse.Namespace, coll: Collection,
         if dupmove.pending(args.move_to):  # pragma: no cover - finish_pending just did them
             raise LookalikeError(f"{args.move_to} still holds an interrupted run")
     decisions = decide(coll, as_groups(groups), rule)
+    if rule.kind == "in" and not any(rule.matches(m.path) for d in decisions for m in d.members
+                                     if m.facts is not None):
+        print(f"warning: --keep {rule} matches no file of the groups (kept by the rule best)",
+              file=sys.stderr)
     tally = Counter(d.tier for d in decisions)
     print(f"{len(decisions)} group(s) of duplicates among {len(coll)} items (near: aligned pixel "
           f"correlation >= {args.threshold})"

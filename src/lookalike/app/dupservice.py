@@ -10,14 +10,19 @@
 
 Moves and undos are changes: behind the same guards as every other change (the token,
 read-only). The browser never names a path: the folder is the server's, the files those
-of the groups it finds.
+of the groups it finds. Reads use the service's shared collection (its snapshot); a move
+or an undo opens the collection for its change, one at a time in this process, and
+closes it. A change another process (a second worker, a ``lookalike duplicates`` run) is
+making in the move folder meanwhile answers 409: try again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..search import dupmove
 from ..search.collection import Collection
-from ..search.dupreview import Decision, GroupLike, _groups, decide
+from ..search.dupreview import Decision, GroupLike, decide, groups_of
 from ..search.keeper import KeepRule
 from .schemas import MAX_ID, error_responses
 from .security import PAGE_CSP, Access, guards
+from .shared import SharedCollection
 
 STATIC = Path(__file__).resolve().parent / "static"
 THUMBNAIL = 160
@@ -40,6 +46,7 @@ _MANIFEST = re.compile(re.escape(dupmove.PREFIX) + r"[0-9A-Za-z]+\.json")
 class DupMember(BaseModel):
     id: int
     source: str
+    path: str | None = Field(None, description="the file (absolute, from the catalogue)")
     width: int | None = None
     height: int | None = None
     format: str | None = None
@@ -52,6 +59,7 @@ class DupMember(BaseModel):
 class DupGroup(BaseModel):
     tier: str
     keeper: int | None = Field(description="null: fewer than two files, nothing to do")
+    keeper_path: str | None = Field(None, description="the file kept (an item may show several)")
     reason: str
     members: list[DupMember]
 
@@ -67,6 +75,9 @@ class MoveGroup(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ids: list[int] = Field(min_length=2, max_length=10_000)
     keeper: int = Field(ge=0, le=MAX_ID)
+    keeper_path: str | None = Field(None, max_length=4096, description=(
+        "which file of the keeper to keep, when the item shows several (a path the group "
+        "listed; another is not one: the rule chooses among the item's files)"))
 
 
 class MoveRequest(BaseModel):
@@ -99,9 +110,21 @@ class UndoAnswer(BaseModel):
     count: int
 
 
-def duplicates_router(collection_path: Path, access: Access, move_to: Path | None) -> APIRouter:
-    """The routes above, for the collection at ``collection_path`` (each request opens it
-    as committed then, so a move here and searches elsewhere see one another's commits)."""
+@contextlib.contextmanager
+def _changing(path: Path) -> Iterator[Collection]:
+    """The collection opened for one change, closed after; another process's move in the
+    folder meanwhile is a 409."""
+    with contextlib.closing(Collection.open(path)) as coll:
+        try:
+            yield coll
+        except dupmove.Busy as exc:
+            raise HTTPException(409, f"{exc}: try again") from None
+
+
+def duplicates_router(shared: SharedCollection, access: Access, move_to: Path | None) -> APIRouter:
+    """The routes above, for the service's collection ``shared`` (reads from its snapshot;
+    a move or an undo opens the collection for its change and closes it: the snapshot then
+    reads that commit, as it reads another process's)."""
     router = APIRouter()
     reads, writes = guards(access, write=False), guards(access, write=True)
     read_errors = (401,) if reads else ()
@@ -114,7 +137,7 @@ def duplicates_router(collection_path: Path, access: Access, move_to: Path | Non
         key = (coll.generation, str(coll.manifest.get("updated")))
         if key not in found:
             found.clear()
-            found[key] = _groups(coll)
+            found[key] = groups_of(coll)
         return found[key]
 
     def answer(request: Request, decisions: list[Decision], rule: KeepRule, count: int
@@ -136,7 +159,7 @@ def duplicates_router(collection_path: Path, access: Access, move_to: Path | Non
     def list_groups(request: Request, keep: str = Query(
             "best", max_length=300, description="best, newest or in:GLOB")) -> dict[str, Any]:
         rule = KeepRule.parse(keep)
-        coll = Collection.open(collection_path)
+        coll = shared.current()
         return answer(request, decide(coll, groups(coll), rule), rule, len(coll))
 
     @router.post("/api/duplicates/move", tags=["duplicates"], response_model=MoveAnswer,
@@ -145,18 +168,18 @@ def duplicates_router(collection_path: Path, access: Access, move_to: Path | Non
                  responses=error_responses(400, *write_errors, 409, 422))
     def move(body: MoveRequest) -> dict[str, Any]:
         folder = _folder(move_to)
-        with one_change:
-            coll = Collection.open(collection_path)
+        with one_change, _changing(shared.path) as coll:
             dupmove.finish_pending(coll, folder)
             now = {frozenset(g.ids): g for g in groups(coll)}
-            confirmed = []
+            confirmed: dict[frozenset[int], GroupLike] = {}
             for g in body.groups:
                 match = now.get(frozenset(g.ids))
                 if match is None or g.keeper not in g.ids:
                     raise HTTPException(409, f"the group of items {sorted(g.ids)[:5]} is not one "
                                              "of the groups found now (reload the page)")
-                confirmed.append(match)
-            decisions = decide(coll, confirmed, chosen={g.keeper for g in body.groups})
+                confirmed[frozenset(g.ids)] = match  # (a group given twice is one)
+            decisions = decide(coll, list(confirmed.values()), chosen={g.keeper for g in body.groups},
+                               chosen_paths={g.keeper_path for g in body.groups if g.keeper_path})
             out = dupmove.move(coll, decisions, folder)
             return {"manifest": out.manifest.name, "moved": [int(e["id"]) for e in out.done],
                     "not_moved": [{"id": int(e["id"]), "why": why} for e, why in out.skipped],
@@ -170,8 +193,7 @@ def duplicates_router(collection_path: Path, access: Access, move_to: Path | Non
         folder = _folder(move_to)
         if not _MANIFEST.fullmatch(body.manifest) or not (folder / body.manifest).is_file():
             raise HTTPException(404, f"no manifest {body.manifest!r} in the move folder")
-        with one_change:
-            coll = Collection.open(collection_path)
+        with one_change, _changing(shared.path) as coll:
             out = dupmove.undo(coll, folder / body.manifest)
             return {"manifest": body.manifest, "put_back": len(out.done), "added": out.added,
                     "not_put_back": [{"id": int(e["id"]), "why": why} for e, why in out.skipped],

@@ -439,7 +439,7 @@ def create_app(collection_path: str | os.PathLike[str], *,
         return FileResponse(STATIC / "docs.html", headers={
             "Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"})
 
-    app.include_router(duplicates_router(shared.path, access, move_folder(move_to)))
+    app.include_router(duplicates_router(shared, access, move_folder(move_to)))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     return app

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LookalikeError
 from ..fsutil import atomic_write_json, file_sha256, fsync_dir, read_json
+from . import files as catalogue
 from .dupreview import Decision, absolute
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "lookalike-moves"
 PREFIX = "lookalike-moves-"
+LOCK = "lookalike-moves-lock"
+STATUSES = ("planned", "moving", "moved", "undoing", "undone")
 _PART = ".lookalike-part"
 #: ``link`` errors that mean "no hard link here" (another file system, or none supported).
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
@@ -163,19 +166,41 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class Busy(LookalikeError):
+    """Another process is moving files into, or out of, the folder."""
+
+
 @contextlib.contextmanager
-def _locked(manifest: Path) -> Iterator[None]:
-    """One process at a time works on a manifest (an exclusive ``flock``; the kernel lets go
-    when the process dies)."""
-    fd = os.open(manifest, os.O_RDONLY)
+def _locked(folder: Path) -> Iterator[None]:
+    """One process at a time works on a move folder's manifests: an exclusive ``flock`` on
+    ``folder/lookalike-moves-lock`` (a file never replaced, unlike the manifests, which are
+    written atomically; the kernel lets go when the process dies). Every manifest is read,
+    and written, only while it is held."""
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LookalikeError(f"another process is working on {manifest}") from None
+            raise Busy(f"another process is moving files in {folder}") from None
         yield
     finally:
         os.close(fd)
+
+
+def _check_moves(p: Path, moves: Any, key: str) -> None:
+    if not isinstance(moves, list):
+        raise LookalikeError(f"{p} is not a lookalike moves manifest ({key!r} is not a list)")
+    types: dict[str, type] = (
+        {"id": int, "from": str, "to": str, "why": str} if key == "skipped" else
+        {"id": int, "source": str, "label": int, "from": str, "to": str, "sha256": str, "bytes": int})
+    for number, e in enumerate(moves):
+        bad = ([k for k, t in types.items() if not isinstance(e.get(k), t) or isinstance(e.get(k), bool)]
+               if isinstance(e, dict) else ["the entry itself"])
+        if not bad and key == "moves" and not (os.path.isabs(e["from"]) and os.path.isabs(e["to"])):
+            bad = ["from/to (not absolute paths)"]
+        if bad:
+            raise LookalikeError(f"{p} is not a lookalike moves manifest ({key} entry {number}: "
+                                 f"{', '.join(bad)})")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -187,9 +212,18 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise LookalikeError(f"manifest {p} does not exist") from None
     except (OSError, ValueError) as exc:
         raise LookalikeError(f"{p} is not a readable moves manifest ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(
-            data.get("moves"), list):
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LookalikeError(f"{p} is not a lookalike moves manifest")
+    if data.get("status") not in STATUSES:
+        raise LookalikeError(f"{p} is not a lookalike moves manifest (status {data.get('status')!r})")
+    _check_moves(p, data.get("moves"), "moves")
+    _check_moves(p, data.get("skipped", []), "skipped")
+    made = data.get("made_folders", [])
+    if not isinstance(made, list) or not all(isinstance(f, str) for f in made):
+        raise LookalikeError(f"{p} is not a lookalike moves manifest (made_folders)")
+    for key in ("collection", "dir", "root"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise LookalikeError(f"{p} is not a lookalike moves manifest ({key})")
     return data
 
 
@@ -204,20 +238,29 @@ def plan(decisions: Sequence[Decision], target: str | os.PathLike[str]) -> dict[
     the files hashed now). Files whose destination exists are listed under ``skipped``.
 
     Raises:
-        LookalikeError: ``target`` is an existing file, or lies inside a file to move.
+        LookalikeError: ``target`` is an existing file, or lies inside one (a file to move,
+            say).
     """
     dest = Path(absolute(str(target)))
     if dest.exists() and not dest.is_dir():
         raise LookalikeError(f"--move-to {dest} is a file, not a folder")
+    for parent in dest.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LookalikeError(f"--move-to {dest} lies inside the file {parent}")
+            break
     movers = [(d, m) for d in decisions for m in d.movers]
-    paths = [absolute(m.source) for _, m in movers]
+    paths = [m.path for _, m in movers]  # absolute, from the catalogue
     # the common folder of every file of the groups, keepers too: the same library gives
     # the same layout in DIR from one run to the next
-    every = [absolute(m.source) for d in decisions if d.movers for m in d.members if m.facts]
+    every = [m.path for d in decisions if d.movers for m in d.members if m.facts]
     root = os.path.commonpath([os.path.dirname(p) for p in every]) if every else str(dest)
-    moves, skipped, made = [], [], set()
+    moves, skipped, made, seen = [], [], set(), set()
     for number, (decision, member) in enumerate(movers):
         src = paths[number]
+        if src in seen:  # (a group given twice)
+            continue
+        seen.add(src)
         dst = dest / os.path.relpath(src, root)
         if os.path.lexists(dst):
             skipped.append({"id": member.id, "from": src, "to": str(dst),
@@ -253,20 +296,32 @@ def move(coll: Collection, decisions: Sequence[Decision], target: str | os.PathL
         LookalikeError: ``target`` holds an interrupted run, or is a file.
     """
     dest = Path(absolute(str(target)))
-    unfinished = pending(dest)
-    if unfinished:  # (decisions made before it is finished would be out of date)
-        raise LookalikeError(f"{unfinished[0]} is an interrupted run: finish it first "
-                             "(finish_pending)")
-    manifest = plan(decisions, dest)
-    manifest["collection"] = str(coll.path.resolve())
+    plan((), dest)  # (the target checked before anything is made)
     dest.mkdir(parents=True, exist_ok=True)
-    name = f"{PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.json"
-    path = dest / name
-    _save(path, manifest, "moving")  # before the first file moves
-    with _locked(path):
+    with _locked(dest):
+        unfinished = pending(dest)
+        if unfinished:  # (decisions made before it is finished would be out of date)
+            raise LookalikeError(f"{unfinished[0]} is an interrupted run: finish it first "
+                                 "(finish_pending)")
+        manifest = plan(decisions, dest)
+        manifest["collection"] = str(coll.path.resolve())
+        path = _create(dest)
+        _save(path, manifest, "moving")  # before the first file moves
         out = _forward(coll, path, manifest, resuming=False)
     out.skipped += [(e, e["why"]) for e in manifest["skipped"]]
     return out
+
+
+def _create(dest: Path) -> Path:
+    """A new manifest's path in ``dest``, the file created there (exclusively: never one
+    that exists)."""
+    while True:
+        path = dest / f"{PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.json"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return path
+        except FileExistsError:
+            continue
 
 
 def _forward(coll: Collection, path: Path, manifest: dict[str, Any], resuming: bool) -> Outcome:
@@ -278,11 +333,23 @@ def _forward(coll: Collection, path: Path, manifest: dict[str, Any], resuming: b
         else:
             log.warning("not moved: %s", why)
             out.skipped.append((entry, why))
-    out.removed = coll.remove([e["id"] for e in out.done])
+    out.removed = _remove(coll, out.done)
     manifest["moved"] = [e["id"] for e in out.done]
     manifest["not_moved"] = [{"id": e["id"], "why": why} for e, why in out.skipped]
     _save(path, manifest, "moved")
     return out
+
+
+def _remove(coll: Collection, done: list[dict[str, Any]]) -> int:
+    """The moved files leave the catalogue; their items leave the collection, those that no
+    longer show any catalogued file (an item may show a file that stayed)."""
+    if not done:
+        return 0
+    where = catalogue.db(coll)
+    catalogue.drop(where, [e["from"] for e in done])
+    ids = sorted({int(e["id"]) for e in done})
+    still = catalogue.of_ids(where, ids)
+    return coll.remove([i for i in ids if i not in still])
 
 
 def undo(coll: Collection, manifest_path: str | os.PathLike[str], progress: bool = False
@@ -293,12 +360,13 @@ def undo(coll: Collection, manifest_path: str | os.PathLike[str], progress: bool
     Raises:
         LookalikeError: not a manifest, or one made for another collection.
     """
-    path = Path(manifest_path)
-    manifest = read_manifest(path)
-    made_for = manifest.get("collection")
-    if made_for and Path(made_for) != coll.path.resolve():
-        raise LookalikeError(f"{path} moved items of the collection {made_for}, not {coll.path}")
-    with _locked(path):
+    path = Path(absolute(str(manifest_path)))
+    read_manifest(path)  # (not one: said before the lock file is made beside it)
+    with _locked(path.parent):
+        manifest = read_manifest(path)
+        made_for = manifest.get("collection")
+        if made_for and Path(made_for) != coll.path.resolve():
+            raise LookalikeError(f"{path} moved items of the collection {made_for}, not {coll.path}")
         if manifest["status"] != "undone":
             _save(path, manifest, "undoing")
         return _backward(coll, path, manifest, progress)
@@ -315,7 +383,12 @@ def _backward(coll: Collection, path: Path, manifest: dict[str, Any], progress: 
             log.warning("not put back: %s", why)
             out.skipped.append((entry, why))
     out.added, out.kept_by_content = _add_back(coll, out.done, progress)
+    home = str(path.parent)
     for folder in manifest.get("made_folders") or []:
+        folder = os.path.normpath(folder)
+        if os.path.dirname(folder) == folder or os.path.commonpath([home, folder]) != home:
+            log.warning("not removed: %s is not under %s", folder, home)
+            continue
         with contextlib.suppress(OSError):  # not empty: something else is in it
             os.rmdir(folder)
     manifest["not_put_back"] = [{"id": e["id"], "why": why} for e, why in out.skipped]
@@ -325,14 +398,21 @@ def _backward(coll: Collection, path: Path, manifest: dict[str, Any], progress: 
 
 def _add_back(coll: Collection, entries: list[dict[str, Any]], progress: bool) -> tuple[int, int]:
     """Add the entries' files to ``coll`` under their old source and label, those it does
-    not hold already (by source), a batch per commit as ``lookalike add``; returns (added,
-    held already under another item by content)."""
+    not hold already (by source; one item per source, several files may have shown it), a
+    batch per commit as ``lookalike add``, and catalogue every file put back as showing its
+    item; returns (added, held already under another item by content)."""
     from tqdm.auto import tqdm
 
     from ..data.images import load_images
 
-    present = coll.sources(e["source"] for e in entries)
-    todo = [e for e in entries if e["source"] not in present]
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_source.setdefault(e["source"], []).append(e)
+    present = coll.sources(by_source)
+    held = [(e["from"], present[e["source"]][0]) for e in entries if e["source"] in present]
+    if held:
+        catalogue.catalogue(coll, [p for p, _ in held], [i for _, i in held])
+    todo = [es[0] for src, es in by_source.items() if src not in present]
     added = by_content = 0
     with tqdm(total=len(todo), desc="adding back", unit="img", disable=not progress) as bar:
         for start in range(0, len(todo), ADD_BATCH):
@@ -348,6 +428,9 @@ def _add_back(coll: Collection, entries: list[dict[str, Any]], progress: bool) -
                 new = {int(i) for i in ids} - before
                 added += len(new)
                 by_content += len(rows) - len(new)
+                shown = [(e["from"], int(i)) for r, i in zip(rows, ids, strict=True)
+                         for e in by_source[r["source"]]]
+                catalogue.catalogue(coll, [p for p, _ in shown], [i for _, i in shown])
             bar.update(len(batch))
     return added, by_content
 
@@ -371,12 +454,17 @@ def pending(target: str | os.PathLike[str]) -> list[Path]:
 def finish_pending(coll: Collection, target: str | os.PathLike[str]) -> list[Outcome]:
     """Complete each run that ``target``'s manifests say was interrupted: a move is
     finished, an undo too. Returns what each did."""
-    outcomes = []
-    for p in pending(target):
-        manifest = read_manifest(p)
-        log.warning("completing the interrupted %s of %s",
-                    {"moving": "move", "undoing": "undo"}[manifest["status"]], p)
-        with _locked(p):
+    outcomes: list[Outcome] = []
+    dest = Path(absolute(str(target)))
+    if not dest.is_dir():
+        return outcomes
+    with _locked(dest):  # (before any manifest is read)
+        for p in pending(dest):
+            manifest = read_manifest(p)  # (read again under the lock: another run may have
+            if manifest["status"] not in ("moving", "undoing"):  # finished it meanwhile)
+                continue
+            log.warning("completing the interrupted %s of %s",
+                        {"moving": "move", "undoing": "undo"}[manifest["status"]], p)
             if manifest["status"] == "moving":
                 outcomes.append(_forward(coll, p, manifest, resuming=True))
             else:

@@ -2,15 +2,18 @@
 
 The facts (:func:`file_facts`) come from the file's header, never a full decode: its size
 in pixels and format (Pillow opens lazily), its size in bytes, and the date taken
-(EXIF ``DateTimeOriginal``). The rules (:class:`KeepRule`, ``--keep``):
+(EXIF ``DateTimeOriginal``, else ``DateTime``), all from
+:func:`lookalike.data.filefacts.read_facts`. The rules (:class:`KeepRule`, ``--keep``):
 
 * ``best`` (the default): most pixels; then least compressed: a lossless format before a
   lossy one, then more bytes per pixel; then the oldest date taken (a file without one
   after those with one); then the shortest path; then the path's text (so ties always
   end the same way, whatever the order the group came in);
 * ``newest``: the newest date taken first (a file without one last), then ``best``;
-* ``in:GLOB``: files whose path matches GLOB first (``fnmatch``, where ``*`` also matches
-  ``/``; a GLOB without wildcards is a folder: the files under it), then ``best``.
+* ``in:GLOB``: files whose path matches GLOB first, then ``best``. GLOB reads as the search
+  filter ``--in GLOB`` does (:func:`lookalike.search.filters.glob_pattern`): ``*`` also
+  matches ``/``, a relative pattern matches anywhere below (``phone/*`` is ``*/phone/*``),
+  ``./x`` is from the working folder, and one without wildcards is a folder or a file.
 
 :func:`choose` returns the keeper and the reason: the first criterion on which it beat the
 runner-up, in words.
@@ -20,29 +23,23 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
+from ..data import filefacts
 from ..errors import LookalikeError
+from .filters import glob_pattern
 
 #: Formats that lose nothing: a copy in one of them never lost detail to its own encoding.
 LOSSLESS = frozenset({"PNG", "TIFF", "BMP", "GIF", "PPM", "PGM", "PBM", "TGA", "QOI"})
-_EXIF_IFD = 0x8769
-_DATE_TAKEN = 0x9003  # DateTimeOriginal
-_EXIF_DATE = re.compile(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
-_WILDCARDS = re.compile(r"[*?\[]")
 
 
 @dataclass(frozen=True)
 class FileFacts:
-    """What the keep rule knows of one file. ``pixels`` is 0 and ``format`` empty when the
-    file is not a readable image; ``taken`` is ISO ``YYYY-MM-DDTHH:MM:SS`` or None."""
+    """What the keep rule knows of one file, derived from
+    :func:`lookalike.data.filefacts.read_facts`. ``pixels`` is 0 and ``format`` empty when
+    the file is not a readable image; ``taken`` is ISO ``YYYY-MM-DDTHH:MM:SS`` or None."""
 
     path: str
     width: int
@@ -50,6 +47,11 @@ class FileFacts:
     format: str
     bytes: int
     taken: str | None
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str], facts: filefacts.FileFacts) -> FileFacts:
+        return cls(str(path), facts.width or 0, facts.height or 0, facts.format or "",
+                   facts.stat.size, facts.taken)
 
     @property
     def pixels(self) -> int:
@@ -70,39 +72,11 @@ class FileFacts:
                 "format": self.format, "bytes": self.bytes, "taken": self.taken}
 
 
-def _date(value: Any) -> str | None:
-    """EXIF's ``YYYY:MM:DD HH:MM:SS`` as ISO, or None when absent or not a real date."""
-    if isinstance(value, bytes):
-        value = value.decode("ascii", errors="replace")
-    m = _EXIF_DATE.match(str(value).strip()) if value is not None else None
-    if m is None:
-        return None
-    try:
-        year, month, day, hour, minute, second = map(int, m.groups())
-        return datetime(year, month, day, hour, minute, second).isoformat()
-    except ValueError:  # 0000:00:00 00:00:00 and the like
-        return None
-
-
-def _taken(im: Image.Image) -> str | None:
-    # A PNG's getexif() decodes the whole image when no eXIf chunk came before the pixels;
-    # the EXIF that matters is read with the header, so only that is looked at.
-    if im.format == "PNG" and "exif" not in im.info:
-        return None
-    exif = im.getexif()
-    return _date(exif.get_ifd(_EXIF_IFD).get(_DATE_TAKEN)) or _date(exif.get(_DATE_TAKEN))
-
-
 def file_facts(path: str | os.PathLike[str]) -> FileFacts:
-    """The facts of the file at ``path`` (header only). A file that is not a readable image
-    gets ``width = height = 0``; a missing one raises ``OSError``."""
-    p = Path(path)
-    size = p.stat().st_size
-    try:
-        with Image.open(p) as im:
-            return FileFacts(str(path), im.width, im.height, im.format or "", size, _taken(im))
-    except (UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return FileFacts(str(path), 0, 0, "", size, None)
+    """The facts of the file at ``path`` (header only, :func:`~lookalike.data.filefacts.read_facts`).
+    A file that is not a readable image gets ``width = height = 0``; a missing one raises
+    ``OSError``."""
+    return FileFacts.of(path, filefacts.read_facts(path))
 
 
 # ---------------------------------------------------------------------------- the rules
@@ -133,13 +107,10 @@ class KeepRule:
         return f"in:{self.glob}" if self.kind == "in" else self.kind
 
     def matches(self, path: str) -> bool:
-        """Whether ``path`` is under the folder or matches the pattern of ``in:GLOB``."""
+        """Whether ``path`` (made absolute) matches ``in:GLOB`` (see the module docstring)."""
         assert self.glob is not None
-        candidates = {path, os.path.abspath(path)}
-        if _WILDCARDS.search(self.glob):
-            return any(fnmatch.fnmatchcase(c, self.glob) for c in candidates)
-        folder = os.path.abspath(self.glob).rstrip(os.sep) + os.sep
-        return any(os.path.abspath(c).startswith(folder) for c in candidates)
+        full = os.path.abspath(path)
+        return any(fnmatch.fnmatchcase(full, p) for p in glob_pattern(self.glob))
 
 
 def _best_key(f: FileFacts) -> tuple[Any, ...]:

@@ -62,5 +62,18 @@ window.lookalikeApi = (() => {
     }
   }
 
-  return { api, errorText };
+  // An image of the API into <img>: a plain URL, or, when reads need the token
+  // (tokenReads), fetched with it as a blob whose object URL is pushed on blobs (the
+  // page revokes them when it replaces its images).
+  function setImage(img, url, tokenReads, blobs) {
+    if (!tokenReads) { img.src = url; return; }
+    api(url).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
+      if (!blob) return;
+      const local = URL.createObjectURL(blob);
+      blobs.push(local);
+      img.src = local;
+    }).catch(() => { /* the card stays without its image */ });
+  }
+
+  return { api, errorText, setImage };
 })();

@@ -41,16 +41,8 @@
 
   // An image of the API: a plain URL, or, when reads need the token, fetched with it.
   function setImage(img, url) {
-    if (!state.stats || state.stats.access.reads !== "token") {
-      img.src = url;
-      return;
-    }
-    api(url).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
-      if (!blob) return;
-      const local = URL.createObjectURL(blob);
-      state.blobs.push(local);
-      img.src = local;
-    }).catch(() => { /* the card stays without its image */ });
+    window.lookalikeApi.setImage(img, url, Boolean(state.stats && state.stats.access.reads === "token"),
+                                 state.blobs);
   }
 
   // ------------------------------------------------------------------ collection

@@ -26,15 +26,9 @@
     return u === 0 ? `${n} B` : `${n.toFixed(1)} ${units[u]}`;
   }
 
-  // An image of the API: a plain URL, or, when reads need the token, fetched with it.
+  // An image of the API (static/api.js), fetched with the token when reads need it.
   function setImage(img, url) {
-    if (state.reads !== "token") { img.src = url; return; }
-    api(url).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
-      if (!blob) return;
-      const local = URL.createObjectURL(blob);
-      state.blobs.push(local);
-      img.src = local;
-    }).catch(() => { /* the card stays without its image */ });
+    window.lookalikeApi.setImage(img, url, state.reads === "token", state.blobs);
   }
 
   function el(tag, props = {}, children = []) {
@@ -50,11 +44,13 @@
   }
 
   // ------------------------------------------------------------------ one group
-  function markKeeper(section, keeper) {
+  // The keeper is a file: its item and, where the item shows several files, its path.
+  function markKeeper(section, keeper, keeperPath) {
     section.dataset.keeper = String(keeper);
+    section.dataset.keeperPath = keeperPath || "";
     for (const fig of section.querySelectorAll(".dup-member")) {
       const file = fig.dataset.file === "1";
-      const keeps = Number(fig.dataset.id) === keeper;
+      const keeps = keeperPath ? fig.dataset.path === keeperPath : Number(fig.dataset.id) === keeper;
       fig.classList.toggle("keeper", keeps);
       fig.classList.toggle("mover", file && !keeps);
       fig.querySelector(".badge").textContent = keeps ? "keep" : file ? "move" : "not a file";
@@ -70,17 +66,18 @@
       `${m.width}×${m.height} ${m.format} · ${size(m.bytes)}` + (m.taken ? ` · taken ${m.taken.replace("T", " ")}` : "");
     const fig = el("figure", { className: "dup-member" }, [
       img,
-      el("p", { className: "source", textContent: m.source || `item #${m.id}` }),
+      el("p", { className: "source", textContent: m.path || m.source || `item #${m.id}` }),
       el("p", { className: "facts muted", textContent: facts }),
       el("span", { className: "badge" }),
     ]);
     fig.dataset.id = String(m.id);
+    fig.dataset.path = m.path || "";
     fig.dataset.file = m.problem ? "0" : "1";
     if (!m.problem) {
-      const radio = el("input", { type: "radio", name: `keep-${n}`, value: String(m.id) });
+      const radio = el("input", { type: "radio", name: `keep-${n}`, value: m.path || String(m.id) });
       radio.addEventListener("change", () => {
         const section = fig.closest(".dup-group");
-        markKeeper(section, m.id);
+        markKeeper(section, m.id, m.path);
         section.querySelector(".reason").textContent = "keeper chosen by hand";
       });
       fig.append(el("label", { className: "small" }, [radio, " keep this one"]));
@@ -100,12 +97,12 @@
       ]),
       el("div", { className: "dup-members" }, g.members.map((m) => member(m, n))),
     ]);
-    section.dataset.ids = g.members.map((m) => m.id).join(",");
+    section.dataset.ids = Array.from(new Set(g.members.map((m) => m.id))).join(",");
     if (g.keeper == null) {
       confirm.disabled = true;
       skip.disabled = true;
     } else {
-      markKeeper(section, g.keeper);
+      markKeeper(section, g.keeper, g.keeper_path);
     }
     for (const fig of section.querySelectorAll(".dup-member")) {
       if (g.keeper == null) fig.querySelector(".badge").textContent = fig.dataset.file === "1" ? "" : "not a file";
@@ -129,6 +126,7 @@
   function confirmed() {
     return Array.from(els.groups.querySelectorAll(".dup-group.confirmed:not(.skipped)")).map((s) => ({
       ids: s.dataset.ids.split(",").map(Number), keeper: Number(s.dataset.keeper),
+      keeper_path: s.dataset.keeperPath || null,
     }));
   }
 
@@ -145,7 +143,7 @@
     for (const url of state.blobs) URL.revokeObjectURL(url);
     state.blobs = [];
     const movable = answer.groups.filter((g) => g.keeper != null);
-    const copies = movable.reduce((n, g) => n + g.members.filter((m) => !m.problem && m.id !== g.keeper).length, 0);
+    const copies = movable.reduce((n, g) => n + g.members.filter((m) => !m.problem && (g.keeper_path ? m.path !== g.keeper_path : m.id !== g.keeper)).length, 0);
     els.summary.textContent = `${answer.groups.length} group(s) among ${answer.count.toLocaleString()} images · ` +
       `${copies} cop${copies === 1 ? "y" : "ies"} to move · keep rule: ${answer.keep}`;
     els.moveTo.textContent = answer.move_to ? `Copies move into ${answer.move_to}, with a manifest to undo it.` :
