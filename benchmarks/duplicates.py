@@ -111,15 +111,20 @@ def components(pairs: set[Pair]) -> list[list[str]]:
 
 
 def lookalike_groups(coll_dir: Path, scorer: Callable[..., np.ndarray] | None = None,
-                     every_pair: bool = False) -> tuple[dict[str, list[list[str]]], float]:
-    """Groups by tier (names), with the pass's own scorer or ``scorer`` in its place."""
+                     every_pair: bool = False, fine: bool = True
+                     ) -> tuple[dict[str, list[list[str]]], float]:
+    """Groups by tier (names), with the pass's own scorer or ``scorer`` in its place, and
+    without the fine check unless ``fine``."""
     from lookalike.search import duplicates, duppass
     from lookalike.search.collection import Collection
 
     coll = Collection.open(coll_dir)
     saved = duppass.pair_scores
     saved_k = duplicates.DEFAULT_K
+    saved_fine = duplicates.fine_check
     try:
+        if not fine:
+            duplicates.fine_check = lambda pictures, i, j, score, threshold: score
         if scorer is not None:
             duppass.pair_scores = scorer  # type: ignore[assignment]
         start = time.perf_counter()
@@ -128,6 +133,7 @@ def lookalike_groups(coll_dir: Path, scorer: Callable[..., np.ndarray] | None = 
         seconds = time.perf_counter() - start
     finally:
         duppass.pair_scores = saved  # type: ignore[assignment]
+        duplicates.fine_check = saved_fine
     sources = {it.id: Path(it.source).name for it in coll.items(coll.ids) if it}
     by_tier: dict[str, list[list[str]]] = {}
     for g in groups:
@@ -197,12 +203,14 @@ def quality(work: Path, reuse: bool) -> str:
                           secs))
     rows.append(score_row("pHash, Hamming <= 10, as groups", group_closure(components(found)),
                           true, similar, kinds))
-    for label, scorer, every_pair in (
-            ("ablation: plain correlation, no alignment", plain_scorer, False),
-            ("ablation: grid of zooms and shifts only (no refinement, no ring)", grid_scorer, False),
-            ("ablation: no ring", no_ring_scorer, False),
-            ("ablation: every pair a candidate (no codes)", None, True)):
-        g, secs = lookalike_groups(coll, scorer, every_pair)
+    for label, scorer, every_pair, fine in (
+            ("ablation: no fine check (32 px grey only)", None, False, False),
+            ("ablation: plain correlation, no alignment", plain_scorer, False, True),
+            ("ablation: grid of zooms and shifts only (no refinement, no ring)", grid_scorer, False,
+             True),
+            ("ablation: no ring", no_ring_scorer, False, True),
+            ("ablation: every pair a candidate (no codes)", None, True, True)):
+        g, secs = lookalike_groups(coll, scorer, every_pair, fine)
         rows.append(score_row(label, group_closure(g["near or stronger"]), true, similar, kinds,
                               secs))
     counts = {k: sum(v == k for v in true.values()) for k in kinds}

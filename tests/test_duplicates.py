@@ -31,6 +31,7 @@ from lookalike.search.duplicates import (
     find_groups,
     group_pairs,
 )
+from lookalike.search.finecheck import MAX_BLOCK_RESIDUAL, block_residuals
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -155,6 +156,32 @@ def test_a_shifted_window_is_similar_only_when_asked(photos: tuple[Path, dict[st
     assert SIMILAR_THRESHOLD <= groups[0].score < NEAR_THRESHOLD
 
 
+def test_overlapping_windows_that_pass_at_32_px_fail_the_fine_check(
+        photos: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """Two windows of the china photo, the second 39 px (30% of a side) lower, correlate above
+    the near threshold at 32 px grey, but their aligned colour pictures differ in a block by
+    far more than a copy does: not near. A 10% border crop of the first, saved at JPEG
+    quality 60, still is."""
+    arr = load_sample_images().images[0]
+    images = tmp_path / "images"
+    images.mkdir()
+    first = Image.fromarray(arr[0:130, 43:173])
+    first.save(images / "top.jpg", quality=95)
+    Image.fromarray(arr[39:169, 43:173]).save(images / "lower.jpg", quality=95)
+    _crop(first, 0.10, 0.10, 0.10, 0.10).save(images / "top_crop.jpg", quality=60)
+    shutil.copytree(photos[0].parent / "model", tmp_path / "model")
+    coll = Collection.open(_index(tmp_path, images))
+    by_name = {Path(it.source).name: it.id for it in coll.items(coll.ids) if it}
+    pictures = np.stack([coll.image(by_name[n]) for n in ("top.jpg", "lower.jpg", "top_crop.jpg")])
+    grey = thumbnails(pictures)
+    assert pair_scores(grey[:1], grey[1:2], (32, 32))[0] >= NEAR_THRESHOLD  # the 32 px check alone
+    residual = block_residuals(pictures[[0, 0]], pictures[[1, 2]])
+    assert residual[0] > 2 * MAX_BLOCK_RESIDUAL and residual[1] < MAX_BLOCK_RESIDUAL
+    assert _by_source(coll, find_groups(coll)) == {("top.jpg", "top_crop.jpg"): "near"}
+    assert _by_source(coll, find_groups(coll, similar=True)) == {
+        ("lower.jpg", "top.jpg", "top_crop.jpg"): "similar"}
+
+
 def test_border_crops_up_to_ten_percent_a_side_are_near_and_distinct_photos_are_not() -> None:
     windows = _windows()
     names = list(windows)
@@ -196,7 +223,7 @@ def test_the_grid_search_equals_warps_done_one_by_one() -> None:
         each = [np.corrcoef(warped(a[r], *warp), b[r])[0, 1] for warp in WARPS]
         assert got[r] == pytest.approx(max(each), abs=1e-4)
         assert int(which[r]) == int(np.argmax(each))
-    refined, moved = _refine(a, standardise(b), (h, w), np.asarray(WARPS)[which])
+    refined, moved, _ = _refine(a, standardise(b), (h, w), np.asarray(WARPS)[which])
     assert np.all(refined >= got - 1e-5)
     assert _operator(h, w)[0].shape == (len(WARPS) * h * w, h * w)
     inner = np.zeros((h, w), dtype=bool)

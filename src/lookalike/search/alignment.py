@@ -144,10 +144,11 @@ def _axis_dense(n: int, scale: float, shift: float) -> np.ndarray:
 
 
 def _refine(a: np.ndarray, zb: np.ndarray, shape: tuple[int, int], warp: np.ndarray,
-            rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
+            rounds: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(m,)``: the best correlation of ``a[i]`` warped by ``warp[i]`` (``(m, 3)``: scale,
     shifts) or a warp near it, found by ``rounds`` of local search (steps of half the grid's,
-    then a quarter...) with ``zb[i]``; and ``(m, h*w)``: those best warps of ``a``."""
+    then a quarter...) with ``zb[i]``; ``(m, h*w)``: those best warps of ``a``; and
+    ``(m, 3)``: the warps themselves."""
     h, w = shape
     x = standardise(a).reshape(len(a), h, w)
     current = warp.astype(np.float64)
@@ -175,7 +176,7 @@ def _refine(a: np.ndarray, zb: np.ndarray, shape: tuple[int, int], warp: np.ndar
             best_moved[better] = standardise(moved[better])
             current[better] = cand[better]
         scale_step, shift_step = scale_step / 2, shift_step / 2
-    return best, best_moved
+    return best, best_moved, current
 
 
 def _half(thumbs: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:

@@ -7,8 +7,10 @@
 2. **Checked on the pixels**: each candidate pair's stored pictures, grey, 32 px a side,
    scored by their *aligned correlation* (:mod:`lookalike.search.alignment`): the best
    Pearson correlation once a zoom of either picture (down to 80% of its side, anywhere
-   within reach) is laid over the other. A pair reaching :data:`NEAR_THRESHOLD` is ``near``;
-   between :data:`SIMILAR_THRESHOLD` and that it is ``similar``.
+   within reach) is laid over the other. A pair reaching :data:`NEAR_THRESHOLD` is ``near``
+   if it also passes the fine check (:mod:`lookalike.search.finecheck`: the stored pictures at
+   full size, in colour, aligned, agree block by block; a pair that fails keeps a score just
+   below the threshold); between :data:`SIMILAR_THRESHOLD` and that it is ``similar``.
 3. **Files**: a near pair whose stored pictures are equal (the same content hash) and whose
    sources are readable files is ``identical`` when the files' bytes are equal, and
    ``same-pixels`` when their decoded pixels are (:mod:`lookalike.search.filetiers`).
@@ -38,6 +40,7 @@ from ..fsutil import atomic_write_json
 from .alignment import COMPARE_SIZE, HALF_MARGIN, thumb_shape, thumbnails
 from .duppass import Checkpoint, PassSettings, scan
 from .filetiers import file_tier
+from .finecheck import fine_check
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -126,6 +129,10 @@ def _collection_thumbs(coll: Collection) -> tuple[Callable[[np.ndarray], np.ndar
         return thumbnails(pictures)
 
     return thumbs, thumb_shape(h, w)
+
+
+def _pictures(coll: Collection) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda rows: np.stack([coll.store.picture(int(r)) for r in rows])
 
 
 def _tiered(coll: Collection, i: np.ndarray, j: np.ndarray, score: np.ndarray,
@@ -245,6 +252,7 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
                                progress=bar.update)
         except OSError as exc:
             raise LookalikeError(f"duplicate pass: {exc}") from None
+    score = fine_check(_pictures(collection), i, j, score, threshold)
     pairs = _tiered(collection, i, j, score, threshold)
     if old is not None:
         fresh = {(p.a, p.b) for p in pairs}
