@@ -215,7 +215,7 @@ def fit_whitening(features: np.ndarray, dim: int, power: float = 0.25
     mean = x.mean(axis=0)
     if len(x) < 3:
         return mean.astype(np.float32), np.eye(x.shape[1], dim, dtype=np.float32)
-    cov = LedoitWolf(assume_centered=False).fit(x).covariance_
+    cov = LedoitWolf(assume_centered=False, store_precision=False).fit(x).covariance_
     eigval, eigvec = np.linalg.eigh(cov)
     order = np.argsort(eigval)[::-1][:dim]
     eigval, eigvec = np.maximum(eigval[order], 1e-12), eigvec[:, order]

@@ -71,7 +71,7 @@ def fit_whitening(codes: np.ndarray, power: float, sample: int | None = WHITEN_S
     from sklearn.covariance import LedoitWolf  # (1.5 s to import: not on the search path)
 
     picked = _normalise(np.asarray(codes[sample_rows(len(codes), sample)]))
-    est = LedoitWolf(assume_centered=False).fit(picked.astype(np.float64))
+    est = LedoitWolf(assume_centered=False, store_precision=False).fit(picked.astype(np.float64))
     var, vec = np.linalg.eigh(est.covariance_)
     if not var.max() > 1e-12:  # the codes are (nearly) all alike: nothing to even out
         return None
