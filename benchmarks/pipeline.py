@@ -231,6 +231,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, folder in where.items():
         count = len(FolderFiles.of(folder))
         row: dict[str, Any] = {"count": count, "model": [], "index": [], "old": []}
+        # one untimed round first: the first passes pay one-off costs (oneDNN kernels for each
+        # batch shape, the files' first read from disk) that made the first timed round 5-20x
+        # slower than the next ones
+        bare_model(encoder, min(count, args.model_images))
+        index_rate(model, folder, work / "coll")
         for _ in range(args.rounds):  # alternated, so both see the same machine
             row["model"].append(bare_model(encoder, min(count, args.model_images)))
             row["index"].append(index_rate(model, folder, work / "coll"))
@@ -290,7 +295,8 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
         "files read again at the model's size); *CPU ms*: the process's CPU time an image with "
         "PyTorch on one thread, so their ratio is the throughput ratio when every core is busy "
         "(overlap then gains nothing; two PyTorch threads spin-wait on busy cores). Median of "
-        f"{len(next(iter(res['rows'].values()))['index'])} alternated rounds; the ratio is "
+        f"{len(next(iter(res['rows'].values()))['index'])} alternated rounds after an untimed "
+        "one; the ratio is "
         f"taken per round. Load average {res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at "
         "the end (other work shared the cores). Folders made by `benchmarks/photodata.py` from "
         "Debian's wallpaper packages.",
