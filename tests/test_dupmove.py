@@ -239,9 +239,9 @@ def test_the_folder_is_locked_before_any_manifest_is_read_or_written(photos: Pat
 
     (photos / "dups").mkdir()
     coll = Collection.open(photos / "coll")
-    from lookalike.search.dupreview import groups_of
+    from lookalike.search.duplicates import find_groups
 
-    decisions = decide(coll, groups_of(coll), KeepRule())
+    decisions = decide(coll, find_groups(coll), KeepRule())
     fd = os.open(photos / "dups" / dupmove.LOCK, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -266,9 +266,9 @@ def test_the_folder_is_locked_before_any_manifest_is_read_or_written(photos: Pat
 
 def test_a_group_given_twice_is_one_entry(photos: Path) -> None:
     coll = Collection.open(photos / "coll")
-    from lookalike.search.dupreview import groups_of
+    from lookalike.search.duplicates import find_groups
 
-    decisions = decide(coll, groups_of(coll), KeepRule())
+    decisions = decide(coll, find_groups(coll), KeepRule())
     out = dupmove.move(coll, decisions + decisions, photos / "dups")
     froms = [e["from"] for e in json.loads(out.manifest.read_text())["moves"]]
     assert len(froms) == len(set(froms)) == len(MOVERS)
@@ -402,9 +402,9 @@ def _crash_at(monkeypatch: pytest.MonkeyPatch, root: Path, step: int) -> Callabl
 def _move(coll_dir: Path, dups: Path) -> None:
     coll = Collection.open(coll_dir)
     dupmove.finish_pending(coll, dups)
-    from lookalike.search.dupreview import groups_of
+    from lookalike.search.duplicates import find_groups
 
-    dupmove.move(coll, decide(coll, groups_of(coll), KeepRule()), dups)
+    dupmove.move(coll, decide(coll, find_groups(coll), KeepRule()), dups)
 
 
 @pytest.mark.parametrize("devices", ["one", "many"])

@@ -480,8 +480,11 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     if not (args.json or args.csv):
         return review_command(args, coll, groups)
     sources = {it.id: it.source for it in coll.items([i for g in groups for i in g.ids]) if it}
-    keepers = {tuple(sorted(d.ids)): (d.keeper, d.reason)
-               for d in decide(coll, groups, args.keep or KeepRule()) if d.keeper is not None}
+    # (one decision per group, in order; a decision lists a file per path, so an item may
+    # stand in it twice: key by the group's own ids)
+    keepers = {g.ids: (d.keeper, d.reason)
+               for g, d in zip(groups, decide(coll, groups, args.keep or KeepRule()), strict=True)
+               if d.keeper is not None}
     if args.csv:
         text = dupreport.as_csv(groups, sources, keepers)
         if args.csv == "-":

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import LookalikeError
-from ..search.dupreview import Decision, GroupLike, Member, as_groups, decide
+from ..search.dupreview import Decision, GroupLike, Member, decide
 from ..search.keeper import KeepRule
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def review_command(args: argparse.Namespace, coll: Collection,
-                   groups: Sequence[GroupLike] | Sequence[Sequence[int]]) -> int:
+                   groups: Sequence[GroupLike]) -> int:
     """The text output of ``duplicates`` (groups, keepers, reasons), then the move when
     ``--move-to`` is given without ``--dry-run``."""
     from ..search import dupmove
@@ -83,7 +83,7 @@ def review_command(args: argparse.Namespace, coll: Collection,
                 _report_undo(out)
         if dupmove.pending(args.move_to):  # pragma: no cover - finish_pending just did them
             raise LookalikeError(f"{args.move_to} still holds an interrupted run")
-    decisions = decide(coll, as_groups(groups), rule)
+    decisions = decide(coll, groups, rule)
     if rule.kind == "in" and not any(rule.matches(m.path) for d in decisions for m in d.members
                                      if m.facts is not None):
         print(f"warning: --keep {rule} matches no file of the groups (kept by the rule best)",

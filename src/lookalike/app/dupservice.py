@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..search import dupmove
 from ..search.collection import Collection
-from ..search.dupreview import Decision, GroupLike, decide, groups_of
+from ..search.duplicates import find_groups
+from ..search.dupreview import Decision, GroupLike, decide
 from ..search.keeper import KeepRule
 from .schemas import MAX_ID, error_responses
 from .security import PAGE_CSP, Access, guards
@@ -137,7 +138,7 @@ def duplicates_router(shared: SharedCollection, access: Access, move_to: Path | 
         key = (coll.generation, str(coll.manifest.get("updated")))
         if key not in found:
             found.clear()
-            found[key] = groups_of(coll)
+            found[key] = list(find_groups(coll))
         return found[key]
 
     def answer(request: Request, decisions: list[Decision], rule: KeepRule, count: int

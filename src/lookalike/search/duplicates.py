@@ -123,12 +123,8 @@ def group_pairs(pairs: list[DuplicatePair]) -> list[DuplicateGroup]:
 
 def _collection_thumbs(coll: Collection) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int]]:
     h, w = coll.store.shape[:2]
-
-    def thumbs(rows: np.ndarray) -> np.ndarray:
-        pictures = np.stack([coll.store.picture(int(r)) for r in rows])
-        return thumbnails(pictures)
-
-    return thumbs, thumb_shape(h, w)
+    pictures = _pictures(coll)
+    return (lambda rows: thumbnails(pictures(rows))), thumb_shape(h, w)
 
 
 def _pictures(coll: Collection) -> Callable[[np.ndarray], np.ndarray]:

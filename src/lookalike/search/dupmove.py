@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import LookalikeError
 from ..fsutil import atomic_write_json, file_sha256, fsync_dir, read_json
 from . import files as catalogue
-from .dupreview import Decision, absolute
+from .dupreview import Decision
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -241,7 +241,7 @@ def plan(decisions: Sequence[Decision], target: str | os.PathLike[str]) -> dict[
         LookalikeError: ``target`` is an existing file, or lies inside one (a file to move,
             say).
     """
-    dest = Path(absolute(str(target)))
+    dest = Path(catalogue.absolute(str(target)))
     if dest.exists() and not dest.is_dir():
         raise LookalikeError(f"--move-to {dest} is a file, not a folder")
     for parent in dest.parents:
@@ -295,7 +295,7 @@ def move(coll: Collection, decisions: Sequence[Decision], target: str | os.PathL
     Raises:
         LookalikeError: ``target`` holds an interrupted run, or is a file.
     """
-    dest = Path(absolute(str(target)))
+    dest = Path(catalogue.absolute(str(target)))
     plan((), dest)  # (the target checked before anything is made)
     dest.mkdir(parents=True, exist_ok=True)
     with _locked(dest):
@@ -360,7 +360,7 @@ def undo(coll: Collection, manifest_path: str | os.PathLike[str], progress: bool
     Raises:
         LookalikeError: not a manifest, or one made for another collection.
     """
-    path = Path(absolute(str(manifest_path)))
+    path = Path(catalogue.absolute(str(manifest_path)))
     read_manifest(path)  # (not one: said before the lock file is made beside it)
     with _locked(path.parent):
         manifest = read_manifest(path)
@@ -455,7 +455,7 @@ def finish_pending(coll: Collection, target: str | os.PathLike[str]) -> list[Out
     """Complete each run that ``target``'s manifests say was interrupted: a move is
     finished, an undo too. Returns what each did."""
     outcomes: list[Outcome] = []
-    dest = Path(absolute(str(target)))
+    dest = Path(catalogue.absolute(str(target)))
     if not dest.is_dir():
         return outcomes
     with _locked(dest):  # (before any manifest is read)

@@ -16,7 +16,6 @@ as nothing to do.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection as Collection_
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,33 +41,6 @@ class GroupLike(Protocol):
 
     @property
     def tier(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class NearGroup:
-    """A group from :func:`lookalike.search.duplicates.find_duplicates`: all of tier near."""
-
-    ids: tuple[int, ...]
-    tier: str = "near"
-
-
-def as_groups(groups: Sequence[GroupLike] | Sequence[Sequence[int]]) -> list[GroupLike]:
-    """Groups with their tier (:class:`~lookalike.search.duplicates.DuplicateGroup`) as they
-    are, or plain lists of ids (tier "near")."""
-    out: list[GroupLike] = []
-    for g in groups:
-        if isinstance(g, Sequence):
-            out.append(NearGroup(tuple(int(i) for i in g)))
-        else:
-            out.append(g)
-    return out
-
-
-def groups_of(coll: Collection) -> list[GroupLike]:
-    """The collection's duplicate groups at the default settings, each with its tier."""
-    from .duplicates import find_groups
-
-    return list(find_groups(coll))
 
 
 @dataclass(frozen=True)
@@ -198,8 +170,3 @@ def decide(coll: Collection, groups: Sequence[GroupLike], rule: KeepRule | None 
                                 among[at].path)
         out.append(decision)
     return out
-
-
-def absolute(source: str) -> str:
-    """A source path made absolute (a relative one was given from the working folder)."""
-    return os.path.abspath(source)

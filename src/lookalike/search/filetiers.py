@@ -4,20 +4,18 @@ picture (``same-pixels``: equal decoded pixels, another format or other metadata
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..fsutil import file_sha256
+
 
 @functools.lru_cache(maxsize=65536)
 def _digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """(cached by the file's size and modification time)"""
+    return file_sha256(path)
 
 
 def file_digest(path: str) -> str | None:

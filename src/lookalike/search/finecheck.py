@@ -19,7 +19,6 @@ from collections.abc import Callable
 import numpy as np
 
 from .alignment import (
-    COMPARE_SIZE,
     RING,
     WARPS,
     _axis_dense,
@@ -27,6 +26,7 @@ from .alignment import (
     _half,
     _refine,
     standardise,
+    thumb_shape,
     thumbnails,
 )
 
@@ -58,7 +58,7 @@ def block_residuals(pics_a: np.ndarray, pics_b: np.ndarray) -> np.ndarray:
     out = np.zeros(m, np.float32)
     if not m:
         return out
-    shape = (min(h, COMPARE_SIZE), min(w, COMPARE_SIZE))
+    shape = thumb_shape(h, w)
     one, warps = _warps(thumbnails(pics_a).astype(np.float32),
                         thumbnails(pics_b).astype(np.float32), shape)
     ry, rx = RING * h // shape[0], RING * w // shape[1]
