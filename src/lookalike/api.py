@@ -209,11 +209,7 @@ class Index:
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         """Remove items by id (their catalogue rows too); returns how many were removed."""
-        from .search.files import db, drop_ids
-
-        removed = int(self.collection.remove(ids))
-        drop_ids(db(self.collection), np.asarray(ids, np.int64).ravel())  # (after the commit)
-        return removed
+        return int(self.collection.remove(ids))
 
     def close(self) -> None:
         self.collection.close()

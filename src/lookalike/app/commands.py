@@ -132,7 +132,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         _report_skipped(ds)
     elif args.ray_address:
         raise LookalikeError("--ray-address is for --engine ray")
-    elif is_folder(args.dataset):  # decoded and encoded in one stream (skips logged as met)
+    elif folder:  # decoded and encoded in one stream (skips logged as met)
         ds = FolderFiles.of(args.dataset, _default_split(args.dataset, args.split))
     else:
         ds = _load(args, spec=model.config.input)
@@ -140,8 +140,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                              search_params=args.search_params, overwrite=args.overwrite,
                              progress=args.progress, chunk=args.checkpoint_every,
                              backend_options=options, codes=codes)
-    catalogue_items(coll)
-    if folder:
+    if folder:  # (other data's sources are no files: nothing to catalogue)
+        catalogue_items(coll)
         remember_folders(coll, [args.dataset])
     coll.close()
     made_model(args.model, args.out)
@@ -504,7 +504,6 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     import fnmatch
 
-    from ..search import files
     from ..search.collection import Collection
 
     coll = Collection.open(args.collection)
@@ -514,8 +513,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
         ids |= {it.id for it in items if it and fnmatch.fnmatchcase(it.source, args.source)}
     if not ids:
         raise LookalikeError("nothing to remove: give ids or a --source pattern that matches")
-    removed = coll.remove(sorted(ids))
-    files.drop_ids(files.db(coll), sorted(ids))  # after the commit, as items' rows (search/metadata.py)
+    removed = coll.remove(sorted(ids))  # (their catalogue rows too)
     print(f"removed {removed} item(s) from {coll.path}; {len(coll)} left")
     return 0
 

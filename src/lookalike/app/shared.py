@@ -21,7 +21,6 @@ import numpy as np
 
 from ..data.images import conform
 from ..errors import LookalikeError
-from ..search import files
 from ..search.collection import Collection
 
 log = logging.getLogger(__name__)
@@ -240,8 +239,6 @@ class SharedCollection:
                 except Exception as exc:
                     for c in removes:
                         c.error = c.error or exc
-                else:
-                    self._drop_rows(gone)
             for c in removes:
                 if c.error is None:
                     c.result = len(self._coll)
@@ -284,14 +281,6 @@ class SharedCollection:
             n = len(c.images)
             c.result = (ids[at:at + n], new[at:at + n], count)
             at += n
-
-    def _drop_rows(self, ids: list[int]) -> None:
-        """Delete the catalogue rows of removed items, after the commit that removed them
-        (as their ``items`` rows); rows left by a failure are ignored by readers."""
-        try:
-            files.drop_ids(files.db(self._coll), ids)
-        except Exception:
-            log.warning("could not delete the catalogue rows of removed items %s", ids, exc_info=True)
 
     def _change(self, fn: Callable[[Collection], Any]) -> Any:
         try:

@@ -48,6 +48,7 @@ from ..errors import CollectionError, LookalikeError
 from ..fsutil import atomic_write_json, fsync_dir
 from ..models.runtime import ONNX, export_encoder, open_encoder, torch_chosen
 from ..versions import versions
+from . import files as catalogue
 from . import metadata, state
 from . import segments as seg
 from .backends import FaissBackend, IndexBackend, choose_factory, discard_backend, new_backend, open_backend
@@ -700,6 +701,7 @@ class Collection:
             self.backend.remove(gone)
         self._commit(self.store.with_deleted(gone, self.generation + 1))
         self._write("DELETE FROM items WHERE id = ?", ((int(i),) for i in gone))
+        catalogue.drop_ids(self.path / metadata.FILE, gone)  # (their catalogue rows, likewise after)
         self._merge_if_due()
         return len(gone)
 

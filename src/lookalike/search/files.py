@@ -127,8 +127,9 @@ def drop(path: Path, paths: Iterable[str]) -> None:
 
 
 def drop_ids(path: Path, ids: Iterable[int]) -> None:
-    """Delete every row of the items ``ids``."""
-    ensure(path)
+    """Delete every row of the items ``ids`` (nothing to do in a collection with no catalogue)."""
+    if not has_table(path):
+        return
     metadata.write(path, "DELETE FROM files WHERE id = ?", ((int(i),) for i in ids))
 
 
