@@ -27,8 +27,7 @@ pytest.importorskip("milvus_lite")
 from lookalike.app.cli import main  # noqa: E402
 from lookalike.data.datasets import load_dataset  # noqa: E402
 from lookalike.errors import LookalikeError, RemoteError  # noqa: E402
-from lookalike.search import collection as collection_module  # noqa: E402
-from lookalike.search import state  # noqa: E402
+from lookalike.search import building, state  # noqa: E402
 from lookalike.search.backends import FaissBackend, new_backend, open_backend  # noqa: E402
 from lookalike.search.collection import Collection  # noqa: E402
 from lookalike.search.milvus_backend import MilvusBackend, index_spec  # noqa: E402
@@ -501,7 +500,7 @@ def test_overwrite_and_failed_create_leave_no_remote_collection(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(collection_module.shutil, "copytree", disk_full)
+    monkeypatch.setattr(building.shutil, "copytree", disk_full)
     _one_line_error(["index", "--model", str(exact_model), "--dataset", "digits", "--out",
                      str(tmp_path / "d"), "--backend", "milvus", "--milvus-uri", uri],
                     "No space left on device")

@@ -9,11 +9,13 @@ import functools
 import logging
 import os
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..config import RetrievalConfig
 from ..errors import CollectionError
 from ..fsutil import atomic_write, fsync_dir, read_json
 from . import segments as seg
@@ -122,3 +124,24 @@ def read_committed(path: Path, verify: bool = False, loaded: dict[str, Any] | No
                 raise
             log.debug("%s: committed again while it was read; reading it again", path)
     raise AssertionError("unreachable")
+
+
+def fit_whitening(codes: np.ndarray | seg.SegmentStore, retrieval: RetrievalConfig
+                  ) -> np.ndarray | None:
+    """The whitening of a re-ranking collection's codes (:func:`lookalike.search.rerank.fit_whitening`
+    on a sample spread over them) as one array ``float32 (d + 1, d)``, mean first; None when
+    it does not re-rank or whiten, or the codes give no fit."""
+    if retrieval.rerank != "diffusion" or not retrieval.diffusion.whiten or not len(codes):
+        return None
+    from .rerank import fit_whitening as fit_codes
+    from .rerank import sample_rows
+
+    rows = sample_rows(len(codes))
+    picked = codes.codes_at(rows) if isinstance(codes, seg.SegmentStore) else codes[rows]
+    fit = fit_codes(picked, retrieval.diffusion.whiten, None)
+    return None if fit is None else np.concatenate([fit[0][None], fit[1]]).astype(np.float32)
+
+
+def now() -> str:
+    """The time now (UTC) as the manifest writes it."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
