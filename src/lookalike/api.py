@@ -222,14 +222,14 @@ def _codes(coll: Any, queries: Sequence[Any], crop: Crop | None) -> tuple[np.nda
     own = np.full(len(queries), -1, np.int64)
     pictures: dict[int, np.ndarray] = {}
     for row, q in enumerate(queries):
-        if _is_id(q) and crop is None:
-            codes[row], own[row] = coll.vector(int(q)), int(q)
-        elif _is_id(q):
-            from .search.files import original
+        if _is_id(q):
+            from .search.queries import stored_region
 
-            found = original(coll, int(q))
-            whole = _image(found, None) if found is not None else coll.image(int(q))
-            pictures[row], own[row] = crop.apply(whole) if crop else whole, int(q)
+            if crop is None:
+                codes[row] = coll.vector(int(q))
+            else:
+                pictures[row] = stored_region(coll, int(q), crop)
+            own[row] = int(q)
         else:
             spec = coll.encoder.spec
             whole = _image(q, None if crop else (spec.height, spec.width))

@@ -166,7 +166,7 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None, crop
     its picture: a file's or a stored item's original file at full size
     (:func:`~lookalike.search.files.original`; its stored picture when it has none)."""
     from ..data.images import conform, load_image
-    from ..search.files import original
+    from ..search.queries import stored_region
 
     descs: list[str] = []
     images: list[np.ndarray] = []
@@ -184,9 +184,7 @@ def _resolve_queries(coll: Any, specs: Sequence[str], data_dir: str | None, crop
                 image = conform([coll.image(item_id)], coll.input_spec)[0]  # shown; its code is stored
                 own = stored[row] = item_id
             else:
-                found = original(coll, item_id)
-                whole = load_image(found) if found is not None else coll.image(item_id)
-                image, own = conform([crop.apply(whole)], coll.input_spec)[0], item_id
+                image, own = conform([stored_region(coll, item_id, crop)], coll.input_spec)[0], item_id
         elif Path(spec).exists():
             size = (coll.encoder.spec.height, coll.encoder.spec.width)
             whole = load_image(spec, size=None if crop else size)

@@ -24,11 +24,11 @@ from typing import Annotated
 import numpy as np
 from fastapi import HTTPException, Query
 
-from ..data.images import conform, load_image
+from ..data.images import conform
 from ..errors import LookalikeError
 from ..search import queries
 from ..search.collection import Collection
-from ..search.files import db, of_ids, original
+from ..search.files import db, of_ids
 from ..search.filters import Filter
 from .shared import Hit, UnknownItem
 
@@ -87,14 +87,14 @@ def rich_search(coll: Collection, q: RichQuery) -> list[Hit]:
         own.append(q.item)
     else:
         if q.item is not None:
+            assert q.crop is not None
             _vector(coll, q.item)  # (404 for an unknown one)
-            found = original(coll, q.item)
-            picture = load_image(found) if found is not None else coll.image(q.item)
+            picture = queries.stored_region(coll, q.item, q.crop)
             own.append(q.item)
         else:
             assert q.image is not None
-            picture = q.image
-        image = conform([q.crop.apply(picture) if q.crop else picture], coll.input_spec)
+            picture = q.crop.apply(q.image) if q.crop else q.image
+        image = conform([picture], coll.input_spec)
         code = coll.encoder.encode(image)[0]
         own += [int(i) for i in coll.stored_ids(image) if i >= 0]
     like = [code] + [_vector(coll, i) for i in q.like]

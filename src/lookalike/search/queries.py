@@ -4,7 +4,8 @@ from, a region of a picture, and metadata filters (:mod:`lookalike.search.filter
 * :func:`combine` makes one query code of several: Rocchio's relevance feedback, the mean
   of the examples' codes minus ``unlike_weight`` times the mean of the counter-examples',
   brought to the examples' mean length (so a distance to it reads like one to a code).
-* :class:`Crop` is a region of a picture, in fractions of its width and height.
+* :class:`Crop` is a region of a picture, in fractions of its width and height;
+  :func:`stored_region` is one of a stored item's picture.
 * :func:`search` is :meth:`Collection.search` with a :class:`~lookalike.search.filters.Filter`
   and several ids left out per query (the examples themselves): with a filter, the exact
   nearest passing items (an exact scan of their codes), re-ranked among them when the
@@ -20,7 +21,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..data.images import load_image
 from ..errors import LookalikeError
+from .files import original
 from .filters import Filter, nearest_among, passing
 
 if TYPE_CHECKING:
@@ -74,6 +77,18 @@ class Crop:
 
     def to_list(self) -> list[float]:
         return [self.x, self.y, self.w, self.h]
+
+
+def stored_region(coll: Collection, item_id: int, crop: Crop) -> np.ndarray:
+    """The region ``crop`` of stored item ``item_id``'s picture, ``uint8 (h, w, C)``: of
+    its original file at full size (:func:`~lookalike.search.files.original`), else (a
+    dataset's item, an upload's, a file gone) of the picture the collection stores.
+
+    Raises:
+        LookalikeError: an unknown item.
+    """
+    found = original(coll, int(item_id))
+    return crop.apply(load_image(found) if found is not None else coll.image(int(item_id)))
 
 
 def combine(like: np.ndarray, unlike: np.ndarray | None = None,
@@ -141,4 +156,4 @@ def search(coll: Collection, codes: np.ndarray, k: int, *, where: Filter | None 
     return out_d, out_i
 
 
-__all__ = ["UNLIKE_WEIGHT", "Crop", "combine", "search"]
+__all__ = ["UNLIKE_WEIGHT", "Crop", "combine", "search", "stored_region"]
