@@ -154,6 +154,16 @@ def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
                             "datasets, all for your own data)")
 
 
+def _watch_args(p: argparse.ArgumentParser, watch_help: str) -> None:
+    """``--watch`` (``watch_help``) and its ``--poll`` and ``--rescan`` (sync and serve)."""
+    p.add_argument("--watch", action="store_true", help=watch_help)
+    p.add_argument("--poll", action="store_true",
+                   help="with --watch: rescan by stat instead of OS events (automatic on network "
+                        "file systems and when the OS watch limit is exhausted)")
+    p.add_argument("--rescan", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="with --watch: the interval of those rescans (default 5)")
+
+
 _SKIPPING = ("A file that cannot be read (damaged, not an image, too large, unreadable) is "
              "skipped, never the end of the run: each is listed with its reason in the report "
              "(JSON lines: path, reason, command, time) and the exit status stays 0 as long as "
@@ -346,13 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the summary as JSON")
     p.add_argument("--batch", type=_positive_int, default=256, metavar="N",
                    help="files encoded per commit (default 256)")
-    p.add_argument("--watch", action="store_true",
-                   help="keep following the folders, syncing each burst of changes, until Ctrl-C")
-    p.add_argument("--poll", action="store_true",
-                   help="with --watch: rescan by stat instead of OS events (automatic on network "
-                        "file systems and when the OS watch limit is exhausted)")
-    p.add_argument("--rescan", type=_seconds, default=5.0, metavar="SECONDS",
-                   help="with --watch: the interval of those rescans (default 5)")
+    _watch_args(p, "keep following the folders, syncing each burst of changes, until Ctrl-C")
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("remove", help="remove items from a collection by id or source pattern")
@@ -431,13 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--move-to", metavar="DIR",
                    help="the duplicates page (/duplicates) moves the copies the user confirms "
                         "into DIR, with a manifest to undo it (default: it only shows them)")
-    p.add_argument("--watch", action="store_true",
-                   help="keep the collection in step with its folders while serving (as 'sync "
-                        "--watch'; with --workers, one process watches and writes)")
-    p.add_argument("--poll", action="store_true", help="with --watch: rescan by stat instead of "
-                   "OS events")
-    p.add_argument("--rescan", type=_seconds, default=5.0, metavar="SECONDS",
-                   help="with --watch: the interval of those rescans (default 5)")
+    _watch_args(p, "keep the collection in step with its folders while serving (as 'sync --watch'; "
+                   "with --workers, one process watches and writes)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the whole pipeline on mnist-5k, with a report")
