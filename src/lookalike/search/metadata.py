@@ -16,7 +16,8 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +26,40 @@ from ..errors import CollectionError
 FILE = "metadata.sqlite"
 
 
-def create(path: Path, rows: Iterable[tuple[int, str, int, str]]) -> None:
-    """A new metadata file at ``path`` holding ``rows`` ``(id, source, label, hash)``."""
+@contextmanager
+def transaction(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to the metadata file ``path`` whose statements in the block are one
+    SQLite transaction (committed at its end, rolled back on an error); the file is switched
+    to write-ahead logging first when a collection made before that is written."""
     db = sqlite3.connect(path)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         with db:
-            db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
-                       " label INTEGER NOT NULL, hash TEXT NOT NULL)")
-            db.execute("CREATE INDEX items_hash ON items(hash)")
-            db.execute("CREATE INDEX items_source ON items(source)")
-            db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", rows)
+            yield db
     finally:
         db.close()
+
+
+def create(path: Path, rows: Iterable[tuple[int, str, int, str]]) -> None:
+    """A new metadata file at ``path`` holding ``rows`` ``(id, source, label, hash)``."""
+    with transaction(path) as db:
+        db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
+                   " label INTEGER NOT NULL, hash TEXT NOT NULL)")
+        db.execute("CREATE INDEX items_hash ON items(hash)")
+        db.execute("CREATE INDEX items_source ON items(source)")
+        db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", rows)
 
 
 def write(path: Path, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
-    """Run ``sql`` for every row in one SQLite transaction (the file is switched to
-    write-ahead logging first when a collection made before that is written)."""
-    db = sqlite3.connect(path)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        with db:
-            db.executemany(sql, rows)
-    finally:
-        db.close()
+    """Run ``sql`` for every row in one SQLite transaction (:func:`transaction`)."""
+    with transaction(path) as db:
+        db.executemany(sql, rows)
+
+
+def has_table(path: Path, name: str) -> bool:
+    """Whether the metadata file ``path`` holds table ``name`` (the catalogue's and the
+    unreadable files' are made on first use)."""
+    return bool(query(path, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)))
 
 
 #: read connections a thread keeps open (the most recently used files)

@@ -11,7 +11,6 @@ or finished copying) it is tried again.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,14 +21,10 @@ SCHEMA = ("CREATE TABLE IF NOT EXISTS unreadable (path TEXT PRIMARY KEY, size IN
           " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, reason TEXT NOT NULL)")
 
 
-def _exists(db: Path) -> bool:
-    return bool(metadata.query(db, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='unreadable'"))
-
-
 def marks(db: Path, where: str = "", params: tuple[object, ...] = ()) -> dict[str, tuple[Stat, str]]:
     """``{path: (stat, reason)}`` of the files listed, narrowed by an SQL ``where`` over the
     columns (the table is aliased ``f``)."""
-    if not _exists(db):
+    if not metadata.has_table(db, "unreadable"):
         return {}
     sql = "SELECT f.path, f.size, f.mtime_ns, f.inode, f.reason FROM unreadable f"
     rows = metadata.query(db, sql + (f" WHERE {where}" if where else ""), params)
@@ -39,15 +34,10 @@ def marks(db: Path, where: str = "", params: tuple[object, ...] = ()) -> dict[st
 def change(db: Path, listed: Iterable[tuple[str, Stat, str]] = (), cleared: Iterable[str] = ()) -> None:
     """List files ``(path, stat, reason)`` and clear others by path, in one transaction."""
     listed, cleared = list(listed), list(cleared)
-    if not listed and not (cleared and _exists(db)):
+    if not listed and not (cleared and metadata.has_table(db, "unreadable")):
         return
-    conn = sqlite3.connect(db)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        with conn:
-            conn.execute(SCHEMA)
-            conn.executemany("DELETE FROM unreadable WHERE path = ?", ((p,) for p in cleared))
-            conn.executemany("INSERT OR REPLACE INTO unreadable VALUES (?, ?, ?, ?, ?)", (
-                (p, s.size, s.mtime_ns, s.inode, r) for p, s, r in listed))
-    finally:
-        conn.close()
+    with metadata.transaction(db) as conn:
+        conn.execute(SCHEMA)
+        conn.executemany("DELETE FROM unreadable WHERE path = ?", ((p,) for p in cleared))
+        conn.executemany("INSERT OR REPLACE INTO unreadable VALUES (?, ?, ?, ?, ?)", (
+            (p, s.size, s.mtime_ns, s.inode, r) for p, s, r in listed))
