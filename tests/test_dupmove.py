@@ -124,6 +124,30 @@ def test_keep_in_glob_that_matches_nothing_is_said(capsys: pytest.CaptureFixture
     assert code == 0 and err.count("\n") == 1 and "in:camera/* matches no file" in err
 
 
+def test_csv_to_a_file_and_the_review_come_from_one_decision(
+        capsys: pytest.CaptureFixture[str], photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--csv FILE`` writes the table and prints the review: the keeper rule runs once,
+    and both name the same keepers."""
+    import csv
+
+    from lookalike.search import dupreview
+
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[1]))
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(dupreview, "decide", counted)
+    code, out, err = run(capsys, ["duplicates", photos / "coll", "--csv", photos / "dups.csv"])
+    assert code == 0, err
+    assert calls == [len(GROUPS)]
+    with open(photos / "dups.csv", encoding="utf-8") as f:
+        in_csv = {int(r["id"]) for r in csv.DictReader(f) if r["keeper"] == "true"}
+    in_review = {int(line.split()[1]) for line in out.splitlines() if line.startswith("  keep ")}
+    assert len(in_csv) == len(GROUPS) and in_csv == in_review
+
+
 def _relative_sources(coll_dir: Path, root: Path) -> None:
     """Store every item's source relative to ``root`` (as ``index --dataset photos`` run in
     ``root`` stores them); the catalogue keeps the absolute paths."""

@@ -467,22 +467,23 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     from ..search.dupreview import decide
     from ..search.keeper import KeepRule
     from . import dupreport
-    from .dupcommands import check_args, review_command, undo_command
+    from .dupcommands import check_args, finish_moves, review_command, undo_command
 
     check_args(args)
     coll = Collection.open(args.collection)
     if args.undo:
         return undo_command(args, coll)
+    finish_moves(args, coll)
     groups = find_groups(coll, similar=args.similar, progress=args.progress, since=args.since,
                          threshold=args.threshold, k=args.k)
+    decisions = decide(coll, groups, args.keep or KeepRule())
     if not (args.json or args.csv):
-        return review_command(args, coll, groups)
+        return review_command(args, coll, decisions)
     sources = {it.id: it.source for it in coll.items([i for g in groups for i in g.ids]) if it}
     # (one decision per group, in order; a decision lists a file per path, so an item may
     # stand in it twice: key by the group's own ids)
     keepers = {g.ids: (d.keeper, d.reason)
-               for g, d in zip(groups, decide(coll, groups, args.keep or KeepRule()), strict=True)
-               if d.keeper is not None}
+               for g, d in zip(groups, decisions, strict=True) if d.keeper is not None}
     if args.csv:
         text = dupreport.as_csv(groups, sources, keepers)
         if args.csv == "-":
@@ -490,7 +491,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         else:
             Path(args.csv).write_text(text, encoding="utf-8")
             if not args.json:  # (the review on the terminal, the table in the file)
-                return review_command(args, coll, groups)
+                return review_command(args, coll, decisions)
     if args.json:
         _emit_json(dupreport.as_json(
             groups, sources, items=len(coll), keepers=keepers,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import LookalikeError
-from ..search.dupreview import Decision, GroupLike, Member, decide
+from ..search.dupreview import Decision, Member
 from ..search.keeper import KeepRule
 
 if TYPE_CHECKING:
@@ -67,23 +67,32 @@ def check_args(args: argparse.Namespace) -> None:
         raise LookalikeError("--dry-run goes with --move-to DIR (without it nothing moves anyway)")
 
 
-def review_command(args: argparse.Namespace, coll: Collection,
-                   groups: Sequence[GroupLike]) -> int:
-    """The text output of ``duplicates`` (groups, keepers, reasons), then the move when
-    ``--move-to`` is given without ``--dry-run``."""
+def finish_moves(args: argparse.Namespace, coll: Collection) -> None:
+    """With ``--move-to DIR`` (no ``--dry-run``), complete the runs interrupted in DIR and
+    say what each did: before the groups are found, as a move is decided on the
+    collection they leave. (Not with ``--json`` or ``--csv -``: these print only their own
+    output, and move nothing.)"""
+    from ..search import dupmove
+
+    if not args.move_to or args.dry_run or args.json or args.csv == "-":
+        return
+    for out in dupmove.finish_pending(coll, args.move_to):
+        print(f"completed the interrupted run of {out.manifest}")
+        if out.status == "moved":
+            _report_move(out)
+        else:
+            _report_undo(out)
+    if dupmove.pending(args.move_to):  # pragma: no cover - finish_pending just did them
+        raise LookalikeError(f"{args.move_to} still holds an interrupted run")
+
+
+def review_command(args: argparse.Namespace, coll: Collection, decisions: Sequence[Decision]) -> int:
+    """The text output of ``duplicates`` (groups, keepers, reasons) of the groups'
+    ``decisions`` (made after :func:`finish_moves`), then the move when ``--move-to`` is
+    given without ``--dry-run``."""
     from ..search import dupmove
 
     rule = args.keep or KeepRule()
-    if args.move_to and not args.dry_run:
-        for out in dupmove.finish_pending(coll, args.move_to):
-            print(f"completed the interrupted run of {out.manifest}")
-            if out.status == "moved":
-                _report_move(out)
-            else:
-                _report_undo(out)
-        if dupmove.pending(args.move_to):  # pragma: no cover - finish_pending just did them
-            raise LookalikeError(f"{args.move_to} still holds an interrupted run")
-    decisions = decide(coll, groups, rule)
     if rule.kind == "in" and not any(rule.matches(m.path) for d in decisions for m in d.members
                                      if m.facts is not None):
         print(f"warning: --keep {rule} matches no file of the groups (kept by the rule best)",
