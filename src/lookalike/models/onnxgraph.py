@@ -5,7 +5,8 @@ runs like any model's ``encoder.onnx`` (:mod:`lookalike.models.runtime`):
 
 ``uint8 (n, H, W, 3)`` RGB pixels -> centre crop -> float, channel order, ``(x / 255 - mean)
 / std`` -> the user's graph (NCHW or NHWC, float32 or float16) -> a pooled vector as it is, or
-a feature map GeM-pooled (p = 3, as the backbones' maps) -> L2-normalised -> whitened and
+a feature map GeM-pooled (as the backbones' maps:
+:data:`lookalike.models.descriptors.GEM_P`) -> L2-normalised -> whitened and
 L2-normalised again (when fitted) -> ``float32 (n, d)`` codes.
 
 ONNX is a protobuf of operators and tensors: nothing in the file runs as Python. No PyTorch
@@ -28,8 +29,6 @@ from ..errors import ModelError
 
 #: The oldest default-domain opset composed onto (Slice's and Clip's inputs forms).
 MIN_OPSET = 11
-#: GeM's exponent for a feature map (as :data:`lookalike.models.networks.GEM_P`)
-GEM_P = 3.0
 _EPS = 1e-12  # as torch.nn.functional.normalize
 _FLOATS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
 
@@ -235,6 +234,9 @@ def compose(proto: onnx.ModelProto, sig: Signature, steps: Steps,
 
     y = b.op("Cast", [sig.output], to=TensorProto.FLOAT)
     if steps.pool == "gem":
+        # the backbones' exponent; imported here, as its module loads PyTorch
+        from .descriptors import GEM_P
+
         if sig.layout == "nhwc":  # a channels-last model's maps are channels-last too
             y = b.op("Transpose", [y], perm=[0, 3, 1, 2])
         y = b.op("Pow", [b.op("Max", [y, b.const(1e-6)]), b.const(GEM_P)])
@@ -261,17 +263,6 @@ def compose(proto: onnx.ModelProto, sig: Signature, steps: Steps,
     if tags:
         helper.set_model_props(model, tags)
     return model
-
-
-def session(model: onnx.ModelProto | str | os.PathLike[str]) -> Any:
-    """An ONNX Runtime session on the CPU for ``model`` (a proto or a file)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def run(sess: Any, images: np.ndarray, batch: int) -> np.ndarray:

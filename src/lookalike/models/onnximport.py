@@ -54,6 +54,7 @@ from ..errors import LookalikeError, ModelError
 from ..fsutil import atomic_write, atomic_write_json, file_sha256
 from ..versions import versions
 from . import onnxgraph
+from .runtime import OnnxEncoder, open_session
 
 if TYPE_CHECKING:
     import onnx
@@ -69,7 +70,6 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 OUTPUTS = ("auto", "vector", "feature-map")
 #: The whitening is fitted on at most this many images (a seeded sample), as the backbones'.
 WHITEN_SAMPLE = 5000
-_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def _pooling(stated: OnnxInput, proto: onnx.ModelProto, sig: onnxgraph.Signature
     """
     raw = onnxgraph.compose(proto, sig, _steps(stated, spec, crop, "raw"))
     try:
-        out = onnxgraph.run(onnxgraph.session(raw), _probe(spec), batch)
+        out = onnxgraph.run(open_session(raw.SerializeToString()), _probe(spec), batch)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors have no common base
         raise ModelError(f"{where} fails on a test batch of {spec.height}x{spec.width} images "
                          f"({onnxgraph.first_line(exc)})") from None
@@ -203,7 +203,7 @@ class _Shared:
 
     def get(self) -> Any:
         if self._session is None:
-            self._session = onnxgraph.session(self.path)
+            self._session = open_session(self.path)
         return self._session
 
 
@@ -250,23 +250,18 @@ class ImportedModel(torch.nn.Module):
         return True
 
 
-def _pooled_features(graph: onnx.ModelProto, data: Dataset, spec: InputSpec, batch: int,
+def _pooled_features(graph: onnx.ModelProto, data: Dataset, spec: InputSpec, dim: int, batch: int,
                      progress: bool) -> np.ndarray:
-    from tqdm.auto import tqdm
+    """The codes ``float32 (n, dim)`` of ``data``'s images (at ``spec``) by ``graph``, the
+    encoder composed without whitening, to fit the whitening on.
 
-    from .encoders import prefetched
+    Raises:
+        ModelError: NaN or infinite codes for an image.
+    """
+    from .encoders import encode_dataset
 
-    sess = onnxgraph.session(graph)
-    parts = []
-    with tqdm(total=len(data), desc="features", unit="img", disable=not progress) as bar:
-        for (lo, hi), pixels in prefetched(data, spec, _CHUNK):
-            parts.append(onnxgraph.run(sess, pixels, batch))
-            bar.update(hi - lo)
-    features = np.concatenate(parts)
-    if not np.isfinite(features).all():
-        raise ModelError(f"the encoder gives NaN or infinite outputs for "
-                         f"{int((~np.isfinite(features).all(1)).sum())} of the images")
-    return features
+    encoder = OnnxEncoder(open_session(graph.SerializeToString()), spec, dim, "imported", "", batch)
+    return encode_dataset(encoder, data, progress)
 
 
 def import_encoder(file: str | os.PathLike[str], out: str | os.PathLike[str], stated: OnnxInput, *,
@@ -311,7 +306,7 @@ def import_encoder(file: str | os.PathLike[str], out: str | os.PathLike[str], st
             rows = np.random.default_rng(seed).choice(len(data), WHITEN_SAMPLE, replace=False)
             sample = data.subset(np.sort(rows), data.split)
         unwhitened = onnxgraph.compose(proto, sig, _steps(stated, spec, crop, pool))
-        features = _pooled_features(unwhitened, sample, spec, batch, progress)
+        features = _pooled_features(unwhitened, sample, spec, dim, batch, progress)
         whitening = fit_whitening(features, code_dim)
         history = {"n_whitening": len(sample), "dataset": data.name, "split": data.split}
     elif latent_dim and latent_dim != dim:

@@ -115,6 +115,19 @@ class OnnxEncoder:
         return out
 
 
+def open_session(model: str | os.PathLike[str] | bytes) -> Any:
+    """An ONNX Runtime session on the CPU for ``model`` (a file, or a serialised
+    ``ModelProto``): its log quiet but for errors, its idle threads not spinning (they would
+    take the cores from the decoding threads)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
 def open_encoder(directory: Path, fingerprint: str) -> OnnxEncoder | None:
     """The ONNX encoder of the model directory ``directory`` when it has one made from the
     weights ``fingerprint`` and ONNX Runtime loads it; None otherwise (PyTorch encodes),
@@ -123,15 +136,10 @@ def open_encoder(directory: Path, fingerprint: str) -> OnnxEncoder | None:
     if torch_chosen() or not path.is_file():
         return None
     try:
-        import onnxruntime as ort
-
         meta = read_json(Path(directory) / "config.json")
         if meta.get("fingerprint") != fingerprint:
             return None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = open_session(path)
         tagged = session.get_modelmeta().custom_metadata_map.get("lookalike.fingerprint")
         if tagged != fingerprint:
             log.warning("%s was made from other weights; PyTorch will encode", path)
