@@ -29,8 +29,33 @@ window.lookalikeApi = (() => {
     } catch (_) { /* storage off: the token is asked again next time */ }
   }
 
+  // The dialog that asks for it, made on first use (so a page holds no copy of it).
+  function tokenDialog() {
+    const made = $("token-dialog");
+    if (made) return made;
+    const el = (tag, props, ...children) => {
+      const node = Object.assign(document.createElement(tag), props);
+      node.append(...children);
+      return node;
+    };
+    const dialog = el("dialog", { id: "token-dialog" },
+      el("form", { method: "dialog" },
+        el("h2", { id: "token-title", textContent: "Token needed" }),
+        el("p", { id: "token-why", className: "muted small" }),
+        el("label", { htmlFor: "token-input", textContent: "The service's token" }),
+        el("input", { type: "password", id: "token-input", autocomplete: "off", spellcheck: false,
+                      required: true }),
+        el("div", { className: "dialog-buttons" },
+          el("button", { type: "submit", value: "ok", id: "token-ok", textContent: "Use the token" }),
+          el("button", { type: "submit", value: "cancel", id: "token-cancel", className: "secondary",
+                         formNoValidate: true, textContent: "Cancel" }))));
+    dialog.setAttribute("aria-labelledby", "token-title");
+    document.body.append(dialog);
+    return dialog;
+  }
+
   function askToken(why) {
-    const dialog = $("token-dialog");
+    const dialog = tokenDialog();
     const input = $("token-input");
     $("token-why").textContent = why;
     input.value = "";
