@@ -6,8 +6,8 @@ import argparse
 import logging
 import re
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TypeVar
 
 from ..config import (
     ARCHITECTURES,
@@ -47,19 +47,37 @@ log = logging.getLogger("lookalike")
 EXIT_USAGE = 2
 
 
+N = TypeVar("N", int, float)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _bounded(convert: Callable[[str], N], ok: Callable[[N], bool], what: str, bounds: str = ""
+             ) -> Callable[[str], N]:
+    """An argparse type: ``convert(text)`` when it converts and passes ``ok``; else 'expected
+    WHAT, got TEXT' (or 'expected WHAT BOUNDS, got TEXT' for a value out of bounds)."""
+
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):  # (a float's comparisons also refuse nan)
+            expected = f"{what} {bounds}" if bounds else what
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _bounded(int, lambda v: v > 0, "a positive integer")
+_correlation = _bounded(float, lambda v: -1.0 <= v <= 1.0, "a number in [-1, 1]")
+_seconds = _bounded(float, lambda v: 0 < v <= 86400, "seconds", "in (0, 86400]")
+_port = _bounded(int, lambda v: 0 <= v <= 65535, "a port number", "in 0..65535")
+_megabytes = _bounded(float, lambda v: 0 < v <= 1e6, "a size in MB", "in (0, 1000000]")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -93,51 +111,11 @@ def _since(value: str) -> int | str:
     return number
 
 
-def _correlation(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got {text!r}") from None
-    if not -1.0 <= value <= 1.0:  # (also refuses nan)
-        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got {text!r}")
-    return value
-
-
 def _keep_rule(text: str) -> KeepRule:
     try:
         return KeepRule.parse(text)
     except LookalikeError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value <= 86400:  # (also refuses nan and inf)
-        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port in 0..65535, got {value}")
-    return value
-
-
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size in MB, got {text!r}") from None
-    if not 0 < value <= 1e6:  # (also refuses nan and inf)
-        raise argparse.ArgumentTypeError(f"expected a size in MB in (0, 1000000], got {text!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------- parser
