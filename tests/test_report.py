@@ -189,6 +189,7 @@ def test_write_report(tmp_path, pngs) -> None:
     text = target.read_text(encoding="utf-8")
     assert text == report.render_report("R", METRICS, pngs, notes=["n"])
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.html"]
+    assert target.stat().st_mode & 0o777 == 0o644  # (not the temporary file's 0600)
     # overwrite in place, still no leftovers
     report.write_report(str(target), "R2", {}, [])
     assert "<h1>R2</h1>" in target.read_text(encoding="utf-8")

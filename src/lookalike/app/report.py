@@ -12,11 +12,11 @@ import logging
 import math
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from html import escape
 
 from ..errors import LookalikeError
+from ..fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -135,22 +135,15 @@ def write_report(
 ) -> pathlib.Path:
     """Render the report (see :func:`render_report`) and write it atomically to ``path``.
 
-    Creates parent directories; writes a temporary file in the same directory, flushes and
-    fsyncs it, then ``os.replace``-s it onto ``path``, so readers never see a partial page.
+    Creates parent directories; :func:`lookalike.fsutil.atomic_write`: readers never see a
+    partial page. The page is left readable by all (0644).
     """
     html = render_report(title, metrics, figures, info=info, notes=notes)
-    out = pathlib.Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(tmp: str) -> None:
+        pathlib.Path(tmp).write_text(html, encoding="utf-8")
+        os.chmod(tmp, 0o644)  # (a page to open and share, not a private temporary file)
+
+    out = atomic_write(path, write)
     log.debug("wrote report %s (%d bytes)", out, len(html))
     return out

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
+from ..fsutil import atomic_write
 
 __all__ = ["find_idx_split", "load_idx_split", "read_idx", "write_idx"]
 
@@ -187,10 +187,9 @@ def write_idx(path: StrPath, array: npt.ArrayLike) -> None:
         raise DataError(f"{path}: shape {arr.shape} has a dimension >= 2**32, too large for IDX")
     data = np.ascontiguousarray(arr, dtype=_CODE_TO_DTYPE[code])
     header = bytes((0, 0, code, arr.ndim)) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             if path.name.endswith(".gz"):
                 with gzip.GzipFile(filename=path.name, mode="wb", fileobj=f, mtime=0) as gz:
                     gz.write(header)
@@ -198,11 +197,8 @@ def write_idx(path: StrPath, array: npt.ArrayLike) -> None:
             else:
                 f.write(header)
                 f.write(data.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
     logger.debug("wrote %s: shape %s, dtype %s", path, arr.shape, arr.dtype)
 
 
