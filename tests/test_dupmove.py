@@ -102,6 +102,7 @@ def test_the_review_marks_each_keeper_with_its_reason(capsys: pytest.CaptureFixt
     (["--undo", "coll/manifest.json"], "not a lookalike moves manifest"),
     (["--undo", "coll/manifest.json", "--move-to", "dups"], "not both"),
     (["--move-to", "dups", "--json"], "leave out --json"),
+    (["--move-to", "dups", "--csv", "-"], "not to the terminal"),
     (["--move-to", "photos/2019/a.png"], "is a file, not a folder"),
     (["--move-to", "photos/2019/a.png/dups"], "lies inside the file"),
     (["--dry-run"], "goes with --move-to")])

@@ -63,6 +63,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise LookalikeError("give --move-to or --undo, not both")
     if args.move_to and args.json:
         raise LookalikeError("--move-to reports in text: leave out --json")
+    if args.move_to and args.csv == "-":
+        raise LookalikeError("--move-to reports in text: write the table to a file (--csv FILE), "
+                             "not to the terminal (--csv -)")
     if args.dry_run and not args.move_to:
         raise LookalikeError("--dry-run goes with --move-to DIR (without it nothing moves anyway)")
 
@@ -70,11 +73,11 @@ def check_args(args: argparse.Namespace) -> None:
 def finish_moves(args: argparse.Namespace, coll: Collection) -> None:
     """With ``--move-to DIR`` (no ``--dry-run``), complete the runs interrupted in DIR and
     say what each did: before the groups are found, as a move is decided on the
-    collection they leave. (Not with ``--json`` or ``--csv -``: these print only their own
-    output, and move nothing.)"""
+    collection they leave. (Not with ``--json``: it prints only its own output and moves
+    nothing; :func:`check_args` refuses it, and ``--csv -``, beside ``--move-to``.)"""
     from ..search import dupmove
 
-    if not args.move_to or args.dry_run or args.json or args.csv == "-":
+    if not args.move_to or args.dry_run:
         return
     for out in dupmove.finish_pending(coll, args.move_to):
         print(f"completed the interrupted run of {out.manifest}")
