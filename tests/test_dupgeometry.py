@@ -115,5 +115,5 @@ def test_a_flat_picture_has_no_alignment_to_judge() -> None:
     lined[1, 40:50] = 0
     warped = (np.array([True, True]), np.array([[0.8, 0.15, 0.15]] * 2))
     sizes = np.array([[800.0, 600]] * 2)
-    got = frame_borders(flat, lined, sizes, sizes, warped)
+    got = frame_borders(lined, lined, sizes, sizes, warped)  # row 0 flat, row 1 not
     assert np.isnan(got[0]) and got[1] > MAX_BORDER
