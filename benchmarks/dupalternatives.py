@@ -3,8 +3,9 @@ ablation rows by benchmarks/duplicates.py. Each takes the pairs that pass the fi
 the pixels and says which to take out of ``near``:
 
 * ``edit_warp``: the best warp *an edit can make* (one whose frames leave borders of at most
-  ``MAX_BORDER``), over the 645 zooms and shifts of the grid at 32 px both ways, must itself
-  reach the near threshold (the frame check judges the one best warp instead);
+  ``MAX_BORDER``) must itself reach the near threshold (the frame check judges the one best
+  warp instead): the best such warp of the grid at 16 px, either way, refined at 32 px as the
+  pass refines (whose local search may move it by up to 2% of a side);
 * ``hires``: two measures on the source files read at 256 px (the stored pictures' frame,
   scaled up), laid over each other by the warp found at 32 px and refined there by whole
   pixels (+-2) and zooms (+-0.3%): ``detail``, the correlation of their band-pass detail
@@ -12,7 +13,8 @@ the pixels and says which to take out of ``near``:
   the same one moved by 4-6 px (``(best - moved) / (1 - moved)``, grey): a flat picture
   matches at every offset, so its match proves nothing.
 
-A pair with a file that cannot be read gets ``nan`` (kept).
+A pair with a file that cannot be read (or, for ``edit_warp``, a blank picture) gets ``nan``
+(kept).
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from scipy import ndimage
 from lookalike.config import InputSpec
 from lookalike.data.images import conform, load_image
 from lookalike.errors import ImageError
-from lookalike.search.alignment import WARPS, _axis_dense, _operator, standardise, thumbnails
+from lookalike.search.alignment import (
+    WARPS,
+    _axis_dense,
+    _half,
+    _operator,
+    _refine,
+    standardise,
+    thumbnails,
+)
 from lookalike.search.dupgeometry import MAX_BORDER, largest_border
 from lookalike.search.finecheck import aligned
 
@@ -52,15 +62,19 @@ def edit_warp(pics_a: np.ndarray, pics_b: np.ndarray, sizes_a: np.ndarray,
     grid = np.asarray(WARPS)
     out = np.full(len(ta), np.nan)
     for k in range(len(ta)):
-        if np.isnan(sizes_a[k]).any() or np.isnan(sizes_b[k]).any():
+        if (np.isnan(sizes_a[k]).any() or np.isnan(sizes_b[k]).any() or np.ptp(ta[k]) == 0
+                or np.ptp(tb[k]) == 0):  # (no size, or a blank picture: not judged)
             continue
         best = -1.0
         for x, y, sx, sy in ((ta, tb, sizes_a, sizes_b), (tb, ta, sizes_b, sizes_a)):
-            corr = _all_warps(x[k:k + 1], y[k:k + 1], shape)[:, 0]
+            corr = _all_warps(_half(x[k:k + 1], shape)[0], _half(y[k:k + 1], shape)[0],
+                              (shape[0] // 2, shape[1] // 2))[:, 0]
             border = largest_border(np.repeat(sx[k:k + 1], len(grid), 0),
                                     np.repeat(sy[k:k + 1], len(grid), 0), (h, w), grid)
             if (border <= MAX_BORDER).any():
-                best = max(best, float(corr[border <= MAX_BORDER].max()))
+                start = grid[np.flatnonzero(border <= MAX_BORDER)[corr[border <= MAX_BORDER].argmax()]]
+                score = _refine(x[k:k + 1], standardise(y[k:k + 1]), shape, start[None])[0]
+                best = max(best, float(score[0]))
         out[k] = best
     return out
 
