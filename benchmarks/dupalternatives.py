@@ -3,9 +3,11 @@ ablation rows by benchmarks/duplicates.py. Each takes the pairs that pass the fi
 the pixels and says which to take out of ``near``:
 
 * ``edit_warp``: the best warp *an edit can make* (one whose frames leave borders of at most
-  ``MAX_BORDER``) must itself reach the near threshold (the frame check judges the one best
-  warp instead): the best such warp of the grid at 16 px, either way, refined at 32 px as the
-  pass refines (whose local search may move it by up to 2% of a side);
+  ``MAX_BORDER``), over the 645 zooms and shifts of the grid at 32 px both ways, must itself
+  reach the near threshold (the frame check judges the one best warp instead). With
+  ``refine``, the best such warp of the grid at 16 px is refined at 32 px as the pass refines
+  (a local search that may move it by up to about 2% of a side), and its borders are given:
+  run as a script, this module prints it for the benchmark's pairs (see :func:`main`);
 * ``hires``: two measures on the source files read at 256 px (the stored pictures' frame,
   scaled up), laid over each other by the warp found at 32 px and refined there by whole
   pixels (+-2) and zooms (+-0.3%): ``detail``, the correlation of their band-pass detail
@@ -13,8 +15,7 @@ the pixels and says which to take out of ``near``:
   the same one moved by 4-6 px (``(best - moved) / (1 - moved)``, grey): a flat picture
   matches at every offset, so its match proves nothing.
 
-A pair with a file that cannot be read (or, for ``edit_warp``, a blank picture) gets ``nan``
-(kept).
+A pair with a file that cannot be read gets ``nan`` (kept).
 """
 
 from __future__ import annotations
@@ -62,21 +63,100 @@ def edit_warp(pics_a: np.ndarray, pics_b: np.ndarray, sizes_a: np.ndarray,
     grid = np.asarray(WARPS)
     out = np.full(len(ta), np.nan)
     for k in range(len(ta)):
-        if (np.isnan(sizes_a[k]).any() or np.isnan(sizes_b[k]).any() or np.ptp(ta[k]) == 0
-                or np.ptp(tb[k]) == 0):  # (no size, or a blank picture: not judged)
+        if np.isnan(sizes_a[k]).any() or np.isnan(sizes_b[k]).any():
             continue
         best = -1.0
         for x, y, sx, sy in ((ta, tb, sizes_a, sizes_b), (tb, ta, sizes_b, sizes_a)):
-            corr = _all_warps(_half(x[k:k + 1], shape)[0], _half(y[k:k + 1], shape)[0],
-                              (shape[0] // 2, shape[1] // 2))[:, 0]
+            corr = _all_warps(x[k:k + 1], y[k:k + 1], shape)[:, 0]
             border = largest_border(np.repeat(sx[k:k + 1], len(grid), 0),
                                     np.repeat(sy[k:k + 1], len(grid), 0), (h, w), grid)
             if (border <= MAX_BORDER).any():
-                start = grid[np.flatnonzero(border <= MAX_BORDER)[corr[border <= MAX_BORDER].argmax()]]
-                score = _refine(x[k:k + 1], standardise(y[k:k + 1]), shape, start[None])[0]
-                best = max(best, float(score[0]))
+                best = max(best, float(corr[border <= MAX_BORDER].max()))
         out[k] = best
     return out
+
+
+def edit_warp_refined(pics_a: np.ndarray, pics_b: np.ndarray, sizes_a: np.ndarray,
+                      sizes_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(score, border)``, each ``(m,)``: :func:`edit_warp` with ``refine`` (module
+    docstring), and the borders its refined warp leaves (``nan``: no size, a blank picture)."""
+    h, w = pics_a.shape[1:3]
+    shape = (min(h, 32), min(w, 32))
+    ta, tb = thumbnails(pics_a).astype(np.float32), thumbnails(pics_b).astype(np.float32)
+    grid = np.asarray(WARPS)
+    score, border = np.full(len(ta), np.nan), np.full(len(ta), np.nan)
+    for k in range(len(ta)):
+        if (np.isnan(sizes_a[k]).any() or np.isnan(sizes_b[k]).any() or np.ptp(ta[k]) == 0
+                or np.ptp(tb[k]) == 0):
+            continue
+        for x, y, sx, sy in ((ta, tb, sizes_a, sizes_b), (tb, ta, sizes_b, sizes_a)):
+            corr = _all_warps(_half(x[k:k + 1], shape)[0], _half(y[k:k + 1], shape)[0],
+                              (shape[0] // 2, shape[1] // 2))[:, 0]
+            borders = largest_border(np.repeat(sx[k:k + 1], len(grid), 0),
+                                     np.repeat(sy[k:k + 1], len(grid), 0), (h, w), grid)
+            ok = np.flatnonzero(borders <= MAX_BORDER)
+            if not len(ok):
+                continue
+            got, _, warp = _refine(x[k:k + 1], standardise(y[k:k + 1]), shape,
+                                   grid[ok[corr[ok].argmax()]][None])
+            if not got[0] <= score[k]:  # (nan: the first)
+                score[k] = float(got[0])
+                border[k] = float(largest_border(sx[k:k + 1], sy[k:k + 1], (h, w), warp)[0])
+    return score, border
+
+
+def main() -> None:
+    """For the benchmark's pairs that pass the fine check of the pixels: the warp the pass
+    keeps (score, borders) and the refined best warp an edit can make, for every pair of
+    distinct windows; and how many copies that best edit warp leaves below the threshold."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from duplicates import lookalike_groups
+
+    from lookalike.search.collection import Collection
+    from lookalike.search.dupgeometry import frame_sizes
+    from lookalike.search.duplicates import NEAR_THRESHOLD
+    from lookalike.search.finecheck import frame_borders
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--work", required=True, help="benchmarks/duplicates.py's --work")
+    args = ap.parse_args()
+    work = Path(args.work)
+    truth = json.loads((work / "truth.json").read_text())["files"]
+    coll = Collection.open(work / "coll")
+    seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def record(c: object, i: np.ndarray, j: np.ndarray, score: np.ndarray,
+               threshold: float) -> np.ndarray:
+        seen.append((i, j, score))
+        return score
+
+    lookalike_groups(work / "coll", frames=False, after=record)
+    i, j, score = seen[-1]
+    keep = score >= NEAR_THRESHOLD
+    i, j, score = i[keep], j[keep], score[keep]
+    pics_a = np.stack([coll.store.picture(int(r)) for r in i])
+    pics_b = np.stack([coll.store.picture(int(r)) for r in j])
+    sa, sb = frame_sizes(coll, coll.ids[i]), frame_sizes(coll, coll.ids[j])
+    found = frame_borders(pics_a, pics_b, sa, sb, aligned(pics_a, pics_b))
+    edit, edit_border = edit_warp_refined(pics_a, pics_b, sa, sb)
+    names = {it.id: Path(it.source).name for it in coll.items(coll.ids) if it}
+    a_names, b_names = [names[int(x)] for x in coll.ids[i]], [names[int(x)] for x in coll.ids[j]]
+    distinct = np.array([truth[a]["window"] != truth[b]["window"]
+                         for a, b in zip(a_names, b_names, strict=True)])
+    print(f"{len(i)} pairs pass the fine check of the pixels, {distinct.sum()} of distinct windows")
+    print("pair | score kept | its borders | best edit warp, refined | its borders")
+    for k in np.flatnonzero(distinct):
+        print(f"{a_names[k]} {b_names[k]} | {score[k]:.4f} | {found[k]:.3f} | {edit[k]:.4f} | "
+              f"{edit_border[k]:.3f}")
+    copies = ~distinct & ~np.isnan(edit)
+    print(f"copies: the warp kept leaves at most {np.nanmax(found[~distinct]):.3f}; the best edit "
+          f"warp is below the threshold for {(edit[copies] < NEAR_THRESHOLD).sum()} of "
+          f"{copies.sum()} (lowest {edit[copies].min():.4f})")
 
 
 def _hires(path: str, shape: tuple[int, int]) -> np.ndarray | None:
@@ -140,3 +220,7 @@ def hires(pics_a: np.ndarray, pics_b: np.ndarray, paths_a: list[str | None],
         ring = max(_at(moved, dst, oy, ox) for oy, ox in far)
         peak[k] = (here - ring) / max(1 - ring, 1e-4)
     return detail, peak
+
+
+if __name__ == "__main__":
+    main()

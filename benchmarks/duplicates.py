@@ -295,7 +295,7 @@ def quality(work: Path, reuse: bool) -> str:
               **{k: max(m[k] for m in wrong) + 1e-6 if wrong else -1.0 for k in ("detail", "peak")}}
     for name, label in (
             ("edit_warp", "alternative to the frame check: the best warp an edit can make (borders "
-             "<= {:.3f}) reaches the threshold ({:.3f})"),
+             "<= {:.3f}) reaches the threshold ({:.3f}), 32 px grid"),
             ("detail", "alternative: detail (band-pass) correlation at 256 px from the files "
              ">= {1:.3f} (the lowest that takes out every wrong pair)"),
             ("peak", "alternative: distinct peak at 256 px from the files, (best - moved 4-6 px) / "
