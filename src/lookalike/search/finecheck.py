@@ -10,6 +10,10 @@ colour channel over the aligned frame (without its ring), the absolute differenc
 over the channels, averaged in each block of 1/:data:`BLOCKS` of the side (8x8 px of a
 96-px picture), stays within :data:`MAX_BLOCK_RESIDUAL` grey levels in every block. Only
 the near pairs are checked. docs/duplicates.md gives the figures behind the thresholds.
+
+Given the files' sizes, :func:`fine_check` also applies the frame check of
+:mod:`lookalike.search.dupgeometry` to the same warp: the files' frames it lays over each
+other must leave no border wider than an edit's.
 """
 
 from __future__ import annotations
