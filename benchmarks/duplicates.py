@@ -43,6 +43,7 @@ from dupdata import build  # noqa: E402
 from lookalike.app.cli import main as cli  # noqa: E402
 
 Pair = tuple[str, str]
+WORK = "benchmarks/out/duplicates"
 
 
 def truth_pairs(truth: dict[str, dict[str, object]]) -> tuple[dict[Pair, str], set[Pair]]:
@@ -110,21 +111,37 @@ def components(pairs: set[Pair]) -> list[list[str]]:
     return list(out.values())
 
 
+After = Callable[..., np.ndarray]
+
+
 def lookalike_groups(coll_dir: Path, scorer: Callable[..., np.ndarray] | None = None,
-                     every_pair: bool = False, fine: bool = True
+                     every_pair: bool = False, fine: bool = True, frames: bool = True,
+                     max_block: float | None = None, after: After | None = None
                      ) -> tuple[dict[str, list[list[str]]], float]:
-    """Groups by tier (names), with the pass's own scorer or ``scorer`` in its place, and
-    without the fine check unless ``fine``."""
-    from lookalike.search import duplicates, duppass
+    """Groups by tier (names), with the pass's own scorer or ``scorer`` in its place; without
+    the fine check unless ``fine``, without the frame check unless ``frames``, with the fine
+    check's block limit ``max_block``, and ``after(coll, i, j, score, threshold)`` (rows,
+    scores after the checks) giving the scores the pass keeps."""
+    from lookalike.search import duplicates, duppass, finecheck
     from lookalike.search.collection import Collection
 
     coll = Collection.open(coll_dir)
     saved = duppass.pair_scores
     saved_k = duplicates.DEFAULT_K
     saved_fine = duplicates.fine_check
+    saved_block = finecheck.MAX_BLOCK_RESIDUAL
+
+    def checks(pictures: Callable[[np.ndarray], np.ndarray], i: np.ndarray, j: np.ndarray,
+               score: np.ndarray, threshold: float, **kwargs: object) -> np.ndarray:
+        if not frames:
+            kwargs.pop("frames", None)
+        out = saved_fine(pictures, i, j, score, threshold, **kwargs) if fine else score  # type: ignore[arg-type]
+        return out if after is None else after(coll, i, j, out, threshold)
+
     try:
-        if not fine:
-            duplicates.fine_check = lambda pictures, i, j, score, threshold: score
+        duplicates.fine_check = checks  # type: ignore[assignment]
+        if max_block is not None:
+            finecheck.MAX_BLOCK_RESIDUAL = max_block
         if scorer is not None:
             duppass.pair_scores = scorer  # type: ignore[assignment]
         start = time.perf_counter()
@@ -134,6 +151,7 @@ def lookalike_groups(coll_dir: Path, scorer: Callable[..., np.ndarray] | None = 
     finally:
         duppass.pair_scores = saved  # type: ignore[assignment]
         duplicates.fine_check = saved_fine
+        finecheck.MAX_BLOCK_RESIDUAL = saved_block
     sources = {it.id: Path(it.source).name for it in coll.items(coll.ids) if it}
     by_tier: dict[str, list[list[str]]] = {}
     for g in groups:
@@ -142,6 +160,61 @@ def lookalike_groups(coll_dir: Path, scorer: Callable[..., np.ndarray] | None = 
     strong = duplicates.group_pairs([p for g in groups for p in g.links if p.tier != "similar"])
     by_tier["near or stronger"] = [[sources[i] for i in g.ids] for g in strong]
     return by_tier, seconds
+
+
+class Alternatives:
+    """The measures of benchmarks/dupalternatives.py for the pairs that pass the fine check
+    of the pixels (``record`` as the ``after`` of a pass without the frame check), keyed by
+    item ids; ``reject(name, limit)``: an ``after`` that takes out of near the pairs whose
+    measure is below ``limit``."""
+
+    def __init__(self) -> None:
+        self.measures: dict[tuple[int, int], dict[str, float]] = {}
+        self.seconds = {"frames": 0.0, "edit_warp": 0.0, "hires": 0.0}
+
+    def record(self, coll: object, i: np.ndarray, j: np.ndarray, score: np.ndarray,
+               threshold: float) -> np.ndarray:
+        import dupalternatives as alt
+
+        from lookalike.search.dupgeometry import frame_sizes, largest_border
+        from lookalike.search.finecheck import aligned
+
+        rows = np.flatnonzero(score >= threshold)
+        ids = coll.ids  # type: ignore[attr-defined]
+        a, b = ids[i[rows]], ids[j[rows]]
+        pics_a = np.stack([coll.store.picture(int(r)) for r in i[rows]])  # type: ignore[attr-defined]
+        pics_b = np.stack([coll.store.picture(int(r)) for r in j[rows]])  # type: ignore[attr-defined]
+        one, warps = aligned(pics_a, pics_b)
+        start = time.perf_counter()  # the frame check's own cost: sizes read, borders
+        sa, sb = frame_sizes(coll, a), frame_sizes(coll, b)  # type: ignore[arg-type]
+        largest_border(np.where(one[:, None], sa, sb), np.where(one[:, None], sb, sa),
+                       pics_a.shape[1:3], warps)
+        self.seconds["frames"] = time.perf_counter() - start
+        start = time.perf_counter()
+        edit = alt.edit_warp(pics_a, pics_b, sa, sb)
+        self.seconds["edit_warp"] = time.perf_counter() - start
+        items = {it.id: it.source for it in coll.items(np.unique(np.r_[a, b])) if it}  # type: ignore[attr-defined]
+        start = time.perf_counter()
+        detail, peak = alt.hires(pics_a, pics_b, [items.get(int(x)) for x in a],
+                                 [items.get(int(x)) for x in b])
+        self.seconds["hires"] = time.perf_counter() - start
+        for n, key in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
+            self.measures[key] = {"edit_warp": float(edit[n]), "detail": float(detail[n]),
+                                  "peak": float(peak[n])}
+        return score
+
+    def reject(self, name: str, limit: float) -> After:
+        def after(coll: object, i: np.ndarray, j: np.ndarray, score: np.ndarray,
+                  threshold: float) -> np.ndarray:
+            out = score.copy()
+            ids = coll.ids  # type: ignore[attr-defined]
+            for r in np.flatnonzero(score >= threshold):
+                value = self.measures.get((int(ids[i[r]]), int(ids[j[r]])), {}).get(name, np.nan)
+                if value < limit:  # (nan: not measured, kept)
+                    out[r] = threshold - 1e-5
+            return out
+
+        return after
 
 
 def plain_scorer(a: np.ndarray, b: np.ndarray, shape: tuple[int, int], **_: object) -> np.ndarray:
@@ -187,6 +260,7 @@ def quality(work: Path, reuse: bool) -> str:
     kinds = ["jpeg", "resize", "crop", "brightness", "stamp", "two edits"]
     names = sorted(truth)
     rows = []
+    from lookalike.search.dupgeometry import MAX_BORDER
     from lookalike.search.duplicates import NEAR_THRESHOLD
 
     groups, seconds = lookalike_groups(coll)
@@ -203,8 +277,34 @@ def quality(work: Path, reuse: bool) -> str:
                           secs))
     rows.append(score_row("pHash, Hamming <= 10, as groups", group_closure(components(found)),
                           true, similar, kinds))
+    g, secs = lookalike_groups(coll, frames=False)
+    rows.append(score_row("ablation: no frame check (the fine check of the pixels only)",
+                          group_closure(g["near or stronger"]), true, similar, kinds, secs))
+    g, secs = lookalike_groups(coll, max_block=float("inf"))
+    rows.append(score_row("ablation: the frame check without the fine check's block limit",
+                          group_closure(g["near or stronger"]), true, similar, kinds, secs))
+    alts = Alternatives()
+    lookalike_groups(coll, frames=False, after=alts.record)
+    from lookalike.search.collection import Collection
+
+    opened = Collection.open(coll)
+    window = {it.id: truth[Path(it.source).name]["window"]  # type: ignore[index]
+              for it in opened.items(opened.ids) if it}
+    wrong = [m for (a, b), m in alts.measures.items() if window[a] != window[b]]
+    limits = {"edit_warp": NEAR_THRESHOLD,  # (not tuned: an edit's warp must reach near)
+              **{k: max(m[k] for m in wrong) + 1e-6 if wrong else -1.0 for k in ("detail", "peak")}}
+    for name, label in (
+            ("edit_warp", "alternative to the frame check: the best warp an edit can make (borders "
+             "<= {:.3f}) reaches the threshold ({:.3f}), 32 px grid"),
+            ("detail", "alternative: detail (band-pass) correlation at 256 px from the files "
+             ">= {1:.3f} (the lowest that takes out every wrong pair)"),
+            ("peak", "alternative: distinct peak at 256 px from the files, (best - moved 4-6 px) / "
+             "(1 - moved) >= {1:.3f} (the lowest that takes out every wrong pair)")):
+        g, secs = lookalike_groups(coll, frames=False, after=alts.reject(name, limits[name]))
+        rows.append(score_row(label.format(MAX_BORDER, limits[name]),
+                              group_closure(g["near or stronger"]), true, similar, kinds))
     for label, scorer, every_pair, fine in (
-            ("ablation: no fine check (32 px grey only)", None, False, False),
+            ("ablation: no fine check, no frame check (32 px grey only)", None, False, False),
             ("ablation: plain correlation, no alignment", plain_scorer, False, True),
             ("ablation: grid of zooms and shifts only (no refinement, no ring)", grid_scorer, False,
              True),
@@ -216,9 +316,16 @@ def quality(work: Path, reuse: bool) -> str:
     counts = {k: sum(v == k for v in true.values()) for k in kinds}
     header = ["method", "pairs found", "precision", "recall",
               *[f"recall {k} ({counts[k]})" for k in kinds], "similar as near", "seconds"]
+    n = max(len(alts.measures), 1)
+    costs = (f"The checks' own cost per pair that passes the fine check of the pixels "
+             f"({len(alts.measures)} pairs, {len(wrong)} of them of distinct windows): the frame "
+             f"check {1e3 * alts.seconds['frames'] / n:.2f} ms (reading the two files' sizes and "
+             f"the borders), the best warp an edit can make {1e3 * alts.seconds['edit_warp'] / n:.1f}"
+             f" ms, the two measures at 256 px {1e3 * alts.seconds['hires'] / n:.0f} ms (reading both "
+             "files).")
     return (f"{len(names)} files ({len(set(t['window'] for t in truth.values()))} windows of "  # type: ignore[index]
             f"{build(work)['sources']} wallpapers), {len(true)} true pairs, {len(similar)} "
-            f"similar-but-distinct pairs.\n\n" + table(header, rows))
+            f"similar-but-distinct pairs.\n\n" + table(header, rows) + "\n\n" + costs)
 
 
 SCALE = """
@@ -263,7 +370,7 @@ def scale(sizes: list[int]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="benchmarks/out/duplicates", help="folder, model, collection")
+    ap.add_argument("--work", default=WORK, help="folder, model, collection")
     ap.add_argument("--reuse", action="store_true", help="reuse what --work already holds")
     ap.add_argument("--scale", type=int, nargs="*", default=[], metavar="N",
                     help="also the scale rows at these numbers of synthetic items")
@@ -272,7 +379,8 @@ def main() -> None:
     work = Path(args.work)
     stamp = f"{now()}, commit {commit()}, {machine()}"
     if not args.no_quality:
-        command = "python benchmarks/duplicates.py" + (" --reuse" if args.reuse else "")
+        command = ("python benchmarks/duplicates.py" + (f" --work {args.work}" if args.work != WORK else "")
+                   + (" --reuse" if args.reuse else ""))
         body = (f"## Duplicates: pair precision and recall (Debian wallpapers)\n\n`{command}` — "
                 f"{stamp}.\n\n" + quality(work, args.reuse))
         print(body)

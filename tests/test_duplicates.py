@@ -363,3 +363,73 @@ def test_blocks_do_not_change_the_groups(photos: tuple[Path, dict[str, str]],
                                          tmp_path: Path) -> None:
     coll = _fresh(photos[0], tmp_path)
     assert find_groups(coll, block=3, resume=False) == find_groups(coll, resume=False)
+
+
+def _flat_scenes(images: Path) -> None:
+    """Windows of two drawn scenes whose overlap holds nothing to align on, as on the
+    benchmark's desert and ink wallpapers: flat colours split by a straight edge (with a sun
+    that only the second window shows, at its right border), and a smooth glow. Each scene
+    gives a window of 40% of its width at its left and one 24% further right; the first
+    window of the edge scene also gets a copy cropped 8%, 5%, 10%, 3% (left, top, right,
+    bottom) and saved at JPEG quality 60."""
+    images.mkdir()
+    width, height = 1600, 900
+    edge = Image.new("RGB", (width, height), (114, 193, 180))
+    draw = ImageDraw.Draw(edge)
+    draw.polygon([(0, 0.6 * height), (width, -0.1 * height), (width, height), (0, height)],
+                 fill=(2, 92, 104))
+    draw.ellipse((0.63 * width, 0.059 * height, 0.85 * width, 1.1 * height), fill=(250, 186, 76))
+    y, x = np.mgrid[0:height, 0:width]
+    glow = 30 + 60 * np.exp(-1.2 * np.hypot(x / width - 1.1, 0.6 * (y / height - 1.2)))
+    glow_im = Image.fromarray(np.stack([glow, glow + 8, glow + 25], -1).astype(np.uint8))
+    box = (round(0.4 * width), round(0.8 * height))
+    for name, scene in (("edge", edge), ("glow", glow_im)):
+        for letter, left in (("a", 0), ("b", round(0.24 * width))):
+            top = round(0.1 * height)
+            scene.crop((left, top, left + box[0], top + box[1])).save(
+                images / f"{name}_{letter}.jpg", quality=92)
+    with Image.open(images / "edge_a.jpg") as im:
+        _crop(im, 0.08, 0.05, 0.10, 0.03).save(images / "edge_a_crop.jpg", quality=60)
+
+
+@pytest.fixture()
+def flat_scenes(photos: tuple[Path, dict[str, str]], tmp_path: Path) -> Collection:
+    _flat_scenes(tmp_path / "images")
+    shutil.copytree(photos[0].parent / "model", tmp_path / "model")
+    return Collection.open(_index(tmp_path, tmp_path / "images"))
+
+
+def test_windows_matched_at_a_wrong_offset_are_not_near_by_their_frames(
+        flat_scenes: Collection) -> None:
+    """The second window of each scene matches the first at 32 px and in the fine check of
+    the pixels (a zoom and shift of it lays the edge, or the glow, over the first's), but
+    that zoom and shift put its frame so far past the first's that no crop of 10% a side
+    explains it: not near. The first window's cropped, re-encoded copy is."""
+    coll = flat_scenes
+    by_name = {Path(it.source).name: it.id for it in coll.items(coll.ids) if it}
+    names = ("edge_a.jpg", "edge_b.jpg", "glow_a.jpg", "glow_b.jpg")
+    pictures = np.stack([coll.image(by_name[n]) for n in names])
+    grey = thumbnails(pictures)
+    assert (pair_scores(grey[[0, 2]], grey[[1, 3]], (32, 32)) >= NEAR_THRESHOLD).all()
+    assert (block_residuals(pictures[[0, 2]], pictures[[1, 3]]) < MAX_BLOCK_RESIDUAL).all()
+    assert _by_source(coll, find_groups(coll)) == {("edge_a.jpg", "edge_a_crop.jpg"): "near"}
+    assert _by_source(coll, find_groups(coll, similar=True)) == {
+        ("edge_a.jpg", "edge_a_crop.jpg", "edge_b.jpg"): "similar",
+        ("glow_a.jpg", "glow_b.jpg"): "similar"}
+
+
+def test_frames_of_files_gone_come_from_the_catalogue_and_without_it_the_pixels_decide(
+        flat_scenes: Collection) -> None:
+    from lookalike.search import files
+
+    coll = flat_scenes
+    by_name = {Path(it.source).name: it for it in coll.items(coll.ids) if it}
+    for name in ("edge_b.jpg", "glow_b.jpg"):
+        Path(by_name[name].source).unlink()
+    # the catalogue recorded every file's size when it was read: the same decision
+    assert _by_source(coll, find_groups(coll)) == {("edge_a.jpg", "edge_a_crop.jpg"): "near"}
+    # no catalogue row and no file: no frame to judge, the pixels alone decide (as before the
+    # frame check), and these windows are near
+    files.drop_ids(files.db(coll), [by_name["edge_b.jpg"].id, by_name["glow_b.jpg"].id])
+    assert _by_source(coll, find_groups(coll)) == {
+        ("edge_a.jpg", "edge_a_crop.jpg", "edge_b.jpg"): "near", ("glow_a.jpg", "glow_b.jpg"): "near"}

@@ -38,6 +38,7 @@ from ..config import DUPLICATE_K, DUPLICATE_THRESHOLD
 from ..errors import LookalikeError
 from ..fsutil import atomic_write_json
 from .alignment import COMPARE_SIZE, HALF_MARGIN, thumb_shape, thumbnails
+from .dupgeometry import frames_of
 from .duppass import Checkpoint, PassSettings, scan
 from .filetiers import file_tier
 from .finecheck import fine_check
@@ -248,7 +249,7 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
                                progress=bar.update)
         except OSError as exc:
             raise LookalikeError(f"duplicate pass: {exc}") from None
-    score = fine_check(_pictures(collection), i, j, score, threshold)
+    score = fine_check(_pictures(collection), i, j, score, threshold, frames=frames_of(collection))
     pairs = _tiered(collection, i, j, score, threshold)
     if old is not None:
         fresh = {(p.a, p.b) for p in pairs}
