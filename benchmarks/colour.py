@@ -11,8 +11,11 @@ context folders: apps, places, devices...) for "category P@10". Labels only scor
 Every model fits (or trains) on the database images only. Rows: raw pixels; each
 EfficientNet-Lite off the shelf (global average pooling, cosine); lookalike's backbone model
 (GeM pooling, whitening fitted on the database), with and without its re-ranking; the same
-adapted to the database (contrastive fine-tuning on colour views, time-budgeted); lookalike's
-self-trained recipe. Writes the section "colour" of docs/benchmarks.md.
+adapted to the database (contrastive fine-tuning on colour views, time-budgeted); each of
+these two with and without its mid-level block's code (one model, one encode pass: the code
+without the block is the first ``latent_dim`` columns, renormalised), and the block's encode
+cost (:func:`encode_ratio`); lookalike's self-trained recipe. Writes the section "colour" of
+docs/benchmarks.md (``--only-backbone``: raw pixels and the backbone rows, printed only).
 """
 
 from __future__ import annotations
