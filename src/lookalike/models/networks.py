@@ -11,7 +11,8 @@
   extractor"): an ImageNet-trained backbone (:mod:`lookalike.models.backbones`), its last
   feature map GeM-pooled (or as ``ModelConfig.pooling`` and ``.test_views`` say,
   :mod:`lookalike.models.descriptors`), centred and whitened by a projection fitted on the training
-  images (:func:`fit_whitening`), L2-normalised. It has no decoder.
+  images (:func:`fit_whitening`), L2-normalised; with ``ModelConfig.mid_blocks`` (new models'
+  default), the same for a mid-level block's output, concatenated. It has no decoder.
 * ``hourglass`` (seed 003): conv stages of 32, 64, 128 filters, then a dense latent of
   ``latent_dim`` (512); the decoder mirrors it with transposed convolutions.
 
