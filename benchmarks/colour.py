@@ -11,8 +11,11 @@ context folders: apps, places, devices...) for "category P@10". Labels only scor
 Every model fits (or trains) on the database images only. Rows: raw pixels; each
 EfficientNet-Lite off the shelf (global average pooling, cosine); lookalike's backbone model
 (GeM pooling, whitening fitted on the database), with and without its re-ranking; the same
-adapted to the database (contrastive fine-tuning on colour views, time-budgeted); lookalike's
-self-trained recipe. Writes the section "colour" of docs/benchmarks.md.
+adapted to the database (contrastive fine-tuning on colour views, time-budgeted); each of
+these two with and without its mid-level block's code (one model, one encode pass: the code
+without the block is the first ``latent_dim`` columns, renormalised), and the block's encode
+cost (:func:`encode_ratio`); lookalike's self-trained recipe. Writes the section "colour" of
+docs/benchmarks.md (``--only-backbone``: raw pixels and the backbone rows, printed only).
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ import icondata  # noqa: E402
 from _common import commit, machine, now, table, write_section  # noqa: E402
 
 from lookalike.config import (  # noqa: E402
+    MID_BLOCK,
     InputSpec,
     ModelConfig,
     adaptation_budget,
     adapts_by_default,
     choose_arch,
+    default_mid_blocks,
     default_retrieval_config,
     default_train_config,
     input_for,
@@ -96,9 +101,43 @@ def gap_features(name: str, data: Dataset, size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    """The rows of ``x`` L2-normalised, float32, contiguous."""
+    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12),
+                                dtype=np.float32)
+
+
+def encode_ratio(model: Any, db: Dataset, n: int = 500, rounds: int = 2) -> dict[str, Any]:
+    """Encode time of ``model`` (with its mid blocks) over the same time of its copy without
+    them (the same weights), on ``n`` database images, ``rounds`` alternating rounds each
+    (after an untimed one): median seconds of each and their ratio."""
+    import torch
+
+    from lookalike.models.networks import BackboneModel
+
+    plain = BackboneModel(dataclasses.replace(model.config, mid_blocks=()))
+    plain.load_state_dict({k: v for k, v in model.module.state_dict().items()
+                           if not k.startswith("mid_")})
+    base = dataclasses.replace(model, module=plain.eval(), config=plain.config, path=None)
+    part = db.subset(np.arange(min(n, len(db))), db.split)
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    encoders = {"with": ModelEncoder(model), "without": ModelEncoder(base)}
+    with torch.inference_mode():
+        for r in range(rounds + 1):
+            for key, enc in encoders.items():
+                t = time.perf_counter()
+                encode_dataset(enc, part)
+                if r:
+                    times[key].append(time.perf_counter() - t)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"images": len(part), "with_s": med["with"], "without_s": med["without"],
+            "ratio": med["with"] / med["without"]}
+
+
 def run_icons(work: Path, root: Path, reuse: bool, adapt_budget: float | None,
-              recipe_budget: int) -> list[dict[str, Any]]:
-    """Every row of the icon table, printed as it is measured."""
+              recipe_budget: int, only_backbone: bool = False) -> list[dict[str, Any]]:
+    """Every row of the icon table, printed as it is measured (``only_backbone``: raw pixels
+    and lookalike's backbone rows only, without the off-the-shelf and recipe rows)."""
     meta = icondata.build(root)
     db = load_dataset(root / "database", "all")
     q = load_dataset(root / "queries", "all")
@@ -119,7 +158,7 @@ def run_icons(work: Path, root: Path, reuse: bool, adapt_budget: float | None,
 
     pix = PixelEncoder(db.spec)
     add("raw pixels (64x64 RGB), cosine", pix.encode(q.images), pix.encode(db.images))
-    for name, spec in BACKBONES.items():
+    for name, spec in ({} if only_backbone else BACKBONES).items():
         cache = work / f"gap_{name}.npz"
         t = time.perf_counter()
         if reuse and cache.is_file():  # features of the same weights and images: reusable
@@ -141,12 +180,13 @@ def run_icons(work: Path, root: Path, reuse: bool, adapt_budget: float | None,
     assert arch in BACKBONES, arch  # colour data: `lookalike train` picks a backbone
     budget = adapt_budget or adaptation_budget(len(db))
     default_adapts = adapts_by_default(len(db))
+    mid = (MID_BLOCK[arch],)  # one model gives both codes: without and with the mid block's
     for adapt in (False, True):
         train = default_train_config(arch, **({"objective": "contrastive", "time_budget": budget}
                                               if adapt else {}))
         path = work / ("backbone_adapted" if adapt else "backbone")
         model = load_model(path) if reuse and (path / "config.json").is_file() else None
-        config = ModelConfig(arch=arch, input=input_for(arch, db.spec))
+        config = ModelConfig(arch=arch, input=input_for(arch, db.spec), mid_blocks=mid)
         if model is None or model.train != train or model.config != config:
             result = train_backbone(db, config, train)
             model = save_model(path, result.model, result.train, result.history,
@@ -156,20 +196,33 @@ def run_icons(work: Path, root: Path, reuse: bool, adapt_budget: float | None,
         enc = ModelEncoder(model)
         xd, xq = encode_dataset(enc, db), encode_dataset(enc, q)
         enc_s = time.perf_counter() - t
+        head = model.module.head_dim  # the code without the block: its first columns
         size = f"{config.input.height} px"
         label = (f"{arch} adapted ({budget:.0f} s), GeM, whitened on the database, {size}" if adapt
                  else f"{arch} pretrained, GeM, whitened on the database, {size}")
-        default = adapt == default_adapts
-        add(f"{label}, exact", xq, xd, train_s=train_s, encode_s=enc_s)
         retrieval = default_retrieval_config(arch)
-        add(f"{'**' if default else ''}{label} + its re-ranking"
-            f"{' (the default)**' if default else ''}", xq, xd,
-            Diffusion(xd, retrieval.diffusion), train_s=train_s, encode_s=enc_s, default=default)
-        if default:
-            full = dataclasses.replace(retrieval.diffusion, keep=0, blend=0.0)
-            add(f"{label} + full diffusion (the recipe's, no kept first result)", xq, xd,
-                Diffusion(xd, full), train_s=train_s, encode_s=enc_s)
+        for with_mid in (False, True):
+            cd, cq = (xd, xq) if with_mid else (unit(xd[:, :head]), unit(xq[:, :head]))
+            name = (f"{label} + block {mid[0]}'s GeM whitened, concatenated ({xd.shape[1]}-d)"
+                    if with_mid else label)
+            default = adapt == default_adapts and with_mid == bool(default_mid_blocks(arch))
+            add(f"{name}, exact", cq, cd, train_s=train_s, encode_s=enc_s)
+            add(f"{'**' if default else ''}{name} + its re-ranking"
+                f"{' (the default)**' if default else ''}", cq, cd,
+                Diffusion(cd, retrieval.diffusion), train_s=train_s,
+                encode_s=enc_s, default=default)
+            if adapt and not with_mid:  # (today's default until 2026-12-05)
+                full = dataclasses.replace(retrieval.diffusion, keep=0, blend=0.0)
+                add(f"{label} + full diffusion (the recipe's, no kept first result)", cq, cd,
+                    Diffusion(cd, full), train_s=train_s, encode_s=enc_s)
+        if adapt:
+            ratio = encode_ratio(model, db)
+            print(f"icons encode cost with block {mid[0]} / without: {ratio['ratio']:.3f} "
+                  f"({ratio})", flush=True)
+            rows[-1]["encode_ratio"] = ratio
 
+    if only_backbone:
+        return rows
     train = default_train_config("contrastive", budget=recipe_budget)
     path = work / f"recipe_{recipe_budget}"
     model = load_model(path) if reuse and (path / "config.json").is_file() else None

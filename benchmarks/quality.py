@@ -201,6 +201,9 @@ def main() -> None:
                          "train's for the database's size)")
     ap.add_argument("--recipe-budget", type=int, default=320_000,
                     help="icons: images the self-trained recipe's row sees")
+    ap.add_argument("--only-backbone", action="store_true",
+                    help="icons: raw pixels and lookalike's backbone rows only (no off-the-shelf "
+                         "or recipe rows: a quicker run; prints its table, leaves the docs alone)")
     args = ap.parse_args()
     start = time.perf_counter()
     work = Path(args.work)
@@ -209,13 +212,13 @@ def main() -> None:
         import icondata
 
         rows = colour.run_icons(work / "icons", Path(args.icons), args.reuse, args.adapt_budget,
-                                args.recipe_budget)
+                                args.recipe_budget, args.only_backbone)
         body = colour.icons_section(rows, time.perf_counter() - start,
                                     icondata.load_meta(Path(args.icons)))
         (work / "results_icons.json").parent.mkdir(parents=True, exist_ok=True)
         (work / "results_icons.json").write_text(json.dumps({"results": rows, "date": now()}, indent=2))
         print(body)
-        if not args.no_write:
+        if not args.no_write and not args.only_backbone:  # (a partial table: merged by hand)
             write_section("colour", body)
         args.datasets = ",".join(n for n in args.datasets.split(",") if n != "icons")
         if not args.datasets:

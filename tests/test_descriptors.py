@@ -1,6 +1,7 @@
-"""Backbone descriptors (lookalike.models.descriptors): regional pooling and mirrored test-time
-views are applied as configured, the codes equal the descriptors computed here by hand, the
-settings travel with a saved model (and its ONNX encoder), and ``train`` takes them as flags."""
+"""Backbone descriptors (lookalike.models.descriptors): regional pooling, mirrored test-time
+views and mid-level blocks' codes are applied as configured, the codes equal the descriptors
+computed here by hand, the settings travel with a saved model (and its ONNX encoder), a model
+saved before them encodes as it did, and ``train`` takes them as flags."""
 
 from __future__ import annotations
 
@@ -14,10 +15,20 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from conftest import run_cli
-from lookalike.config import InputSpec, ModelConfig, default_train_config
+from lookalike.config import (
+    BACKBONE_ARCHS,
+    BACKBONE_BLOCKS,
+    MID_BLOCK,
+    MID_BLOCKS_BY_DEFAULT,
+    InputSpec,
+    ModelConfig,
+    default_mid_blocks,
+    default_train_config,
+)
 from lookalike.data.datasets import load_dataset
 from lookalike.errors import LookalikeError
 from lookalike.models.adaptation import train_backbone
+from lookalike.models.backbones import EfficientNetLite
 from lookalike.models.descriptors import rmac_regions
 from lookalike.models.encoders import ModelEncoder, encode_dataset
 from lookalike.models.modelio import load_model, save_model
@@ -149,3 +160,129 @@ def test_train_takes_pooling_and_test_views(tmp_path: Path, capsys) -> None:
     code, out, err = run_cli(capsys, ["train", "--dataset", folder, "--out", tmp_path / "x",
                                       "--pooling", "max"])
     assert code == 2 and "--pooling" in err
+
+
+def _mid_model(size: int, mid_blocks: tuple[int, ...] = (14,)) -> BackboneModel:
+    """``_model`` with mid blocks: the same backbone and head whitening, and a random whitening
+    of each block's descriptor."""
+    model = BackboneModel(ModelConfig(arch=ARCH, input=InputSpec(3, size, size), latent_dim=16,
+                                      mid_blocks=mid_blocks))
+    model.load_state_dict(_model(size).state_dict(), strict=False)  # (the mid buffers: below)
+    rng = np.random.default_rng(2)
+    for part, width in enumerate(model.part_widths[1:], start=1):
+        model.set_whitening(torch.from_numpy(rng.normal(0, 0.01, width).astype(np.float32)),
+                            torch.from_numpy(rng.normal(0, 1, (width, width)).astype(np.float32)), part)
+    return model.eval()
+
+
+def test_mid_block_code_is_the_whitened_block_descriptor_beside_the_head_code(tmp_path: Path) -> None:
+    x = _pixels(_arrows(tmp_path / "img", n=3), 96)
+    mid, plain = _mid_model(96), _model(96)
+    assert mid.part_widths == (1280, 192) and mid.code_dim == 16 + 192
+    seen: list[torch.Tensor] = []  # block 14's output, taken by a hook, not by the code under test
+    hook = mid.backbone._blocks[14].register_forward_hook(lambda m, i, out: seen.append(out))
+    with torch.inference_mode():
+        codes = mid.encode(x)
+        hook.remove()
+        head = _whitened(mid, _gem(mid.backbone.features(x)))
+        mean, matrix = mid.mid_mean_14, mid.mid_whiten_14
+        block = F.normalize((F.normalize(_gem(seen[0]), dim=1) - mean) @ matrix, dim=1)
+        assert seen[0].shape == (3, 192, 3, 3)
+        torch.testing.assert_close(codes, F.normalize(torch.cat([head, block], dim=1), dim=1),
+                                   rtol=1e-4, atol=1e-5)
+        # the first latent_dim columns, renormalised, are the code without the block
+        torch.testing.assert_close(F.normalize(codes[:, :16], dim=1), plain.encode(x), rtol=1e-4, atol=1e-5)
+        # the block's half carries the images' own information, not a constant
+        assert float(codes[:, 16:].std(dim=0).max()) > 0.01
+
+
+def test_mid_blocks_are_fitted_saved_and_exported(tmp_path: Path) -> None:
+    folder = _arrows(tmp_path / "img")
+    data = load_dataset(folder, "all")
+    config = ModelConfig(arch=ARCH, input=InputSpec(3, 64, 64), latent_dim=8, mid_blocks=(10, 14))
+    result = train_backbone(data, config, default_train_config(ARCH))
+    saved = save_model(tmp_path / "m", result.model, result.train, result.history)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model"]["mid_blocks"] == [10, 14]
+    loaded = load_model(tmp_path / "m")
+    assert loaded.config == config and loaded.module.code_dim == 8 + 112 + 192
+    codes = encode_dataset(ModelEncoder(loaded, precision="fp32"), data)
+    assert codes.shape == (8, 312)
+    np.testing.assert_array_equal(codes, encode_dataset(ModelEncoder(saved, precision="fp32"), data))
+    # each block whitened on its own training descriptors: its part of the codes is centred
+    for lo, hi in ((8, 120), (120, 312)):
+        part = codes[:, lo:hi] / np.linalg.norm(codes[:, lo:hi], axis=1, keepdims=True)
+        assert abs(float(part.mean(axis=0) @ part.mean(axis=0))) < 0.05
+    module = loaded.module
+    assert isinstance(module, BackboneModel)
+    assert not torch.equal(module.mid_whiten_14, torch.eye(192))
+    onnx = open_encoder(saved.path, saved.fingerprint)  # the same codes without PyTorch
+    assert onnx is not None
+    np.testing.assert_allclose(encode_dataset(onnx, data), codes, atol=1e-5)
+
+
+def test_a_model_without_mid_blocks_saves_and_encodes_as_before(tmp_path: Path) -> None:
+    folder = _arrows(tmp_path / "img", n=4)
+    data = load_dataset(folder, "all")
+    config = ModelConfig(arch=ARCH, input=InputSpec(3, 64, 64), latent_dim=8)
+    result = train_backbone(data, config, default_train_config(ARCH))
+    save_model(tmp_path / "m", result.model, result.train, result.history)
+    # the files of a model saved before mid blocks existed: no new key, no new tensor
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert "mid_blocks" not in meta["model"]
+    old = ModelConfig.from_dict(meta["model"])
+    assert old.mid_blocks == () and old == config
+    loaded = load_model(tmp_path / "m")
+    module = loaded.module
+    assert isinstance(module, BackboneModel)
+    assert not [k for k in module.state_dict() if k.startswith("mid_")]
+    # its codes are the old formula's, bit for bit
+    x = _pixels(folder, 64)
+    with torch.inference_mode():
+        by_hand = F.normalize((F.normalize(_gem(module.backbone.features(x)), dim=1)
+                               - module.whiten_mean) @ module.whiten, dim=1)
+        assert torch.equal(module.encode(x), by_hand)
+
+
+def test_mid_blocks_are_checked() -> None:
+    spec = InputSpec(3, 64, 64)
+    assert ModelConfig.from_dict({**ModelConfig(arch=ARCH, input=spec).to_dict(),
+                                  "mid_blocks": [14]}).mid_blocks == (14,)
+    with pytest.raises(LookalikeError, match=r"efficientnet-lite0 has blocks 0..15, got mid_blocks \(16,\)"):
+        ModelConfig(arch=ARCH, input=spec, mid_blocks=(16,))
+    for bad in ((14, 10), (14, 14), (-1,), ("14",)):
+        with pytest.raises(LookalikeError, match="mid_blocks must be increasing block indices"):
+            ModelConfig(arch=ARCH, input=spec, mid_blocks=bad)  # type: ignore[arg-type]
+    with pytest.raises(LookalikeError, match="mid_blocks are for a pretrained backbone, not contrastive"):
+        ModelConfig(arch="contrastive", mid_blocks=(1,))
+
+
+@pytest.mark.parametrize("arch", BACKBONE_ARCHS)
+def test_the_default_mid_block_ends_the_second_to_last_stage(arch: str) -> None:
+    net = EfficientNetLite(arch)
+    assert len(net._blocks) == BACKBONE_BLOCKS[arch]
+    block = MID_BLOCK[arch]
+    # the last block at the last map's stride before the last stage widens the channels
+    assert net.block_channels(block) != net.block_channels(block + 1) == net._conv_head.in_channels
+    assert block + 1 == len(net._blocks) - 1
+    assert default_mid_blocks(arch) == ((block,) if MID_BLOCKS_BY_DEFAULT else ())
+    assert default_mid_blocks("contrastive") == ()
+
+
+def test_train_takes_mid_blocks(tmp_path: Path, capsys) -> None:
+    folder = _arrows(tmp_path / "img", n=4)
+    for flag, expected, dim in ((["--mid-blocks", "10,14"], [10, 14], 8 + 112 + 192),
+                                (["--mid-blocks", "none"], None, 8),
+                                ([], [14] if MID_BLOCKS_BY_DEFAULT else None,
+                                 8 + 192 if MID_BLOCKS_BY_DEFAULT else 8)):
+        code, out, err = run_cli(capsys, ["train", "--dataset", folder, "--out", tmp_path / "m",
+                                          "--size", "64", "--latent-dim", "8", *flag])
+        assert code == 0, err
+        assert f"code {dim}-d" in out
+        model = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
+        assert model.get("mid_blocks") == expected
+    for bad, message in (("x", "expected none or block numbers"), ("14,10", "increasing block numbers"),
+                         ("16", "efficientnet-lite0 has blocks 0..15")):
+        code, out, err = run_cli(capsys, ["train", "--dataset", folder, "--out", tmp_path / "x",
+                                          "--size", "64", "--mid-blocks", bad])
+        assert code == 2 and message in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1

@@ -404,6 +404,7 @@ def test_cli_imports_indexes_searches_adds_and_describes(
 @pytest.mark.parametrize("argv, message", [
     (["--mean", "0.5,0.5,0.5"], "--mean is for --encoder-onnx"),
     (["--encoder-onnx", "F", "--epochs", "3"], "--epochs does not apply to --encoder-onnx"),
+    (["--encoder-onnx", "F", "--mid-blocks", "14"], "--mid-blocks does not apply to --encoder-onnx"),
     (["--encoder-onnx", "F", "--mean", "0.5,0.5,0.5"], "needs --mean and --std"),
     (["--encoder-onnx", "F", "--mean", "120,117,104", "--std", "0.5,0.5,0.5"], "divide 0..255 values"),
 ])

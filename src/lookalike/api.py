@@ -32,6 +32,7 @@ from .config import (
     adaptation_budget,
     adapts_by_default,
     choose_arch,
+    default_mid_blocks,
     default_retrieval_config,
     default_train_config,
     input_for,
@@ -62,6 +63,7 @@ def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *
           arch: str = "auto", size: tuple[int, int] | None = None, channels: int | None = None,
           latent_dim: int | None = None, width: int | None = None, adapt: bool | None = None,
           pooling: str | None = None, test_views: str | None = None,
+          mid_blocks: tuple[int, ...] | None = None,
           rerank: str | None = None, split: str | None = None, data_dir: str | None = None,
           download: bool = False, progress: bool = False, **train_options: Any) -> LoadedModel:
     """Train (or, for a pretrained backbone, fit) a model on ``data`` and save it to ``out``.
@@ -72,9 +74,11 @@ def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *
     ``(h, w)`` / ``channels`` say otherwise. ``adapt`` fine-tunes a backbone on ``data``
     first, for ``time_budget`` seconds (default :func:`config.adaptation_budget`: 0.045 s
     an image, 30-300 s); ``adapt=None`` adapts from 1,000 images on
-    (:func:`config.adapts_by_default`). ``pooling`` and ``test_views`` set a backbone's
-    :class:`ModelConfig` fields of those names. ``train_options`` override :class:`TrainConfig` fields
-    (``epochs``, ``seed``, ``budget``...). A built-in dataset trains on its database split.
+    (:func:`config.adapts_by_default`). ``pooling``, ``test_views`` and ``mid_blocks`` set a
+    backbone's :class:`ModelConfig` fields of those names (``mid_blocks=None``: the
+    backbone's default, :func:`config.default_mid_blocks`; ``()``: none). ``train_options``
+    override :class:`TrainConfig` fields (``epochs``, ``seed``, ``budget``...). A built-in
+    dataset trains on its database split.
 
     Raises:
         LookalikeError: bad data or options (subclasses name which).
@@ -93,7 +97,8 @@ def train(data: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str], *
     config = ModelConfig(arch=arch, input=input_for(arch, native, size, channels),
                          latent_dim=latent_dim, width=width or ModelConfig.width,
                          pooling=pooling or ModelConfig.pooling,
-                         test_views=test_views or ModelConfig.test_views)
+                         test_views=test_views or ModelConfig.test_views,
+                         mid_blocks=default_mid_blocks(arch) if mid_blocks is None else mid_blocks)
     if ds is None:
         ds = _data(data, split, config.input, progress=progress, **load)
     backbone = arch in BACKBONE_ARCHS

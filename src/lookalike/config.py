@@ -89,6 +89,14 @@ POOLINGS = ("gem", "rmac")
 #: A backbone's test-time views, whose pooled features are averaged: the image alone, or
 #: with its mirror image.
 TEST_VIEWS = ("none", "flip")
+#: A backbone's mid-level block whose output is pooled (GeM), whitened on its own and
+#: concatenated to the last map's code (``ModelConfig.mid_blocks``): the last block of the
+#: second-to-last stage (192 channels in lite0, 6x6 at 192 px, the stride of the last map),
+#: the one of blocks 10, 14 and 15 of lite0 measured best (docs/benchmarks.md, "Colour
+#: levers").
+MID_BLOCK = {"efficientnet-lite0": 14, "efficientnet-lite1": 19, "efficientnet-lite2": 19}
+#: The blocks of each backbone (:mod:`lookalike.models.backbones` builds them; a test checks).
+BACKBONE_BLOCKS = {"efficientnet-lite0": 16, "efficientnet-lite1": 21, "efficientnet-lite2": 21}
 _DEFAULT_LATENT = {"hourglass": 512, "contrastive": 128, **{b: 512 for b in BACKBONE_ARCHS}}
 
 
@@ -105,7 +113,12 @@ class ModelConfig:
     pooled features with its mirror image's (two forward passes). Both measured on the icon
     benchmark (docs/benchmarks.md, "Colour levers"): R-MAC -6% same-icon mAP, flip +0.2% at
     2.1x the encode time, so the defaults stay ``"gem"`` and ``"none"`` (a config saved
-    before these fields existed loads with them).
+    before these fields existed loads with them). ``mid_blocks`` (backbones) names blocks
+    (indices into the backbone's blocks, increasing) whose outputs are GeM-pooled, whitened
+    each on its own and concatenated to the last map's code, each part L2-normalised and
+    with the same weight (weights 0.5-1.25 measured: 1 best): the code is then ``latent_dim``
+    plus each block's channels wide, at no extra forward pass (:data:`MID_BLOCK`; empty:
+    the code of the last map only, as every model saved before this field existed).
     """
 
     arch: str = DEFAULT_ARCH
@@ -114,6 +127,7 @@ class ModelConfig:
     width: int = 32
     pooling: str = "gem"
     test_views: str = "none"
+    mid_blocks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES and self.arch != IMPORTED_ARCH:
@@ -139,6 +153,17 @@ class ModelConfig:
         if self.test_views not in TEST_VIEWS:
             raise LookalikeError(
                 f"test_views must be one of {', '.join(TEST_VIEWS)}, got {self.test_views!r}")
+        if isinstance(self.mid_blocks, list):  # (JSON has no tuples)
+            object.__setattr__(self, "mid_blocks", tuple(self.mid_blocks))
+        blocks = self.mid_blocks
+        if (not isinstance(blocks, tuple) or not all(type(b) is int and b >= 0 for b in blocks)
+                or list(blocks) != sorted(set(blocks))):
+            raise LookalikeError(f"mid_blocks must be increasing block indices >= 0, got {blocks!r}")
+        if blocks and self.arch not in BACKBONE_ARCHS:
+            raise LookalikeError(f"mid_blocks are for a pretrained backbone, not {self.arch}")
+        if blocks and blocks[-1] >= BACKBONE_BLOCKS[self.arch]:
+            raise LookalikeError(f"{self.arch} has blocks 0..{BACKBONE_BLOCKS[self.arch] - 1}, "
+                                 f"got mid_blocks {blocks!r}")
         if self.arch == "hourglass" and (self.input.height % 8 or self.input.width % 8):
             raise LookalikeError(
                 f"hourglass needs height and width divisible by 8, got "
@@ -146,12 +171,18 @@ class ModelConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "input": self.input.to_dict()}
+        """As JSON; ``mid_blocks`` only when there are some, so a model without
+        them is saved as before they existed (and older lookalikes read it)."""
+        out = {**dataclasses.asdict(self), "input": self.input.to_dict(),
+               "mid_blocks": list(self.mid_blocks)}
+        if not self.mid_blocks:
+            del out["mid_blocks"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        if isinstance(data, dict):  # saved before pooling / test views existed
-            data = {"pooling": "gem", "test_views": "none", **data}
+        if isinstance(data, dict):  # saved before pooling / test views / mid blocks existed
+            data = {"pooling": "gem", "test_views": "none", "mid_blocks": (), **data}
         return _from_dict(cls, data, "model config")
 
 
@@ -417,6 +448,19 @@ def input_for(arch: str, data: InputSpec, size: tuple[int, int] | None = None,
         scale = RECIPE_MAX_SIDE / max(h, w)
         h, w = (max(8, int(round(v * scale / 8)) * 8) for v in (h, w))
     return InputSpec(channels=channels or data.channels, height=h, width=w)
+
+
+#: Whether a new backbone model concatenates its :data:`MID_BLOCK`'s code by default: yes,
+#: measured on the icon benchmark from one adapted lite0 (docs/benchmarks.md, "Colour"):
+#: same-icon mAP 0.134 -> 0.141 (+5.4%), P@1 0.193 -> 0.206, at 1.04x the encoding time.
+MID_BLOCKS_BY_DEFAULT = True
+
+
+def default_mid_blocks(arch: str) -> tuple[int, ...]:
+    """The ``mid_blocks`` ``lookalike train`` gives a new ``arch`` model when not told:
+    ``(MID_BLOCK[arch],)`` for a backbone, measured on the icon benchmark
+    (docs/benchmarks.md, "Colour levers"); none for the other presets."""
+    return (MID_BLOCK[arch],) if arch in BACKBONE_ARCHS and MID_BLOCKS_BY_DEFAULT else ()
 
 
 def default_retrieval_config(arch: str) -> RetrievalConfig:

@@ -88,6 +88,20 @@ def _size(text: str) -> tuple[int, int]:
     return h, int(m.group(2) or h)
 
 
+def _blocks(text: str) -> tuple[int, ...]:
+    """``--mid-blocks``: ``none`` or block indices like ``14`` or ``10,14``."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected none or block numbers like 14 or 10,14, got {text!r}"
+                                         ) from None
+    if min(values) < 0 or list(values) != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"expected increasing block numbers >= 0, got {text!r}")
+    return values
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -216,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-views", choices=TEST_VIEWS,
                    help="backbone: flip averages each image's features with its mirror "
                         "image's (twice the encoding time; see docs/benchmarks.md, Colour)")
+    p.add_argument("--mid-blocks", type=_blocks, metavar="none|N[,N...]",
+                   help="backbone: blocks whose pooled, whitened outputs are added to the code "
+                        "(default: efficientnet-lite0's 14, lite1/2's 19, the last of the "
+                        "second-to-last stage; none: the last map's code only; see "
+                        "docs/benchmarks.md, Colour)")
     add_onnx_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = train(
         args.dataset, args.out, arch=args.backbone or args.arch, size=args.size,
         channels=args.channels, latent_dim=args.latent_dim, width=args.width, adapt=args.adapt,
-        pooling=args.pooling, test_views=args.test_views,
+        pooling=args.pooling, test_views=args.test_views, mid_blocks=args.mid_blocks,
         rerank=args.rerank, split=args.split, data_dir=args.data_dir, progress=args.progress,
         download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         loss=args.loss, denoise=False if args.no_denoise else (True if args.denoise else None),

@@ -81,7 +81,8 @@ def add_onnx_args(p: argparse.ArgumentParser) -> None:
 _NOT_FOR_ONNX = {"arch": "auto", "backbone": None, "adapt": None, "objective": None, "epochs": None,
                  "time_budget": None, "channels": None, "width": None, "lr": None, "loss": None,
                  "budget": None, "temperature": None, "augment": None, "jitter": None,
-                 "recon_weight": None, "noise_factor": None}
+                 "recon_weight": None, "noise_factor": None, "pooling": None, "test_views": None,
+                 "mid_blocks": None}
 _ONNX_ONLY = {"mean": None, "std": None, "channel_order": "rgb", "resize": "crop", "crop_fraction": 1.0,
               "encoder_output": "auto", "output_name": None}
 

@@ -9,7 +9,8 @@ without labels.
    progress bar that shows the time left.
 3. The codes' whitening is fitted on the training images' pooled features
    (:func:`lookalike.models.networks.fit_whitening`), of a sample of :data:`WHITEN_SAMPLE` images
-   at most.
+   at most; with mid blocks (``ModelConfig.mid_blocks``), one whitening for each block's
+   pooled output too.
 
 The training images are read chunk by chunk (:meth:`lookalike.data.datasets.Dataset.pixels`),
 so a folder of photos never sits in memory at the model's input size.
@@ -89,8 +90,8 @@ def colour_views(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -
 def pooled_features(model: BackboneModel, data: Dataset, bf16: bool, device: torch.device,
                     progress: bool = False) -> np.ndarray:
     """The pooled backbone features of every image of ``data`` (:meth:`BackboneModel.descriptor`),
-    ``float32 (n, 1280)``."""
-    out = np.empty((len(data), model.backbone.feature_dim), dtype=np.float32)
+    ``float32 (n, sum(model.part_widths))``: ``(n, 1280)`` without mid blocks."""
+    out = np.empty((len(data), sum(model.part_widths)), dtype=np.float32)
     model.eval()
     with (tqdm(total=len(data), desc="features", unit="img", disable=not progress) as bar,
           torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)):
@@ -197,8 +198,14 @@ def train_backbone(data: Dataset, model_config: ModelConfig, train: TrainConfig,
         rows = np.random.default_rng(train.seed).choice(len(data), WHITEN_SAMPLE, replace=False)
         sample = data.subset(np.sort(rows), data.split)
     features = pooled_features(model, sample, bf16, device, progress)
-    mean, matrix = fit_whitening(features, model.code_dim)
-    model.set_whitening(torch.from_numpy(mean).to(device), torch.from_numpy(matrix).to(device))
+    ends = np.cumsum(model.part_widths)
+    for part, (lo, hi) in enumerate(zip(ends - model.part_widths, ends, strict=True)):
+        # each part whitened on its own: the last map to latent_dim, a mid block keeps all
+        # its channels
+        dim = model.head_dim if part == 0 else int(hi - lo)
+        mean, matrix = fit_whitening(features[:, lo:hi], dim)
+        model.set_whitening(torch.from_numpy(mean).to(device), torch.from_numpy(matrix).to(device),
+                            part)
     seconds = time.perf_counter() - start
     history.update({"seconds": round(seconds, 3), "n_train": len(data), "n_val": 0, "epochs": 1,
                     "n_whitening": len(sample),

@@ -150,11 +150,32 @@ class EfficientNetLite(nn.Module):
         self.feature_dim = 1280
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_maps(x)[0]
+
+    def feature_maps(self, x: torch.Tensor, taps: tuple[int, ...] = ()
+                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last feature map of ``x`` (as :meth:`features`) and the outputs of the blocks
+        numbered ``taps`` (indices into ``_blocks``, in that order), from one forward pass."""
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        tapped: dict[int, torch.Tensor] = {}
+        for i, block in enumerate(self._blocks):
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+            if i in taps:
+                tapped[i] = x
+        return F.relu6(self._bn1(self._conv_head(x))), [tapped[i] for i in taps]
+
+    def block_channels(self, index: int) -> int:
+        """The channels of block ``index``'s output.
+
+        Raises:
+            ValueError: no such block."""
+        if not 0 <= index < len(self._blocks):
+            raise ValueError(f"block {index} does not exist: this backbone has blocks "
+                             f"0..{len(self._blocks) - 1}")
+        block = self._blocks[index]
+        assert isinstance(block, MBConv)
+        return int(block._project_conv.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self.features(x).mean(dim=(2, 3)))

@@ -11,7 +11,8 @@
   extractor"): an ImageNet-trained backbone (:mod:`lookalike.models.backbones`), its last
   feature map GeM-pooled (or as ``ModelConfig.pooling`` and ``.test_views`` say,
   :mod:`lookalike.models.descriptors`), centred and whitened by a projection fitted on the training
-  images (:func:`fit_whitening`), L2-normalised. It has no decoder.
+  images (:func:`fit_whitening`), L2-normalised; with ``ModelConfig.mid_blocks`` (new models'
+  default), the same for a mid-level block's output, concatenated. It has no decoder.
 * ``hourglass`` (seed 003): conv stages of 32, 64, 128 filters, then a dense latent of
   ``latent_dim`` (512); the decoder mirrors it with transposed convolutions.
 
@@ -143,11 +144,18 @@ ARTICLE_PRESETS = ("conv-16-8-8", "conv-32-32", "hourglass")
 
 
 class BackboneModel(nn.Module):
-    """A pretrained backbone as an encoder: ``encode`` gives L2-normalised ``(n, latent_dim)``
+    """A pretrained backbone as an encoder: ``encode`` gives L2-normalised ``(n, code_dim)``
     codes, ``normalize(W^T (normalize(gem(features)) - mean))`` (:func:`fit_whitening`'s
     mean and matrix are of L2-normalised features). ``W`` and ``mean`` are buffers, the
     identity's first columns and zero until :meth:`set_whitening`; ``head`` is the
-    projection the contrastive adaptation trains through. No decoder."""
+    projection the contrastive adaptation trains through. No decoder.
+
+    With ``config.mid_blocks``, each named block's output is GeM-pooled too (the same
+    forward pass) and whitened by its own buffers (``mid_mean_<block>``,
+    ``mid_whiten_<block>``, all its channels kept); the code is the concatenation of the
+    L2-normalised parts (equal weights), L2-normalised again:
+    ``latent_dim`` + the blocks' channels wide. Its first ``latent_dim`` columns,
+    renormalised, are the code without the blocks."""
 
     whiten_mean: torch.Tensor
     whiten: torch.Tensor
@@ -157,43 +165,81 @@ class BackboneModel(nn.Module):
         self.config = config
         self.backbone = EfficientNetLite(config.arch)
         width = self.backbone.feature_dim
-        self.code_dim = int(config.latent_dim or width)
-        if self.code_dim > width:
-            raise ValueError(f"latent_dim {self.code_dim} exceeds the backbone's {width} features")
+        self.head_dim = int(config.latent_dim or width)
+        if self.head_dim > width:
+            raise ValueError(f"latent_dim {self.head_dim} exceeds the backbone's {width} features")
+        #: the widths of the pooled parts :meth:`descriptor` puts side by side: the last
+        #: map's, then each mid block's
+        self.part_widths = (width, *(self.backbone.block_channels(b) for b in config.mid_blocks))
+        self.code_dim = self.head_dim + sum(self.part_widths[1:])
         self.code_shape = (self.code_dim,)
         self.register_buffer("whiten_mean", torch.zeros(width))
-        self.register_buffer("whiten", torch.eye(width)[:, :self.code_dim].contiguous())
+        self.register_buffer("whiten", torch.eye(width)[:, :self.head_dim].contiguous())
+        for block, channels in zip(config.mid_blocks, self.part_widths[1:], strict=True):
+            self.register_buffer(f"mid_mean_{block}", torch.zeros(channels))
+            self.register_buffer(f"mid_whiten_{block}", torch.eye(channels))
         self.head = nn.Sequential(nn.Linear(width, 512), nn.BatchNorm1d(512), nn.ReLU(),
                                   nn.Linear(512, 128))
+
+    def _pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        return regional_gem(fmap) if self.config.pooling == "rmac" else gem(fmap)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled last feature map of ``x`` as given, ``(n, 1280)``, before whitening:
         GeM, or regional GeM (``config.pooling``, :mod:`lookalike.models.descriptors`)."""
-        fmap = self.backbone.features(x)
-        return regional_gem(fmap) if self.config.pooling == "rmac" else gem(fmap)
+        return self._pool(self.backbone.features(x))
+
+    def parts(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`features` and the GeM of each mid block's output side by side,
+        ``(n, sum(part_widths))``, from one forward pass."""
+        if not self.config.mid_blocks:
+            return self.features(x)
+        last, mids = self.backbone.feature_maps(x, self.config.mid_blocks)
+        return torch.cat([self._pool(last), *(gem(m) for m in mids)], dim=1)
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`features` averaged over the test-time views of ``x``
-        (``config.test_views``), ``(n, 1280)``: what the whitening is fitted on and
-        :meth:`encode` whitens."""
-        return averaged(self.features, x, self.config.test_views)
+        """:meth:`parts` averaged over the test-time views of ``x``
+        (``config.test_views``), ``(n, sum(part_widths))`` (``(n, 1280)`` without mid
+        blocks): what the whitenings are fitted on and :meth:`encode` whitens."""
+        return averaged(self.parts, x, self.config.test_views)
+
+    def whitening(self, part: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(mean, matrix)`` buffers of part ``part`` (0: the last map; i: the i-th mid
+        block)."""
+        if part == 0:
+            return self.whiten_mean, self.whiten
+        block = self.config.mid_blocks[part - 1]
+        return getattr(self, f"mid_mean_{block}"), getattr(self, f"mid_whiten_{block}")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``float32 (n, 3, H, W)`` in [0, 1] -> L2-normalised codes ``(n, code_dim)``."""
-        z = (F.normalize(self.descriptor(x), dim=1) - self.whiten_mean) @ self.whiten
-        return F.normalize(z, dim=1)
+        d = self.descriptor(x)
+        if not self.config.mid_blocks:  # (the exact operations of the models saved before)
+            z = (F.normalize(d, dim=1) - self.whiten_mean) @ self.whiten
+            return F.normalize(z, dim=1)
+        codes = []
+        for i, part in enumerate(torch.split(d, list(self.part_widths), dim=1)):
+            mean, matrix = self.whitening(i)
+            z = F.normalize((F.normalize(part, dim=1) - mean) @ matrix, dim=1)
+            codes.append(z)
+        return F.normalize(torch.cat(codes, dim=1), dim=1)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Projection head for the contrastive adaptation: ``(n, 128)``, L2-normalised."""
         return F.normalize(self.head(features), dim=1)
 
-    def set_whitening(self, mean: torch.Tensor, matrix: torch.Tensor) -> None:
-        """Use ``mean`` ``(1280,)`` and ``matrix`` ``(1280, code_dim)`` from now on."""
-        if matrix.shape != self.whiten.shape or mean.shape != self.whiten_mean.shape:
+    def set_whitening(self, mean: torch.Tensor, matrix: torch.Tensor, part: int = 0) -> None:
+        """Use ``mean`` and ``matrix`` for part ``part`` from now on: part 0, the last map's,
+        ``(1280,)`` and ``(1280, latent_dim)``; part i, the i-th mid block's, ``(c,)`` and
+        ``(c, c)`` for its ``c`` channels."""
+        if not 0 <= part < len(self.part_widths):
+            raise ValueError(f"part {part} does not exist: this model has {len(self.part_widths)}")
+        old_mean, old = self.whitening(part)
+        if matrix.shape != old.shape or mean.shape != old_mean.shape:
             raise ValueError(f"whitening of shape {tuple(matrix.shape)} does not fit "
-                             f"{tuple(self.whiten.shape)}")
-        self.whiten_mean.copy_(mean)
-        self.whiten.copy_(matrix)
+                             f"{tuple(old.shape)}")
+        old_mean.copy_(mean)
+        old.copy_(matrix)
 
 
 def fit_whitening(features: np.ndarray, dim: int, power: float = 0.25
