@@ -226,27 +226,32 @@ import json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[4])
 from duplicates_synthetic import items
+from lookalike.search.alignment import HALF_MARGIN
+from lookalike.search.duplicates import NEAR_THRESHOLD, SIMILAR_THRESHOLD
 from lookalike.search.duppass import PassSettings, scan
 n, since, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 codes, thumbs, copies = items(n, seed)
-settings = PassSettings(k=10, floor=0.85, items=n, fingerprint="synthetic")
+# the settings find_groups gives a pass at the default threshold
+settings = PassSettings(k=10, floor=SIMILAR_THRESHOLD, items=n, fingerprint="synthetic",
+                        refine_above=NEAR_THRESHOLD - HALF_MARGIN)
+stats = {}
 start = time.perf_counter()
 queries = None if since == 0 else np.arange(n - since, n)
-i, j, s = scan(codes, thumbs.__getitem__, (32, 32), settings, queries=queries)
+i, j, s = scan(codes, thumbs.__getitem__, (32, 32), settings, queries=queries, stats=stats)
 seconds = time.perf_counter() - start
-found = set(zip(i.tolist(), j.tolist()))
-near = {p for p, v in zip(zip(i.tolist(), j.tolist()), s.tolist()) if v >= 0.975}
+near = {p for p, v in zip(zip(i.tolist(), j.tolist()), s.tolist()) if v >= NEAR_THRESHOLD}
 planted = [(min(a, b), max(a, b)) for a, b in copies if queries is None or max(a, b) >= n - since]
 with open("/proc/self/status") as fh:
     hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
 print(json.dumps({"n": n, "since": since, "seconds": seconds, "peak_rss_mib": hwm,
-                  "pairs": len(found), "planted": len(planted),
-                  "planted_near": sum(p in near for p in planted)}))
+                  "pairs": len(i), "planted": len(planted),
+                  "planted_near": sum(p in near for p in planted), **stats}))
 """
 
 
-def scale(sizes: list[int]) -> str:
+def scale(sizes: list[int]) -> tuple[str, list[str]]:
     rows = []
+    loads = [load()]
     here = str(Path(__file__).resolve().parent)
     for n in sizes:
         for since in (0, 1000):
@@ -256,8 +261,18 @@ def scale(sizes: list[int]) -> str:
             print(r, flush=True)
             rows.append([f"{n:,}", "full pass" if since == 0 else "--since, 1,000 new items",
                          f"{r['seconds']:.0f}", f"{r['peak_rss_mib']:.0f}",
-                         f"{r['planted_near']}/{r['planted']}"])
-    return table(["items", "pass", "seconds", "peak RSS (MiB)", "planted copies found near"], rows)
+                         f"{r['planted_near']}/{r['planted']}", f"{r['candidates']:,}",
+                         f"{r['scored']:,}",
+                         f"{r['search_s']:.0f} / {r['features_s']:.0f} / {r['gate_s']:.0f} / "
+                         f"{r['pixels_s']:.0f}"])
+            loads.append(load())
+    return table(["items", "pass", "seconds", "peak RSS (MiB)", "planted copies found near",
+                  "candidate pairs", "scored on pixels",
+                  "seconds: search / block means / gate / pixels"], rows), loads
+
+
+def load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def main() -> None:
@@ -279,10 +294,21 @@ def main() -> None:
         print(f"written to {write_section('duplicates', body)}")
     if args.scale:
         command = "python benchmarks/duplicates.py --no-quality --scale " + " ".join(map(str, args.scale))
+        rows, loads = scale(args.scale)
         body = (f"## Duplicates: time and memory at scale (synthetic items)\n\n`{command}` — "
-                f"{stamp}.\n\n" + scale(args.scale))
+                f"{stamp}; load average (1 min) {', '.join(loads)} at the start and after each "
+                f"row.\n\n" + SCALE_TEXT + "\n\n" + rows)
         print(body)
         print(f"written to {write_section('duplicates-scale', body)}")
+
+
+SCALE_TEXT = """Each row is its own process: `duppass.scan` (the pass `lookalike duplicates` runs, with
+its settings: k = 10, the similar floor, refinement above the near threshold less the
+margin) over synthetic items of `benchmarks/duplicates_synthetic.py` (random 128-d codes,
+smooth 32x32 grey thumbnails, 1% planted edited copies); wall time of the pass and peak RSS
+(VmHWM) of the whole process, the items' own codes and thumbnails (~1.1 KiB an item)
+included. *--since*: the last 1,000 rows are the new items, checked against all."""
+
 
 if __name__ == "__main__":
     main()

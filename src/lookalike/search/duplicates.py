@@ -36,7 +36,7 @@ import numpy as np
 
 from ..config import DUPLICATE_K, DUPLICATE_THRESHOLD
 from ..errors import LookalikeError
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write, atomic_write_json
 from .alignment import COMPARE_SIZE, HALF_MARGIN, thumb_shape, thumbnails
 from .duppass import Checkpoint, PassSettings, scan
 from .filetiers import file_tier
@@ -164,10 +164,15 @@ def _save_last(coll: Collection, pairs: list[DuplicatePair], floor: float, k: in
     try:
         folder.mkdir(exist_ok=True)
         arr = np.array([(p.a, p.b) for p in pairs], dtype=np.int64).reshape(-1, 2)
-        tmp = folder / "last-pairs.tmp.npz"
-        np.savez(tmp, a=arr[:, 0], b=arr[:, 1],
-                 score=np.array([p.score for p in pairs], dtype=np.float32))
-        tmp.replace(folder / "last-pairs.npz")
+        score = np.array([p.score for p in pairs], dtype=np.float32)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, a=arr[:, 0], b=arr[:, 1], score=score)
+
+        # the pairs before the record that points --since at them (a crash between the two
+        # leaves the older next_id: the next --since checks a few more items, loses none)
+        atomic_write(folder / "last-pairs.npz", write)
         atomic_write_json(folder / "last.json", {
             "next_id": int(coll.ids.max()) + 1 if len(coll) else 0, "floor": floor, "k": k,
             "fingerprint": _fingerprint(coll)})
@@ -182,7 +187,7 @@ def _load_last(coll: Collection, floor: float, k: int) -> tuple[int, np.ndarray,
     folder = _state(coll)
     try:
         meta = json.loads((folder / "last.json").read_text())
-        with np.load(folder / "last-pairs.npz") as z:
+        with np.load(folder / "last-pairs.npz", allow_pickle=False) as z:
             a, b, s = z["a"], z["b"], z["score"]
     except (OSError, ValueError, KeyError):
         raise LookalikeError(f"--since last: no earlier duplicate pass recorded in {folder}; "
