@@ -14,9 +14,9 @@ pair* is two files of one window. lookalike's pairs are every pair inside one of
 Recall is given per edit kind of the pair (``two edits``: two copies of one window);
 "similar as near" counts the similar-but-distinct pairs (overlapping windows) called near.
 
-*Scale*: synthetic items: codes (128-d: a random projection of each thumbnail's 8x8 block
-means, plus noise, so that an item's nearest codes look alike) and smooth 32x32 grey
-thumbnails, 1% of them edited copies of others (shifted, zoomed, noised). The pass
+*Scale*: synthetic items (:mod:`duplicates_synthetic`): random 128-d codes (a copy's: its
+original's plus noise) and smooth 32x32 grey thumbnails, 1% of them edited copies of others
+(shifted, zoomed, noised). The pass
 (:func:`lookalike.search.duppass.scan`) runs in a fresh process: wall time and peak RSS
 (``VmHWM``) of the whole process; then ``--since`` with 1,000 added items.
 
@@ -307,7 +307,10 @@ its settings: k = 10, the similar floor, refinement above the near threshold les
 margin) over synthetic items of `benchmarks/duplicates_synthetic.py` (random 128-d codes,
 smooth 32x32 grey thumbnails, 1% planted edited copies); wall time of the pass and peak RSS
 (VmHWM) of the whole process, the items' own codes and thumbnails (~1.1 KiB an item)
-included. *--since*: the last 1,000 rows are the new items, checked against all."""
+included. Candidates: exact search up to 2e9 query-item products (a full pass of ~44,000
+items), above it an inverted file `IVF(2·sqrt n),SQ8`, 16 probes. *--since*: the last 1,000
+rows are the new items, checked against all (exact). *scored on pixels*: the candidate pairs
+that pass the gate (8x8 block means) and meet `pair_scores`."""
 
 
 if __name__ == "__main__":
