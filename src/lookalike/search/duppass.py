@@ -138,7 +138,10 @@ class _Neighbours:
     def __init__(self, codes: np.ndarray, queries: int, k: int) -> None:
         self.codes, self.k = codes, k
         n = len(codes)
-        self.index = None if queries * n <= EXACT_WORK else candidate_index(codes)
+        self.index = None
+        if queries * n > EXACT_WORK:
+            log.info("building the candidate index over %d codes", n)
+            self.index = candidate_index(codes)
         # a pass over few items keeps their unit rows; a --since pass streams them
         self.unit = unit_rows(codes) if self.index is None and n <= 8 * CHUNK else None
 
