@@ -363,3 +363,26 @@ def test_blocks_do_not_change_the_groups(photos: tuple[Path, dict[str, str]],
                                          tmp_path: Path) -> None:
     coll = _fresh(photos[0], tmp_path)
     assert find_groups(coll, block=3, resume=False) == find_groups(coll, resume=False)
+
+
+def test_thumbnails_are_kept_per_segment_and_follow_changed_pictures(
+        photos: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    from lookalike.search.dupthumbs import segment_thumbs
+
+    coll = _fresh(photos[0], tmp_path)
+    find_groups(coll)
+    kept = tmp_path / "coll" / "duplicates" / "thumbs"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        f"{s.name.replace('/', '_')}-32x32.npy" for s in coll.store.segments]
+    # an item's picture changed (a flipped file): its row now lies in a new segment
+    changed = int(coll.ids[2])
+    coll.update([changed], [coll.store.picture(2)[:, ::-1]])
+    coll = Collection.open(tmp_path / "coll")
+    thumbs, _ = segment_thumbs(coll.store, tmp_path / "coll" / "duplicates")
+    rows = np.arange(len(coll))
+    assert np.array_equal(thumbs(rows[::-1]), thumbnails(coll.store.pictures())[::-1])
+    assert len(list(kept.iterdir())) == len(coll.store.segments)
+    # a segment that no longer exists (merged away) loses its file
+    (kept / "gone-32x32.npy").write_bytes(b"")
+    segment_thumbs(coll.store, tmp_path / "coll" / "duplicates")
+    assert not (kept / "gone-32x32.npy").exists()

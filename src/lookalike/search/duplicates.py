@@ -37,8 +37,9 @@ import numpy as np
 from ..config import DUPLICATE_K, DUPLICATE_THRESHOLD
 from ..errors import LookalikeError
 from ..fsutil import atomic_write, atomic_write_json
-from .alignment import COMPARE_SIZE, HALF_MARGIN, thumb_shape, thumbnails
+from .alignment import COMPARE_SIZE, HALF_MARGIN
 from .duppass import Checkpoint, PassSettings, scan
+from .dupthumbs import segment_thumbs
 from .filetiers import file_tier
 from .finecheck import fine_check
 
@@ -119,12 +120,6 @@ def group_pairs(pairs: list[DuplicatePair]) -> list[DuplicateGroup]:
                              tuple(sorted(links[key], key=lambda p: (p.a, p.b))))
               for key, m in members.items()]
     return sorted(groups, key=lambda g: g.ids)
-
-
-def _collection_thumbs(coll: Collection) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int]]:
-    h, w = coll.store.shape[:2]
-    pictures = _pictures(coll)
-    return (lambda rows: thumbnails(pictures(rows))), thumb_shape(h, w)
 
 
 def _pictures(coll: Collection) -> Callable[[np.ndarray], np.ndarray]:
@@ -231,16 +226,8 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
         queries = np.flatnonzero(ids >= first_new)
     from tqdm.auto import tqdm
 
-    thumbs, shape = _collection_thumbs(collection)
-    if queries is None and len(collection):  # a full pass: every thumbnail once
-        every = np.empty((len(collection), shape[0] * shape[1]), np.uint8)
-        with tqdm(total=len(collection), desc="thumbnails", unit="item",
-                  disable=not progress) as bar:
-            for start in range(0, len(collection), 4096):
-                stop = min(start + 4096, len(collection))
-                every[start:stop] = thumbs(np.arange(start, stop))
-                bar.update(stop - start)
-        thumbs = every.__getitem__
+    with tqdm(desc="thumbnails", unit="item", disable=not progress) as bar:
+        thumbs, shape = segment_thumbs(collection.store, _state(collection), progress=bar.update)
     settings = PassSettings(k=k, floor=floor, items=len(collection),
                             fingerprint=_fingerprint(collection) + f", since {since}",
                             refine_above=threshold - HALF_MARGIN)
