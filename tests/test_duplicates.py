@@ -386,3 +386,24 @@ def test_thumbnails_are_kept_per_segment_and_follow_changed_pictures(
     (kept / "gone-32x32.npy").write_bytes(b"")
     segment_thumbs(coll.store, tmp_path / "coll" / "duplicates")
     assert not (kept / "gone-32x32.npy").exists()
+
+
+def test_a_crash_while_recording_a_pass_keeps_the_last_record_whole(
+        photos: tuple[Path, dict[str, str]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    coll = _fresh(photos[0], tmp_path)
+    groups = find_groups(coll)
+    record = tmp_path / "coll" / "duplicates" / "last-pairs.npz"
+    before = record.read_bytes()
+    savez = np.savez
+
+    def torn(file: object, **arrays: np.ndarray) -> None:  # half a file, then the disk fails
+        savez(file, a=arrays["a"])  # type: ignore[arg-type]
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(np, "savez", torn)
+    assert find_groups(coll, resume=False) == groups  # the pass stands, with a warning
+    monkeypatch.setattr(np, "savez", savez)
+    assert record.read_bytes() == before
+    assert [p.name for p in record.parent.iterdir() if p.name.startswith(".")] == []
+    assert find_groups(coll, since="last") == groups
