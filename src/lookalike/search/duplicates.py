@@ -45,6 +45,7 @@ from .finecheck import fine_check
 
 if TYPE_CHECKING:
     from .collection import Collection
+    from .segments import SegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,23 @@ def group_pairs(pairs: list[DuplicatePair]) -> list[DuplicateGroup]:
                              tuple(sorted(links[key], key=lambda p: (p.a, p.b))))
               for key, m in members.items()]
     return sorted(groups, key=lambda g: g.ids)
+
+
+class _StoreCodes:
+    """A collection's codes read by rows from each segment's mapped file (a collection of
+    several segments has no one array of them; assembling it would take n·d·4 bytes)."""
+
+    def __init__(self, store: SegmentStore) -> None:
+        self.store = store
+        self.shape = (len(store), store.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(len(self)))
+        return self.store.codes_at(np.asarray(rows, dtype=np.int64))
 
 
 def _pictures(coll: Collection) -> Callable[[np.ndarray], np.ndarray]:
@@ -235,7 +253,7 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
     total = len(collection) if queries is None else len(queries)
     with tqdm(total=total, desc="duplicates", unit="item", disable=not progress) as bar:
         try:
-            i, j, score = scan(np.asarray(collection.embeddings), thumbs, shape, settings,
+            i, j, score = scan(_StoreCodes(collection.store), thumbs, shape, settings,
                                queries=queries, block=block, checkpoint=checkpoint,
                                progress=bar.update)
         except OSError as exc:

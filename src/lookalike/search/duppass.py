@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -42,6 +42,17 @@ EXACT_WORK = 2_000_000_000
 NPROBE = 16
 #: Codes are normalised and added this many rows at a time (no normalised copy of them all).
 CHUNK = 65536
+
+
+class Codes(Protocol):
+    """``(n, d)`` codes read by rows: an array, a memory map, or rows fetched on demand."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: Any) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -102,20 +113,20 @@ class Checkpoint:
             (self.folder / name).unlink(missing_ok=True)
 
 
-def _unit(codes: np.ndarray, start: int, stop: int) -> np.ndarray:
+def _unit(codes: Codes, start: int, stop: int) -> np.ndarray:
     x = np.array(codes[start:stop], dtype=np.float32, copy=True, order="C")
     faiss.normalize_L2(x)
     return x
 
 
-def unit_rows(codes: np.ndarray) -> np.ndarray:
+def unit_rows(codes: Codes) -> np.ndarray:
     """The rows of ``codes`` ``(n, d)`` over their norms, ``float32`` (a copy)."""
-    if codes.ndim != 2:
+    if len(codes.shape) != 2:
         raise ValueError(f"codes must be (n, d), got shape {codes.shape}")
     return _unit(codes, 0, len(codes))
 
 
-def candidate_index(codes: np.ndarray) -> faiss.Index:
+def candidate_index(codes: Codes) -> faiss.Index:
     """An inverted file over the unit rows of ``codes``: ``IVF(2·sqrt(n)),SQ8``, inner
     product, trained on a seeded sample, :data:`NPROBE` probes; codes added a chunk at a time."""
     n, d = codes.shape
@@ -135,7 +146,7 @@ class _Neighbours:
     """``search(rows)``: the ``(m, k)`` row numbers nearest each of ``rows`` by cosine (-1
     pads), exactly or by :func:`candidate_index` (see the module docstring)."""
 
-    def __init__(self, codes: np.ndarray, queries: int, k: int) -> None:
+    def __init__(self, codes: Codes, queries: int, k: int) -> None:
         self.codes, self.k = codes, k
         n = len(codes)
         self.index = None
@@ -143,7 +154,7 @@ class _Neighbours:
             log.info("building the candidate index over %d codes", n)
             self.index = candidate_index(codes)
         # a pass over few items keeps their unit rows; a --since pass streams them
-        self.unit = unit_rows(codes) if self.index is None and n <= 8 * CHUNK else None
+        self.unit = unit_rows(codes) if self.index is None and n <= 2 * CHUNK else None
 
     def search(self, rows: np.ndarray) -> np.ndarray:
         q = np.array(self.codes[rows], dtype=np.float32)
@@ -181,14 +192,14 @@ def _all_features(thumbs: Callable[[np.ndarray], np.ndarray], shape: tuple[int, 
     return feats, flat
 
 
-def scan(codes: np.ndarray, thumbs: Callable[[np.ndarray], np.ndarray], shape: tuple[int, int],
+def scan(codes: Codes, thumbs: Callable[[np.ndarray], np.ndarray], shape: tuple[int, int],
          settings: PassSettings, *, queries: np.ndarray | None = None, block: int = 1024,
          checkpoint: Checkpoint | None = None, progress: Callable[[int], Any] | None = None,
          stats: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of rows ``(i, j, score)`` with ``i < j`` and ``score >= settings.floor``, each
     once, sorted by ``(i, j)``.
 
-    ``codes`` is ``(n, d)`` (a memory map is read a chunk at a time); ``thumbs(rows)`` gives
+    ``codes`` is ``(n, d)`` (:class:`Codes`: read a chunk or a block's rows at a time); ``thumbs(rows)`` gives
     the rows' ``uint8 (m, h*w)`` thumbnails (:func:`lookalike.search.alignment.thumbnails`);
     ``queries`` the rows that look for candidates (all when ``None``), sorted.
     ``progress(rows)`` is called after each block. ``stats``, when given, receives the
@@ -203,7 +214,7 @@ def scan(codes: np.ndarray, thumbs: Callable[[np.ndarray], np.ndarray], shape: t
     if n < 2:
         empty = np.empty(0, np.int64)
         return empty, empty, np.empty(0, np.float32)
-    if codes.ndim != 2:
+    if len(codes.shape) != 2:
         raise ValueError(f"codes must be (n, d), got shape {codes.shape}")
     todo = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
     done = 0
