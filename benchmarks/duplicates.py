@@ -308,7 +308,7 @@ margin) over synthetic items of `benchmarks/duplicates_synthetic.py` (random 128
 smooth 32x32 grey thumbnails, 1% planted edited copies); wall time of the pass and peak RSS
 (VmHWM) of the whole process, the items' own codes and thumbnails (~1.1 KiB an item)
 included. Candidates: exact search up to 2e9 query-item products (a full pass of ~44,000
-items), above it an inverted file `IVF(2·sqrt n),SQ8`, 16 probes. *--since*: the last 1,000
+items), above it an inverted file `IVF(2·sqrt n),SQ8`, 32 probes. *--since*: the last 1,000
 rows are the new items, checked against all (exact). *scored on pixels*: the candidate pairs
 that pass the gate (8x8 block means) and meet `pair_scores`."""
 
