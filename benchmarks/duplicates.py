@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -237,7 +238,9 @@ settings = PassSettings(k=10, floor=SIMILAR_THRESHOLD, items=n, fingerprint="syn
 stats = {}
 start, cpu = time.perf_counter(), time.process_time()
 queries = None if since == 0 else np.arange(n - since, n)
-i, j, s = scan(codes, thumbs.__getitem__, (32, 32), settings, queries=queries, stats=stats)
+import inspect
+extra = {"stats": stats} if "stats" in inspect.signature(scan).parameters else {}  # (a baseline)
+i, j, s = scan(codes, thumbs.__getitem__, (32, 32), settings, queries=queries, **extra)
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 near = {p for p, v in zip(zip(i.tolist(), j.tolist()), s.tolist()) if v >= NEAR_THRESHOLD}
 planted = [(min(a, b), max(a, b)) for a, b in copies if queries is None or max(a, b) >= n - since]
@@ -249,26 +252,39 @@ print(json.dumps({"n": n, "since": since, "seconds": seconds, "cpu_s": cpu, "pea
 """
 
 
-def scale(sizes: list[int]) -> tuple[str, list[str]]:
+def scale(sizes: list[int], baseline: str | None = None) -> tuple[str, list[str]]:
     rows = []
     loads = [load()]
     here = str(Path(__file__).resolve().parent)
-    for n in sizes:
-        for since in (0, 1000):
-            out = subprocess.run([sys.executable, "-c", SCALE, str(n), str(since), "0", here],
-                                 check=True, capture_output=True, text=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            print(r, flush=True)
-            rows.append([f"{n:,}", "full pass" if since == 0 else "--since, 1,000 new items",
-                         f"{r['seconds']:.0f}", f"{r['cpu_s']:.0f}", f"{r['peak_rss_mib']:.0f}",
-                         f"{r['planted_near']}/{r['planted']}", f"{r['candidates']:,}",
-                         f"{r['scored']:,}",
-                         f"{r['search_s']:.0f} / {r['features_s']:.0f} / {r['gate_s']:.0f} / "
-                         f"{r['pixels_s']:.0f}"])
-            loads.append(load())
-    return table(["items", "pass", "seconds", "CPU seconds", "peak RSS (MiB)", "planted copies found near",
-                  "candidate pairs", "scored on pixels",
+    runs: list[tuple[int, int, str | None]] = []
+    for n in sizes:  # with a baseline: the first size's full pass with another checkout's too
+        before = [(n, 0, baseline)] if baseline and n == sizes[0] else []
+        runs += [(n, 0, None), *before, (n, 1000, None)]
+    for n, since, src in runs:
+        env = dict(os.environ, PYTHONPATH=src) if src else None
+        out = subprocess.run([sys.executable, "-c", SCALE, str(n), str(since), "0", here],
+                             check=True, capture_output=True, text=True, env=env).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(r, flush=True)
+        label = "full pass" if since == 0 else "--since, 1,000 new items"
+        if src:
+            label += f", before (`{src}` at commit {_commit_of(src)})"
+        stages = ("–" if "search_s" not in r else
+                  f"{r['search_s']:.0f} / {r['features_s']:.0f} / {r['gate_s']:.0f} / "
+                  f"{r['pixels_s']:.0f}")
+        rows.append([f"{n:,}", label, f"{r['seconds']:.0f}", f"{r['cpu_s']:.0f}",
+                     f"{r['peak_rss_mib']:.0f}", f"{r['planted_near']}/{r['planted']}",
+                     f"{r['candidates']:,}" if "candidates" in r else "–",
+                     f"{r['scored']:,}" if "scored" in r else "–", stages])
+        loads.append(load())
+    return table(["items", "pass", "seconds", "CPU seconds", "peak RSS (MiB)",
+                  "planted copies found near", "candidate pairs", "scored on pixels",
                   "seconds: search / block means / gate / pixels"], rows), loads
+
+
+def _commit_of(src: str) -> str:
+    return subprocess.run(["git", "-C", src, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "unknown"
 
 
 def load() -> str:
@@ -283,6 +299,8 @@ def main() -> None:
     ap.add_argument("--scale", type=int, nargs="*", default=[], metavar="N",
                     help="also the scale rows at these numbers of synthetic items")
     ap.add_argument("--no-quality", action="store_true", help="only the scale rows")
+    ap.add_argument("--baseline", metavar="SRC", help="also the first size's full pass with the "
+                    "lookalike package under SRC (another checkout's src/), side by side")
     args = ap.parse_args()
     work = Path(args.work)
     stamp = f"{now()}, commit {commit()}, {machine()}"
@@ -293,8 +311,10 @@ def main() -> None:
         print(body)
         print(f"written to {write_section('duplicates', body)}")
     if args.scale:
-        command = "python benchmarks/duplicates.py --no-quality --scale " + " ".join(map(str, args.scale))
-        rows, loads = scale(args.scale)
+        command = ("python benchmarks/duplicates.py --no-quality --scale "
+                   + " ".join(map(str, args.scale))
+                   + (f" --baseline {args.baseline}" if args.baseline else ""))
+        rows, loads = scale(args.scale, args.baseline)
         body = (f"## Duplicates: time and memory at scale (synthetic items)\n\n`{command}` — "
                 f"{stamp}; load average (1 min) {', '.join(loads)} at the start and after each "
                 f"row.\n\n" + SCALE_TEXT + "\n\n" + rows)
