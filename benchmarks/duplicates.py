@@ -326,7 +326,7 @@ SCALE_TEXT = """Each row is its own process: `duppass.scan` (the pass `lookalike
 its settings: k = 10, the similar floor, refinement above the near threshold less the
 margin) over synthetic items of `benchmarks/duplicates_synthetic.py` (random 128-d codes,
 smooth 32x32 grey thumbnails, 1% planted edited copies); wall time of the pass and peak RSS
-(VmHWM) of the whole process, the items' own codes and thumbnails (~1.1 KiB an item)
+(VmHWM) of the whole process, the items' own codes and thumbnails (1.5 KiB an item)
 included. Candidates: exact search up to 2e9 query-item products (a full pass of ~44,000
 items), above it an inverted file `IVF(2·sqrt n),SQ8`, 32 probes. *--since*: the last 1,000
 rows are the new items, checked against all (exact). *scored on pixels*: the candidate pairs
