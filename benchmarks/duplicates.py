@@ -14,9 +14,9 @@ pair* is two files of one window. lookalike's pairs are every pair inside one of
 Recall is given per edit kind of the pair (``two edits``: two copies of one window);
 "similar as near" counts the similar-but-distinct pairs (overlapping windows) called near.
 
-*Scale*: synthetic items: codes (128-d: a random projection of each thumbnail's 8x8 block
-means, plus noise, so that an item's nearest codes look alike) and smooth 32x32 grey
-thumbnails, 1% of them edited copies of others (shifted, zoomed, noised). The pass
+*Scale*: synthetic items (:mod:`duplicates_synthetic`): random 128-d codes (a copy's: its
+original's plus noise) and smooth 32x32 grey thumbnails, 1% of them edited copies of others
+(shifted, zoomed, noised). The pass
 (:func:`lookalike.search.duppass.scan`) runs in a fresh process: wall time and peak RSS
 (``VmHWM``) of the whole process; then ``--since`` with 1,000 added items.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -333,38 +334,68 @@ import json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[4])
 from duplicates_synthetic import items
+from lookalike.search.alignment import HALF_MARGIN
+from lookalike.search.duplicates import NEAR_THRESHOLD, SIMILAR_THRESHOLD
 from lookalike.search.duppass import PassSettings, scan
 n, since, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 codes, thumbs, copies = items(n, seed)
-settings = PassSettings(k=10, floor=0.85, items=n, fingerprint="synthetic")
-start = time.perf_counter()
+# the settings find_groups gives a pass at the default threshold
+settings = PassSettings(k=10, floor=SIMILAR_THRESHOLD, items=n, fingerprint="synthetic",
+                        refine_above=NEAR_THRESHOLD - HALF_MARGIN)
+stats = {}
+start, cpu = time.perf_counter(), time.process_time()
 queries = None if since == 0 else np.arange(n - since, n)
-i, j, s = scan(codes, thumbs.__getitem__, (32, 32), settings, queries=queries)
-seconds = time.perf_counter() - start
-found = set(zip(i.tolist(), j.tolist()))
-near = {p for p, v in zip(zip(i.tolist(), j.tolist()), s.tolist()) if v >= 0.975}
+import inspect
+extra = {"stats": stats} if "stats" in inspect.signature(scan).parameters else {}  # (a baseline)
+i, j, s = scan(codes, thumbs.__getitem__, (32, 32), settings, queries=queries, **extra)
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+near = {p for p, v in zip(zip(i.tolist(), j.tolist()), s.tolist()) if v >= NEAR_THRESHOLD}
 planted = [(min(a, b), max(a, b)) for a, b in copies if queries is None or max(a, b) >= n - since]
 with open("/proc/self/status") as fh:
     hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
-print(json.dumps({"n": n, "since": since, "seconds": seconds, "peak_rss_mib": hwm,
-                  "pairs": len(found), "planted": len(planted),
-                  "planted_near": sum(p in near for p in planted)}))
+print(json.dumps({"n": n, "since": since, "seconds": seconds, "cpu_s": cpu, "peak_rss_mib": hwm,
+                  "pairs": len(i), "planted": len(planted),
+                  "planted_near": sum(p in near for p in planted), **stats}))
 """
 
 
-def scale(sizes: list[int]) -> str:
+def scale(sizes: list[int], baseline: str | None = None) -> tuple[str, list[str]]:
     rows = []
+    loads = [load()]
     here = str(Path(__file__).resolve().parent)
-    for n in sizes:
-        for since in (0, 1000):
-            out = subprocess.run([sys.executable, "-c", SCALE, str(n), str(since), "0", here],
-                                 check=True, capture_output=True, text=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            print(r, flush=True)
-            rows.append([f"{n:,}", "full pass" if since == 0 else "--since, 1,000 new items",
-                         f"{r['seconds']:.0f}", f"{r['peak_rss_mib']:.0f}",
-                         f"{r['planted_near']}/{r['planted']}"])
-    return table(["items", "pass", "seconds", "peak RSS (MiB)", "planted copies found near"], rows)
+    runs: list[tuple[int, int, str | None]] = []
+    for n in sizes:  # with a baseline: the first size's full pass with another checkout's too
+        before = [(n, 0, baseline)] if baseline and n == sizes[0] else []
+        runs += [(n, 0, None), *before, (n, 1000, None)]
+    for n, since, src in runs:
+        env = dict(os.environ, PYTHONPATH=src) if src else None
+        out = subprocess.run([sys.executable, "-c", SCALE, str(n), str(since), "0", here],
+                             check=True, capture_output=True, text=True, env=env).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(r, flush=True)
+        label = "full pass" if since == 0 else "--since, 1,000 new items"
+        if src:
+            label += f", before (`{src}` at commit {_commit_of(src)})"
+        stages = ("–" if "search_s" not in r else
+                  f"{r['search_s']:.0f} / {r['features_s']:.0f} / {r['gate_s']:.0f} / "
+                  f"{r['pixels_s']:.0f}")
+        rows.append([f"{n:,}", label, f"{r['seconds']:.0f}", f"{r['cpu_s']:.0f}",
+                     f"{r['peak_rss_mib']:.0f}", f"{r['planted_near']}/{r['planted']}",
+                     f"{r['candidates']:,}" if "candidates" in r else "–",
+                     f"{r['scored']:,}" if "scored" in r else "–", stages])
+        loads.append(load())
+    return table(["items", "pass", "seconds", "CPU seconds", "peak RSS (MiB)",
+                  "planted copies found near", "candidate pairs", "scored on pixels",
+                  "seconds: search / block means / gate / pixels"], rows), loads
+
+
+def _commit_of(src: str) -> str:
+    return subprocess.run(["git", "-C", src, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+
+
+def load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def main() -> None:
@@ -375,6 +406,8 @@ def main() -> None:
     ap.add_argument("--scale", type=int, nargs="*", default=[], metavar="N",
                     help="also the scale rows at these numbers of synthetic items")
     ap.add_argument("--no-quality", action="store_true", help="only the scale rows")
+    ap.add_argument("--baseline", metavar="SRC", help="also the first size's full pass with the "
+                    "lookalike package under SRC (another checkout's src/), side by side")
     args = ap.parse_args()
     work = Path(args.work)
     stamp = f"{now()}, commit {commit()}, {machine()}"
@@ -386,11 +419,27 @@ def main() -> None:
         print(body)
         print(f"written to {write_section('duplicates', body)}")
     if args.scale:
-        command = "python benchmarks/duplicates.py --no-quality --scale " + " ".join(map(str, args.scale))
+        command = ("python benchmarks/duplicates.py --no-quality --scale "
+                   + " ".join(map(str, args.scale))
+                   + (f" --baseline {args.baseline}" if args.baseline else ""))
+        rows, loads = scale(args.scale, args.baseline)
         body = (f"## Duplicates: time and memory at scale (synthetic items)\n\n`{command}` — "
-                f"{stamp}.\n\n" + scale(args.scale))
+                f"{stamp}; load average (1 min) {', '.join(loads)} at the start and after each "
+                f"row.\n\n" + SCALE_TEXT + "\n\n" + rows)
         print(body)
         print(f"written to {write_section('duplicates-scale', body)}")
+
+
+SCALE_TEXT = """Each row is its own process: `duppass.scan` (the pass `lookalike duplicates` runs, with
+its settings: k = 10, the similar floor, refinement above the near threshold less the
+margin) over synthetic items of `benchmarks/duplicates_synthetic.py` (random 128-d codes,
+smooth 32x32 grey thumbnails, 1% planted edited copies); wall time of the pass and peak RSS
+(VmHWM) of the whole process, the items' own codes and thumbnails (1.5 KiB an item)
+included. Candidates: exact search up to 2e9 query-item products (a full pass of ~44,000
+items), above it an inverted file `IVF(2·sqrt n),SQ8`, 32 probes. *--since*: the last 1,000
+rows are the new items, checked against all (exact). *scored on pixels*: the candidate pairs
+that pass the gate (8x8 block means) and meet `pair_scores`."""
+
 
 if __name__ == "__main__":
     main()

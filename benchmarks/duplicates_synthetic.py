@@ -20,7 +20,7 @@ def _upsample(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-def items(n: int, seed: int = 0, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+def items(n: int, seed: int = 0, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """``codes float32 (n, 128)``, ``thumbs uint8 (n, 1024)``, and the planted ``(original,
     copy)`` row pairs (copies sit anywhere, originals before them or after)."""
     rng = np.random.default_rng(seed)

@@ -308,7 +308,7 @@ def test_an_interrupted_pass_resumes_after_its_last_saved_block(tmp_path: Path) 
     with pytest.raises(KeyboardInterrupt):
         duppass.scan(codes, thumbs.__getitem__, (16, 16), settings, block=8,
                      checkpoint=checkpoint, progress=stop_after_two)
-    assert json.loads((tmp_path / "pass.json").read_text())["done"] == 16
+    assert checkpoint.load() is not None and checkpoint.load()[0] == 16  # type: ignore[index]
     seen.clear()
     again = duppass.scan(codes, thumbs.__getitem__, (16, 16), settings, block=8,
                          checkpoint=checkpoint, progress=seen.append)
@@ -433,3 +433,47 @@ def test_frames_of_files_gone_come_from_the_catalogue_and_without_it_the_pixels_
     files.drop_ids(files.db(coll), [by_name["edge_b.jpg"].id, by_name["glow_b.jpg"].id])
     assert _by_source(coll, find_groups(coll)) == {
         ("edge_a.jpg", "edge_a_crop.jpg", "edge_b.jpg"): "near", ("glow_a.jpg", "glow_b.jpg"): "near"}
+
+
+def test_thumbnails_are_kept_per_segment_and_follow_changed_pictures(
+        photos: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    from lookalike.search.dupthumbs import segment_thumbs
+
+    coll = _fresh(photos[0], tmp_path)
+    find_groups(coll)
+    kept = tmp_path / "coll" / "duplicates" / "thumbs"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        f"{s.name.replace('/', '_')}-32x32.npy" for s in coll.store.segments]
+    # an item's picture changed (a flipped file): its row now lies in a new segment
+    changed = int(coll.ids[2])
+    coll.update([changed], [coll.store.picture(2)[:, ::-1]])
+    coll = Collection.open(tmp_path / "coll")
+    thumbs, _ = segment_thumbs(coll.store, tmp_path / "coll" / "duplicates")
+    rows = np.arange(len(coll))
+    assert np.array_equal(thumbs(rows[::-1]), thumbnails(coll.store.pictures())[::-1])
+    assert len(list(kept.iterdir())) == len(coll.store.segments)
+    # a segment that no longer exists (merged away) loses its file
+    (kept / "gone-32x32.npy").write_bytes(b"")
+    segment_thumbs(coll.store, tmp_path / "coll" / "duplicates")
+    assert not (kept / "gone-32x32.npy").exists()
+
+
+def test_a_crash_while_recording_a_pass_keeps_the_last_record_whole(
+        photos: tuple[Path, dict[str, str]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    coll = _fresh(photos[0], tmp_path)
+    groups = find_groups(coll)
+    record = tmp_path / "coll" / "duplicates" / "last-pairs.npz"
+    before = record.read_bytes()
+    savez = np.savez
+
+    def torn(file: object, **arrays: np.ndarray) -> None:  # half a file, then the disk fails
+        savez(file, a=arrays["a"])  # type: ignore[arg-type]
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(np, "savez", torn)
+    assert find_groups(coll, resume=False) == groups  # the pass stands, with a warning
+    monkeypatch.setattr(np, "savez", savez)
+    assert record.read_bytes() == before
+    assert [p.name for p in record.parent.iterdir() if p.name.startswith(".")] == []
+    assert find_groups(coll, since="last") == groups

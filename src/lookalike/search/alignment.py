@@ -103,6 +103,15 @@ def _operator(height: int, width: int, warps: tuple[Warp, ...] = WARPS
     return sparse.vstack(ops, format="csr").astype(np.float32), sums
 
 
+@functools.lru_cache(maxsize=8)
+def _operator_blocks(height: int, width: int, warps: tuple[Warp, ...] = WARPS,
+                     per: int = 32) -> tuple[sparse.csr_matrix, ...]:
+    """:func:`_operator`'s rows ``per`` warps at a time."""
+    op, _ = _operator(height, width, warps)
+    size = height * width
+    return tuple(op[t * size:(t + per) * size] for t in range(0, len(warps), per))
+
+
 def standardise(v: np.ndarray) -> np.ndarray:
     """Along the last axis, as float32: minus the mean, over the norm (a constant vector
     stays zero)."""
@@ -116,15 +125,22 @@ def _one_way(a: np.ndarray, zb: np.ndarray, shape: tuple[int, int],
              warps: tuple[Warp, ...] = WARPS) -> tuple[np.ndarray, np.ndarray]:
     """For each pair, the best correlation of a warp of ``a[i]`` (``(m, h*w)``) with
     ``zb[i]`` (standardised), ``(m,)``, and that warp's index in ``warps``, ``(m,)``."""
-    op, warp_sums = _operator(*shape, warps)
+    _, warp_sums = _operator(*shape, warps)
     size = shape[0] * shape[1]
     x = standardise(a)  # (a warp of a constant is that constant: no cancellation below)
-    moved = np.asarray(op @ x.T).reshape(len(warps), size, len(x))  # (T, p, m)
-    # Pearson with a standardised zb: <moved, zb> / |moved - mean| (zb sums to 0). (Products
-    # and sums along p: einsum takes a slow path on this layout.)
-    dots = (moved * zb.T[None]).sum(axis=1)  # (T, m)
+    xt, zt = np.ascontiguousarray(x.T), zb.T
+    # Pearson with a standardised zb: <moved, zb> / |moved - mean| (zb sums to 0), a few warps
+    # at a time: (T, p, m) products small enough for the cache (3-5x faster than all at once)
+    dots = np.empty((len(warps), len(x)), np.float32)  # (T, m)
+    squares = np.empty((len(warps), len(x)), np.float32)
+    t = 0
+    for op in _operator_blocks(*shape, warps):
+        moved = np.asarray(op @ xt).reshape(-1, size, len(x))  # (warps of the block, p, m)
+        dots[t:t + len(moved)] = np.einsum("tpm,pm->tm", moved, zt)
+        squares[t:t + len(moved)] = np.einsum("tpm,tpm->tm", moved, moved)
+        t += len(moved)
     sums = warp_sums @ x.T  # (T, m)
-    spread = (moved * moved).sum(axis=1) - sums * sums / size
+    spread = squares - sums * sums / size
     corr = dots / np.sqrt(np.maximum(spread, 1e-12))
     best = corr.argmax(axis=0)
     return corr[best, np.arange(len(x))], best

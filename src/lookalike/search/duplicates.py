@@ -36,15 +36,17 @@ import numpy as np
 
 from ..config import DUPLICATE_K, DUPLICATE_THRESHOLD
 from ..errors import LookalikeError
-from ..fsutil import atomic_write_json
-from .alignment import COMPARE_SIZE, HALF_MARGIN, thumb_shape, thumbnails
+from ..fsutil import atomic_write, atomic_write_json
+from .alignment import COMPARE_SIZE, HALF_MARGIN
 from .dupgeometry import frames_of
 from .duppass import Checkpoint, PassSettings, scan
+from .dupthumbs import segment_thumbs
 from .filetiers import file_tier
 from .finecheck import fine_check
 
 if TYPE_CHECKING:
     from .collection import Collection
+    from .segments import SegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +124,21 @@ def group_pairs(pairs: list[DuplicatePair]) -> list[DuplicateGroup]:
     return sorted(groups, key=lambda g: g.ids)
 
 
-def _collection_thumbs(coll: Collection) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int]]:
-    h, w = coll.store.shape[:2]
-    pictures = _pictures(coll)
-    return (lambda rows: thumbnails(pictures(rows))), thumb_shape(h, w)
+class _StoreCodes:
+    """A collection's codes read by rows from each segment's mapped file (a collection of
+    several segments has no one array of them; assembling it would take n·d·4 bytes)."""
+
+    def __init__(self, store: SegmentStore) -> None:
+        self.store = store
+        self.shape = (len(store), store.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(len(self)))
+        return self.store.codes_at(np.asarray(rows, dtype=np.int64))
 
 
 def _pictures(coll: Collection) -> Callable[[np.ndarray], np.ndarray]:
@@ -165,10 +178,15 @@ def _save_last(coll: Collection, pairs: list[DuplicatePair], floor: float, k: in
     try:
         folder.mkdir(exist_ok=True)
         arr = np.array([(p.a, p.b) for p in pairs], dtype=np.int64).reshape(-1, 2)
-        tmp = folder / "last-pairs.tmp.npz"
-        np.savez(tmp, a=arr[:, 0], b=arr[:, 1],
-                 score=np.array([p.score for p in pairs], dtype=np.float32))
-        tmp.replace(folder / "last-pairs.npz")
+        score = np.array([p.score for p in pairs], dtype=np.float32)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, a=arr[:, 0], b=arr[:, 1], score=score)
+
+        # the pairs before the record that points --since at them (a crash between the two
+        # leaves the older next_id: the next --since checks a few more items, loses none)
+        atomic_write(folder / "last-pairs.npz", write)
         atomic_write_json(folder / "last.json", {
             "next_id": int(coll.ids.max()) + 1 if len(coll) else 0, "floor": floor, "k": k,
             "fingerprint": _fingerprint(coll)})
@@ -183,7 +201,7 @@ def _load_last(coll: Collection, floor: float, k: int) -> tuple[int, np.ndarray,
     folder = _state(coll)
     try:
         meta = json.loads((folder / "last.json").read_text())
-        with np.load(folder / "last-pairs.npz") as z:
+        with np.load(folder / "last-pairs.npz", allow_pickle=False) as z:
             a, b, s = z["a"], z["b"], z["score"]
     except (OSError, ValueError, KeyError):
         raise LookalikeError(f"--since last: no earlier duplicate pass recorded in {folder}; "
@@ -227,16 +245,8 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
         queries = np.flatnonzero(ids >= first_new)
     from tqdm.auto import tqdm
 
-    thumbs, shape = _collection_thumbs(collection)
-    if queries is None and len(collection):  # a full pass: every thumbnail once
-        every = np.empty((len(collection), shape[0] * shape[1]), np.uint8)
-        with tqdm(total=len(collection), desc="thumbnails", unit="item",
-                  disable=not progress) as bar:
-            for start in range(0, len(collection), 4096):
-                stop = min(start + 4096, len(collection))
-                every[start:stop] = thumbs(np.arange(start, stop))
-                bar.update(stop - start)
-        thumbs = every.__getitem__
+    with tqdm(desc="thumbnails", unit="item", disable=not progress) as bar:
+        thumbs, shape = segment_thumbs(collection.store, _state(collection), progress=bar.update)
     settings = PassSettings(k=k, floor=floor, items=len(collection),
                             fingerprint=_fingerprint(collection) + f", since {since}",
                             refine_above=threshold - HALF_MARGIN)
@@ -244,7 +254,7 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
     total = len(collection) if queries is None else len(queries)
     with tqdm(total=total, desc="duplicates", unit="item", disable=not progress) as bar:
         try:
-            i, j, score = scan(np.asarray(collection.embeddings), thumbs, shape, settings,
+            i, j, score = scan(_StoreCodes(collection.store), thumbs, shape, settings,
                                queries=queries, block=block, checkpoint=checkpoint,
                                progress=bar.update)
         except OSError as exc:

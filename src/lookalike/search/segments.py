@@ -459,15 +459,31 @@ class SegmentStore:
             out[sel] = np.asarray(self.parts[s].codes)[self._off[rows[sel]]]
         return out
 
+    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where rows lie: each one's segment (an index into :attr:`segments`) and its place
+        among that segment's pictures (deleted ones counted)."""
+        return self._seg[rows], self._off[rows]
+
+    def segment_pictures(self, part: int) -> int:
+        """How many pictures segment ``part``'s files hold (deleted ones counted)."""
+        p = self.parts[part]
+        if p.raw is not None:
+            return len(p.raw)
+        assert p.offsets is not None
+        return len(p.offsets) - 1
+
     def picture(self, row: int) -> np.ndarray:
         """The stored picture of row ``row``: ``uint8 (H, W, C)``."""
-        part = self.parts[self._seg[row]]
-        off = int(self._off[row])
-        if part.raw is not None:
-            return np.asarray(part.raw[off])
-        assert part.offsets is not None and part.blob is not None
-        start, stop = int(part.offsets[off]), int(part.offsets[off + 1])
-        return decode_picture(part.blob[start:stop].tobytes(), self.shape)
+        return self.picture_at(int(self._seg[row]), int(self._off[row]))
+
+    def picture_at(self, part: int, off: int) -> np.ndarray:
+        """Picture ``off`` of segment ``part`` (see :meth:`locate`): ``uint8 (H, W, C)``."""
+        p = self.parts[part]
+        if p.raw is not None:
+            return np.asarray(p.raw[off])
+        assert p.offsets is not None and p.blob is not None
+        start, stop = int(p.offsets[off]), int(p.offsets[off + 1])
+        return decode_picture(p.blob[start:stop].tobytes(), self.shape)
 
     def pictures(self) -> np.ndarray:
         """Every stored picture, ``uint8 (n, H, W, C)`` (decoded once, then kept)."""
