@@ -33,7 +33,7 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -85,6 +85,17 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def file_error(exc: OSError) -> ImageError:
+    """The :class:`ImageError` for a file the file system refuses to open or read."""
+    if isinstance(exc, FileNotFoundError):
+        return ImageError("file not found")
+    if isinstance(exc, IsADirectoryError):
+        return ImageError("is a directory, not an image")
+    if isinstance(exc, PermissionError):
+        return ImageError("permission denied")
+    return ImageError(f"cannot be read ({exc.strerror or exc})")
+
+
 def _open(source: str | os.PathLike[str] | bytes, max_pixels: int) -> Image.Image:
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -92,18 +103,12 @@ def _open(source: str | os.PathLike[str] | bytes, max_pixels: int) -> Image.Imag
             im = Image.open(fp, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("image is too large to decode safely (decompression bomb?)") from None
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory, not an image") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
     except Image.UnidentifiedImageError:
         raise ImageError("not a readable image (not a PNG, JPEG, GIF, BMP, TIFF or WebP "
                          "file, or a damaged one)") from None
     except OSError as exc:
         if exc.errno is not None:  # the file system's refusal: ELOOP, EIO, ...
-            raise ImageError(f"cannot be read ({exc.strerror or exc})") from None
+            raise file_error(exc) from None
         raise ImageError(f"not a readable image ({_why(exc)})") from None
     except DECODE_ERRORS as exc:
         raise ImageError(f"not a readable image ({_why(exc)})") from None
@@ -176,7 +181,7 @@ def _shrink(im: Image.Image, size: tuple[int, int] | None) -> Image.Image:
 
 def decode_image(
     source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS,
-    size: tuple[int, int] | None = None,
+    size: tuple[int, int] | None = None, on_open: Callable[[Image.Image], object] | None = None,
 ) -> np.ndarray:
     """Decode an image file or bytes to ``uint8 (H, W, C)``, ``C`` = 1 or 3.
 
@@ -184,6 +189,8 @@ def decode_image(
     :func:`conform` to reach a model's channel count. With ``size`` ``(height, width)``,
     a large image may be decoded at a reduced scale that still covers ``size`` at its own
     aspect ratio (so :func:`conform` to that size gives nearly the same pixels, faster).
+    ``on_open`` is called with the image Pillow opened, its header read and its pixels not
+    yet (to read the header's facts without opening the file again).
 
     Raises:
         ImageError: for anything that is not a decodable image within ``max_pixels``.
@@ -191,6 +198,8 @@ def decode_image(
     im = _open(source, max_pixels)
     try:
         with im, _pillow_warnings():
+            if on_open is not None:
+                on_open(im)
             shrunk = _shrink(im, size)
             shrunk.load()
             arr = _to_array(shrunk)

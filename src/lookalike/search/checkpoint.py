@@ -5,13 +5,15 @@ encoding them again (:meth:`lookalike.search.collection.Collection.create`).
 
 A folder of files (:class:`~lookalike.data.pipeline.FolderFiles`) is decoded and encoded in
 one stream (:func:`encode_files_resumable`): each chunk of files saves its codes with the
-previews and the skipped files it found, so a resumed run decodes only the chunks not done.
+previews, the files' facts (what the catalogue records of each, read with its pixels) and the
+skipped files it found, so a resumed run decodes only the chunks not done.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -23,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.datasets import Dataset
+from ..data.filefacts import FileFacts
 from ..data.images import preview_spec
 from ..data.pipeline import FolderFiles, stream
 from ..fsutil import atomic_write, atomic_write_json, read_json
@@ -117,12 +120,13 @@ def _load_part(path: Path, dim: int, preview: tuple[int, ...]) -> dict[str, np.n
     """A checkpointed chunk of files (:func:`_encode_part`), or ``None`` when absent or unusable."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            part = {k: np.asarray(data[k]) for k in ("rows", "codes", "previews", "skipped")}
+            part = {k: np.asarray(data[k]) for k in ("rows", "codes", "previews", "skipped", "facts")}
     except (OSError, ValueError, KeyError):
         return None
     m = len(part["rows"])
     if part["codes"].shape != (m, dim) or part["previews"].shape != (m, *preview) \
-            or part["skipped"].ndim != 2 or part["skipped"].shape[1:] != (2,):
+            or part["skipped"].ndim != 2 or part["skipped"].shape[1:] != (2,) \
+            or part["facts"].shape != (m,):
         return None
     return part
 
@@ -131,10 +135,12 @@ def _encode_part(path: Path, encoder: ModelEncoder | OnnxEncoder, files: FolderF
                  stop: int, options: dict[str, Any], bar: tqdm) -> dict[str, np.ndarray]:
     """Files ``start:stop`` decoded and encoded in one stream, saved to ``path`` as one
     ``.npz`` (atomically: a chunk is there whole or not at all): the rows decoded, their
-    codes and previews, and ``(path, reason)`` of each file skipped. Returns what it saved."""
+    codes, previews and facts (each a JSON list, :meth:`FileFacts.to_list`, or ``null``),
+    and ``(path, reason)`` of each file skipped. Returns what it saved."""
     rows: list[np.ndarray] = []
     codes: list[np.ndarray] = []
     previews: list[np.ndarray] = []
+    facts: list[str] = []
     skipped: list[tuple[str, str]] = []
     for batch in stream(files.paths, encoder.spec, batch=encoder.batch_size, start=start, stop=stop,
                         **options):
@@ -142,13 +148,15 @@ def _encode_part(path: Path, encoder: ModelEncoder | OnnxEncoder, files: FolderF
         if len(batch.rows):
             codes.append(encoder.encode(batch.inputs))
         previews.append(batch.previews)
+        facts += [json.dumps(None if f is None else f.to_list()) for f in batch.facts]
         skipped += batch.skipped
         bar.update(batch.stop - batch.start)
     small = preview_spec(encoder.spec).shape
     part = {"rows": np.concatenate([np.empty(0, np.int64), *rows]),
             "codes": np.concatenate([np.empty((0, encoder.dim), np.float32), *codes]),
             "previews": np.concatenate([np.empty((0, *small), np.uint8), *previews]),
-            "skipped": np.array(skipped, dtype=str).reshape(len(skipped), 2)}
+            "skipped": np.array(skipped, dtype=str).reshape(len(skipped), 2),
+            "facts": np.array(facts, dtype=str).reshape(len(facts))}
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
@@ -160,14 +168,16 @@ def _encode_part(path: Path, encoder: ModelEncoder | OnnxEncoder, files: FolderF
 
 def encode_files_resumable(stage: Path, encoder: ModelEncoder | OnnxEncoder, model: LoadedModel,
                            files: FolderFiles, chunk: int = 8192, progress: bool = False,
-                           threads: int | None = None) -> tuple[Dataset, np.ndarray]:
+                           threads: int | None = None
+                           ) -> tuple[Dataset, np.ndarray, list[FileFacts | None]]:
     """Decode and encode ``files`` in one stream (:func:`lookalike.data.pipeline.stream`:
     each file decoded once, in threads, while the encoder works on the batch before), ``chunk``
     files at a time, each chunk's codes, previews and skipped files saved atomically in
     ``stage/chunks``; chunks already there from an interrupted run of the same job (same
     model, same files unchanged) are loaded instead of decoded again. Returns the dataset
     (previews, as :func:`lookalike.data.datasets.load_folder` gives it, ``files.split``
-    applied) and its codes, ``float32 (n, d)``, row-aligned."""
+    applied), its codes, ``float32 (n, d)``, and the facts of its files (what
+    :func:`lookalike.data.pipeline.read_file` read of each with its pixels), row-aligned."""
     small = preview_spec(encoder.spec).shape
     chunks = _job(stage, _files_key(model, files, chunk), len(files), chunk)
     parts = {start: _load_part(chunks / f"files.{start:09d}.npz", encoder.dim, small)
@@ -184,6 +194,8 @@ def encode_files_resumable(stage: Path, encoder: ModelEncoder | OnnxEncoder, mod
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     kept = [files.paths[int(i)] for part in ready for i in part["rows"]]
+    facts = [None if (v := json.loads(str(s))) is None else FileFacts.from_list(v)
+             for part in ready for s in part.pop("facts")]
     # one array of previews, each chunk's let go as it is copied in (peak: one copy, not two)
     pictures = np.empty((len(kept), *small), dtype=np.uint8)
     codes = np.empty((len(kept), encoder.dim), dtype=np.float32)
@@ -193,4 +205,6 @@ def encode_files_resumable(stage: Path, encoder: ModelEncoder | OnnxEncoder, mod
         pictures[at:at + m], codes[at:at + m] = part.pop("previews"), part.pop("codes")
         at += m
     dataset, rows = files.dataset(pictures, kept, skipped, encoder.spec)
-    return dataset, codes if len(rows) == len(codes) else codes[rows]
+    if len(rows) == len(codes):
+        return dataset, codes, facts
+    return dataset, codes[rows], [facts[int(r)] for r in rows]
