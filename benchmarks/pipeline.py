@@ -46,7 +46,7 @@ from _common import commit, machine, now, table, write_section  # noqa: E402
 
 from lookalike.config import InputSpec  # noqa: E402
 from lookalike.data.datasets import load_dataset  # noqa: E402
-from lookalike.data.images import _cover, decode_image  # noqa: E402
+from lookalike.data.images import _cover, conform, decode_image  # noqa: E402
 from lookalike.data.pipeline import FolderFiles  # noqa: E402
 from lookalike.models.encoders import ModelEncoder  # noqa: E402
 from lookalike.models.modelio import LoadedModel, load_model  # noqa: E402
@@ -154,10 +154,11 @@ def peak_rss(model: LoadedModel, folder: Path, out: Path) -> dict[str, float]:
 
 
 def decoders(folder: Path, limit: int) -> dict[str, Any]:
-    """ms a file (median of 3 passes) to decode ``limit`` JPEGs of ``folder`` at the scale a
+    """CPU ms a file (the median of 5 passes; CPU time, which other work on shared cores does
+    not inflate as it does wall time) to decode ``limit`` JPEGs of ``folder`` at the scale a
     192-px model needs: Pillow's ``draft`` (lookalike's :func:`decode_image`) and simplejpeg's
-    ``min_width``/``min_height`` (both libjpeg-turbo's DCT scaling), and whether the pixels
-    are equal."""
+    ``min_width``/``min_height`` (both libjpeg-turbo's DCT scaling), whether the pixels are
+    equal, and the largest difference of the model's inputs they give (``conform``ed to 192 px)."""
     files = sorted(folder.rglob("*.jpg"))[:limit]
     blobs = [f.read_bytes() for f in files]  # from memory: the decoders, not the disk
     out: dict[str, Any] = {"files": len(files)}
@@ -179,14 +180,18 @@ def decoders(folder: Path, limit: int) -> dict[str, Any]:
         pass
     for name, fn in runs.items():
         times = []
-        for _ in range(3):
-            t = time.perf_counter()
+        for _ in range(5):
+            t = time.process_time()
             for b in blobs:
                 fn(b)
-            times.append((time.perf_counter() - t) / len(blobs) * 1000)
+            times.append((time.process_time() - t) / len(blobs) * 1000)
         out[name] = statistics.median(times)
     if "simplejpeg" in runs:
-        out["equal"] = all(np.array_equal(runs["pillow draft"](b), runs["simplejpeg"](b)) for b in blobs)
+        pairs = [(runs["pillow draft"](b), runs["simplejpeg"](b)) for b in blobs]
+        out["equal"] = all(np.array_equal(a, c) for a, c in pairs)
+        spec = InputSpec(3, SIZE, SIZE)
+        out["input_max_diff"] = max(int(np.abs(conform([a], spec).astype(int) - conform([c], spec)).max())
+                                    for a, c in pairs)
     return out
 
 
