@@ -143,6 +143,9 @@ def test_sync_mirrors_edits_moves_deletions_and_new_files(
     assert set(counts.decoded) == {str(a / "p03.png"), str(folder / "c" / "new.png")}
     assert counts.encoded == 2 == report.encoded
     assert str(folder / "c" / "renamed.png") not in counts.opened  # a rename: not even read
+    # the edited and the new file: opened twice, once for the plan's digest, once to be decoded,
+    # digested and catalogued (the pipeline's one read; no header read after)
+    assert counts.opened[str(a / "p03.png")] == counts.opened[str(folder / "c" / "new.png")] == 2
     assert set(counts.opened) == {str(a / "p03.png"), str(folder / "c" / "new.png"),
                                   str(folder / "c" / "copied.png"), str(folder / "c" / "twin.png"),
                                   str(a / "p05.png")}
