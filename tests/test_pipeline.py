@@ -88,16 +88,24 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
 @pytest.fixture
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many images are decoded (every decode goes through ``decode_image``)."""
+    """How many images are decoded (every decode goes through ``decode_image`` or
+    ``decode_pictures``)."""
     calls: list[int] = []
     real = images_module.decode_image
+
+    real_pictures = images_module.decode_pictures
 
     def counting(source, **kwargs):  # noqa: ANN001, ANN003, ANN202
         calls.append(1)
         return real(source, **kwargs)
 
+    def counting_pictures(source, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(1)
+        return real_pictures(source, *args, **kwargs)
+
     monkeypatch.setattr(images_module, "decode_image", counting)
-    monkeypatch.setattr(pipeline_module, "decode_image", counting)
+    monkeypatch.setattr(images_module, "decode_pictures", counting_pictures)
+    monkeypatch.setattr(pipeline_module, "decode_pictures", counting_pictures)
     return calls
 
 

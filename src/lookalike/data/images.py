@@ -212,6 +212,44 @@ def decode_image(
     return np.ascontiguousarray(arr)
 
 
+def decode_pictures(source: str | os.PathLike[str] | bytes, spec: InputSpec, small: InputSpec, *,
+                    max_pixels: int = MAX_PIXELS,
+                    on_open: Callable[[Image.Image], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``conform([decode_image(source, size=...)], spec)[0]`` and ``conform`` of that to
+    ``small`` (a model's input and its preview), the same pixels, with fewer copies: an
+    ``RGB`` or ``L`` image that the spec keeps so is resized by Pillow as it was decoded,
+    and made an array once at each size (other modes go through :func:`decode_image`).
+    ``on_open`` as for :func:`decode_image`.
+
+    Raises:
+        ImageError: as :func:`decode_image`.
+    """
+    im = _open(source, max_pixels)
+    try:
+        with im, _pillow_warnings():
+            if on_open is not None:
+                on_open(im)
+            shrunk = _shrink(im, (spec.height, spec.width))
+            shrunk.load()
+            same_mode = shrunk.mode == ("L" if spec.channels == 1 else "RGB")
+            if same_mode and not getattr(shrunk, "is_animated", False):
+                pil = _resize_pil(shrunk, spec.height, spec.width, spec.resize == "squash")
+                image = np.array(pil, dtype=np.uint8).reshape(spec.shape)
+                if small == spec:
+                    return image, image
+                preview = _resize_pil(pil, small.height, small.width, small.resize == "squash")
+                return image, np.array(preview, dtype=np.uint8).reshape(small.shape)
+            arr = np.ascontiguousarray(_to_array(shrunk))
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image is too large to decode safely (decompression bomb?)") from None
+    except DECODE_ERRORS as exc:
+        raise ImageError(f"image data is damaged ({_why(exc)})") from None
+    image = conform([arr], spec)[0]
+    return image, image if small == spec else conform([image], small)[0]
+
+
 def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
                size: tuple[int, int] | None = None) -> np.ndarray:
     """:func:`decode_image` for a path, with the path in the error message."""
@@ -270,6 +308,20 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int, int]:
         return im.size[1], im.size[0], 1 if grey else 3
 
 
+def _resize_pil(pil: Image.Image, height: int, width: int, squash: bool = False) -> Image.Image:
+    """:func:`_resize` of a Pillow image (mode ``RGB`` or ``L``)."""
+    w, h = pil.size
+    if (h, w) == (height, width):
+        return pil
+    cw, ch = _cover(w, h, (height, width))
+    box = None
+    if (cw, ch) != (width, height) and not squash:  # crop in source pixels, centred
+        sx, sy = w / cw, h / ch
+        left, top = (cw - width) / 2 * sx, (ch - height) / 2 * sy
+        box = (left, top, left + width * sx, top + height * sy)
+    return pil.resize((width, height), Image.Resampling.BILINEAR, box=box)
+
+
 def _resize(image: np.ndarray, height: int, width: int, squash: bool = False) -> np.ndarray:
     """Resize keeping the aspect ratio: scale to cover ``height x width``, centre-crop the
     rest (bilinear; with antialiasing when shrinking, as Pillow's filters do); with
@@ -279,13 +331,7 @@ def _resize(image: np.ndarray, height: int, width: int, squash: bool = False) ->
         return image
     channels = image.shape[2]
     pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
-    cw, ch = _cover(w, h, (height, width))
-    box = None
-    if (cw, ch) != (width, height) and not squash:  # crop in source pixels, centred
-        sx, sy = w / cw, h / ch
-        left, top = (cw - width) / 2 * sx, (ch - height) / 2 * sy
-        box = (left, top, left + width * sx, top + height * sy)
-    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+    out = np.asarray(_resize_pil(pil, height, width, squash), dtype=np.uint8)
     return out[:, :, None] if channels == 1 else out
 
 

@@ -34,7 +34,7 @@ from ..config import InputSpec
 from ..errors import DataError, ImageError
 from .datasets import DECODE_THREADS, SPLITS, Dataset, folder_dataset, folder_images, split_indices
 from .filefacts import FileFacts, Stat, digest, digest_bytes, facts_of
-from .images import conform, decode_image, file_error, load_image, preview_spec
+from .images import decode_pictures, file_error, preview_spec
 
 #: Files larger than this are not read into memory whole: decoded from their path, digested
 #: in chunks (two reads, for a file of a size no photo has; a renamed video is refused on its
@@ -56,12 +56,6 @@ class Decoded(NamedTuple):
 Decoder = Callable[[Path, InputSpec], Decoded]
 
 
-def _pictures(raw: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-    image = conform([raw], spec)[0]
-    small = preview_spec(spec)
-    return image, image if small == spec else conform([image], small)[0]
-
-
 def decode_file(path: str | os.PathLike[str], spec: InputSpec) -> Decoded:
     """One file decoded once, without its facts: ``(input, preview, None)``, ``uint8`` of
     ``spec.shape`` and of :func:`~lookalike.data.images.preview_spec` ``(spec).shape``. The
@@ -71,7 +65,10 @@ def decode_file(path: str | os.PathLike[str], spec: InputSpec) -> Decoded:
     Raises:
         ImageError: the file cannot be decoded (its path in the message).
     """
-    return Decoded(*_pictures(load_image(path, size=(spec.height, spec.width)), spec))
+    try:
+        return Decoded(*decode_pictures(path, spec, preview_spec(spec)))
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
 
 
 def read_file(path: str | os.PathLike[str], spec: InputSpec) -> Decoded:
@@ -93,15 +90,15 @@ def read_file(path: str | os.PathLike[str], spec: InputSpec) -> Decoded:
     stat = Stat(int(st.st_size), int(st.st_mtime_ns), int(st.st_ino))
     header: list[FileFacts] = []
     try:
-        raw = decode_image(path if data is None else data, size=(spec.height, spec.width),
-                           on_open=lambda im: header.append(facts_of(im, stat)))
+        image, preview = decode_pictures(path if data is None else data, spec, preview_spec(spec),
+                                         on_open=lambda im: header.append(facts_of(im, stat)))
     except ImageError as exc:
         raise ImageError(f"{path}: {exc}") from None
     try:
         file_digest = digest(path) if data is None else digest_bytes(data)
     except OSError as exc:
         raise ImageError(f"{path}: {file_error(exc)}") from None
-    return Decoded(*_pictures(raw, spec), dataclasses.replace(header[0], digest=file_digest))
+    return Decoded(image, preview, dataclasses.replace(header[0], digest=file_digest))
 
 
 @dataclass(frozen=True, eq=False)
