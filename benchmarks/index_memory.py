@@ -135,13 +135,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/index_memory_coll"))
     ap.add_argument("--delete", type=Path, help="a folder --make wrote, to remove")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--record", type=Path, help="with --measure: also save the result as JSON here; "
+                    "alone: write the section from such a file")
     args = ap.parse_args()
+    if args.record and not args.measure:
+        saved = json.loads(args.record.read_text())
+        write_section("index-memory", section(saved["result"], saved["argv"]))
+        return
     if args.make:
         print(json.dumps(make(args.make, args.count, args.base, args.workers)), flush=True)
     if args.measure:
         res = measure(args.measure, args.model, args.out)
         print(json.dumps(res), flush=True)
-        body = section(res, [a for a in sys.argv[1:] if a != "--no-write"])
+        argv = [a for a in sys.argv[1:] if a != "--no-write"]
+        if args.record:
+            argv = argv[:argv.index("--record")] + argv[argv.index("--record") + 2:]
+            args.record.write_text(json.dumps({"result": res, "argv": argv}, indent=2))
+        body = section(res, argv)
         print(body)
         if not args.no_write:
             write_section("index-memory", body)
