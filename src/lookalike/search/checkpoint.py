@@ -11,13 +11,14 @@ skipped files it found, so a resumed run decodes only the chunks not done.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,33 @@ if TYPE_CHECKING:
     from ..models.runtime import OnnxEncoder
 
 log = logging.getLogger(__name__)
+
+#: Cores left to the decoder threads while a stream of files is encoded: PyTorch's intra-op
+#: threads are the process's cores less these (at least one) for the time of the stream, so
+#: that decoding has a core of its own instead of taking turns with the model's threads (which
+#: spin-wait for one another when a decoder holds their core). See docs/benchmarks.md,
+#: "Indexing at the model's speed".
+SPARE_CORES = 1
+
+
+@contextlib.contextmanager
+def _model_threads(encoder: ModelEncoder | OnnxEncoder) -> Iterator[None]:
+    """PyTorch's threads while files stream: the cores less :data:`SPARE_CORES` (never more
+    than it had; an ONNX Runtime encoder keeps its own)."""
+    from ..models.encoders import ModelEncoder
+
+    if not isinstance(encoder, ModelEncoder) or SPARE_CORES <= 0:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, min(before, cores - SPARE_CORES)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _job_key(model: LoadedModel, images: np.ndarray, sources: Iterable[str], chunk: int) -> str:
@@ -186,7 +214,8 @@ def encode_files_resumable(stage: Path, encoder: ModelEncoder | OnnxEncoder, mod
     if done:
         log.warning("resuming: %d of %d files already encoded", done, len(files))
     options: dict[str, Any] = {} if threads is None else {"threads": threads}
-    with tqdm(total=len(files), initial=done, desc="encoding", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(files), initial=done, desc="encoding", unit="img", disable=not progress) as bar, \
+            _model_threads(encoder):
         ready = [part if part is not None else _encode_part(
                     chunks / f"files.{start:09d}.npz", encoder, files, start, start + chunk, options, bar)
                  for start, part in parts.items()]
