@@ -311,3 +311,19 @@ def test_decoding_runs_ahead_of_the_encoder_by_a_bounded_number_of_batches(photo
         assert batch.inputs.shape[1:] == SPEC.shape and batch.previews.shape[1:] == (96, 96, 3)
         seen += batch.stop - batch.start
     assert seen == len(paths) and sorted(started) == sorted(paths)
+
+
+def test_a_file_too_large_to_hold_is_decoded_from_its_path_with_the_same_facts(
+        photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above ``WHOLE_READ`` bytes a file is not held in memory: decoded from its path and
+    digested in chunks, the same pixels and facts as the one read."""
+    paths = [p for p in map(Path, _files(photos)) if "damaged" not in p.name]
+    held = [read_file(p, SPEC) for p in paths]
+    monkeypatch.setattr(pipeline_module, "WHOLE_READ", 0)
+    for p, one in zip(paths, held, strict=True):
+        streamed = read_file(p, SPEC)
+        np.testing.assert_array_equal(streamed.input, one.input)
+        np.testing.assert_array_equal(streamed.preview, one.preview)
+        assert streamed.facts == one.facts and one.facts is not None and one.facts.digest == digest(p)
+    with pytest.raises(pipeline_module.ImageError, match="p05-damaged.jpg: image data is damaged"):
+        read_file(photos / "wood" / "p05-damaged.jpg", SPEC)
