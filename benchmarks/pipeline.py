@@ -347,7 +347,13 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
         f"{res['rows']['10 MP']['decoders']['pillow draft']:.0f} ms of CPU (its entropy decoding "
         "does not shrink with the DCT scale) against the model's "
         f"{res['rows']['10 MP']['cpu']['model_ms']:.0f} ms an image, so no decoder order makes "
-        "10-MP photos index at the model's speed on busy cores.",
+        "10-MP photos index at the model's speed on busy cores. "
+        + " ".join(
+            f"At {name}, the index's {row['cpu']['index_ms']:.1f} CPU ms an image on these "
+            f"{os.cpu_count()} cores, every one busy and none wasted, allow at most "
+            f"{os.cpu_count() * 1000 / row['cpu']['index_ms']:.0f} images/s: "
+            f"{os.cpu_count() * 1000 / row['cpu']['index_ms'] / statistics.median(row['model']):.2f}x "
+            "the bare model's." for name, row in res["rows"].items()),
         "",
         "Compressing the 96-px previews a collection stores (CPU ms and KB a preview, "
         f"{res['pictures']['previews']} previews of the 0.3-MP photos): " + "; ".join(
