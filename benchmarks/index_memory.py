@@ -121,6 +121,7 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
         "|---|---|---|---|---|---|",
         f"| {res['files']:,} | {res['indexed']:,} | **{gib:.2f} GiB** | < 2 GB | {res['seconds']:.0f} s "
         f"| {res['indexed'] / res['seconds']:.1f} |",
+        *(["", res["note"]] if res.get("note") else []),
     ])
 
 
