@@ -23,10 +23,12 @@ from lookalike.data.images import (
     conform,
     content_hash,
     decode_image,
+    decode_pictures,
     find_images,
     from_float,
     image_size,
     load_image,
+    preview_spec,
     to_float,
 )
 from lookalike.errors import ImageError
@@ -498,3 +500,30 @@ def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path: Path) -> None:
     Image.fromarray(full).save(png)
     reduced = decode_image(png, size=(100, 100))
     assert 100 <= reduced.shape[0] < 3000 // 4  # PNGs are reduced after decoding
+
+
+@pytest.mark.parametrize("mode, size, fmt", [
+    ("RGB", (1000, 700), "JPEG"),   # decoded at a reduced DCT scale, then resized
+    ("RGB", (150, 400), "PNG"),     # portrait, enlarged
+    ("L", (640, 480), "JPEG"),      # grey
+    ("RGBA", (500, 300), "PNG"),    # alpha composited first (the general path)
+    ("CMYK", (400, 300), "JPEG"),
+])
+@pytest.mark.parametrize("spec", [InputSpec(3, 192, 192), InputSpec(1, 64, 48),
+                                  InputSpec(3, 160, 224, resize="squash")])
+def test_decode_pictures_equals_conform_of_decode_image(mode: str, size: tuple[int, int], fmt: str,
+                                                        spec: InputSpec) -> None:
+    """The pipeline's decode (resized by Pillow as decoded, one array a size) gives the pixels
+    of ``conform`` of ``decode_image``, the model's input and its preview."""
+    rng = np.random.default_rng(len(mode) + size[0])
+    coarse = Image.fromarray(rng.integers(0, 256, (7, 9, 4), dtype=np.uint8), "RGBA")
+    im = coarse.resize(size, Image.Resampling.BICUBIC).convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    data = buf.getvalue()
+    small = preview_spec(spec)
+    image, preview = decode_pictures(data, spec, small)
+    expected = conform([decode_image(data, size=(spec.height, spec.width))], spec)[0]
+    assert image.shape == spec.shape and preview.shape == small.shape
+    np.testing.assert_array_equal(image, expected)
+    np.testing.assert_array_equal(preview, expected if small == spec else conform([expected], small)[0])

@@ -1,11 +1,14 @@
 """The streaming pipeline (``lookalike.data.pipeline``) that ``index`` and ``add`` run on a
-folder of photos: each file decoded once, the same codes, previews and skips as the path
-that read the files twice, a damaged file skipped and reported, an interrupted run resumed
-without decoding the chunks done, and decoding ahead of the encoder bounded."""
+folder of photos: each file read once (decoded, digested and catalogued from one read), the
+same codes, previews and skips as the path that read the files twice, the same catalogue facts
+as reading them apart, a damaged file skipped and reported, an interrupted run resumed without
+decoding the chunks done, and decoding ahead of the encoder bounded."""
 
 from __future__ import annotations
 
+import builtins
 import json
+import os
 import threading
 from collections import Counter
 from pathlib import Path
@@ -15,13 +18,18 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
+from lookalike import api
 from lookalike.config import InputSpec, ModelConfig, default_train_config
 from lookalike.data import images as images_module
+from lookalike.data import pipeline as pipeline_module
 from lookalike.data.datasets import load_dataset
-from lookalike.data.pipeline import FolderFiles, decode_file, stream
+from lookalike.data.filefacts import digest, read_facts
+from lookalike.data.images import IMAGE_EXTENSIONS
+from lookalike.data.pipeline import Decoded, FolderFiles, decode_file, read_file, stream
 from lookalike.models.adaptation import train_backbone
 from lookalike.models.encoders import ModelEncoder
 from lookalike.models.modelio import LoadedModel, save_model
+from lookalike.search import files as catalogue
 from lookalike.search.collection import Collection
 
 SPEC = InputSpec(3, 128, 128)  # over the 96-px previews: the case that used to read twice
@@ -62,37 +70,139 @@ def model(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel
 
 
 @pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """How many times each file is decoded (every decode goes through ``decode_image``)."""
+def opens(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How many times each image file is opened: every read of a file's bytes (ours, Pillow's
+    ``Image.open`` of a path, the digest's, the catalogue's header reads) goes through
+    ``open``."""
     counts: Counter[str] = Counter()
+    real = builtins.open
+
+    def counting(file, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if isinstance(file, (str, os.PathLike)) and Path(file).suffix.lower() in IMAGE_EXTENSIONS:
+            counts[str(file)] += 1
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting)
+    return counts
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many images are decoded (every decode goes through ``decode_image`` or
+    ``decode_pictures``)."""
+    calls: list[int] = []
     real = images_module.decode_image
 
+    real_pictures = images_module.decode_pictures
+
     def counting(source, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        counts[str(source)] += 1
+        calls.append(1)
         return real(source, **kwargs)
 
+    def counting_pictures(source, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(1)
+        return real_pictures(source, *args, **kwargs)
+
     monkeypatch.setattr(images_module, "decode_image", counting)
-    return counts
+    monkeypatch.setattr(images_module, "decode_pictures", counting_pictures)
+    monkeypatch.setattr(pipeline_module, "decode_pictures", counting_pictures)
+    return calls
 
 
 def _files(root: Path) -> list[str]:
     return sorted(str(p) for p in root.rglob("*") if p.is_file())
 
 
-def test_index_and_add_decode_each_file_once(photos: Path, model: LoadedModel, tmp_path: Path,
-                                             decodes: Counter[str]) -> None:
-    coll = Collection.create(tmp_path / "c", model, FolderFiles.of(photos), chunk=4)
+def test_index_and_add_read_each_file_once(photos: Path, model: LoadedModel, tmp_path: Path,
+                                           opens: Counter[str], decodes: list[int],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``index`` (the whole flow: codes, previews and the catalogue), the API's ``add`` and
+    ``lookalike add`` open each file once and decode it once."""
+    coll = api.index(model, photos, tmp_path / "c", chunk=4).collection
     assert len(coll) == 11  # the damaged file left out
-    assert decodes == Counter(_files(photos))  # every file once, the damaged one too
-    decodes.clear()
-    from lookalike.api import Index
-
+    assert opens == Counter(_files(photos))  # every file once, the damaged one too
+    assert len(decodes) == 12
+    rows = catalogue.rows(catalogue.db(coll))
+    assert sorted(r.path for r in rows) == [f for f in _files(photos) if "damaged" not in f]
     extra = tmp_path / "extra"
     for i in range(3):
         _photo(extra / f"x{i}.jpg", 100 + i)
-    ids = Index(coll).add([extra])
+    opens.clear()
+    decodes.clear()
+    ids = api.Index(coll).add([extra])
     assert ids.tolist() == [11, 12, 13]
-    assert decodes == Counter(_files(extra))
+    assert opens == Counter(_files(extra)) and len(decodes) == 3
+    assert {r.path: r.id for r in catalogue.rows(catalogue.db(coll)) if "extra" in r.path} == dict(
+        zip(_files(extra), [11, 12, 13], strict=True))
+    coll.close()
+    more = tmp_path / "more"
+    for i in range(2):
+        _photo(more / f"m{i}.jpg", 200 + i)
+    opens.clear()
+    code, out, err = run_cli(capsys, ["add", tmp_path / "c", more])
+    assert code == 0 and "added 2 image(s)" in out, (out, err)
+    assert opens == Counter(_files(more))
+    coll = Collection.open(tmp_path / "c")
+    assert sorted(r.path for r in catalogue.rows(catalogue.db(coll)) if "more" in r.path) == _files(more)
+
+
+def _exif_photo(path: Path, seed: int, size: tuple[int, int], fmt: str = "JPEG", *,
+                taken: str | None = None, camera: tuple[str, str] | None = None,
+                gps: tuple[float, float] | None = None) -> Path:
+    """A photo with the EXIF asked for (a PNG's in an eXIf chunk before its pixels)."""
+    from PIL import ExifTags
+
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    im = coarse.resize(size, Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    if taken:
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = taken
+    if camera:
+        exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = camera
+    if gps:
+        info = exif.get_ifd(ExifTags.IFD.GPSInfo)
+        info[ExifTags.GPS.GPSLatitudeRef] = "N" if gps[0] >= 0 else "S"
+        info[ExifTags.GPS.GPSLatitude] = (abs(gps[0]), 30.0, 0.0)
+        info[ExifTags.GPS.GPSLongitudeRef] = "E" if gps[1] >= 0 else "W"
+        info[ExifTags.GPS.GPSLongitude] = (abs(gps[1]), 15.0, 0.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, fmt, exif=exif, **({"quality": 90} if fmt == "JPEG" else {}))
+    return path
+
+
+def test_catalogue_facts_read_with_the_pixels_equal_those_read_apart(model: LoadedModel,
+                                                                     tmp_path: Path) -> None:
+    """What the one read records of each file (stat, size from the header, EXIF date, camera,
+    GPS, format, digest) is what reading its header and digest apart gives, for JPEGs decoded
+    at a reduced scale (so a header read after ``draft`` would show the reduced size) and
+    PNGs; the pixels are those of the decode alone."""
+    folder = tmp_path / "photos"
+    made = [
+        _exif_photo(folder / "a.jpg", 0, (1600, 1200), taken="2024:03:15 10:20:30",
+                    camera=("Canon", "EOS 80D"), gps=(48.0, -2.0)),
+        _exif_photo(folder / "b.jpg", 1, (900, 1400), taken="2021:07:01 08:00:00",
+                    camera=("Apple", "iPhone 12")),
+        _exif_photo(folder / "c.jpg", 2, (640, 480)),
+        _exif_photo(folder / "d.png", 3, (500, 400), "PNG", taken="2019:05:01 10:11:12",
+                    camera=("Nikon", "D750")),
+        _exif_photo(folder / "e.png", 4, (300, 200), "PNG"),
+    ]
+    for p in made:
+        got = read_file(p, SPEC)
+        assert got.facts is not None and got.facts.digest == digest(p)
+        np.testing.assert_array_equal(got.input, decode_file(p, SPEC).input)
+    coll = api.index(model, folder, tmp_path / "c").collection
+    rows = {r.path: r for r in catalogue.rows(catalogue.db(coll))}
+    by_source = coll.sources()
+    expected = {str(p): catalogue.FileRow.made(str(p), by_source[str(p)][0], read_facts(p), digest(p))
+                for p in made}
+    assert rows == expected
+    a = rows[str(made[0])]
+    assert (a.width, a.height, a.taken, a.make, a.model) == (1600, 1200, "2024-03-15T10:20:30",
+                                                             "Canon", "EOS 80D")
+    assert a.lat == pytest.approx(48.5) and a.lon == pytest.approx(-2.25)
+    assert rows[str(made[3])].taken == "2019-05-01T10:11:12" and rows[str(made[4])].taken is None
 
 
 def test_streamed_index_equals_the_index_that_read_files_twice(photos: Path, model: LoadedModel,
@@ -133,7 +243,7 @@ def test_a_damaged_file_in_the_middle_is_skipped_and_reported(
 
 def test_an_interrupted_index_resumes_without_decoding_the_chunks_done(
         photos: Path, model: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        decodes: Counter[str], caplog: pytest.LogCaptureFixture) -> None:
+        opens: Counter[str], caplog: pytest.LogCaptureFixture) -> None:
     reference = Collection.create(tmp_path / "ref", model, FolderFiles.of(photos), chunk=4)
     real = ModelEncoder.encode
     calls: list[int] = []
@@ -150,11 +260,11 @@ def test_an_interrupted_index_resumes_without_decoding_the_chunks_done(
     assert not (tmp_path / "c").exists()
     assert len(list((tmp_path / ".c.partial" / "chunks").glob("files.*.npz"))) == 2
     monkeypatch.setattr(ModelEncoder, "encode", real)
-    decodes.clear()
+    opens.clear()
     with caplog.at_level("WARNING"):
         resumed = Collection.create(tmp_path / "c", model, FolderFiles.of(photos), chunk=4)
     assert "resuming: 8 of 12 files already encoded" in caplog.text
-    assert decodes == Counter(_files(photos)[8:])  # only the last chunk's files, once each
+    assert opens == Counter(_files(photos)[8:])  # only the last chunk's files, once each
     assert resumed.items(resumed.ids) == reference.items(reference.ids)
     assert resumed.manifest["skipped"] == reference.manifest["skipped"]  # kept in the checkpoint
     np.testing.assert_allclose(np.asarray(resumed.embeddings), np.asarray(reference.embeddings),
@@ -169,9 +279,9 @@ def test_an_interrupted_index_resumes_without_decoding_the_chunks_done(
     _photo(photos / "sea" / "p01.jpg", 99)
     try:
         monkeypatch.setattr(ModelEncoder, "encode", real)
-        decodes.clear()
+        opens.clear()
         Collection.create(tmp_path / "d", model, FolderFiles.of(photos), chunk=4)
-        assert decodes == Counter(_files(photos))
+        assert opens == Counter(_files(photos))
     finally:
         _photo(photos / "sea" / "p01.jpg", 1)
 
@@ -181,7 +291,7 @@ def test_decoding_runs_ahead_of_the_encoder_by_a_bounded_number_of_batches(photo
     started: list[str] = []
     more = threading.Condition()
 
-    def recording(path: Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    def recording(path: Path, spec: InputSpec) -> Decoded:
         with more:
             started.append(str(path))
             more.notify_all()
@@ -201,3 +311,19 @@ def test_decoding_runs_ahead_of_the_encoder_by_a_bounded_number_of_batches(photo
         assert batch.inputs.shape[1:] == SPEC.shape and batch.previews.shape[1:] == (96, 96, 3)
         seen += batch.stop - batch.start
     assert seen == len(paths) and sorted(started) == sorted(paths)
+
+
+def test_a_file_too_large_to_hold_is_decoded_from_its_path_with_the_same_facts(
+        photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above ``WHOLE_READ`` bytes a file is not held in memory: decoded from its path and
+    digested in chunks, the same pixels and facts as the one read."""
+    paths = [p for p in map(Path, _files(photos)) if "damaged" not in p.name]
+    held = [read_file(p, SPEC) for p in paths]
+    monkeypatch.setattr(pipeline_module, "WHOLE_READ", 0)
+    for p, one in zip(paths, held, strict=True):
+        streamed = read_file(p, SPEC)
+        np.testing.assert_array_equal(streamed.input, one.input)
+        np.testing.assert_array_equal(streamed.preview, one.preview)
+        assert streamed.facts == one.facts and one.facts is not None and one.facts.digest == digest(p)
+    with pytest.raises(pipeline_module.ImageError, match="p05-damaged.jpg: image data is damaged"):
+        read_file(photos / "wood" / "p05-damaged.jpg", SPEC)

@@ -5,10 +5,12 @@ read and the images decoded and encoded counted."""
 from __future__ import annotations
 
 import builtins
+import io
 import json
 import os
 import shutil
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +44,8 @@ def write_digits(folder: Path, names: list[str], start: int = 0) -> list[Path]:
 @dataclass
 class Counts:
     """Files opened under a folder (any read: digest, header, decode), images decoded by
-    Pillow, and rows encoded."""
+    Pillow (from the file, or from its bytes read by the same thread just before: the
+    pipeline's one read), and rows encoded."""
 
     opened: Counter[str]
     decoded: Counter[str]
@@ -59,10 +62,12 @@ def counts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Counts]:
     c = Counts(Counter(), Counter())
     real_open, real_image_open = builtins.open, Image.open
     root = str(tmp_path / "photos")
+    last = threading.local()  # the file this thread opened last
 
     def counting_open(file: object, *args: object, **kwargs: object) -> object:
         if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith(root):
             c.opened[os.fspath(file)] += 1
+            last.path = os.fspath(file)
         return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
 
     class Decoding:  # Pillow's image, counted when its pixels are loaded
@@ -75,6 +80,8 @@ def counts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Counts]:
         def counted_load() -> object:
             if isinstance(fp, (str, os.PathLike)) and os.fspath(fp).startswith(root):
                 c.decoded[os.fspath(fp)] += 1
+            elif isinstance(fp, io.BytesIO) and getattr(last, "path", None):
+                c.decoded[last.path] += 1
             return load()
 
         im.load = counted_load  # type: ignore[method-assign]
@@ -136,6 +143,9 @@ def test_sync_mirrors_edits_moves_deletions_and_new_files(
     assert set(counts.decoded) == {str(a / "p03.png"), str(folder / "c" / "new.png")}
     assert counts.encoded == 2 == report.encoded
     assert str(folder / "c" / "renamed.png") not in counts.opened  # a rename: not even read
+    # the edited and the new file: opened twice, once for the plan's digest, once to be decoded,
+    # digested and catalogued (the pipeline's one read; no header read after)
+    assert counts.opened[str(a / "p03.png")] == counts.opened[str(folder / "c" / "new.png")] == 2
     assert set(counts.opened) == {str(a / "p03.png"), str(folder / "c" / "new.png"),
                                   str(folder / "c" / "copied.png"), str(folder / "c" / "twin.png"),
                                   str(a / "p05.png")}

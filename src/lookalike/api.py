@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from .config import (
     default_train_config,
     input_for,
 )
-from .data.datasets import Dataset, folder_images, infer_spec, is_folder, load_dataset
+from .data.datasets import BUILTIN_DATASETS, Dataset, folder_images, infer_spec, is_folder, load_dataset
 from .errors import LookalikeError
 from .models.modelio import LoadedModel, load_model
 from .search.filters import Filter
@@ -53,8 +53,6 @@ def _data(data: str | os.PathLike[str] | Dataset, split: str | None, spec: Any =
     if isinstance(data, Dataset):
         return data
     name = os.fspath(data)
-    from .data.datasets import BUILTIN_DATASETS
-
     split = split or ("database" if name in BUILTIN_DATASETS else "all")
     return load_dataset(name, split, input_spec=spec, progress=progress, **options)
 
@@ -199,7 +197,7 @@ class Index:
         exist raises :class:`DataError`."""
         from .data.images import image_files
         from .data.pipeline import stream
-        from .search.files import catalogue
+        from .search.files import record
 
         ids = [np.empty(0, dtype=np.int64)]
         # a commit per batch, the next one decoding while this one is encoded
@@ -209,7 +207,7 @@ class Index:
             if len(batch.paths):
                 sources = [str(f) for f in batch.paths]
                 ids.append(np.asarray(self.collection.add(batch.inputs, sources), dtype=np.int64))
-                catalogue(self.collection, sources, ids[-1])
+                record(self.collection, sources, ids[-1], batch.facts)
         return np.concatenate(ids)
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
@@ -328,14 +326,24 @@ def made_model(model: object, out: str | os.PathLike[str]) -> None:
 def index(model: LoadedModel | str | os.PathLike[str] | Dataset | None = None,
           data: str | os.PathLike[str] | Dataset | None = None,
           out: str | os.PathLike[str] | None = None, *, split: str | None = None,
-          overwrite: bool = False, progress: bool = False, **options: Any) -> Index:
-    """Encode ``data`` with ``model`` into a collection at ``out`` and open it. ``options``
-    go to :meth:`Collection.create` (``factory``, ``backend``...).
+          overwrite: bool = False, progress: bool = False, data_dir: str | None = None,
+          download: bool = False,
+          encode: Callable[[LoadedModel, str, str], tuple[Dataset, np.ndarray]] | None = None,
+          **options: Any) -> Index:
+    """Encode ``data`` with ``model`` into a collection at ``out`` and open it (what
+    ``lookalike index`` runs). ``options`` go to :meth:`Collection.create` (``factory``,
+    ``backend``, ``chunk``...); ``data_dir`` and ``download`` to :func:`load_dataset` for a
+    built-in dataset. ``encode(model, data, split)``, when given, reads and encodes ``data``
+    itself (another engine: ``lookalike.models.ray_engine``) and returns the dataset and its
+    codes.
 
     ``la.index("photos/", out="coll")`` (data alone, or ``model=None``) trains the default
     model for the data first (:func:`model_for_index`) and keeps it in the collection. A
-    collection made from a folder remembers it (absolute), for :func:`lookalike.search.sync.sync`.
+    folder's files are decoded and encoded in one stream, each read once, and catalogued
+    (:mod:`lookalike.search.files`) from that read; a collection made from a folder
+    remembers it (absolute), for :func:`lookalike.search.sync.sync`.
     """
+    from .data.pipeline import FolderFiles
     from .search.collection import Collection
     from .search.files import catalogue_items
     from .search.sync import remember_folders
@@ -345,22 +353,27 @@ def index(model: LoadedModel | str | os.PathLike[str] | Dataset | None = None,
     if data is None or out is None:
         raise LookalikeError("index needs data and out: la.index('photos/', out='coll')")
     assert not isinstance(model, Dataset)
-    folder = not isinstance(data, Dataset) and is_folder(data)
-    if folder and not isinstance(data, Dataset):
-        data = os.path.abspath(os.fspath(data))
-    loaded = model_for_index(model, data, out, overwrite=overwrite, split=split, progress=progress)
-    if folder and not isinstance(data, Dataset):  # decoded and encoded in one stream
-        from .data.pipeline import FolderFiles
-
-        coll = Collection.create(out, loaded, FolderFiles.of(data, split or "all"),
-                                 overwrite=overwrite, progress=progress, **options)
-        catalogue_items(coll)
-        remember_folders(coll, [data])
-        made_model(model, out)
-        return Index(coll)
-    ds = _data(data, split, loaded.config.input, progress=progress)
-    coll = Collection.create(out, loaded, ds, overwrite=overwrite, progress=progress, **options)
-    catalogue_items(coll)
+    # a folder's path is made absolute: the sources, the catalogue and the folder remembered
+    root = os.path.abspath(os.fspath(data)) if not isinstance(data, Dataset) and is_folder(data) else None
+    data = data if root is None else root
+    load = {"data_dir": data_dir, "download": download}
+    loaded = model_for_index(model, data, out, overwrite=overwrite, split=split, progress=progress,
+                             **load)
+    codes = None
+    ds: Dataset | FolderFiles
+    if encode is not None and not isinstance(data, Dataset):
+        name = os.fspath(data)
+        ds, codes = encode(loaded, name, split or ("database" if name in BUILTIN_DATASETS else "all"))
+    elif root is not None:  # decoded and encoded in one stream
+        ds = FolderFiles.of(root, split or "all")
+    else:
+        ds = _data(data, split, loaded.config.input, progress=progress, **load)
+    coll = Collection.create(out, loaded, ds, overwrite=overwrite, progress=progress, codes=codes,
+                             **options)
+    if not isinstance(ds, FolderFiles) and (root is not None or isinstance(data, Dataset)):
+        catalogue_items(coll)  # (a folder's files streamed were catalogued as they were read)
+    if root is not None:
+        remember_folders(coll, [root])
     made_model(model, out)
     return Index(coll)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -101,52 +100,33 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ..api import made_model, model_for_index
-    from ..data.datasets import is_folder
-    from ..data.pipeline import FolderFiles
+    from ..api import index
     from ..data.skipreport import REPORT_NAME, write_report
-    from ..search.collection import Collection
-    from ..search.files import catalogue_items
-    from ..search.sync import remember_folders
 
     if args.folder is not None:
         if args.dataset != "mnist-5k":
             raise LookalikeError("give the data as FOLDER or --dataset, not both")
         args.dataset = args.folder
-    folder = is_folder(args.dataset)
-    if folder:  # (sources, the catalogue and the remembered folder: absolute paths)
-        args.dataset = os.path.abspath(args.dataset)
+    if args.engine != "ray" and args.ray_address:
+        raise LookalikeError("--ray-address is for --engine ray")
     options = _backend_options(args)
-    model = model_for_index(args.model, args.dataset, args.out, overwrite=args.overwrite,
-                            split=args.split, data_dir=args.data_dir, download=args.download,
-                            progress=args.progress)
-    codes = None
-    ds: Dataset | FolderFiles
+    encode = None
     if args.engine == "ray":
         from ..models.ray_engine import RayConfig, load_and_encode
 
-        ds, codes = load_and_encode(
-            args.dataset, _default_split(args.dataset, args.split), model, data_dir=args.data_dir,
-            config=RayConfig(address=args.ray_address), download=args.download,
-            progress=args.progress, verbose=args.verbose)
-        _report_skipped(ds)
-    elif args.ray_address:
-        raise LookalikeError("--ray-address is for --engine ray")
-    elif folder:  # decoded and encoded in one stream (skips logged as met)
-        ds = FolderFiles.of(args.dataset, _default_split(args.dataset, args.split))
-    else:
-        ds = _load(args, spec=model.config.input)
-    coll = Collection.create(args.out, model, ds, backend=args.backend, factory=args.factory,
-                             search_params=args.search_params, overwrite=args.overwrite,
-                             progress=args.progress, chunk=args.checkpoint_every,
-                             backend_options=options, codes=codes)
-    if folder:  # (other data's sources are no files: nothing to catalogue)
-        catalogue_items(coll)
-        remember_folders(coll, [args.dataset])
+        def encode(model: Any, data: str, split: str) -> tuple[Dataset, np.ndarray]:
+            return load_and_encode(data, split, model, data_dir=args.data_dir,
+                                   config=RayConfig(address=args.ray_address), download=args.download,
+                                   progress=args.progress, verbose=args.verbose)
+
+    coll = index(args.model, args.dataset, args.out, split=args.split, overwrite=args.overwrite,
+                 progress=args.progress, data_dir=args.data_dir, download=args.download,
+                 encode=encode, backend=args.backend, factory=args.factory,
+                 search_params=args.search_params, chunk=args.checkpoint_every,
+                 backend_options=options).collection
     coll.close()
-    made_model(args.model, args.out)
     skipped = [(str(path), str(why)) for path, why in coll.manifest.get("skipped") or ()]
-    if isinstance(ds, FolderFiles) and skipped:
+    if skipped:  # (each one was logged with its reason as it was met)
         log.warning("skipped %d unreadable file(s) or folder(s)", len(skipped))
     report = write_report(args.report or Path(args.out) / REPORT_NAME, skipped, "index")
     print(f"collection written to {args.out}: {len(coll)} images, {coll.dim}-d codes"
@@ -411,7 +391,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from ..data.pipeline import stream
     from ..data.skipreport import REPORT_NAME, write_report
     from ..search.collection import Collection
-    from ..search.files import catalogue, db, unchanged
+    from ..search.files import db, record, unchanged
 
     coll = Collection.open(args.collection)
     report = Path(args.report) if args.report else coll.path / REPORT_NAME
@@ -441,12 +421,13 @@ def cmd_add(args: argparse.Namespace) -> int:
                 if new:
                     count = len(coll)
                     ids = coll.add(batch.inputs[new], [sources[j] for j in new])
-                    catalogue(coll, [sources[j] for j in new], ids)
+                    record(coll, [sources[j] for j in new], ids, [batch.facts[j] for j in new])
                     added += len(coll) - count
                     dupes += len(new) - (len(coll) - count)
                 if old:
                     updated += coll.update([present[sources[j]][0] for j in old], batch.inputs[old])
-                    catalogue(coll, [sources[j] for j in old], [present[sources[j]][0] for j in old])
+                    record(coll, [sources[j] for j in old], [present[sources[j]][0] for j in old],
+                           [batch.facts[j] for j in old])
                 bar.update(batch.stop - batch.start)
     finally:
         if skipped:

@@ -7,6 +7,10 @@ pixel data, so :func:`read_facts` costs a few kilobytes read per photo. (A PNG w
 chunk does not come before its pixels is read without EXIF: Pillow would decode the whole
 image to reach it.) :func:`digest` reads
 the whole file (BLAKE2b, 128 bits), the only way to recognise a file copied elsewhere.
+
+A file that is decoded anyway (indexing, ``add``, ``sync``) is read once instead
+(:func:`lookalike.data.pipeline.read_file`): its bytes digested (:func:`digest_bytes`) and
+decoded from memory, its facts taken from the image Pillow opened (:func:`facts_of`).
 """
 
 from __future__ import annotations
@@ -58,6 +62,22 @@ class FileFacts:
     lat: float | None = None
     lon: float | None = None
     format: str | None = None
+    digest: str | None = None
+
+    def to_list(self) -> list[object]:
+        """The facts as a flat JSON-able list (:meth:`from_list` reads it back)."""
+        return [self.stat.size, self.stat.mtime_ns, self.stat.inode, self.width, self.height,
+                self.taken, self.make, self.model, self.lat, self.lon, self.format, self.digest]
+
+    @classmethod
+    def from_list(cls, values: list[object]) -> FileFacts:
+        size, mtime_ns, inode, *rest = values
+        return cls(Stat(int(size), int(mtime_ns), int(inode)), *rest)  # type: ignore[arg-type, call-overload]
+
+
+def digest_bytes(data: bytes) -> str:
+    """BLAKE2b-128 hex digest of ``data`` (:func:`digest` of a file holding them)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def digest(path: str | os.PathLike[str]) -> str:
@@ -114,20 +134,35 @@ def _header_exif(im: Image.Image) -> Image.Exif:
 
 
 def read_facts(path: str | os.PathLike[str]) -> FileFacts:
-    """The :class:`FileFacts` of ``path``. A file Pillow cannot open still gives its stat
-    (its header fields are ``None``); an ``OSError`` from ``stat`` propagates."""
+    """The :class:`FileFacts` of ``path`` (``digest`` ``None``). A file Pillow cannot open
+    still gives its stat (its header fields are ``None``); an ``OSError`` from ``stat``
+    propagates."""
     stat = Stat.of(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns on odd EXIF blocks; the facts are optional
-            with Image.open(Path(path)) as im:
-                width, height = im.size
-                fmt = im.format
-                exif = _header_exif(im)
-                sub = exif.get_ifd(ExifTags.IFD.Exif)
-                gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+            warnings.simplefilter("ignore")  # (as in facts_of)
+            im = Image.open(Path(path))
     except Exception:  # noqa: BLE001 - a header Pillow cannot read is a file with no facts
         return FileFacts(stat)
+    with im:
+        return facts_of(im, stat)
+
+
+def facts_of(im: Image.Image, stat: Stat, file_digest: str | None = None) -> FileFacts:
+    """The :class:`FileFacts` of a file Pillow has just opened as ``im`` (its header read,
+    its pixels not yet: call this before ``draft``/``load``), of ``stat``, digest
+    ``file_digest``. A header whose EXIF Pillow cannot read gives the stat alone, as
+    :func:`read_facts` does."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on odd EXIF blocks; the facts are optional
+            width, height = im.size
+            fmt = im.format
+            exif = _header_exif(im)
+            sub = exif.get_ifd(ExifTags.IFD.Exif)
+            gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    except Exception:  # noqa: BLE001 - a header Pillow cannot read is a file with no facts
+        return FileFacts(stat, digest=file_digest)
     taken = exif_date(sub.get(ExifTags.Base.DateTimeOriginal)) or exif_date(
         exif.get(ExifTags.Base.DateTime))
     lat = lon = None
@@ -137,4 +172,4 @@ def read_facts(path: str | os.PathLike[str]) -> FileFacts:
         if lat is None or lon is None:
             lat = lon = None
     return FileFacts(stat, int(width), int(height), taken, _text(exif.get(ExifTags.Base.Make)),
-                     _text(exif.get(ExifTags.Base.Model)), lat, lon, fmt or None)
+                     _text(exif.get(ExifTags.Base.Model)), lat, lon, fmt or None, file_digest)

@@ -33,7 +33,7 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -85,6 +85,17 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def file_error(exc: OSError) -> ImageError:
+    """The :class:`ImageError` for a file the file system refuses to open or read."""
+    if isinstance(exc, FileNotFoundError):
+        return ImageError("file not found")
+    if isinstance(exc, IsADirectoryError):
+        return ImageError("is a directory, not an image")
+    if isinstance(exc, PermissionError):
+        return ImageError("permission denied")
+    return ImageError(f"cannot be read ({exc.strerror or exc})")
+
+
 def _open(source: str | os.PathLike[str] | bytes, max_pixels: int) -> Image.Image:
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -92,18 +103,12 @@ def _open(source: str | os.PathLike[str] | bytes, max_pixels: int) -> Image.Imag
             im = Image.open(fp, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("image is too large to decode safely (decompression bomb?)") from None
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory, not an image") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
     except Image.UnidentifiedImageError:
         raise ImageError("not a readable image (not a PNG, JPEG, GIF, BMP, TIFF or WebP "
                          "file, or a damaged one)") from None
     except OSError as exc:
         if exc.errno is not None:  # the file system's refusal: ELOOP, EIO, ...
-            raise ImageError(f"cannot be read ({exc.strerror or exc})") from None
+            raise file_error(exc) from None
         raise ImageError(f"not a readable image ({_why(exc)})") from None
     except DECODE_ERRORS as exc:
         raise ImageError(f"not a readable image ({_why(exc)})") from None
@@ -176,7 +181,7 @@ def _shrink(im: Image.Image, size: tuple[int, int] | None) -> Image.Image:
 
 def decode_image(
     source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS,
-    size: tuple[int, int] | None = None,
+    size: tuple[int, int] | None = None, on_open: Callable[[Image.Image], object] | None = None,
 ) -> np.ndarray:
     """Decode an image file or bytes to ``uint8 (H, W, C)``, ``C`` = 1 or 3.
 
@@ -184,6 +189,8 @@ def decode_image(
     :func:`conform` to reach a model's channel count. With ``size`` ``(height, width)``,
     a large image may be decoded at a reduced scale that still covers ``size`` at its own
     aspect ratio (so :func:`conform` to that size gives nearly the same pixels, faster).
+    ``on_open`` is called with the image Pillow opened, its header read and its pixels not
+    yet (to read the header's facts without opening the file again).
 
     Raises:
         ImageError: for anything that is not a decodable image within ``max_pixels``.
@@ -191,6 +198,8 @@ def decode_image(
     im = _open(source, max_pixels)
     try:
         with im, _pillow_warnings():
+            if on_open is not None:
+                on_open(im)
             shrunk = _shrink(im, size)
             shrunk.load()
             arr = _to_array(shrunk)
@@ -201,6 +210,44 @@ def decode_image(
     except DECODE_ERRORS as exc:
         raise ImageError(f"image data is damaged ({_why(exc)})") from None
     return np.ascontiguousarray(arr)
+
+
+def decode_pictures(source: str | os.PathLike[str] | bytes, spec: InputSpec, small: InputSpec, *,
+                    max_pixels: int = MAX_PIXELS,
+                    on_open: Callable[[Image.Image], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``conform([decode_image(source, size=...)], spec)[0]`` and ``conform`` of that to
+    ``small`` (a model's input and its preview), the same pixels, with fewer copies: an
+    ``RGB`` or ``L`` image that the spec keeps so is resized by Pillow as it was decoded,
+    and made an array once at each size (other modes go through :func:`decode_image`).
+    ``on_open`` as for :func:`decode_image`.
+
+    Raises:
+        ImageError: as :func:`decode_image`.
+    """
+    im = _open(source, max_pixels)
+    try:
+        with im, _pillow_warnings():
+            if on_open is not None:
+                on_open(im)
+            shrunk = _shrink(im, (spec.height, spec.width))
+            shrunk.load()
+            same_mode = shrunk.mode == ("L" if spec.channels == 1 else "RGB")
+            if same_mode and not getattr(shrunk, "is_animated", False):
+                pil = _resize_pil(shrunk, spec.height, spec.width, spec.resize == "squash")
+                image = np.array(pil, dtype=np.uint8).reshape(spec.shape)
+                if small == spec:
+                    return image, image
+                preview = _resize_pil(pil, small.height, small.width, small.resize == "squash")
+                return image, np.array(preview, dtype=np.uint8).reshape(small.shape)
+            arr = np.ascontiguousarray(_to_array(shrunk))
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image is too large to decode safely (decompression bomb?)") from None
+    except DECODE_ERRORS as exc:
+        raise ImageError(f"image data is damaged ({_why(exc)})") from None
+    image = conform([arr], spec)[0]
+    return image, image if small == spec else conform([image], small)[0]
 
 
 def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
@@ -261,6 +308,20 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int, int]:
         return im.size[1], im.size[0], 1 if grey else 3
 
 
+def _resize_pil(pil: Image.Image, height: int, width: int, squash: bool = False) -> Image.Image:
+    """:func:`_resize` of a Pillow image (mode ``RGB`` or ``L``)."""
+    w, h = pil.size
+    if (h, w) == (height, width):
+        return pil
+    cw, ch = _cover(w, h, (height, width))
+    box = None
+    if (cw, ch) != (width, height) and not squash:  # crop in source pixels, centred
+        sx, sy = w / cw, h / ch
+        left, top = (cw - width) / 2 * sx, (ch - height) / 2 * sy
+        box = (left, top, left + width * sx, top + height * sy)
+    return pil.resize((width, height), Image.Resampling.BILINEAR, box=box)
+
+
 def _resize(image: np.ndarray, height: int, width: int, squash: bool = False) -> np.ndarray:
     """Resize keeping the aspect ratio: scale to cover ``height x width``, centre-crop the
     rest (bilinear; with antialiasing when shrinking, as Pillow's filters do); with
@@ -270,13 +331,7 @@ def _resize(image: np.ndarray, height: int, width: int, squash: bool = False) ->
         return image
     channels = image.shape[2]
     pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
-    cw, ch = _cover(w, h, (height, width))
-    box = None
-    if (cw, ch) != (width, height) and not squash:  # crop in source pixels, centred
-        sx, sy = w / cw, h / ch
-        left, top = (cw - width) / 2 * sx, (ch - height) / 2 * sy
-        box = (left, top, left + width * sx, top + height * sy)
-    out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+    out = np.asarray(_resize_pil(pil, height, width, squash), dtype=np.uint8)
     return out[:, :, None] if channels == 1 else out
 
 

@@ -3,10 +3,12 @@
 Indexing a folder runs in stages (as rom1504/clip-retrieval's reader -> mapper -> writer):
 
 1. **reader**: the files, in a fixed order (:class:`FolderFiles`, or any list of paths);
-2. **decoder**: a pool of threads (:func:`stream`); each file is read and decoded **once**
-   (:func:`decode_file`), at a reduced scale when it is large, into both the model's input and
-   the preview a collection stores. Pillow releases the GIL while it reads, decodes and
-   resizes, so these threads work while the encoder computes;
+2. **decoder**: a pool of threads (:func:`stream`); each file is read **once**
+   (:func:`read_file`): its bytes digested and decoded from memory, at a reduced scale when it
+   is large, into both the model's input and the preview a collection stores, and its header
+   and EXIF taken from the image opened to decode it: the facts the catalogue records
+   (:mod:`lookalike.search.files`), so nothing opens the file again. Pillow and hashlib
+   release the GIL, so these threads work while the encoder computes;
 3. **encoder** and 4. **writer**: the consumer of the batches (the collection's resumable
    encoding, ``lookalike add``, the Ray engine's decoding tasks).
 
@@ -24,29 +26,79 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..config import InputSpec
 from ..errors import DataError, ImageError
 from .datasets import DECODE_THREADS, SPLITS, Dataset, folder_dataset, folder_images, split_indices
-from .images import conform, load_image, preview_spec
+from .filefacts import FileFacts, Stat, digest, digest_bytes, facts_of
+from .images import decode_pictures, file_error, preview_spec
 
-Decoder = Callable[[Path, InputSpec], tuple[np.ndarray, np.ndarray]]
+#: Files larger than this are not read into memory whole: decoded from their path, digested
+#: in chunks (two reads, for a file of a size no photo has; a renamed video is refused on its
+#: header without being read).
+WHOLE_READ = 256 << 20
 
 
-def decode_file(path: str | os.PathLike[str], spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-    """One file decoded once: ``(input, preview)``, ``uint8`` of ``spec.shape`` and of
-    :func:`~lookalike.data.images.preview_spec` ``(spec).shape``. The preview is made from
-    the model's input (as every stored picture is), so it is the same array when ``spec`` is
-    preview-sized.
+class Decoded(NamedTuple):
+    """One file decoded: ``input`` ``uint8`` of the spec's shape, ``preview`` of
+    :func:`~lookalike.data.images.preview_spec`'s, and the file's ``facts`` (its stat when it
+    was read, header, EXIF and digest: what the catalogue records), ``None`` from a decoder
+    that reads none."""
+
+    input: np.ndarray
+    preview: np.ndarray
+    facts: FileFacts | None = None
+
+
+Decoder = Callable[[Path, InputSpec], Decoded]
+
+
+def decode_file(path: str | os.PathLike[str], spec: InputSpec) -> Decoded:
+    """One file decoded once, without its facts: ``(input, preview, None)``, ``uint8`` of
+    ``spec.shape`` and of :func:`~lookalike.data.images.preview_spec` ``(spec).shape``. The
+    preview is made from the model's input (as every stored picture is), so it is the same
+    array when ``spec`` is preview-sized.
 
     Raises:
         ImageError: the file cannot be decoded (its path in the message).
     """
-    image = conform([load_image(path, size=(spec.height, spec.width))], spec)[0]
-    small = preview_spec(spec)
-    return image, image if small == spec else conform([image], small)[0]
+    try:
+        return Decoded(*decode_pictures(path, spec, preview_spec(spec)))
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+
+
+def read_file(path: str | os.PathLike[str], spec: InputSpec) -> Decoded:
+    """One file read once: :func:`decode_file`'s pictures, decoded from its bytes in memory,
+    with its :class:`~lookalike.data.filefacts.FileFacts`: the stat of the file as it was
+    read, the header and EXIF of the image Pillow opened to decode it, the digest of the
+    bytes decoded (what :func:`~lookalike.data.filefacts.read_facts` and
+    :func:`~lookalike.data.filefacts.digest` read of the same file).
+
+    Raises:
+        ImageError: the file cannot be read or decoded (its path in the message).
+    """
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            data = fh.read() if st.st_size <= WHOLE_READ else None
+    except OSError as exc:
+        raise ImageError(f"{path}: {file_error(exc)}") from None
+    stat = Stat(int(st.st_size), int(st.st_mtime_ns), int(st.st_ino))
+    header: list[FileFacts] = []
+    try:
+        image, preview = decode_pictures(path if data is None else data, spec, preview_spec(spec),
+                                         on_open=lambda im: header.append(facts_of(im, stat)))
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+    try:
+        file_digest = digest(path) if data is None else digest_bytes(data)
+    except OSError as exc:
+        raise ImageError(f"{path}: {file_error(exc)}") from None
+    return Decoded(image, preview, dataclasses.replace(header[0], digest=file_digest))
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,6 +112,8 @@ class Batch:
         inputs: ``uint8 (m, H, W, C)`` at the stream's spec.
         previews: ``uint8 (m, h, w, C)`` at its preview spec (``inputs`` itself when equal).
         skipped: ``(path, reason)`` for each file of the batch that could not be decoded.
+        facts: the ``m`` files' facts (:attr:`Decoded.facts`: ``None`` each from a decoder
+            that reads none).
     """
 
     start: int
@@ -69,14 +123,16 @@ class Batch:
     inputs: np.ndarray
     previews: np.ndarray
     skipped: tuple[tuple[str, str], ...]
+    facts: tuple[FileFacts | None, ...] = ()
 
 
 def stream(paths: Sequence[str | os.PathLike[str]], spec: InputSpec, *, batch: int = 64,
            start: int = 0, stop: int | None = None, threads: int = DECODE_THREADS, ahead: int = 2,
-           decode: Decoder = decode_file) -> Iterator[Batch]:
+           decode: Decoder = read_file) -> Iterator[Batch]:
     """Batches of ``batch`` files of ``paths[start:stop]``, in order, decoded by ``decode``
-    (:func:`decode_file`) in ``threads`` threads while the caller works on the batch before:
-    at most ``ahead`` batches are decoded past the one handed out. A file ``decode`` cannot
+    (:func:`read_file`: each file read once, its facts with its pictures) in ``threads``
+    threads while the caller works on the batch before: at most ``ahead`` batches are
+    decoded past the one handed out. A file ``decode`` cannot
     read (:class:`~lookalike.errors.ImageError`) is left out of its batch and listed in its
     ``skipped``; a batch whose files all fail is still yielded (with ``m`` = 0). Any other
     exception stops the stream and is raised. Closing the generator early cancels the
@@ -88,14 +144,14 @@ def stream(paths: Sequence[str | os.PathLike[str]], spec: InputSpec, *, batch: i
     small = preview_spec(spec)
     window = batch * (ahead + 1)  # files decoded or decoding ahead of the caller, at most
 
-    def one(i: int) -> tuple[np.ndarray, np.ndarray] | ImageError:
+    def one(i: int) -> Decoded | ImageError:
         try:
             return decode(Path(paths[i]), spec)
         except ImageError as exc:
             return exc
 
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lookalike-decode")
-    pending: deque[tuple[int, Future[tuple[np.ndarray, np.ndarray] | ImageError]]] = deque()
+    pending: deque[tuple[int, Future[Decoded | ImageError]]] = deque()
     submitted = start
     try:
         for lo in range(start, stop, batch):
@@ -107,6 +163,7 @@ def stream(paths: Sequence[str | os.PathLike[str]], spec: InputSpec, *, batch: i
             inputs = np.empty((hi - lo, *spec.shape), np.uint8)
             previews = inputs if small == spec else np.empty((hi - lo, *small.shape), np.uint8)
             skipped: list[tuple[str, str]] = []
+            facts: list[FileFacts | None] = []
             while pending and pending[0][0] < hi:
                 i, future = pending.popleft()
                 got = future.result()
@@ -114,11 +171,13 @@ def stream(paths: Sequence[str | os.PathLike[str]], spec: InputSpec, *, batch: i
                     path = os.fspath(paths[i])
                     skipped.append((path, str(got).removeprefix(f"{path}: ")))
                     continue
-                inputs[len(rows)], previews[len(rows)] = got  # (the same array twice: the same pixels)
+                # (the same array twice when the preview is the input: the same pixels)
+                inputs[len(rows)], previews[len(rows)] = got.input, got.preview
                 rows.append(i)
+                facts.append(got.facts)
             m = len(rows)
             yield Batch(lo, hi, np.array(rows, dtype=np.int64), tuple(Path(paths[i]) for i in rows),
-                        inputs[:m], previews[:m], tuple(skipped))
+                        inputs[:m], previews[:m], tuple(skipped), tuple(facts))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

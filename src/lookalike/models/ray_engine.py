@@ -43,7 +43,7 @@ import numpy as np
 from ..config import IMPORTED_ARCH, InputSpec
 from ..data.datasets import Dataset, is_folder, load_dataset
 from ..data.images import conform, preview_spec
-from ..data.pipeline import FolderFiles, stream
+from ..data.pipeline import FolderFiles, decode_file, stream
 from ..errors import LookalikeError
 from .modelio import CONFIG, WEIGHTS, LoadedModel
 from .onnximport import IMPORTED
@@ -139,7 +139,7 @@ def _decode(batch: dict[str, np.ndarray], spec: InputSpec) -> dict[str, np.ndarr
     images = np.zeros((len(paths), *spec.shape), dtype=np.uint8)
     previews = np.zeros((len(paths), *preview_spec(spec).shape), dtype=np.uint8)
     reasons = [""] * len(paths)
-    for part in stream(paths, spec, batch=max(1, len(paths)), ahead=0):
+    for part in stream(paths, spec, batch=max(1, len(paths)), ahead=0, decode=decode_file):
         images[part.rows], previews[part.rows] = part.inputs, part.previews
         for path, reason in part.skipped:
             reasons[paths.index(path)] = reason

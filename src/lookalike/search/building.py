@@ -21,6 +21,7 @@ from ..errors import CollectionError, LookalikeError
 from ..fsutil import atomic_write_json, fsync_dir
 from ..models.runtime import ONNX, export_encoder
 from ..versions import versions
+from . import files as catalogue
 from . import metadata, state
 from . import segments as seg
 from .backends import FaissBackend, IndexBackend, choose_factory, discard_backend, new_backend
@@ -58,7 +59,8 @@ def build(path: str | os.PathLike[str], model: LoadedModel, dataset: Dataset | F
     with ``dataset``), when given, are the dataset's codes already made by this model
     (``lookalike.models.ray_engine``), and nothing is encoded here. A folder's
     :class:`~lookalike.data.pipeline.FolderFiles` are decoded and encoded in one stream
-    (:func:`~lookalike.search.checkpoint.encode_files_resumable`), unreadable files skipped.
+    (:func:`~lookalike.search.checkpoint.encode_files_resumable`), unreadable files skipped,
+    and catalogued (:mod:`lookalike.search.files`) from what was read of them then.
 
     Raises:
         CollectionError: ``path`` exists (and not ``overwrite``), or the dataset is empty.
@@ -87,10 +89,11 @@ def build(path: str | os.PathLike[str], model: LoadedModel, dataset: Dataset | F
                         **(backend_options or {}))
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = target.parent / f".{target.name}.partial"
+    facts = None
     try:  # a backend keeping vectors elsewhere (a server) writes them first
         if isinstance(dataset, FolderFiles):
-            dataset, embeddings = encode_files_resumable(stage, encoder, model, dataset, chunk,
-                                                         progress)
+            dataset, embeddings, facts = encode_files_resumable(stage, encoder, model, dataset, chunk,
+                                                                progress)
             images = dataset.images
         else:
             images = conform(dataset.images, preview_spec(encoder.spec))
@@ -122,6 +125,8 @@ def build(path: str | os.PathLike[str], model: LoadedModel, dataset: Dataset | F
         metadata.create(tmp / metadata.FILE, (
             (int(i), s, int(lab), content_hash(im))
             for i, s, lab, im in zip(ids, dataset.sources, labels, images, strict=True)))
+        if facts is not None:  # the catalogue of the files, from what was read with their pixels
+            catalogue.record(tmp, dataset.sources, ids, facts)
         manifest = {
             "format": state.FORMAT,
             "format_version": state.FORMAT_VERSION,

@@ -5,17 +5,20 @@ encoding them again (:meth:`lookalike.search.collection.Collection.create`).
 
 A folder of files (:class:`~lookalike.data.pipeline.FolderFiles`) is decoded and encoded in
 one stream (:func:`encode_files_resumable`): each chunk of files saves its codes with the
-previews and the skipped files it found, so a resumed run decodes only the chunks not done.
+previews, the files' facts (what the catalogue records of each, read with its pixels) and the
+skipped files it found, so a resumed run decodes only the chunks not done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.datasets import Dataset
+from ..data.filefacts import FileFacts
 from ..data.images import preview_spec
 from ..data.pipeline import FolderFiles, stream
 from ..fsutil import atomic_write, atomic_write_json, read_json
@@ -34,6 +38,33 @@ if TYPE_CHECKING:
     from ..models.runtime import OnnxEncoder
 
 log = logging.getLogger(__name__)
+
+#: Cores left to the decoder threads while a stream of files is encoded: PyTorch's intra-op
+#: threads are the process's cores less these (at least one) for the time of the stream, so
+#: that decoding has a core of its own instead of taking turns with the model's threads (which
+#: spin-wait for one another when a decoder holds their core). See docs/benchmarks.md,
+#: "Indexing at the model's speed".
+SPARE_CORES = 1
+
+
+@contextlib.contextmanager
+def _model_threads(encoder: ModelEncoder | OnnxEncoder) -> Iterator[None]:
+    """PyTorch's threads while files stream: the cores less :data:`SPARE_CORES` (never more
+    than it had; an ONNX Runtime encoder keeps its own)."""
+    from ..models.encoders import ModelEncoder
+
+    if not isinstance(encoder, ModelEncoder) or SPARE_CORES <= 0:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, min(before, cores - SPARE_CORES)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _job_key(model: LoadedModel, images: np.ndarray, sources: Iterable[str], chunk: int) -> str:
@@ -117,38 +148,44 @@ def _load_part(path: Path, dim: int, preview: tuple[int, ...]) -> dict[str, np.n
     """A checkpointed chunk of files (:func:`_encode_part`), or ``None`` when absent or unusable."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            part = {k: np.asarray(data[k]) for k in ("rows", "codes", "previews", "skipped")}
+            part = {k: np.asarray(data[k]) for k in ("rows", "codes", "previews", "skipped", "facts")}
     except (OSError, ValueError, KeyError):
         return None
     m = len(part["rows"])
     if part["codes"].shape != (m, dim) or part["previews"].shape != (m, *preview) \
-            or part["skipped"].ndim != 2 or part["skipped"].shape[1:] != (2,):
+            or part["skipped"].ndim != 2 or part["skipped"].shape[1:] != (2,) \
+            or part["facts"].shape != (m,):
         return None
     return part
 
 
 def _encode_part(path: Path, encoder: ModelEncoder | OnnxEncoder, files: FolderFiles, start: int,
-                 stop: int, options: dict[str, Any], bar: tqdm) -> dict[str, np.ndarray]:
-    """Files ``start:stop`` decoded and encoded in one stream, saved to ``path`` as one
-    ``.npz`` (atomically: a chunk is there whole or not at all): the rows decoded, their
-    codes and previews, and ``(path, reason)`` of each file skipped. Returns what it saved."""
-    rows: list[np.ndarray] = []
-    codes: list[np.ndarray] = []
-    previews: list[np.ndarray] = []
+                 stop: int, options: dict[str, Any], bar: tqdm, previews: np.ndarray,
+                 codes: np.ndarray) -> dict[str, np.ndarray]:
+    """Files ``start:stop`` decoded and encoded in one stream into ``previews`` and ``codes``
+    (arrays with room for the chunk's files: the caller's, so that the previews are held
+    once), saved to ``path`` as one ``.npz`` (atomically: a chunk is there whole or not at
+    all): the rows decoded, their codes, previews and facts (each a JSON list,
+    :meth:`FileFacts.to_list`, or ``null``), and ``(path, reason)`` of each file skipped.
+    Returns what it saved."""
+    rows = np.empty(max(0, min(stop, len(files)) - start), dtype=np.int64)
+    facts: list[str] = []
     skipped: list[tuple[str, str]] = []
+    m = 0
     for batch in stream(files.paths, encoder.spec, batch=encoder.batch_size, start=start, stop=stop,
                         **options):
-        rows.append(batch.rows)
-        if len(batch.rows):
-            codes.append(encoder.encode(batch.inputs))
-        previews.append(batch.previews)
+        k = len(batch.rows)
+        if k:
+            rows[m:m + k] = batch.rows
+            codes[m:m + k] = encoder.encode(batch.inputs)
+            previews[m:m + k] = batch.previews
+        facts += [json.dumps(None if f is None else f.to_list()) for f in batch.facts]
         skipped += batch.skipped
+        m += k
         bar.update(batch.stop - batch.start)
-    small = preview_spec(encoder.spec).shape
-    part = {"rows": np.concatenate([np.empty(0, np.int64), *rows]),
-            "codes": np.concatenate([np.empty((0, encoder.dim), np.float32), *codes]),
-            "previews": np.concatenate([np.empty((0, *small), np.uint8), *previews]),
-            "skipped": np.array(skipped, dtype=str).reshape(len(skipped), 2)}
+    part = {"rows": rows[:m], "codes": codes[:m], "previews": previews[:m],
+            "skipped": np.array(skipped, dtype=str).reshape(len(skipped), 2),
+            "facts": np.array(facts, dtype=str).reshape(len(facts))}
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
@@ -158,39 +195,62 @@ def _encode_part(path: Path, encoder: ModelEncoder | OnnxEncoder, files: FolderF
     return part
 
 
+def _saved(path: Path) -> bool:
+    """Whether a checkpointed chunk seems to be at ``path`` (its rows read, not its previews:
+    :func:`_load_part` checks the rest when it loads it)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "rows" in data.files and data["rows"].ndim == 1
+    except (OSError, ValueError):
+        return False
+
+
 def encode_files_resumable(stage: Path, encoder: ModelEncoder | OnnxEncoder, model: LoadedModel,
                            files: FolderFiles, chunk: int = 8192, progress: bool = False,
-                           threads: int | None = None) -> tuple[Dataset, np.ndarray]:
+                           threads: int | None = None
+                           ) -> tuple[Dataset, np.ndarray, list[FileFacts | None]]:
     """Decode and encode ``files`` in one stream (:func:`lookalike.data.pipeline.stream`:
     each file decoded once, in threads, while the encoder works on the batch before), ``chunk``
     files at a time, each chunk's codes, previews and skipped files saved atomically in
     ``stage/chunks``; chunks already there from an interrupted run of the same job (same
     model, same files unchanged) are loaded instead of decoded again. Returns the dataset
     (previews, as :func:`lookalike.data.datasets.load_folder` gives it, ``files.split``
-    applied) and its codes, ``float32 (n, d)``, row-aligned."""
+    applied), its codes, ``float32 (n, d)``, and the facts of its files (what
+    :func:`lookalike.data.pipeline.read_file` read of each with its pixels), row-aligned."""
     small = preview_spec(encoder.spec).shape
     chunks = _job(stage, _files_key(model, files, chunk), len(files), chunk)
-    parts = {start: _load_part(chunks / f"files.{start:09d}.npz", encoder.dim, small)
-             for start in range(0, len(files), chunk)}
-    done = sum(min(chunk, len(files) - start) for start, part in parts.items() if part is not None)
+    where = {start: chunks / f"files.{start:09d}.npz" for start in range(0, len(files), chunk)}
+    done = sum(min(chunk, len(files) - start) for start, path in where.items() if _saved(path))
     if done:
         log.warning("resuming: %d of %d files already encoded", done, len(files))
     options: dict[str, Any] = {} if threads is None else {"threads": threads}
-    with tqdm(total=len(files), initial=done, desc="encoding", unit="img", disable=not progress) as bar:
-        ready = [part if part is not None else _encode_part(
-                    chunks / f"files.{start:09d}.npz", encoder, files, start, start + chunk, options, bar)
-                 for start, part in parts.items()]
-    skipped = [(str(a), str(b)) for part in ready for a, b in part["skipped"]]
-    for path, reason in skipped:
-        log.warning("skipped %s: %s", path, reason)
-    kept = [files.paths[int(i)] for part in ready for i in part["rows"]]
-    # one array of previews, each chunk's let go as it is copied in (peak: one copy, not two)
-    pictures = np.empty((len(kept), *small), dtype=np.uint8)
-    codes = np.empty((len(kept), encoder.dim), dtype=np.float32)
+    # one array of previews and one of codes for all the files, filled chunk by chunk (a chunk
+    # encoded is decoded straight into them, one loaded is copied in and let go): the previews
+    # are held once, in one block (10,000 photos: 0.28 GB)
+    pictures = np.empty((len(files), *small), dtype=np.uint8)
+    codes = np.empty((len(files), encoder.dim), dtype=np.float32)
+    kept: list[Path] = []
+    facts: list[FileFacts | None] = []
+    skipped: list[tuple[str, str]] = []
     at = 0
-    for part in ready:
-        m = len(part["rows"])
-        pictures[at:at + m], codes[at:at + m] = part.pop("previews"), part.pop("codes")
-        at += m
-    dataset, rows = files.dataset(pictures, kept, skipped, encoder.spec)
-    return dataset, codes if len(rows) == len(codes) else codes[rows]
+    with tqdm(total=len(files), initial=done, desc="encoding", unit="img", disable=not progress) as bar, \
+            _model_threads(encoder):
+        for start, path in where.items():
+            part = _load_part(path, encoder.dim, small)
+            if part is None:
+                part = _encode_part(path, encoder, files, start, start + chunk, options, bar,
+                                    pictures[at:], codes[at:])
+            else:
+                pictures[at:at + len(part["rows"])] = part["previews"]
+                codes[at:at + len(part["rows"])] = part["codes"]
+            kept += [files.paths[int(i)] for i in part["rows"]]
+            facts += [None if (v := json.loads(str(s))) is None else FileFacts.from_list(v)
+                      for s in part["facts"]]
+            skipped += [(str(a), str(b)) for a, b in part["skipped"]]
+            at += len(part["rows"])
+    for file, reason in skipped:
+        log.warning("skipped %s: %s", file, reason)
+    dataset, rows = files.dataset(pictures[:at], kept, skipped, encoder.spec)
+    if len(rows) == at:
+        return dataset, codes[:at], facts
+    return dataset, codes[rows], [facts[int(r)] for r in rows]

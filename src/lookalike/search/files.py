@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +79,7 @@ class FileRow:
 
     @classmethod
     def made(cls, path: str, item_id: int, facts: FileFacts, file_digest: str | None) -> FileRow:
+        """The row of ``path`` showing ``item_id``: ``facts`` and the digest ``file_digest``."""
         return cls(path, int(item_id), os.path.dirname(path), facts.stat.size, facts.stat.mtime_ns,
                    facts.stat.inode, file_digest, facts.width, facts.height, facts.taken, facts.make,
                    facts.model, facts.lat, facts.lon)
@@ -92,16 +93,23 @@ def db(coll: Collection | Path) -> Path:
     return (coll if isinstance(coll, Path) else coll.path) / metadata.FILE
 
 
-def ensure(path: Path) -> None:
-    """Create the table in the metadata file ``path`` if it has none."""
+def _write(path: Path, run: Callable[[sqlite3.Connection], object] = lambda conn: None) -> None:
+    """One connection to the metadata file ``path`` and one transaction: the table created
+    if it has none, then ``run``."""
     conn = sqlite3.connect(path)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         with conn:
             for statement in SCHEMA:
                 conn.execute(statement)
+            run(conn)
     finally:
         conn.close()
+
+
+def ensure(path: Path) -> None:
+    """Create the table in the metadata file ``path`` if it has none."""
+    _write(path)
 
 
 def has_table(path: Path) -> bool:
@@ -115,15 +123,13 @@ def absolute(path: str | os.PathLike[str]) -> str:
 
 def put(path: Path, rows: Iterable[FileRow]) -> None:
     """Insert or replace ``rows`` (by path) in one transaction."""
-    ensure(path)
-    metadata.write(path, f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * len(COLUMNS))})",
-                   (r.row() for r in rows))
+    _write(path, lambda conn: conn.executemany(
+        f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * len(COLUMNS))})", (r.row() for r in rows)))
 
 
 def drop(path: Path, paths: Iterable[str]) -> None:
     """Delete the rows of ``paths`` (absolute) in one transaction."""
-    ensure(path)
-    metadata.write(path, "DELETE FROM files WHERE path = ?", ((p,) for p in paths))
+    _write(path, lambda conn: conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths)))
 
 
 def drop_ids(path: Path, ids: Iterable[int]) -> None:
@@ -225,23 +231,39 @@ def catalogue(coll: Collection | Path, paths: Sequence[str | os.PathLike[str]],
     return len(found)
 
 
+def record(coll: Collection | Path, paths: Sequence[str | os.PathLike[str]],
+           ids: Sequence[int] | np.ndarray, facts: Sequence[FileFacts | None]) -> int:
+    """Record the files ``paths`` as showing the items ``ids`` of ``coll`` (a collection or
+    its directory) with ``facts``, what was read
+    of them as they were decoded (:func:`lookalike.data.pipeline.read_file`: stat, header,
+    EXIF and digest; nothing is read again); a file with no facts (``None``) is read as
+    :func:`catalogue` reads it. All row-aligned; returns how many rows were written."""
+    made: list[FileRow] = []
+    unread: list[tuple[str | os.PathLike[str], int]] = []
+    for p, i, f in zip(paths, ids, facts, strict=True):
+        if f is None:
+            unread.append((p, int(i)))
+        else:
+            made.append(FileRow.made(absolute(p), int(i), f, f.digest))
+    if made:
+        put(db(coll), made)
+    return len(made) + (catalogue(coll, [p for p, _ in unread], [i for _, i in unread]) if unread else 0)
+
+
 def relink(path: Path, put_rows: Sequence[FileRow] = (), dropped: Sequence[str] = (),
            sources: dict[int, str] | None = None) -> None:
     """One transaction over the catalogue and ``items``: the rows of ``dropped`` paths
     deleted, ``put_rows`` inserted or replaced, and each item of ``sources`` (id -> path)
     given that path as its source. What a moved file changes: its item keeps its id, code
     and picture; only where it is found changes, all at once or not at all."""
-    ensure(path)
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in dropped))
-            conn.executemany(f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * len(COLUMNS))})",
-                             (r.row() for r in put_rows))
-            conn.executemany("UPDATE items SET source = ? WHERE id = ?",
-                             ((s, int(i)) for i, s in (sources or {}).items()))
-    finally:
-        conn.close()
+    def run(conn: sqlite3.Connection) -> None:
+        conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in dropped))
+        conn.executemany(f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * len(COLUMNS))})",
+                         (r.row() for r in put_rows))
+        conn.executemany("UPDATE items SET source = ? WHERE id = ?",
+                         ((s, int(i)) for i, s in (sources or {}).items()))
+
+    _write(path, run)
 
 
 def catalogue_items(coll: Collection) -> int:

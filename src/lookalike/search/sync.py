@@ -38,7 +38,8 @@ import numpy as np
 
 from ..data import filefacts
 from ..data.filefacts import Stat
-from ..data.images import IMAGE_EXTENSIONS, is_image_path, load_images
+from ..data.images import IMAGE_EXTENSIONS, is_image_path
+from ..data.pipeline import Batch, stream
 from ..errors import LookalikeError
 from ..fsutil import atomic_write_json
 from . import files as catalogue
@@ -431,41 +432,31 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
             rep.items_removed = coll.remove(orphans)
         catalogue.relink(db, dropped=sorted(gone_paths),
                          sources=_live_sources(coll, [i for _, i in plan.removed if i not in orphans],
-                                               gone_paths))
+                                               gone_paths, rows_of))
         rep.removed = len(plan.removed)
-    # 3. changed and new files: decoded and encoded, a commit per batch
-    for start_at in range(0, len(plan.updated), batch):
-        pairs = plan.updated[start_at:start_at + batch]
-        images, kept, bad = load_images([p for p, _ in pairs], coll.encoder.spec)
-        _mark(db, bad, kept)
-        rep.skipped += bad
-        rep.decoded += len(kept)
-        of = dict(pairs)
+    # 3. changed and new files: each read once (decoded, digested, its header's facts) in
+    #    the pipeline's threads while the batch before is encoded; a commit per batch
+    of = dict(plan.updated)
+    for part in stream([p for p, _ in plan.updated], coll.encoder.spec, batch=batch, ahead=1):
+        kept = _decoded(db, part, rep)
         if kept:
-            rep.encoded += coll.update([of[str(p)] for p in kept], images)
-            rows = [_row(str(p), of[str(p)], plan) for p in kept]
-            catalogue.put(db, [r for r in rows if r is not None])
-            rep.read += len(rows)
+            rep.encoded += coll.update([of[p] for p in kept], part.inputs)
+            catalogue.record(coll, kept, [of[p] for p in kept], part.facts)
         rep.updated += len(kept)
+        rep.read += len(part.paths) + len(part.skipped)
         if progress:
-            progress(len(pairs))
-    for start_at in range(0, len(plan.added), batch):
-        part = list(plan.added[start_at:start_at + batch])
-        images, kept, bad = load_images(part, coll.encoder.spec)
-        _mark(db, bad, kept)
-        rep.skipped += bad
-        rep.decoded += len(kept)
-        rep.read += len([p for p in part if p not in plan.digests])
+            progress(part.stop - part.start)
+    for part in stream(plan.added, coll.encoder.spec, batch=batch, ahead=1):
+        kept = _decoded(db, part, rep)
         if kept:
             before = len(coll)
-            paths = [str(p) for p in kept]
-            new_ids = coll.add(images, paths)
+            new_ids = coll.add(part.inputs, kept)
             rep.encoded += len(coll) - before
-            rows = [_row(p, int(i), plan) for p, i in zip(paths, new_ids, strict=True)]
-            catalogue.put(db, [r for r in rows if r is not None])
+            catalogue.record(coll, kept, new_ids, part.facts)
         rep.added += len(kept)
+        rep.read += len(part.paths) + len(part.skipped)
         if progress:
-            progress(len(part))
+            progress(part.stop - part.start)
     if plan.split:  # an edited file that became its own item was its old item's source
         catalogue.relink(db, sources=_live_sources(coll, [i for _, i in plan.split],
                                                    {p for p, _ in plan.split}))
@@ -473,7 +464,16 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
     return rep
 
 
-def _mark(db: Path, bad: list[tuple[str, str]], kept: Sequence[Path]) -> None:
+def _decoded(db: Path, part: Batch, rep: Report) -> list[str]:
+    """The paths of ``part`` decoded (its skipped files listed unreadable, reported)."""
+    kept = [str(p) for p in part.paths]
+    _mark(db, list(part.skipped), kept)
+    rep.skipped += part.skipped
+    rep.decoded += len(kept)
+    return kept
+
+
+def _mark(db: Path, bad: list[tuple[str, str]], kept: Sequence[str]) -> None:
     """List the files that could not be read (with their stat now), clear those that were."""
     listed = []
     for path, reason in bad:
@@ -493,11 +493,14 @@ def _sources_after_moves(coll: Collection, moved: Sequence[tuple[FileRow, str]])
             if o.id in items and catalogue.absolute(items[o.id].source) == o.path}
 
 
-def _live_sources(coll: Collection, ids: Sequence[int], gone: set[str]) -> dict[int, str]:
-    """For each of ``ids`` whose source is among ``gone``, a path that still shows it."""
+def _live_sources(coll: Collection, ids: Sequence[int], gone: set[str],
+                  rows_of: dict[int, list[FileRow]] | None = None) -> dict[int, str]:
+    """For each of ``ids`` whose source is among ``gone``, a path that still shows it
+    (``rows_of``: the catalogue rows of ``ids`` when the caller has read them already)."""
     if not ids:
         return {}
-    rows_of = catalogue.of_ids(catalogue.db(coll), sorted(set(ids)))
+    if rows_of is None:
+        rows_of = catalogue.of_ids(catalogue.db(coll), sorted(set(ids)))
     out: dict[int, str] = {}
     for it in coll.items(sorted(set(ids))):
         if it is None or catalogue.absolute(it.source) not in gone:
