@@ -327,3 +327,36 @@ def test_a_file_too_large_to_hold_is_decoded_from_its_path_with_the_same_facts(
         assert streamed.facts == one.facts and one.facts is not None and one.facts.digest == digest(p)
     with pytest.raises(pipeline_module.ImageError, match="p05-damaged.jpg: image data is damaged"):
         read_file(photos / "wood" / "p05-damaged.jpg", SPEC)
+
+
+def test_a_core_is_left_to_the_decoders_only_for_decoding_heavy_files(model: LoadedModel,
+                                                                     tmp_path: Path) -> None:
+    """Large JPEGs (noise, over 512 KB each) make PyTorch give a core to the decoders while
+    they stream; small files leave it every core (a spare core would idle beside them)."""
+    import torch
+
+    from lookalike.search import checkpoint
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores < 2:
+        pytest.skip("needs 2 cores to leave one")
+    rng = np.random.default_rng(0)
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.mkdir(), large.mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(small / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 255, (700, 900, 3), dtype=np.uint8)).save(
+            large / f"{i}.jpg", quality=95)
+    assert min(p.stat().st_size for p in large.iterdir()) >= checkpoint.SPARE_FROM_BYTES
+    encoder = ModelEncoder(model)
+    before = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    try:
+        seen = {}
+        for name in ("small", "large"):
+            with checkpoint._model_threads(encoder, sorted((tmp_path / name).iterdir())):
+                seen[name] = torch.get_num_threads()
+            assert torch.get_num_threads() == cores  # given back after the stream
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"small": cores, "large": cores - checkpoint.SPARE_CORES}

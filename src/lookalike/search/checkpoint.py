@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,21 +39,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Cores left to the decoder threads while a stream of files is encoded: PyTorch's intra-op
-#: threads are the process's cores less these (at least one) for the time of the stream, so
-#: that decoding has a core of its own instead of taking turns with the model's threads (which
-#: spin-wait for one another when a decoder holds their core). See docs/benchmarks.md,
-#: "Indexing at the model's speed".
+#: Cores left to the decoder threads while a stream of files is encoded, when decoding costs
+#: about as much as the model (:func:`_decode_heavy`): PyTorch's intra-op threads are then the
+#: process's cores less these (at least one) for the time of the stream, so that decoding has a
+#: core of its own instead of taking turns with the model's threads (which spin-wait for one
+#: another when a decoder holds their core). See docs/benchmarks.md, "Indexing at the model's speed".
 SPARE_CORES = 1
+#: A folder's files are decoding-heavy from this median size on: JPEG decoding at the reduced
+#: scale costs about 12 ms of CPU a MB here (0.9 ms for a 67-KB 0.3-MP photo, 14.6 ms for a
+#: 1.3-MB 10-MP one), against 9-10 ms for EfficientNet-Lite0 to encode an image on one thread.
+#: Measured side by side (docs/benchmarks.md): the spare core made 10-MP photos index 1.3x
+#: faster and 0.3-MP ones 1.25x slower (PyTorch short of a core while decoders idle).
+SPARE_FROM_BYTES = 512 * 1024
+
+
+def _decode_heavy(paths: Sequence[Path], sample: int = 64) -> bool:
+    """Whether the median size of up to ``sample`` files spread over ``paths`` reaches
+    :data:`SPARE_FROM_BYTES` (their ``stat``: nothing is read)."""
+    sizes = []
+    for path in paths[::max(1, len(paths) // sample)][:sample]:
+        with contextlib.suppress(OSError):
+            sizes.append(path.stat().st_size)
+    return bool(sizes) and float(np.median(sizes)) >= SPARE_FROM_BYTES
 
 
 @contextlib.contextmanager
-def _model_threads(encoder: ModelEncoder | OnnxEncoder) -> Iterator[None]:
-    """PyTorch's threads while files stream: the cores less :data:`SPARE_CORES` (never more
-    than it had; an ONNX Runtime encoder keeps its own)."""
+def _model_threads(encoder: ModelEncoder | OnnxEncoder, paths: Sequence[Path]) -> Iterator[None]:
+    """PyTorch's threads while the files at ``paths`` stream: the cores less
+    :data:`SPARE_CORES` when they are decoding-heavy (:func:`_decode_heavy`), never more than
+    it had; all of them otherwise; an ONNX Runtime encoder keeps its own."""
     from ..models.encoders import ModelEncoder
 
-    if not isinstance(encoder, ModelEncoder) or SPARE_CORES <= 0:
+    if not isinstance(encoder, ModelEncoder) or SPARE_CORES <= 0 or not _decode_heavy(paths):
         yield
         return
     import torch
@@ -234,7 +251,7 @@ def encode_files_resumable(stage: Path, encoder: ModelEncoder | OnnxEncoder, mod
     skipped: list[tuple[str, str]] = []
     at = 0
     with tqdm(total=len(files), initial=done, desc="encoding", unit="img", disable=not progress) as bar, \
-            _model_threads(encoder):
+            _model_threads(encoder, files.paths):
         for start, path in where.items():
             part = _load_part(path, encoder.dim, small)
             if part is None:
