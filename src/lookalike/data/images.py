@@ -69,6 +69,19 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 @contextlib.contextmanager
+def _decoding() -> Iterator[None]:
+    """Pillow's failures while an image is decoded, as one-line :class:`ImageError`."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image is too large to decode safely (decompression bomb?)") from None
+    except DECODE_ERRORS as exc:
+        raise ImageError(f"image data is damaged ({_why(exc)})") from None
+
+
+@contextlib.contextmanager
 def _pillow_warnings() -> Iterator[None]:
     """Decompression-bomb warnings become errors; the UserWarnings Pillow gives about damaged
     metadata it then skips (TIFF and EXIF tags) are not shown (the pixels decide)."""
@@ -196,19 +209,12 @@ def decode_image(
         ImageError: for anything that is not a decodable image within ``max_pixels``.
     """
     im = _open(source, max_pixels)
-    try:
-        with im, _pillow_warnings():
-            if on_open is not None:
-                on_open(im)
-            shrunk = _shrink(im, size)
-            shrunk.load()
-            arr = _to_array(shrunk)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image is too large to decode safely (decompression bomb?)") from None
-    except DECODE_ERRORS as exc:
-        raise ImageError(f"image data is damaged ({_why(exc)})") from None
+    with _decoding(), im, _pillow_warnings():
+        if on_open is not None:
+            on_open(im)
+        shrunk = _shrink(im, size)
+        shrunk.load()
+        arr = _to_array(shrunk)
     return np.ascontiguousarray(arr)
 
 
@@ -225,27 +231,20 @@ def decode_pictures(source: str | os.PathLike[str] | bytes, spec: InputSpec, sma
         ImageError: as :func:`decode_image`.
     """
     im = _open(source, max_pixels)
-    try:
-        with im, _pillow_warnings():
-            if on_open is not None:
-                on_open(im)
-            shrunk = _shrink(im, (spec.height, spec.width))
-            shrunk.load()
-            same_mode = shrunk.mode == ("L" if spec.channels == 1 else "RGB")
-            if same_mode and not getattr(shrunk, "is_animated", False):
-                pil = _resize_pil(shrunk, spec.height, spec.width, spec.resize == "squash")
-                image = np.array(pil, dtype=np.uint8).reshape(spec.shape)
-                if small == spec:
-                    return image, image
-                preview = _resize_pil(pil, small.height, small.width, small.resize == "squash")
-                return image, np.array(preview, dtype=np.uint8).reshape(small.shape)
-            arr = np.ascontiguousarray(_to_array(shrunk))
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image is too large to decode safely (decompression bomb?)") from None
-    except DECODE_ERRORS as exc:
-        raise ImageError(f"image data is damaged ({_why(exc)})") from None
+    with _decoding(), im, _pillow_warnings():
+        if on_open is not None:
+            on_open(im)
+        shrunk = _shrink(im, (spec.height, spec.width))
+        shrunk.load()
+        same_mode = shrunk.mode == ("L" if spec.channels == 1 else "RGB")
+        if same_mode and not getattr(shrunk, "is_animated", False):
+            pil = _resize_pil(shrunk, spec.height, spec.width, spec.resize == "squash")
+            image = np.array(pil, dtype=np.uint8).reshape(spec.shape)
+            if small == spec:
+                return image, image
+            preview = _resize_pil(pil, small.height, small.width, small.resize == "squash")
+            return image, np.array(preview, dtype=np.uint8).reshape(small.shape)
+        arr = np.ascontiguousarray(_to_array(shrunk))
     image = conform([arr], spec)[0]
     return image, image if small == spec else conform([image], small)[0]
 
