@@ -96,15 +96,10 @@ def db(coll: Collection | Path) -> Path:
 def _write(path: Path, run: Callable[[sqlite3.Connection], object] = lambda conn: None) -> None:
     """One connection to the metadata file ``path`` and one transaction: the table created
     if it has none, then ``run``."""
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        with conn:
-            for statement in SCHEMA:
-                conn.execute(statement)
-            run(conn)
-    finally:
-        conn.close()
+    with metadata.transaction(path) as conn:
+        for statement in SCHEMA:
+            conn.execute(statement)
+        run(conn)
 
 
 def ensure(path: Path) -> None:
@@ -113,7 +108,8 @@ def ensure(path: Path) -> None:
 
 
 def has_table(path: Path) -> bool:
-    return bool(metadata.query(path, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='files'"))
+    """Whether the metadata file ``path`` has the catalogue (made on first use)."""
+    return metadata.has_table(path, "files")
 
 
 def absolute(path: str | os.PathLike[str]) -> str:
