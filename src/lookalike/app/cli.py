@@ -380,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--similar", action="store_true",
                    help="also group similar pictures (same scene or subject, not an edit)")
     p.add_argument("--since", type=_since, metavar="LAST",
-                   help="'last': check only the items added since the last pass against "
-                        "every item (and keep that pass's pairs); or an item id: those from it on")
+                   help="'last': check only the items added or changed since the last pass "
+                        "against every item (and keep that pass's other pairs); or an item id: "
+                        "those from it on")
     p.add_argument("--json", action="store_true", help="print the groups as JSON")
     p.add_argument("--csv", metavar="FILE",
                    help="write the groups as CSV, one row per item, to FILE ('-': print it)")

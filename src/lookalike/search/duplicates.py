@@ -20,12 +20,15 @@ the similar ones). A group's tier is the strongest tier whose pairs alone still 
 whole group together, its score the weakest aligned correlation among the pairs that do
 (the links of a maximum spanning tree by tier, then score).
 
-``since``: the pairs of the last pass (kept in ``COLLECTION/duplicates/``) plus those of the
-items added after it (ids from the last pass's ``next_id`` on) checked against every item.
+``since``: the pairs of the last pass (kept in ``COLLECTION/duplicates/``) whose items are still
+there and unchanged, plus those of the items added or changed in place since (told by
+:mod:`lookalike.search.dupsince`) checked against every item.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ import numpy as np
 from ..config import DUPLICATE_K, DUPLICATE_THRESHOLD
 from ..errors import LookalikeError
 from ..fsutil import atomic_write, atomic_write_json
+from . import dupsince
 from .alignment import COMPARE_SIZE, HALF_MARGIN
 from .dupgeometry import frames_of
 from .duppass import Checkpoint, PassSettings, scan
@@ -173,43 +177,49 @@ def _fingerprint(coll: Collection) -> str:
     return f"generation {coll.generation}, {len(coll)} items"
 
 
-def _save_last(coll: Collection, pairs: list[DuplicatePair], floor: float, k: int) -> None:
+def _save_last(coll: Collection, pairs: list[DuplicatePair], floor: float, k: int,
+               items: dupsince.ItemRecord) -> None:
     folder = _state(coll)
     try:
         folder.mkdir(exist_ok=True)
         arr = np.array([(p.a, p.b) for p in pairs], dtype=np.int64).reshape(-1, 2)
         score = np.array([p.score for p in pairs], dtype=np.float32)
+        arrays = {"a": arr[:, 0], "b": arr[:, 1], "score": score,
+                  "meta": np.array(json.dumps({"k": k, "floor": floor})), **items.arrays()}
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:
-                np.savez(fh, a=arr[:, 0], b=arr[:, 1], score=score)
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
 
-        # the pairs before the record that points --since at them (a crash between the two
-        # leaves the older next_id: the next --since checks a few more items, loses none)
+        # the pairs and the items they were found among in one file, the whole record of the
+        # pass (a crash before it is replaced leaves the older one: the next --since checks
+        # more items, never fewer); last.json, after it, a summary a user can read
         atomic_write(folder / "last-pairs.npz", write)
         atomic_write_json(folder / "last.json", {
             "next_id": int(coll.ids.max()) + 1 if len(coll) else 0, "floor": floor, "k": k,
-            "fingerprint": _fingerprint(coll)})
+            "fingerprint": _fingerprint(coll), "items": len(items.ids), "pairs": len(pairs)})
     except OSError as exc:  # a read-only collection: the pass stands, --since cannot follow
         log.warning("could not record this pass in %s (%s); --since will need a full pass",
                     folder, exc)
 
 
-def _load_last(coll: Collection, floor: float, k: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    import json
-
+def _load_last(coll: Collection, floor: float, k: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dupsince.ItemRecord | None]:
+    """The last pass's pairs ``(a, b, score)`` and the record of its items; None for the
+    record of a pass recorded before items were (then its settings are not checked)."""
     folder = _state(coll)
     try:
-        meta = json.loads((folder / "last.json").read_text())
         with np.load(folder / "last-pairs.npz", allow_pickle=False) as z:
             a, b, s = z["a"], z["b"], z["score"]
+            items = dupsince.ItemRecord.from_arrays(z)  # type: ignore[arg-type]
+            meta = json.loads(str(z["meta"])) if items is not None else {}
     except (OSError, ValueError, KeyError):
         raise LookalikeError(f"--since last: no earlier duplicate pass recorded in {folder}; "
                              "run 'lookalike duplicates' once without --since") from None
-    if meta.get("k") != k or meta.get("floor") != floor:
+    if items is not None and (meta.get("k") != k or meta.get("floor") != floor):
         raise LookalikeError(f"--since last: the last pass used k={meta.get('k')} and threshold "
                              f"{meta.get('floor')}, not k={k} and {floor}; run a full pass")
-    return int(meta["next_id"]), a, b, s
+    return a, b, s, items
 
 
 def find_groups(collection: Collection, *, similar: bool = False, progress: bool = False,
@@ -219,11 +229,14 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
     """Groups of duplicate items of ``collection``, each with its tier (module docstring),
     sorted by first id. Near and stronger groups; with ``similar``, similar pairs join too.
 
-    ``since``: ``"last"`` checks only the items added after the last recorded pass (an
-    ``int``: the items whose id is at least that) against every item, and adds the last
-    pass's pairs whose items are still there. ``resume``: a pass interrupted on these very
-    items and settings starts after its last saved block. Every full pass (and every
-    ``since`` pass) is recorded for the next ``since``; ``progress`` shows a bar (tqdm).
+    ``since``: ``"last"`` checks only the items added or changed in place since the last
+    recorded pass (:mod:`lookalike.search.dupsince`) against every item, and adds that pass's
+    pairs whose items are still there and unchanged: the groups a full pass would give (but
+    for a pair that only the other item's ``k`` nearest would have found). A pass recorded
+    before items were makes it a full pass, with a warning. An ``int``: the items whose id is
+    at least that, without any earlier pairs (such a pass is not recorded). ``resume``: a pass
+    interrupted on these very items and settings starts after its last saved block. Every
+    full pass and every ``"last"`` pass is recorded for the next; ``progress`` shows a bar (tqdm).
     """
     if not -1.0 <= threshold <= 1.0:
         raise LookalikeError(f"threshold must be a correlation in [-1, 1], got {threshold}")
@@ -233,22 +246,34 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
     ids = collection.ids
     old: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     queries = None
-    if since is not None:
-        if since == "last":
-            first_new, a, b, s = _load_last(collection, floor, k)
-            present = np.isin(a, ids) & np.isin(b, ids)
-            old = (a[present], b[present], s[present])
-        elif isinstance(since, int) or (isinstance(since, str) and since.isdigit()):
-            first_new = int(since)
+    items: dupsince.ItemRecord | None = None  # the items of this pass, recorded with its pairs
+    if since == "last":
+        a, b, s, last = _load_last(collection, floor, k)
+        if last is None:
+            log.warning("--since last: the last pass was recorded before items changed in place "
+                        "were tracked; checking every item this once")
+            items = dupsince.current(collection.store)
         else:
-            raise LookalikeError(f"--since takes 'last' or an item id, got {since!r}")
-        queries = np.flatnonzero(ids >= first_new)
+            items = dupsince.current(collection.store, last)
+            again = dupsince.changed(last, items)
+            keep = ~(np.isin(a, again) | np.isin(b, again)) & np.isin(a, ids) & np.isin(b, ids)
+            old = (a[keep], b[keep], s[keep])
+            queries = np.sort(collection.store.rows(again))
+            log.info("--since last: %d items added or changed since the last pass", len(again))
+    elif since is None:
+        items = dupsince.current(collection.store)
+    elif isinstance(since, int) or (isinstance(since, str) and since.isdigit()):
+        queries = np.flatnonzero(ids >= int(since))
+    else:
+        raise LookalikeError(f"--since takes 'last' or an item id, got {since!r}")
     from tqdm.auto import tqdm
 
     with tqdm(desc="thumbnails", unit="item", disable=not progress) as bar:
         thumbs, shape = segment_thumbs(collection.store, _state(collection), progress=bar.update)
+    # (a checkpoint resumes only the pass over the same queries)
+    asked = "all" if queries is None else hashlib.blake2b(queries.tobytes(), digest_size=8).hexdigest()
     settings = PassSettings(k=k, floor=floor, items=len(collection),
-                            fingerprint=_fingerprint(collection) + f", since {since}",
+                            fingerprint=_fingerprint(collection) + f", since {since}, queries {asked}",
                             refine_above=threshold - HALF_MARGIN)
     checkpoint = Checkpoint(_state(collection), settings) if resume else None
     total = len(collection) if queries is None else len(queries)
@@ -268,7 +293,8 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
                         dtype=bool).reshape(-1)
         rows = collection.store.rows
         pairs += _tiered(collection, rows(a[keep]), rows(b[keep]), s[keep], threshold)
-    _save_last(collection, pairs, floor, k)
+    if items is not None:
+        _save_last(collection, pairs, floor, k, items)
     if checkpoint is not None:
         checkpoint.clear()
     wanted = pairs if similar else [p for p in pairs if p.tier != "similar"]
