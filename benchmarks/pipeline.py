@@ -27,6 +27,7 @@ The folders are made by ``benchmarks/photodata.py`` from Debian's wallpapers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -48,9 +49,9 @@ from lookalike.config import InputSpec  # noqa: E402
 from lookalike.data.datasets import load_dataset  # noqa: E402
 from lookalike.data.images import _cover, conform, decode_image  # noqa: E402
 from lookalike.data.pipeline import FolderFiles  # noqa: E402
+from lookalike.models import encoders  # noqa: E402
 from lookalike.models.encoders import ModelEncoder  # noqa: E402
 from lookalike.models.modelio import LoadedModel, load_model  # noqa: E402
-from lookalike.search import checkpoint  # noqa: E402
 from lookalike.search.collection import Collection  # noqa: E402
 
 SIZE = 192
@@ -82,22 +83,24 @@ def the_model(work: Path, folder: Path) -> LoadedModel:
     return load_model(path)
 
 
-def bare_model(encoder: ModelEncoder, n: int) -> float:
-    """Images/s of ``encoder.encode`` on ``n`` random model-sized images in memory."""
+def bare_model(encoder: ModelEncoder, n: int, at_once: bool = False) -> float:
+    """Images/s of ``encoder.encode`` on ``n`` random model-sized images in memory (``at_once``:
+    within :meth:`ModelEncoder.batches_at_once`, a batch in each core's thread)."""
     x = np.random.default_rng(0).integers(0, 256, (n, *encoder.spec.shape), dtype=np.uint8)
-    encoder.encode(x[:encoder.batch_size])  # warm-up
-    t = time.perf_counter()
-    encoder.encode(x)
-    return n / (time.perf_counter() - t)
+    with encoder.batches_at_once() if at_once else contextlib.nullcontext(1):
+        encoder.encode(x[:2 * encoder.batch_size])  # warm-up
+        t = time.perf_counter()
+        encoder.encode(x)
+        return n / (time.perf_counter() - t)
 
 
 def index_rate(model: LoadedModel, folder: Path, out: Path, old: bool = False,
-               spare: int = checkpoint.SPARE_CORES) -> float:
-    """Images/s of indexing ``folder`` into a new collection (``old``: previews first, then
-    the files read again, as before the streaming pipeline; ``spare``: the cores PyTorch
-    leaves to the decoders, :data:`lookalike.search.checkpoint.SPARE_CORES`)."""
+               at_once: bool = encoders.BATCHES_AT_ONCE) -> tuple[float, np.ndarray]:
+    """Images/s of indexing ``folder`` into a new collection, and its codes (``old``: previews
+    first, then the files read again, as before the streaming pipeline; ``at_once``:
+    :data:`lookalike.models.encoders.BATCHES_AT_ONCE`, else one batch at a time on every core)."""
     shutil.rmtree(out, ignore_errors=True)
-    default, checkpoint.SPARE_CORES = checkpoint.SPARE_CORES, spare
+    default, encoders.BATCHES_AT_ONCE = encoders.BATCHES_AT_ONCE, at_once
     try:
         t = time.perf_counter()
         data = (load_dataset(folder, "all", input_spec=model.config.input) if old
@@ -105,11 +108,12 @@ def index_rate(model: LoadedModel, folder: Path, out: Path, old: bool = False,
         coll = Collection.create(out, model, data)
         seconds = time.perf_counter() - t
     finally:
-        checkpoint.SPARE_CORES = default
+        encoders.BATCHES_AT_ONCE = default
     n = len(coll)
+    codes = np.array(coll.embeddings)
     coll.close()
     shutil.rmtree(out, ignore_errors=True)
-    return n / seconds
+    return n / seconds, codes
 
 
 def cpu_costs(model: LoadedModel, folder: Path, out: Path, n: int, old: bool) -> dict[str, float]:
@@ -242,21 +246,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "machine": machine()}
     for name, folder in where.items():
         count = len(FolderFiles.of(folder))
-        row: dict[str, Any] = {"count": count, "model": [], "index": [], "all_threads": [], "old": []}
+        row: dict[str, Any] = {"count": count, "model": [], "model_at_once": [], "index": [],
+                               "one_batch": [], "old": []}
         # one untimed round first: the first passes pay one-off costs (oneDNN kernels for each
         # batch shape, the files' first read from disk) that made the first timed round 5-20x
         # slower than the next ones
-        bare_model(encoder, min(count, args.model_images))
+        images = min(count, args.model_images)
+        bare_model(encoder, images)
+        bare_model(encoder, images, at_once=True)
         index_rate(model, folder, work / "coll")
         for _ in range(args.rounds):  # alternated, so both see the same machine
-            row["model"].append(bare_model(encoder, min(count, args.model_images)))
-            row["index"].append(index_rate(model, folder, work / "coll"))
-            row["all_threads"].append(index_rate(model, folder, work / "coll", spare=0))
+            row["model"].append(bare_model(encoder, images))
+            rate, codes = index_rate(model, folder, work / "coll")
+            row["index"].append(rate)
+            rate, before = index_rate(model, folder, work / "coll", at_once=False)
+            row["one_batch"].append(rate)
+            # the codes of batches at once are those of one batch at a time, bit for bit
+            assert np.array_equal(codes, before), "batches at once changed the codes"
+            row["model_at_once"].append(bare_model(encoder, images, at_once=True))
             if args.old:
-                row["old"].append(index_rate(model, folder, work / "coll", old=True))
+                row["old"].append(index_rate(model, folder, work / "coll", old=True)[0])
+        row["codes_equal"] = True
         row["ratio"] = statistics.median(i / m for i, m in zip(row["index"], row["model"], strict=True))
-        row["all_threads_ratio"] = statistics.median(
-            i / m for i, m in zip(row["all_threads"], row["model"], strict=True))
+        row["one_batch_ratio"] = statistics.median(
+            i / m for i, m in zip(row["one_batch"], row["model"], strict=True))
+        row["at_once_ratio"] = statistics.median(
+            i / m for i, m in zip(row["index"], row["model_at_once"], strict=True))
         if args.old:
             row["old_ratio"] = statistics.median(i / m for i, m in zip(row["old"], row["model"], strict=True))
         row["cpu"] = cpu_costs(model, folder, work / "coll", min(count, args.model_images), args.old)
@@ -277,9 +292,9 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
         cpu = row.get("cpu")
         rows.append([f"{row['count']} x {name}", f"{med(row['model']):.1f}", f"{med(row['index']):.1f}",
                      f"**{row['ratio']:.2f}x**",
-                     f"{med(row['all_threads']):.1f} ({row['all_threads_ratio']:.2f}x)"
-                     if row.get("all_threads") else "-",
+                     f"{med(row['one_batch']):.1f} ({row['one_batch_ratio']:.2f}x)",
                      f"{med(row['old']):.1f} ({row['old_ratio']:.2f}x)" if row["old"] else "-",
+                     f"{med(row['model_at_once']):.1f} ({row['at_once_ratio']:.2f}x)",
                      f"{cpu['model_ms']:.1f} / {cpu['index_ms']:.1f} = **{cpu['ratio']:.2f}x**"
                      if cpu else "-",
                      f"{cpu['old_ms']:.1f} ({cpu['model_ms'] / cpu['old_ms']:.2f}x)"
@@ -306,16 +321,19 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
         f"commit {res['commit']}, {res['machine']}. EfficientNet-Lite0 at {SIZE} px (ImageNet "
         f"weights, whitened, not adapted), batch {res['batch']}, {res['precision']}, channels-last, "
         "as the index path runs it. *model*: `ModelEncoder.encode` of model-sized images already in memory "
-        "(PyTorch on every core); "
+        "(one batch at a time, PyTorch on every core: the issue's reference); "
         "*index*: `Collection.create` of the folder (what `lookalike index` runs: each file "
         "read once, in two decoder threads, while the model encodes: its bytes digested and "
         "decoded from memory, its header and EXIF taken from the same open image; previews "
-        "compressed, codes, index, metadata and the file catalogue written; PyTorch on the "
-        "cores less one while the files stream when their median size is 512 KB or more, "
-        "`SPARE_CORES` and `SPARE_FROM_BYTES`, so here at 10 MP only); *index, PyTorch on every core*: "
-        "the same with `SPARE_CORES = 0` (as before); "
+        "compressed, codes, index, metadata and the file catalogue written; the model encoding "
+        "`ModelEncoder.batches_at_once`: a batch in each core's thread, PyTorch on one thread in "
+        "each, `BATCHES_AT_ONCE`); *index, one batch at a time*: the same with "
+        "`BATCHES_AT_ONCE = False` (one batch on PyTorch's threads on every core, as before; its codes "
+        "are asserted equal to *index*'s, bit for bit, every round); "
         "*two reads*: the path before the pipeline (previews read first, the "
-        "files read again at the model's size; no catalogue); *CPU ms*: the process's CPU time an image with "
+        "files read again at the model's size; no catalogue); *model, batches at once*: the bare "
+        "model run as *index* runs it, a batch in each core's thread (the fastest this model "
+        "encodes here; the ratio is *index* against it); *CPU ms*: the process's CPU time an image with "
         "PyTorch on one thread, so their ratio is the throughput ratio when every core is busy "
         "(overlap then gains nothing; two PyTorch threads spin-wait on busy cores). Median of "
         f"{len(next(iter(res['rows'].values()))['index'])} alternated rounds after an untimed "
@@ -325,15 +343,16 @@ def section(res: dict[str, Any], argv: list[str]) -> str:
         "Debian's wallpaper packages.",
         "",
         table(["folder", "model images/s", "index images/s", "index / model",
-               "index, PyTorch on every core images/s", "two reads images/s",
+               "index, one batch at a time images/s", "two reads images/s",
+               "model, batches at once images/s (index / it)",
                "CPU ms an image, model / index, 1 torch thread", "two reads CPU ms"], rows),
         "",
         "Each round (images/s), to judge the noise: " + "; ".join(
             f"{name}: model {', '.join(f'{v:.0f}' for v in row['model'])}, index "
             f"{', '.join(f'{v:.0f}' for v in row['index'])}, index / model "
             + ", ".join(f"{i / m:.2f}" for i, m in zip(row["index"], row["model"], strict=True))
-            + (f", PyTorch on every core {', '.join(f'{v:.0f}' for v in row['all_threads'])}"
-               if row.get("all_threads") else "")
+            + f", one batch at a time {', '.join(f'{v:.0f}' for v in row['one_batch'])}"
+            + f", model batches at once {', '.join(f'{v:.0f}' for v in row['model_at_once'])}"
             for name, row in res["rows"].items()) + ".",
         "",
         f"Peak RSS of `lookalike index` of the {large} photos of 10 MP as its own process "

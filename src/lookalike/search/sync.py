@@ -435,8 +435,13 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
                                                gone_paths, rows_of))
         rep.removed = len(plan.removed)
     # 3. changed and new files: each read once (decoded, digested, its header's facts) in
-    #    the pipeline's threads while the batch before is encoded; a commit per batch
-    _encode_files(coll, plan, batch, db, rep, progress)
+    #    the pipeline's threads while the batch before is encoded (as index does); a commit
+    #    per batch
+    if plan.updated or plan.added:
+        from ..models.encoders import batches_at_once
+
+        with batches_at_once(coll.encoder):
+            _encode_files(coll, plan, batch, db, rep, progress)
     if plan.split:  # an edited file that became its own item was its old item's source
         catalogue.relink(db, sources=_live_sources(coll, [i for _, i in plan.split],
                                                    {p for p, _ in plan.split}))
