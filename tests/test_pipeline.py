@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import shutil
 import threading
 from collections import Counter
 from pathlib import Path
@@ -329,34 +330,73 @@ def test_a_file_too_large_to_hold_is_decoded_from_its_path_with_the_same_facts(
         read_file(photos / "wood" / "p05-damaged.jpg", SPEC)
 
 
-def test_a_core_is_left_to_the_decoders_only_for_decoding_heavy_files(model: LoadedModel,
-                                                                     tmp_path: Path) -> None:
-    """Large JPEGs (noise, over 512 KB each) make PyTorch give a core to the decoders while
-    they stream; small files leave it every core (a spare core would idle beside them)."""
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Each batch a model encodes, as ``(the thread that ran it, PyTorch's threads there)``;
+    every model's batches made of 2 images, so that a few files give several batches."""
     import torch
 
-    from lookalike.search import checkpoint
+    from lookalike.models import encoders
+
+    seen: list[tuple[str, int]] = []
+    real = encoders.ModelEncoder._encode_batch
+
+    def recording(self, module, images):  # noqa: ANN001, ANN202
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return real(self, module, images)
+
+    monkeypatch.setattr(encoders, "batch_for", lambda spec, cap=256: 2)
+    monkeypatch.setattr(encoders.ModelEncoder, "_encode_batch", recording)
+    return seen
+
+
+def test_index_add_and_sync_encode_batches_at_once_on_one_thread_each(
+        photos: Path, model: LoadedModel, tmp_path: Path, batches: list[tuple[str, int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While files stream, ``index``, ``add`` and ``sync`` (these two when PyTorch encodes)
+    encode a batch in each of the cores' threads, PyTorch on one thread in each (given back
+    after), and ``index`` gives the same codes, bit for bit, as one batch at a time on every
+    core."""
+    import torch
+
+    from lookalike.models import encoders
+    from lookalike.search.sync import sync
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cores < 2:
-        pytest.skip("needs 2 cores to leave one")
-    rng = np.random.default_rng(0)
-    small, large = tmp_path / "small", tmp_path / "large"
-    small.mkdir(), large.mkdir()
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(small / f"{i}.jpg")
-        Image.fromarray(rng.integers(0, 255, (700, 900, 3), dtype=np.uint8)).save(
-            large / f"{i}.jpg", quality=95)
-    assert min(p.stat().st_size for p in large.iterdir()) >= checkpoint.SPARE_FROM_BYTES
-    encoder = ModelEncoder(model)
+        pytest.skip("needs 2 cores to encode 2 batches at once")
     before = torch.get_num_threads()
-    torch.set_num_threads(cores)
+    torch.set_num_threads(2)
     try:
-        seen = {}
-        for name in ("small", "large"):
-            with checkpoint._model_threads(encoder, sorted((tmp_path / name).iterdir())):
-                seen[name] = torch.get_num_threads()
-            assert torch.get_num_threads() == cores  # given back after the stream
+        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", False)
+        one = Collection.create(tmp_path / "one", model, FolderFiles.of(photos), chunk=4)
+        assert {b for b in batches} == {("MainThread", 2)}  # one batch at a time, as before
+        batches.clear()
+        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", True)
+        library = tmp_path / "library"
+        shutil.copytree(photos, library)
+        coll = Collection.create(tmp_path / "at-once", model, FolderFiles.of(library), chunk=4)
+        assert torch.get_num_threads() == 2  # given back
+        assert np.array_equal(np.asarray(coll.embeddings), np.asarray(one.embeddings))
+        assert len(batches) == 6 and {n for _, n in batches} == {1}
+        names = {name for name, _ in batches}
+        assert len(names) == 2 and all(n.startswith("lookalike-encode") for n in names), names
+        coll.close()
+        monkeypatch.setenv("LOOKALIKE_ENCODER", "torch")  # (else ONNX Runtime encodes, its own threads)
+        coll = Collection.open(tmp_path / "at-once")
+        for step in ("add", "sync"):
+            batches.clear()
+            new = tmp_path / step if step == "add" else library / "new"
+            for i in range(3):
+                _photo(new / f"{step}{i}.jpg", 300 + i + (10 if step == "sync" else 0))
+            if step == "add":
+                assert len(api.Index(coll).add([new])) == 3
+            else:
+                assert sync(coll, [library]).added == 3
+            assert len(batches) == 2 and all(name.startswith("lookalike-encode") and n == 1
+                                             for name, n in batches), (step, batches)
+            assert torch.get_num_threads() == 2
+        coll.close()
+        one.close()
     finally:
         torch.set_num_threads(before)
-    assert seen == {"small": cores, "large": cores - checkpoint.SPARE_CORES}

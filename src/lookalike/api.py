@@ -197,17 +197,19 @@ class Index:
         exist raises :class:`DataError`."""
         from .data.images import image_files
         from .data.pipeline import stream
+        from .models.encoders import batches_at_once
         from .search.files import record
 
         ids = [np.empty(0, dtype=np.int64)]
-        # a commit per batch, the next one decoding while this one is encoded
-        for batch in stream(image_files(paths), self.collection.encoder.spec, batch=1024, ahead=1):
-            for path, reason in batch.skipped:
-                log.warning("skipped %s: %s", path, reason)
-            if len(batch.paths):
-                sources = [str(f) for f in batch.paths]
-                ids.append(np.asarray(self.collection.add(batch.inputs, sources), dtype=np.int64))
-                record(self.collection, sources, ids[-1], batch.facts)
+        # a commit per batch, the next one decoding while this one is encoded (as index does)
+        with batches_at_once(self.collection.encoder):
+            for batch in stream(image_files(paths), self.collection.encoder.spec, batch=1024, ahead=1):
+                for path, reason in batch.skipped:
+                    log.warning("skipped %s: %s", path, reason)
+                if len(batch.paths):
+                    sources = [str(f) for f in batch.paths]
+                    ids.append(np.asarray(self.collection.add(batch.inputs, sources), dtype=np.int64))
+                    record(self.collection, sources, ids[-1], batch.facts)
         return np.concatenate(ids)
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -30,6 +31,12 @@ if TYPE_CHECKING:
     from .runtime import OnnxEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
+#: Whether a stream of files is encoded :meth:`ModelEncoder.batches_at_once` (a batch in each
+#: of the cores' threads, PyTorch on one thread in each) rather than one batch at a time on
+#: every core (:func:`batches_at_once`). Measured side by side (docs/benchmarks.md, "Indexing
+#: at the model's speed"): one batch on two PyTorch threads loses the time each waits for the
+#: other at every layer while the decoder threads hold a core.
+BATCHES_AT_ONCE = True
 
 
 class PixelEncoder:
@@ -72,6 +79,7 @@ class ModelEncoder:
         self.bf16 = use_bf16(precision, self.device)
         self.precision = "bf16" if self.bf16 else "fp32"
         self._module: Model | ImportedModel | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def module(self) -> Model | ImportedModel:
@@ -84,24 +92,78 @@ class ModelEncoder:
         return self._module
 
     def encode(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
-        """``uint8 (n, H, W, C)`` -> ``float32 (n, dim)``; an empty input gives ``(0, dim)``."""
+        """``uint8 (n, H, W, C)`` -> ``float32 (n, dim)``; an empty input gives ``(0, dim)``.
+        Within :meth:`batches_at_once`, its batches run in that many threads at once (the
+        same codes: an image's code does not depend on the other images of its batch)."""
         module = self.module
         out = np.empty((len(images), self.dim), dtype=np.float32)
         steps = range(0, len(images), self.batch_size)
+
+        def one(i: int) -> int:
+            part = images[i:i + self.batch_size]
+            out[i:i + len(part)] = self._encode_batch(module, part)
+            return len(part)
+
+        with tqdm(total=len(images), desc="encoding", unit="img", disable=not progress) as bar:
+            pool = self._pool if len(steps) > 1 else None
+            for n in (pool.map(one, steps) if pool is not None else map(one, steps)):
+                bar.update(n)
+        return out
+
+    def _encode_batch(self, module: Model | ImportedModel, images: np.ndarray) -> np.ndarray:
+        """One batch's codes (autocast and inference mode are per thread: entered here)."""
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.bf16):
-            for i in tqdm(steps, desc="encoding", unit="batch", disable=not progress):
-                part = conform(images[i:i + self.batch_size], self.spec)
-                if not part.flags.writeable:  # torch warns on read-only arrays (memory maps)
-                    part = part.copy()
-                batch = torch.from_numpy(part)
-                # (n, H, W, C) viewed as (n, C, H, W) is channels-last already
-                x = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-                if self.device.type != "cpu":
-                    x = x.contiguous()
-                codes = module.encode(x)
-                out[i:i + len(batch)] = codes.float().cpu().numpy()
-        return out
+            part = conform(images, self.spec)
+            if not part.flags.writeable:  # torch warns on read-only arrays (memory maps)
+                part = part.copy()
+            batch = torch.from_numpy(part)
+            # (n, H, W, C) viewed as (n, C, H, W) is channels-last already
+            x = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            if self.device.type != "cpu":
+                x = x.contiguous()
+            return module.encode(x).float().cpu().numpy()
+
+    @contextlib.contextmanager
+    def batches_at_once(self) -> Iterator[int]:
+        """Within, on a CPU, :meth:`encode` runs its batches in as many threads as PyTorch
+        had (at most the process's cores), PyTorch on **one** thread in each (and in every
+        thread started meanwhile); yields how many at once (1: as before, on CUDA or with one
+        thread). What a stream of files is encoded with (:mod:`lookalike.search.checkpoint`):
+        a batch on one thread wastes nothing, while one batch on two threads makes each wait
+        for the other at every layer, on cores shared with the decoder threads (measured in
+        docs/benchmarks.md, "Indexing at the model's speed"). Not reentrant."""
+        before = torch.get_num_threads()
+        workers = min(before, _cores())
+        if self.device.type != "cpu" or workers <= 1 or self._pool is not None:
+            yield 1
+            return
+        _ = self.module  # (made once, before the threads)
+        torch.set_num_threads(1)  # read by each new thread at its first operation
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-encode") as pool:
+                self._pool = pool
+                try:
+                    yield workers
+                finally:
+                    self._pool = None
+        finally:
+            torch.set_num_threads(before)
+
+
+def batches_at_once(encoder: PixelEncoder | ModelEncoder | OnnxEncoder
+                    ) -> contextlib.AbstractContextManager[int]:
+    """What a stream of files (``index``, ``add``, ``sync``) is encoded within: a model's
+    :meth:`ModelEncoder.batches_at_once` (:data:`BATCHES_AT_ONCE`); it yields how many batches
+    run at once (1 for the other encoders: ONNX Runtime keeps its own threads)."""
+    if isinstance(encoder, ModelEncoder) and BATCHES_AT_ONCE:
+        return encoder.batches_at_once()
+    return contextlib.nullcontext(1)
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def encode_dataset(encoder: PixelEncoder | ModelEncoder | OnnxEncoder, data: Dataset, progress: bool = False,

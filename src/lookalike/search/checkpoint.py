@@ -11,14 +11,13 @@ skipped files it found, so a resumed run decodes only the chunks not done.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,51 +37,6 @@ if TYPE_CHECKING:
     from ..models.runtime import OnnxEncoder
 
 log = logging.getLogger(__name__)
-
-#: Cores left to the decoder threads while a stream of files is encoded, when decoding costs
-#: about as much as the model (:func:`_decode_heavy`): PyTorch's intra-op threads are then the
-#: process's cores less these (at least one) for the time of the stream, so that decoding has a
-#: core of its own instead of taking turns with the model's threads (which spin-wait for one
-#: another when a decoder holds their core). See docs/benchmarks.md, "Indexing at the model's speed".
-SPARE_CORES = 1
-#: A folder's files are decoding-heavy from this median size on: JPEG decoding at the reduced
-#: scale costs about 12 ms of CPU a MB here (0.9 ms for a 67-KB 0.3-MP photo, 14.6 ms for a
-#: 1.3-MB 10-MP one), against 9-10 ms for EfficientNet-Lite0 to encode an image on one thread.
-#: Measured side by side (docs/benchmarks.md): the spare core made 10-MP photos index 1.3x
-#: faster and 0.3-MP ones 1.25x slower (PyTorch short of a core while decoders idle).
-SPARE_FROM_BYTES = 512 * 1024
-
-
-def _decode_heavy(paths: Sequence[Path], sample: int = 64) -> bool:
-    """Whether the median size of up to ``sample`` files spread over ``paths`` reaches
-    :data:`SPARE_FROM_BYTES` (their ``stat``: nothing is read)."""
-    sizes = []
-    for path in paths[::max(1, len(paths) // sample)][:sample]:
-        with contextlib.suppress(OSError):
-            sizes.append(path.stat().st_size)
-    return bool(sizes) and float(np.median(sizes)) >= SPARE_FROM_BYTES
-
-
-@contextlib.contextmanager
-def _model_threads(encoder: ModelEncoder | OnnxEncoder, paths: Sequence[Path]) -> Iterator[None]:
-    """PyTorch's threads while the files at ``paths`` stream: the cores less
-    :data:`SPARE_CORES` when they are decoding-heavy (:func:`_decode_heavy`), never more than
-    it had; all of them otherwise; an ONNX Runtime encoder keeps its own."""
-    from ..models.encoders import ModelEncoder
-
-    if not isinstance(encoder, ModelEncoder) or SPARE_CORES <= 0 or not _decode_heavy(paths):
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, min(before, cores - SPARE_CORES)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 def _job_key(model: LoadedModel, images: np.ndarray, sources: Iterable[str], chunk: int) -> str:
     """What a checkpointed encoding run depends on: the model, the images (as stored) and
@@ -178,8 +132,9 @@ def _load_part(path: Path, dim: int, preview: tuple[int, ...]) -> dict[str, np.n
 
 def _encode_part(path: Path, encoder: ModelEncoder | OnnxEncoder, files: FolderFiles, start: int,
                  stop: int, options: dict[str, Any], bar: tqdm, previews: np.ndarray,
-                 codes: np.ndarray) -> dict[str, np.ndarray]:
-    """Files ``start:stop`` decoded and encoded in one stream into ``previews`` and ``codes``
+                 codes: np.ndarray, at_once: int = 1) -> dict[str, np.ndarray]:
+    """Files ``start:stop`` decoded and encoded in one stream, ``at_once`` batches of the
+    encoder's at a time, into ``previews`` and ``codes``
     (arrays with room for the chunk's files: the caller's, so that the previews are held
     once), saved to ``path`` as one ``.npz`` (atomically: a chunk is there whole or not at
     all): the rows decoded, their codes, previews and facts (each a JSON list,
@@ -189,8 +144,8 @@ def _encode_part(path: Path, encoder: ModelEncoder | OnnxEncoder, files: FolderF
     facts: list[str] = []
     skipped: list[tuple[str, str]] = []
     m = 0
-    for batch in stream(files.paths, encoder.spec, batch=encoder.batch_size, start=start, stop=stop,
-                        **options):
+    for batch in stream(files.paths, encoder.spec, batch=encoder.batch_size * at_once, start=start,
+                        stop=stop, **options):
         k = len(batch.rows)
         if k:
             rows[m:m + k] = batch.rows
@@ -230,10 +185,13 @@ def encode_files_resumable(stage: Path, encoder: ModelEncoder | OnnxEncoder, mod
     each file decoded once, in threads, while the encoder works on the batch before), ``chunk``
     files at a time, each chunk's codes, previews and skipped files saved atomically in
     ``stage/chunks``; chunks already there from an interrupted run of the same job (same
-    model, same files unchanged) are loaded instead of decoded again. Returns the dataset
+    model, same files unchanged) are loaded instead of decoded again. A model encodes
+    :func:`~lookalike.models.encoders.batches_at_once` meanwhile. Returns the dataset
     (previews, as :func:`lookalike.data.datasets.load_folder` gives it, ``files.split``
     applied), its codes, ``float32 (n, d)``, and the facts of its files (what
     :func:`lookalike.data.pipeline.read_file` read of each with its pixels), row-aligned."""
+    from ..models.encoders import batches_at_once
+
     small = preview_spec(encoder.spec).shape
     chunks = _job(stage, _files_key(model, files, chunk), len(files), chunk)
     where = {start: chunks / f"files.{start:09d}.npz" for start in range(0, len(files), chunk)}
@@ -251,12 +209,12 @@ def encode_files_resumable(stage: Path, encoder: ModelEncoder | OnnxEncoder, mod
     skipped: list[tuple[str, str]] = []
     at = 0
     with tqdm(total=len(files), initial=done, desc="encoding", unit="img", disable=not progress) as bar, \
-            _model_threads(encoder, files.paths):
+            batches_at_once(encoder) as at_once:
         for start, path in where.items():
             part = _load_part(path, encoder.dim, small)
             if part is None:
                 part = _encode_part(path, encoder, files, start, start + chunk, options, bar,
-                                    pictures[at:], codes[at:])
+                                    pictures[at:], codes[at:], at_once)
             else:
                 pictures[at:at + len(part["rows"])] = part["previews"]
                 codes[at:at + len(part["rows"])] = part["codes"]

@@ -435,7 +435,23 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
                                                gone_paths, rows_of))
         rep.removed = len(plan.removed)
     # 3. changed and new files: each read once (decoded, digested, its header's facts) in
-    #    the pipeline's threads while the batch before is encoded; a commit per batch
+    #    the pipeline's threads while the batch before is encoded (as index does); a commit
+    #    per batch
+    if plan.updated or plan.added:
+        from ..models.encoders import batches_at_once
+
+        with batches_at_once(coll.encoder):
+            _encode_files(coll, plan, batch, db, rep, progress)
+    if plan.split:  # an edited file that became its own item was its old item's source
+        catalogue.relink(db, sources=_live_sources(coll, [i for _, i in plan.split],
+                                                   {p for p, _ in plan.split}))
+    rep.seconds = time.perf_counter() - start
+    return rep
+
+
+def _encode_files(coll: Collection, plan: Plan, batch: int, db: Path, rep: Report,
+                  progress: Callable[[int], None] | None) -> None:
+    """Step 3 of :func:`apply`: the changed files' items updated, the new files added."""
     of = dict(plan.updated)
     for part in stream([p for p, _ in plan.updated], coll.encoder.spec, batch=batch, ahead=1):
         kept = _decoded(db, part, rep)
@@ -457,11 +473,6 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
         rep.read += len(part.paths) + len(part.skipped)
         if progress:
             progress(part.stop - part.start)
-    if plan.split:  # an edited file that became its own item was its old item's source
-        catalogue.relink(db, sources=_live_sources(coll, [i for _, i in plan.split],
-                                                   {p for p, _ in plan.split}))
-    rep.seconds = time.perf_counter() - start
-    return rep
 
 
 def _decoded(db: Path, part: Batch, rep: Report) -> list[str]:
