@@ -105,12 +105,19 @@ def measure(folder: Path, model: Path, out: Path) -> dict[str, Any]:
             "folder_bytes": json.loads((folder / MARK).read_text())["bytes"]}
 
 
+def _placeholders(argv: list[str]) -> str:
+    """The command as a reader can re-run it: this machine's paths named PHOTOS, MODEL, COLL."""
+    names = {"--measure": "PHOTOS", "--model": "MODEL", "--out": "COLL"}
+    return " ".join(names.get(argv[i - 1], a) if i else a for i, a in enumerate(argv))
+
+
 def section(res: dict[str, Any], argv: list[str]) -> str:
     gib = res["peak_rss_bytes"] / 2**30
     return "\n".join([
         "## Peak memory of `lookalike index` of 10,000 photos of 10 MP",
         "",
-        f"`python benchmarks/index_memory.py {' '.join(argv)}` — {res['when']}, commit {res['commit']}, "
+        f"`python benchmarks/index_memory.py {_placeholders(argv)}` (PHOTOS made by `--make`, MODEL the "
+        f"pipeline benchmark's) — {res['when']}, commit {res['commit']}, "
         f"{res['machine']}; load average {res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at "
         f"the end. The folder: `--make` from the 100 photos of 10 MP of `benchmarks/pipeline.py` "
         f"(each file a base photo with a 64x64 patch of its own, JPEG quality 80; "
