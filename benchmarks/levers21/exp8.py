@@ -242,24 +242,24 @@ for variant in sys.argv[2].split(","):
     adapted = copy.deepcopy(model.backbone.state_dict())
     start_sd = pretrained(arch).state_dict()
     for alpha in alphas:
-      if alpha is not None:
-        model.backbone.load_state_dict({k: (alpha * v + (1 - alpha) * start_sd[k]) if v.is_floating_point() else v
-                                        for k, v in adapted.items()})
-        tag = f"wise{alpha}"
-      else:
-        tag = variant
-      t = time.perf_counter()
-      F_ = {name: descriptors(model, name) for name in ("db", "q", "v1", "v05")}
-      with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-          ref = model.parts(pix(db, 0, 8))
-      err = np.abs(ref.float().numpy() - F_["db"][:8]).max() / np.abs(F_["db"][:8]).max()
-      assert err < 0.05, err  # the cached maps give the model's own descriptors
-      np.savez(OUT / f"feats_{tag}.npz", **F_)
-      cd, cq = default_codes(F_["db"], [F_["q"]])
-      exact = colour.score(cq, cd, labels)
-      rr = colour.score(cq, cd, labels, Diffusion(cd.astype(np.float32), default_retrieval_config(arch).diffusion))
-      print(f"RESULT {tag:10s} images {info['adapt_images']:5d} steps {len(info['adapt_loss']):3d} "
-            f"swapped {info['swapped']} mine_s {mine_s:.0f} adapt_s {adapt_s:.0f} "
-            f"loss {np.mean(info['adapt_loss'][-3:]):.3f} "
-            f"mAP exact {exact['mAP']:.4f} rerank {rr['mAP']:.4f} P@1 {rr['P@1']:.3f} cat {rr.get('cat P@10', float('nan')):.3f} "
-            f"load {load0:.2f}->{load1:.2f} encode_s {time.perf_counter() - t:.0f}", flush=True)
+        if alpha is not None:
+            model.backbone.load_state_dict({k: (alpha * v + (1 - alpha) * start_sd[k]) if v.is_floating_point()
+                                            else v for k, v in adapted.items()})
+            tag = f"wise{alpha}"
+        else:
+            tag = variant
+        t = time.perf_counter()
+        F_ = {name: descriptors(model, name) for name in ("db", "q", "v1", "v05")}
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            ref = model.parts(pix(db, 0, 8))
+        err = np.abs(ref.float().numpy() - F_["db"][:8]).max() / np.abs(F_["db"][:8]).max()
+        assert err < 0.05, err  # the cached maps give the model's own descriptors
+        np.savez(OUT / f"feats_{tag}.npz", **F_)
+        cd, cq = default_codes(F_["db"], [F_["q"]])
+        exact = colour.score(cq, cd, labels)
+        rr = colour.score(cq, cd, labels, Diffusion(cd.astype(np.float32), default_retrieval_config(arch).diffusion))
+        print(f"RESULT {tag:10s} images {info['adapt_images']:5d} steps {len(info['adapt_loss']):3d} "
+              f"swapped {info['swapped']} mine_s {mine_s:.0f} adapt_s {adapt_s:.0f} "
+              f"loss {np.mean(info['adapt_loss'][-3:]):.3f} "
+              f"mAP exact {exact['mAP']:.4f} rerank {rr['mAP']:.4f} P@1 {rr['P@1']:.3f} cat {rr.get('cat P@10', float('nan')):.3f} "
+              f"load {load0:.2f}->{load1:.2f} encode_s {time.perf_counter() - t:.0f}", flush=True)
