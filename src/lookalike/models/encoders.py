@@ -31,11 +31,11 @@ if TYPE_CHECKING:
     from .runtime import OnnxEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
-#: Whether a stream of files is encoded :meth:`ModelEncoder.batches_at_once` (a batch in each
-#: of the cores' threads, PyTorch on one thread in each) rather than one batch at a time on
-#: every core (:func:`batches_at_once`). Measured side by side (docs/benchmarks.md, "Indexing
-#: at the model's speed"): one batch on two PyTorch threads loses the time each waits for the
-#: other at every layer while the decoder threads hold a core.
+#: Whether a stream of files (:func:`lookalike.models.atonce.batches_at_once`) is encoded
+#: :meth:`ModelEncoder.batches_at_once` (a batch in each of the cores' threads, PyTorch on one
+#: thread in each) rather than one batch at a time on every core. Measured side by side
+#: (docs/benchmarks.md, "Indexing at the model's speed"): one batch on two PyTorch threads
+#: loses the time each waits for the other at every layer while the decoder threads hold a core.
 BATCHES_AT_ONCE = True
 
 
@@ -132,10 +132,11 @@ class ModelEncoder:
         thread). What a stream of files is encoded with (:mod:`lookalike.search.checkpoint`):
         a batch on one thread wastes nothing, while one batch on two threads makes each wait
         for the other at every layer, on cores shared with the decoder threads (measured in
-        docs/benchmarks.md, "Indexing at the model's speed"). Not reentrant."""
+        docs/benchmarks.md, "Indexing at the model's speed"). Yields 1 with
+        :data:`BATCHES_AT_ONCE` off. Not reentrant."""
         before = torch.get_num_threads()
         workers = min(before, _cores())
-        if self.device.type != "cpu" or workers <= 1 or self._pool is not None:
+        if not BATCHES_AT_ONCE or self.device.type != "cpu" or workers <= 1 or self._pool is not None:
             yield 1
             return
         _ = self.module  # (made once, before the threads)
@@ -149,16 +150,6 @@ class ModelEncoder:
                     self._pool = None
         finally:
             torch.set_num_threads(before)
-
-
-def batches_at_once(encoder: PixelEncoder | ModelEncoder | OnnxEncoder
-                    ) -> contextlib.AbstractContextManager[int]:
-    """What a stream of files (``index``, ``add``, ``sync``) is encoded within: a model's
-    :meth:`ModelEncoder.batches_at_once` (:data:`BATCHES_AT_ONCE`); it yields how many batches
-    run at once (1 for the other encoders: ONNX Runtime keeps its own threads)."""
-    if isinstance(encoder, ModelEncoder) and BATCHES_AT_ONCE:
-        return encoder.batches_at_once()
-    return contextlib.nullcontext(1)
 
 
 def _cores() -> int:
