@@ -368,11 +368,11 @@ def test_index_add_and_sync_encode_batches_at_once_on_one_thread_each(
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", False)
+        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", 0)
         one = Collection.create(tmp_path / "one", model, FolderFiles.of(photos), chunk=4)
         assert {b for b in batches} == {("MainThread", 2)}  # one batch at a time, as before
         batches.clear()
-        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", True)
+        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", 2)
         library = tmp_path / "library"
         shutil.copytree(photos, library)
         coll = Collection.create(tmp_path / "at-once", model, FolderFiles.of(library), chunk=4)
@@ -398,5 +398,36 @@ def test_index_add_and_sync_encode_batches_at_once_on_one_thread_each(
             assert torch.get_num_threads() == 2
         coll.close()
         one.close()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_at_most_two_batches_at_once_sharing_pytorchs_threads(
+        model: LoadedModel, batches: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On many cores, still 2 batches in flight (each holds its activations), PyTorch's threads
+    shared out between them; ``BATCHES_AT_ONCE = 0``: one batch at a time on all of them."""
+    import torch
+
+    from lookalike.models import encoders
+
+    monkeypatch.setattr(encoders, "_cores", lambda: 8)  # what an 8-core server gets
+    encoder = ModelEncoder(model, precision="fp32")
+    images = np.random.default_rng(0).integers(0, 255, (8, 40, 40, 3), dtype=np.uint8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        one = encoder.encode(images)
+        batches.clear()
+        with encoder.batches_at_once() as n:
+            codes = encoder.encode(images)
+        assert n == 2 and torch.get_num_threads() == 4
+        assert len(batches) == 4 and {k for _, k in batches} == {2}, batches
+        assert len({name for name, _ in batches}) == 2
+        np.testing.assert_array_equal(codes, one)
+        batches.clear()
+        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", 0)
+        with encoder.batches_at_once() as n:
+            encoder.encode(images)
+        assert n == 1 and set(batches) == {("MainThread", 4)}
     finally:
         torch.set_num_threads(before)

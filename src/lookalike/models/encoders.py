@@ -31,12 +31,14 @@ if TYPE_CHECKING:
     from .runtime import OnnxEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
-#: Whether a stream of files (:func:`lookalike.models.atonce.batches_at_once`) is encoded
-#: :meth:`ModelEncoder.batches_at_once` (a batch in each of the cores' threads, PyTorch on one
-#: thread in each) rather than one batch at a time on every core. Measured side by side
-#: (docs/benchmarks.md, "Indexing at the model's speed"): one batch on two PyTorch threads
-#: loses the time each waits for the other at every layer while the decoder threads hold a core.
-BATCHES_AT_ONCE = True
+#: How many batches a stream of files (:func:`lookalike.models.atonce.batches_at_once`) encodes
+#: at once, at most (:meth:`ModelEncoder.batches_at_once`: a batch in each of that many threads,
+#: PyTorch's threads shared out among them; 0 or 1: one batch at a time on all of PyTorch's
+#: threads). Measured side by side (docs/benchmarks.md, "Indexing at the model's speed"): one
+#: batch on two PyTorch threads loses the time each waits for the other at every layer while
+#: the decoder threads hold a core. At most 2, because each batch in flight holds its
+#: activations (about 85 MiB for EfficientNet-Lite0's batch of 14 at 192 px).
+BATCHES_AT_ONCE = 2
 
 
 class PixelEncoder:
@@ -126,21 +128,23 @@ class ModelEncoder:
 
     @contextlib.contextmanager
     def batches_at_once(self) -> Iterator[int]:
-        """Within, on a CPU, :meth:`encode` runs its batches in as many threads as PyTorch
-        had (at most the process's cores), PyTorch on **one** thread in each (and in every
-        thread started meanwhile); yields how many at once (1: as before, on CUDA or with one
-        thread). What a stream of files is encoded with (:mod:`lookalike.search.checkpoint`):
+        """Within, on a CPU, :meth:`encode` runs its batches in ``workers`` threads at once:
+        :data:`BATCHES_AT_ONCE` (2) at most, and no more than PyTorch's threads or the
+        process's cores; PyTorch runs on ``threads // workers`` threads (at least 1) in each
+        (and in every thread started meanwhile). Yields ``workers`` (1: as before, on CUDA,
+        with one thread or with :data:`BATCHES_AT_ONCE` off). On 2 cores, 2 batches on one
+        thread each. What a stream of files is encoded with (:mod:`lookalike.search.checkpoint`):
         a batch on one thread wastes nothing, while one batch on two threads makes each wait
         for the other at every layer, on cores shared with the decoder threads (measured in
-        docs/benchmarks.md, "Indexing at the model's speed"). Yields 1 with
-        :data:`BATCHES_AT_ONCE` off. Not reentrant."""
+        docs/benchmarks.md, "Indexing at the model's speed"); the cap bounds the memory, a
+        batch's activations for each batch in flight. Not reentrant."""
         before = torch.get_num_threads()
-        workers = min(before, _cores())
-        if not BATCHES_AT_ONCE or self.device.type != "cpu" or workers <= 1 or self._pool is not None:
+        workers = min(BATCHES_AT_ONCE, before, _cores())
+        if self.device.type != "cpu" or workers <= 1 or self._pool is not None:
             yield 1
             return
         _ = self.module  # (made once, before the threads)
-        torch.set_num_threads(1)  # read by each new thread at its first operation
+        torch.set_num_threads(max(1, before // workers))  # read by each new thread at its first operation
         try:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-encode") as pool:
                 self._pool = pool
