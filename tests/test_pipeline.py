@@ -431,3 +431,39 @@ def test_at_most_two_batches_at_once_sharing_pytorchs_threads(
         assert n == 1 and set(batches) == {("MainThread", 4)}
     finally:
         torch.set_num_threads(before)
+
+
+def test_only_the_pools_threads_keep_fewer_pytorch_threads(
+        model: LoadedModel, batches: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that first uses PyTorch while a stream is encoded (a service's request during
+    ``serve --watch``'s sync) or after it gets the process's threads, not the workers' one,
+    which the workers keep for every batch they encode."""
+    import torch
+
+    from lookalike.models import encoders
+
+    monkeypatch.setattr(encoders, "_cores", lambda: 2)
+    encoder = ModelEncoder(model, precision="fp32")
+    images = np.random.default_rng(0).integers(0, 255, (8, 40, 40, 3), dtype=np.uint8)
+    seen: dict[str, int] = {}
+
+    def first_use(key: str) -> None:
+        t = threading.Thread(target=lambda: seen.setdefault(key, torch.get_num_threads()))
+        t.start()
+        t.join()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with encoder.batches_at_once() as n:
+            first_use("inside")
+            encoder.encode(images)
+            first_use("inside, after a stream")
+            encoder.encode(images)
+        first_use("after")
+        assert n == 2 and torch.get_num_threads() == 2
+        assert seen == {"inside": 2, "inside, after a stream": 2, "after": 2}
+        assert len(batches) == 8 and {k for _, k in batches} == {1}, batches
+        assert len({name for name, _ in batches}) == 2
+    finally:
+        torch.set_num_threads(before)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -130,8 +131,11 @@ class ModelEncoder:
     def batches_at_once(self) -> Iterator[int]:
         """Within, on a CPU, :meth:`encode` runs its batches in ``workers`` threads at once:
         :data:`BATCHES_AT_ONCE` (2) at most, and no more than PyTorch's threads or the
-        process's cores; PyTorch runs on ``threads // workers`` threads (at least 1) in each
-        (and in every thread started meanwhile). Yields ``workers`` (1: as before, on CUDA,
+        process's cores; PyTorch runs on ``threads // workers`` threads (at least 1) in each.
+        Only the pool's threads keep that count: the process's is set to it while they start
+        (each reads it at its first use, then keeps its own) and given back before this
+        yields, so a thread that first uses PyTorch meanwhile (a service's request) gets the
+        process's count. Yields ``workers`` (1: as before, on CUDA,
         with one thread or with :data:`BATCHES_AT_ONCE` off). On 2 cores, 2 batches on one
         thread each. What a stream of files is encoded with (:mod:`lookalike.search.checkpoint`):
         a batch on one thread wastes nothing, while one batch on two threads makes each wait
@@ -144,9 +148,23 @@ class ModelEncoder:
             yield 1
             return
         _ = self.module  # (made once, before the threads)
-        torch.set_num_threads(max(1, before // workers))  # read by each new thread at its first operation
+        each = max(1, before // workers)
+        started = threading.Barrier(workers + 1)
+
+        def start() -> None:  # in each worker, once: its own PyTorch threads, for good
+            try:
+                torch.set_num_threads(each)
+                torch.get_num_threads()  # (a thread reads the process's count once, at its first use)
+            finally:
+                started.wait()
+
         try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-encode") as pool:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-encode",
+                                    initializer=start) as pool:
+                for _ in range(workers):  # each waits for the others in start(): all start now
+                    pool.submit(int)
+                started.wait()
+                torch.set_num_threads(before)  # the process's count again: only the workers keep theirs
                 self._pool = pool
                 try:
                     yield workers
