@@ -467,3 +467,68 @@ def test_only_the_pools_threads_keep_fewer_pytorch_threads(
         assert len({name for name, _ in batches}) == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_only_the_thread_that_entered_batches_at_once_uses_its_threads(
+        model: LoadedModel, batches: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads share one encoder (a stream being synced, a search or an add of arrays in
+    another): the other encodes one batch at a time in its own thread, its own
+    ``batches_at_once`` yields 1, and it never meets the pool shut down as the stream leaves."""
+    import torch
+
+    from lookalike.models import encoders
+
+    monkeypatch.setattr(encoders, "_cores", lambda: 2)
+    encoder = ModelEncoder(model, precision="fp32")
+    images = np.random.default_rng(0).integers(0, 255, (6, 40, 40, 3), dtype=np.uint8)
+    reference = encoder.encode(images)
+    inside, done, stop = threading.Event(), threading.Event(), threading.Event()
+    streams = [0]
+
+    def stream() -> None:  # enters and leaves, as sync does per call
+        with encoder.batches_at_once():
+            inside.set()
+            done.wait()
+            encoder.encode(images)
+        while not stop.is_set():
+            with encoder.batches_at_once():
+                encoder.encode(images)
+            streams[0] += 1
+
+    errors: list[BaseException] = []
+    other: dict[str, object] = {}
+
+    def another() -> None:
+        inside.wait()
+        codes = encoder.encode(images)
+        with encoder.batches_at_once() as n:
+            other["at once"] = n
+            encoder.encode(images)
+        other["threads"] = {name for name, _ in batches}
+        other["equal"] = np.array_equal(codes, reference)
+        done.set()
+        try:
+            while streams[0] < 20:
+                np.testing.assert_array_equal(encoder.encode(images), reference)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+        finally:
+            stop.set()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        batches.clear()
+        threads = [threading.Thread(target=stream, name="streamer"),
+                   threading.Thread(target=another, name="another")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert other == {"at once": 1, "threads": {"another"}, "equal": True}
+        assert not errors, errors
+        assert streams[0] >= 20
+        assert {name for name, _ in batches} >= {"another", "lookalike-encode_0", "lookalike-encode_1"}
+    finally:
+        stop.set()
+        torch.set_num_threads(before)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .runtime import OnnxEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
+_TAKING = threading.Lock()  # (one thread at a time takes an encoder's batches_at_once)
 #: How many batches a stream of files (:func:`lookalike.models.atonce.batches_at_once`) encodes
 #: at once, at most (:meth:`ModelEncoder.batches_at_once`: a batch in each of that many threads,
 #: PyTorch's threads shared out among them; 0 or 1: one batch at a time on all of PyTorch's
@@ -68,6 +69,11 @@ class ModelEncoder:
     are always returned as float32; bf16 ones rank like fp32 ones (tests check it).
     """
 
+    #: the pool of :meth:`batches_at_once`, and the thread (its ident) that entered it: the only
+    #: one whose :meth:`encode` uses the pool (another thread encodes one batch at a time)
+    _pool: ThreadPoolExecutor | None = None
+    _owner: int | None = None
+
     def __init__(self, model: LoadedModel, batch_size: int = 256, device: str = "cpu",
                  precision: str = "auto") -> None:
         if precision not in PRECISIONS:
@@ -82,7 +88,6 @@ class ModelEncoder:
         self.bf16 = use_bf16(precision, self.device)
         self.precision = "bf16" if self.bf16 else "fp32"
         self._module: Model | ImportedModel | None = None
-        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def module(self) -> Model | ImportedModel:
@@ -96,8 +101,9 @@ class ModelEncoder:
 
     def encode(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
         """``uint8 (n, H, W, C)`` -> ``float32 (n, dim)``; an empty input gives ``(0, dim)``.
-        Within :meth:`batches_at_once`, its batches run in that many threads at once (the
-        same codes: an image's code does not depend on the other images of its batch)."""
+        Within :meth:`batches_at_once`, in the thread that entered it, its batches run in that
+        many threads at once (the same codes: an image's code does not depend on the other
+        images of its batch); in any other thread, one at a time, as outside."""
         module = self.module
         out = np.empty((len(images), self.dim), dtype=np.float32)
         steps = range(0, len(images), self.batch_size)
@@ -108,7 +114,8 @@ class ModelEncoder:
             return len(part)
 
         with tqdm(total=len(images), desc="encoding", unit="img", disable=not progress) as bar:
-            pool = self._pool if len(steps) > 1 else None
+            mine = self._owner == threading.get_ident()  # (then the pool is there until we leave)
+            pool = self._pool if mine and len(steps) > 1 else None
             for n in (pool.map(one, steps) if pool is not None else map(one, steps)):
                 bar.update(n)
         return out
@@ -141,13 +148,18 @@ class ModelEncoder:
         a batch on one thread wastes nothing, while one batch on two threads makes each wait
         for the other at every layer, on cores shared with the decoder threads (measured in
         docs/benchmarks.md, "Indexing at the model's speed"); the cap bounds the memory, a
-        batch's activations for each batch in flight. Not reentrant."""
+        batch's activations for each batch in flight. Only the thread that entered uses the
+        pool; another thread's :meth:`encode` runs one batch at a time, and its
+        ``batches_at_once`` (or this thread's again, within) yields 1."""
         before = torch.get_num_threads()
         workers = min(BATCHES_AT_ONCE, before, _cores())
-        if self.device.type != "cpu" or workers <= 1 or self._pool is not None:
+        if self.device.type != "cpu" or workers <= 1:
             yield 1
             return
         _ = self.module  # (made once, before the threads)
+        if not self._take():
+            yield 1
+            return
         each = max(1, before // workers)
         started = threading.Barrier(workers + 1)
 
@@ -172,6 +184,16 @@ class ModelEncoder:
                     self._pool = None
         finally:
             torch.set_num_threads(before)
+            self._owner = None
+
+    def _take(self) -> bool:
+        """Whether this thread now holds :meth:`batches_at_once`'s pool (not if a thread
+        does: this one or another)."""
+        with _TAKING:
+            if self._owner is not None:
+                return False
+            self._owner = threading.get_ident()
+            return True
 
 
 def _cores() -> int:
