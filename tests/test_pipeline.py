@@ -352,10 +352,10 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 def test_index_add_and_sync_encode_batches_at_once_on_one_thread_each(
         photos: Path, model: LoadedModel, tmp_path: Path, batches: list[tuple[str, int]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """While files stream, ``index``, ``add`` and ``sync`` (these two when PyTorch encodes)
-    encode a batch in each of the cores' threads, PyTorch on one thread in each (given back
-    after), and ``index`` gives the same codes, bit for bit, as one batch at a time on every
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """While files stream, ``index``, ``add`` (the CLI's and the API's) and ``sync`` (these when
+    PyTorch encodes) encode a batch in each of the cores' threads, PyTorch on one thread in
+    each (given back after), and ``index`` gives the same codes, bit for bit, as one batch at a time on every
     core."""
     import torch
 
@@ -383,13 +383,16 @@ def test_index_add_and_sync_encode_batches_at_once_on_one_thread_each(
         assert len(names) == 2 and all(n.startswith("lookalike-encode") for n in names), names
         coll.close()
         monkeypatch.setenv("LOOKALIKE_ENCODER", "torch")  # (else ONNX Runtime encodes, its own threads)
-        coll = Collection.open(tmp_path / "at-once")
-        for step in ("add", "sync"):
+        for step in ("cli add", "add", "sync"):
             batches.clear()
-            new = tmp_path / step if step == "add" else library / "new"
+            new = library / "new" if step == "sync" else tmp_path / step.replace(" ", "-")
             for i in range(3):
-                _photo(new / f"{step}{i}.jpg", 300 + i + (10 if step == "sync" else 0))
-            if step == "add":
+                _photo(new / f"{step[-3:]}{i}.jpg", 300 + i + 10 * len(step))
+            if step == "cli add":
+                assert run_cli(capsys, ["add", tmp_path / "at-once", new])[0] == 0
+                coll = Collection.open(tmp_path / "at-once")
+                assert len(coll) == len(one) + 3
+            elif step == "add":
                 assert len(api.Index(coll).add([new])) == 3
             else:
                 assert sync(coll, [library]).added == 3
