@@ -100,12 +100,13 @@ def bare_model(encoder: ModelEncoder, n: int, at_once: bool = False) -> float:
 
 
 def index_rate(model: LoadedModel, folder: Path, out: Path, old: bool = False,
-               at_once: bool = encoders.BATCHES_AT_ONCE) -> tuple[float, np.ndarray]:
+               at_once: bool = encoders.BATCHES_AT_ONCE > 1) -> tuple[float, np.ndarray]:
     """Images/s of indexing ``folder`` into a new collection, and its codes (``old``: previews
     first, then the files read again, as before the streaming pipeline; ``at_once``:
     :data:`lookalike.models.encoders.BATCHES_AT_ONCE`, else one batch at a time on every core)."""
     shutil.rmtree(out, ignore_errors=True)
-    default, encoders.BATCHES_AT_ONCE = encoders.BATCHES_AT_ONCE, at_once
+    default = encoders.BATCHES_AT_ONCE
+    encoders.BATCHES_AT_ONCE = default if at_once else 0
     try:
         t = time.perf_counter()
         data = (load_dataset(folder, "all", input_spec=model.config.input) if old

@@ -58,7 +58,8 @@ def child(work: Path, small: int, rounds: int) -> dict[str, list[float]]:
 
     def index(at_once: bool) -> float:
         shutil.rmtree(out, ignore_errors=True)
-        default, encoders.BATCHES_AT_ONCE = encoders.BATCHES_AT_ONCE, at_once
+        default = encoders.BATCHES_AT_ONCE
+        encoders.BATCHES_AT_ONCE = default if at_once else 0
         try:
             t = time.perf_counter()
             coll = Collection.create(out, model, FolderFiles.of(folder))

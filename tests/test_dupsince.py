@@ -209,3 +209,36 @@ def test_the_record_reuses_the_digests_of_segments_it_saw(library: tuple[Path, P
     assert back is not None and np.array_equal(back.digests, whole.digests)
     assert back.segments == whole.segments
     assert dupsince.ItemRecord.from_arrays({"a": arrays["item_ids"]}) is None
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "empty"])
+def test_a_damaged_record_makes_a_full_pass_with_a_warning(
+        library: tuple[Path, Path], asked: list[int | None], capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    _, coll_dir = library
+    with _one_thread():
+        code, full, _ = run(capsys, ["duplicates", coll_dir, "--json"])
+    assert code == 0 and _groups_of(full)
+    record = coll_dir / "duplicates" / "last-pairs.npz"
+    data = bytearray(record.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0xFF
+    record.write_bytes(bytes(data[:len(data) // 2] if damage == "truncated" else
+                             b"" if damage == "empty" else data))
+    with _one_thread(), caplog.at_level(logging.WARNING, logger="lookalike.search.duplicates"):
+        code, out, err = run(capsys, ["duplicates", coll_dir, "--since", "last", "--json"])
+    assert code == 0, err
+    assert asked[1:] == [None]  # every item, this once
+    assert _groups_of(out) == _groups_of(full)
+    said = [r.getMessage() for r in caplog.records
+            if r.name == "lookalike.search.duplicates" and r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "\n" not in said[0] and "is damaged" in said[0], said
+    with _one_thread():
+        code, again, _ = run(capsys, ["duplicates", coll_dir, "--since", "last", "--json"])
+    assert code == 0 and asked[-1] == 0 and _groups_of(again) == _groups_of(full)  # recorded anew
+
+
+def _groups_of(printed: str) -> object:
+    """What ``duplicates --json`` printed: its groups and tier counts."""
+    out = json.loads(printed)
+    return out["groups"], out["tiers"]

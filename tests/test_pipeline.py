@@ -352,10 +352,10 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 def test_index_add_and_sync_encode_batches_at_once_on_one_thread_each(
         photos: Path, model: LoadedModel, tmp_path: Path, batches: list[tuple[str, int]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """While files stream, ``index``, ``add`` and ``sync`` (these two when PyTorch encodes)
-    encode a batch in each of the cores' threads, PyTorch on one thread in each (given back
-    after), and ``index`` gives the same codes, bit for bit, as one batch at a time on every
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """While files stream, ``index``, ``add`` (the CLI's and the API's) and ``sync`` (these when
+    PyTorch encodes) encode a batch in each of the cores' threads, PyTorch on one thread in
+    each (given back after), and ``index`` gives the same codes, bit for bit, as one batch at a time on every
     core."""
     import torch
 
@@ -368,11 +368,11 @@ def test_index_add_and_sync_encode_batches_at_once_on_one_thread_each(
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", False)
+        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", 0)
         one = Collection.create(tmp_path / "one", model, FolderFiles.of(photos), chunk=4)
         assert {b for b in batches} == {("MainThread", 2)}  # one batch at a time, as before
         batches.clear()
-        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", True)
+        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", 2)
         library = tmp_path / "library"
         shutil.copytree(photos, library)
         coll = Collection.create(tmp_path / "at-once", model, FolderFiles.of(library), chunk=4)
@@ -383,13 +383,16 @@ def test_index_add_and_sync_encode_batches_at_once_on_one_thread_each(
         assert len(names) == 2 and all(n.startswith("lookalike-encode") for n in names), names
         coll.close()
         monkeypatch.setenv("LOOKALIKE_ENCODER", "torch")  # (else ONNX Runtime encodes, its own threads)
-        coll = Collection.open(tmp_path / "at-once")
-        for step in ("add", "sync"):
+        for step in ("cli add", "add", "sync"):
             batches.clear()
-            new = tmp_path / step if step == "add" else library / "new"
+            new = library / "new" if step == "sync" else tmp_path / step.replace(" ", "-")
             for i in range(3):
-                _photo(new / f"{step}{i}.jpg", 300 + i + (10 if step == "sync" else 0))
-            if step == "add":
+                _photo(new / f"{step[-3:]}{i}.jpg", 300 + i + 10 * len(step))
+            if step == "cli add":
+                assert run_cli(capsys, ["add", tmp_path / "at-once", new])[0] == 0
+                coll = Collection.open(tmp_path / "at-once")
+                assert len(coll) == len(one) + 3
+            elif step == "add":
                 assert len(api.Index(coll).add([new])) == 3
             else:
                 assert sync(coll, [library]).added == 3
@@ -399,4 +402,136 @@ def test_index_add_and_sync_encode_batches_at_once_on_one_thread_each(
         coll.close()
         one.close()
     finally:
+        torch.set_num_threads(before)
+
+
+def test_at_most_two_batches_at_once_sharing_pytorchs_threads(
+        model: LoadedModel, batches: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On many cores, still 2 batches in flight (each holds its activations), PyTorch's threads
+    shared out between them; ``BATCHES_AT_ONCE = 0``: one batch at a time on all of them."""
+    import torch
+
+    from lookalike.models import encoders
+
+    monkeypatch.setattr(encoders, "_cores", lambda: 8)  # what an 8-core server gets
+    encoder = ModelEncoder(model, precision="fp32")
+    images = np.random.default_rng(0).integers(0, 255, (8, 40, 40, 3), dtype=np.uint8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        one = encoder.encode(images)
+        batches.clear()
+        with encoder.batches_at_once() as n:
+            codes = encoder.encode(images)
+        assert n == 2 and torch.get_num_threads() == 4
+        assert len(batches) == 4 and {k for _, k in batches} == {2}, batches
+        assert len({name for name, _ in batches}) == 2
+        np.testing.assert_array_equal(codes, one)
+        batches.clear()
+        monkeypatch.setattr(encoders, "BATCHES_AT_ONCE", 0)
+        with encoder.batches_at_once() as n:
+            encoder.encode(images)
+        assert n == 1 and set(batches) == {("MainThread", 4)}
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_only_the_pools_threads_keep_fewer_pytorch_threads(
+        model: LoadedModel, batches: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that first uses PyTorch while a stream is encoded (a service's request during
+    ``serve --watch``'s sync) or after it gets the process's threads, not the workers' one,
+    which the workers keep for every batch they encode."""
+    import torch
+
+    from lookalike.models import encoders
+
+    monkeypatch.setattr(encoders, "_cores", lambda: 2)
+    encoder = ModelEncoder(model, precision="fp32")
+    images = np.random.default_rng(0).integers(0, 255, (8, 40, 40, 3), dtype=np.uint8)
+    seen: dict[str, int] = {}
+
+    def first_use(key: str) -> None:
+        t = threading.Thread(target=lambda: seen.setdefault(key, torch.get_num_threads()))
+        t.start()
+        t.join()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with encoder.batches_at_once() as n:
+            first_use("inside")
+            encoder.encode(images)
+            first_use("inside, after a stream")
+            encoder.encode(images)
+        first_use("after")
+        assert n == 2 and torch.get_num_threads() == 2
+        assert seen == {"inside": 2, "inside, after a stream": 2, "after": 2}
+        assert len(batches) == 8 and {k for _, k in batches} == {1}, batches
+        assert len({name for name, _ in batches}) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_only_the_thread_that_entered_batches_at_once_uses_its_threads(
+        model: LoadedModel, batches: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads share one encoder (a stream being synced, a search or an add of arrays in
+    another): the other encodes one batch at a time in its own thread, its own
+    ``batches_at_once`` yields 1, and it never meets the pool shut down as the stream leaves."""
+    import torch
+
+    from lookalike.models import encoders
+
+    monkeypatch.setattr(encoders, "_cores", lambda: 2)
+    encoder = ModelEncoder(model, precision="fp32")
+    images = np.random.default_rng(0).integers(0, 255, (6, 40, 40, 3), dtype=np.uint8)
+    reference = encoder.encode(images)
+    inside, done, stop = threading.Event(), threading.Event(), threading.Event()
+    streams = [0]
+
+    def stream() -> None:  # enters and leaves, as sync does per call
+        with encoder.batches_at_once():
+            inside.set()
+            done.wait()
+            encoder.encode(images)
+        while not stop.is_set():
+            with encoder.batches_at_once():
+                encoder.encode(images)
+            streams[0] += 1
+
+    errors: list[BaseException] = []
+    other: dict[str, object] = {}
+
+    def another() -> None:
+        inside.wait()
+        codes = encoder.encode(images)
+        with encoder.batches_at_once() as n:
+            other["at once"] = n
+            encoder.encode(images)
+        other["threads"] = {name for name, _ in batches}
+        other["equal"] = np.array_equal(codes, reference)
+        done.set()
+        try:
+            while streams[0] < 20:
+                np.testing.assert_array_equal(encoder.encode(images), reference)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+        finally:
+            stop.set()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        batches.clear()
+        threads = [threading.Thread(target=stream, name="streamer"),
+                   threading.Thread(target=another, name="another")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert other == {"at once": 1, "threads": {"another"}, "equal": True}
+        assert not errors, errors
+        assert streams[0] >= 20
+        assert {name for name, _ in batches} >= {"another", "lookalike-encode_0", "lookalike-encode_1"}
+    finally:
+        stop.set()
         torch.set_num_threads(before)

@@ -64,6 +64,28 @@ def test_adding_one_image_does_not_import_pytorch(tmp_path: Path, trained: Train
         "rc": 0, "torch": True}
 
 
+def test_syncing_a_folder_does_not_import_pytorch(tmp_path: Path, trained: Trained) -> None:
+    """A stream of files (``sync``; ``add``: above) is encoded by ONNX Runtime alone: what it
+    is encoded within (:mod:`lookalike.models.atonce`) does not import PyTorch either."""
+    coll, folder = tmp_path / "c", tmp_path / "photos"
+    shutil.copytree(trained.collection, coll)
+    folder.mkdir()
+    images = load_dataset("digits", "queries").images[3:5]
+    for i, image in enumerate(images):
+        Image.fromarray(image[:, :, 0]).save(folder / f"new{i}.png")
+    code = ("import json, sys; from lookalike.app.cli import main\n"
+            "rc = main(['-q', 'sync', sys.argv[1], sys.argv[2]])\n"
+            "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code, str(coll), str(folder)], check=True,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 0, "torch": False}
+    c = Collection.open(coll)
+    added = c.find(source=str(folder / "new1.png"))
+    assert added is not None
+    reference = ModelEncoder(load_model(coll / "model"), precision="fp32").encode(images[1:])
+    np.testing.assert_allclose(c.vector(added), reference[0], atol=1e-5)
+
+
 def test_a_reranked_search_by_image_imports_neither_pytorch_nor_scikit_learn(
         trained: Trained) -> None:
     """What a search needs loads in a fraction of a second: PyTorch (2 s) and scikit-learn

@@ -197,7 +197,7 @@ class Index:
         exist raises :class:`DataError`."""
         from .data.images import image_files
         from .data.pipeline import stream
-        from .models.encoders import batches_at_once
+        from .models.atonce import batches_at_once
         from .search.files import record
 
         ids = [np.empty(0, dtype=np.int64)]

@@ -390,6 +390,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from ..data.images import content_hash, image_files
     from ..data.pipeline import stream
     from ..data.skipreport import REPORT_NAME, write_report
+    from ..models.atonce import batches_at_once
     from ..search.collection import Collection
     from ..search.files import db, record, unchanged
 
@@ -405,10 +406,11 @@ def cmd_add(args: argparse.Namespace) -> int:
     added = dupes = updated = loaded = 0
     # Each batch is one commit: a crash loses at most the batch in progress, and running
     # the same command again skips the files already added (by source path). The next batch
-    # decodes (each file once, in threads) while this one is encoded and committed.
+    # decodes (each file once, in threads) while this one is encoded (batches at once, as
+    # index does) and committed.
     try:
         with tqdm(total=len(files), initial=len(files) - len(todo), desc="adding", unit="img",
-                  disable=not args.progress) as bar:
+                  disable=not args.progress) as bar, batches_at_once(coll.encoder):
             for batch in stream(todo, coll.encoder.spec, batch=args.batch, ahead=1):
                 for path, reason in batch.skipped:
                     log.warning("skipped %s: %s", path, reason)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -31,12 +32,15 @@ if TYPE_CHECKING:
     from .runtime import OnnxEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
-#: Whether a stream of files is encoded :meth:`ModelEncoder.batches_at_once` (a batch in each
-#: of the cores' threads, PyTorch on one thread in each) rather than one batch at a time on
-#: every core (:func:`batches_at_once`). Measured side by side (docs/benchmarks.md, "Indexing
-#: at the model's speed"): one batch on two PyTorch threads loses the time each waits for the
-#: other at every layer while the decoder threads hold a core.
-BATCHES_AT_ONCE = True
+_TAKING = threading.Lock()  # (one thread at a time takes an encoder's batches_at_once)
+#: How many batches a stream of files (:func:`lookalike.models.atonce.batches_at_once`) encodes
+#: at once, at most (:meth:`ModelEncoder.batches_at_once`: a batch in each of that many threads,
+#: PyTorch's threads shared out among them; 0 or 1: one batch at a time on all of PyTorch's
+#: threads). Measured side by side (docs/benchmarks.md, "Indexing at the model's speed"): one
+#: batch on two PyTorch threads loses the time each waits for the other at every layer while
+#: the decoder threads hold a core. At most 2, because each batch in flight holds its
+#: activations (about 85 MiB for EfficientNet-Lite0's batch of 14 at 192 px).
+BATCHES_AT_ONCE = 2
 
 
 class PixelEncoder:
@@ -65,6 +69,11 @@ class ModelEncoder:
     are always returned as float32; bf16 ones rank like fp32 ones (tests check it).
     """
 
+    #: the pool of :meth:`batches_at_once`, and the thread (its ident) that entered it: the only
+    #: one whose :meth:`encode` uses the pool (another thread encodes one batch at a time)
+    _pool: ThreadPoolExecutor | None = None
+    _owner: int | None = None
+
     def __init__(self, model: LoadedModel, batch_size: int = 256, device: str = "cpu",
                  precision: str = "auto") -> None:
         if precision not in PRECISIONS:
@@ -79,7 +88,6 @@ class ModelEncoder:
         self.bf16 = use_bf16(precision, self.device)
         self.precision = "bf16" if self.bf16 else "fp32"
         self._module: Model | ImportedModel | None = None
-        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def module(self) -> Model | ImportedModel:
@@ -93,8 +101,9 @@ class ModelEncoder:
 
     def encode(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
         """``uint8 (n, H, W, C)`` -> ``float32 (n, dim)``; an empty input gives ``(0, dim)``.
-        Within :meth:`batches_at_once`, its batches run in that many threads at once (the
-        same codes: an image's code does not depend on the other images of its batch)."""
+        Within :meth:`batches_at_once`, in the thread that entered it, its batches run in that
+        many threads at once (the same codes: an image's code does not depend on the other
+        images of its batch); in any other thread, one at a time, as outside."""
         module = self.module
         out = np.empty((len(images), self.dim), dtype=np.float32)
         steps = range(0, len(images), self.batch_size)
@@ -105,7 +114,8 @@ class ModelEncoder:
             return len(part)
 
         with tqdm(total=len(images), desc="encoding", unit="img", disable=not progress) as bar:
-            pool = self._pool if len(steps) > 1 else None
+            mine = self._owner == threading.get_ident()  # (then the pool is there until we leave)
+            pool = self._pool if mine and len(steps) > 1 else None
             for n in (pool.map(one, steps) if pool is not None else map(one, steps)):
                 bar.update(n)
         return out
@@ -126,22 +136,47 @@ class ModelEncoder:
 
     @contextlib.contextmanager
     def batches_at_once(self) -> Iterator[int]:
-        """Within, on a CPU, :meth:`encode` runs its batches in as many threads as PyTorch
-        had (at most the process's cores), PyTorch on **one** thread in each (and in every
-        thread started meanwhile); yields how many at once (1: as before, on CUDA or with one
-        thread). What a stream of files is encoded with (:mod:`lookalike.search.checkpoint`):
+        """Within, on a CPU, :meth:`encode` runs its batches in ``workers`` threads at once:
+        :data:`BATCHES_AT_ONCE` (2) at most, and no more than PyTorch's threads or the
+        process's cores; PyTorch runs on ``threads // workers`` threads (at least 1) in each.
+        Only the pool's threads keep that count: the process's is set to it while they start
+        (each reads it at its first use, then keeps its own) and given back before this
+        yields, so a thread that first uses PyTorch meanwhile (a service's request) gets the
+        process's count. Yields ``workers`` (1: as before, on CUDA,
+        with one thread or with :data:`BATCHES_AT_ONCE` off). On 2 cores, 2 batches on one
+        thread each. What a stream of files is encoded with (:mod:`lookalike.search.checkpoint`):
         a batch on one thread wastes nothing, while one batch on two threads makes each wait
         for the other at every layer, on cores shared with the decoder threads (measured in
-        docs/benchmarks.md, "Indexing at the model's speed"). Not reentrant."""
+        docs/benchmarks.md, "Indexing at the model's speed"); the cap bounds the memory, a
+        batch's activations for each batch in flight. Only the thread that entered uses the
+        pool; another thread's :meth:`encode` runs one batch at a time, and its
+        ``batches_at_once`` (or this thread's again, within) yields 1."""
         before = torch.get_num_threads()
-        workers = min(before, _cores())
-        if self.device.type != "cpu" or workers <= 1 or self._pool is not None:
+        workers = min(BATCHES_AT_ONCE, before, _cores())
+        if self.device.type != "cpu" or workers <= 1:
             yield 1
             return
         _ = self.module  # (made once, before the threads)
-        torch.set_num_threads(1)  # read by each new thread at its first operation
+        if not self._take():
+            yield 1
+            return
+        each = max(1, before // workers)
+        started = threading.Barrier(workers + 1)
+
+        def start() -> None:  # in each worker, once: its own PyTorch threads, for good
+            try:
+                torch.set_num_threads(each)
+                torch.get_num_threads()  # (a thread reads the process's count once, at its first use)
+            finally:
+                started.wait()
+
         try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-encode") as pool:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-encode",
+                                    initializer=start) as pool:
+                for _ in range(workers):  # each waits for the others in start(): all start now
+                    pool.submit(int)
+                started.wait()
+                torch.set_num_threads(before)  # the process's count again: only the workers keep theirs
                 self._pool = pool
                 try:
                     yield workers
@@ -149,16 +184,16 @@ class ModelEncoder:
                     self._pool = None
         finally:
             torch.set_num_threads(before)
+            self._owner = None
 
-
-def batches_at_once(encoder: PixelEncoder | ModelEncoder | OnnxEncoder
-                    ) -> contextlib.AbstractContextManager[int]:
-    """What a stream of files (``index``, ``add``, ``sync``) is encoded within: a model's
-    :meth:`ModelEncoder.batches_at_once` (:data:`BATCHES_AT_ONCE`); it yields how many batches
-    run at once (1 for the other encoders: ONNX Runtime keeps its own threads)."""
-    if isinstance(encoder, ModelEncoder) and BATCHES_AT_ONCE:
-        return encoder.batches_at_once()
-    return contextlib.nullcontext(1)
+    def _take(self) -> bool:
+        """Whether this thread now holds :meth:`batches_at_once`'s pool (not if a thread
+        does: this one or another)."""
+        with _TAKING:
+            if self._owner is not None:
+                return False
+            self._owner = threading.get_ident()
+            return True
 
 
 def _cores() -> int:

@@ -186,11 +186,11 @@ def encode_files_resumable(stage: Path, encoder: ModelEncoder | OnnxEncoder, mod
     files at a time, each chunk's codes, previews and skipped files saved atomically in
     ``stage/chunks``; chunks already there from an interrupted run of the same job (same
     model, same files unchanged) are loaded instead of decoded again. A model encodes
-    :func:`~lookalike.models.encoders.batches_at_once` meanwhile. Returns the dataset
+    :func:`~lookalike.models.atonce.batches_at_once` meanwhile. Returns the dataset
     (previews, as :func:`lookalike.data.datasets.load_folder` gives it, ``files.split``
     applied), its codes, ``float32 (n, d)``, and the facts of its files (what
     :func:`lookalike.data.pipeline.read_file` read of each with its pixels), row-aligned."""
-    from ..models.encoders import batches_at_once
+    from ..models.atonce import batches_at_once
 
     small = preview_spec(encoder.spec).shape
     chunks = _job(stage, _files_key(model, files, chunk), len(files), chunk)

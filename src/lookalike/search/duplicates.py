@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,18 +206,26 @@ def _save_last(coll: Collection, pairs: list[DuplicatePair], floor: float, k: in
 
 
 def _load_last(coll: Collection, floor: float, k: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dupsince.ItemRecord | None]:
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dupsince.ItemRecord | None] | None:
     """The last pass's pairs ``(a, b, score)`` and the record of its items; None for the
-    record of a pass recorded before items were (then its settings are not checked)."""
+    record of a pass recorded before items were (then its settings are not checked). None
+    for all of it when the file is damaged (unreadable, truncated), with a warning: a full
+    pass then, recorded anew."""
     folder = _state(coll)
+    path = folder / "last-pairs.npz"
     try:
-        with np.load(folder / "last-pairs.npz", allow_pickle=False) as z:
+        with np.load(path, allow_pickle=False) as z:
             a, b, s = z["a"], z["b"], z["score"]
             items = dupsince.ItemRecord.from_arrays(z)  # type: ignore[arg-type]
             meta = json.loads(str(z["meta"])) if items is not None else {}
-    except (OSError, ValueError, KeyError):
+    except FileNotFoundError:
         raise LookalikeError(f"--since last: no earlier duplicate pass recorded in {folder}; "
                              "run 'lookalike duplicates' once without --since") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, OSError) as exc:
+        log.warning("--since last: the record of the last pass, %s, is damaged or unreadable (%s); "
+                    "checking every item this once", path, str(exc).splitlines()[0] if str(exc) else
+                    type(exc).__name__)
+        return None
     if items is not None and (meta.get("k") != k or meta.get("floor") != floor):
         raise LookalikeError(f"--since last: the last pass used k={meta.get('k')} and threshold "
                              f"{meta.get('floor')}, not k={k} and {floor}; run a full pass")
@@ -233,10 +243,11 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
     recorded pass (:mod:`lookalike.search.dupsince`) against every item, and adds that pass's
     pairs whose items are still there and unchanged: the groups a full pass would give (but
     for a pair that only the other item's ``k`` nearest would have found). A pass recorded
-    before items were makes it a full pass, with a warning. An ``int``: the items whose id is
-    at least that, without any earlier pairs (such a pass is not recorded). ``resume``: a pass
-    interrupted on these very items and settings starts after its last saved block. Every
-    full pass and every ``"last"`` pass is recorded for the next; ``progress`` shows a bar (tqdm).
+    before items were, or a damaged record, makes it a full pass, with a warning. An ``int``:
+    the items whose id is at least that, without any earlier pairs (such a pass is not
+    recorded). ``resume``: a pass interrupted on these very items and settings starts after
+    its last saved block. Every full pass and every ``"last"`` pass is recorded for the next;
+    ``progress`` shows a bar (tqdm).
     """
     if not -1.0 <= threshold <= 1.0:
         raise LookalikeError(f"threshold must be a correlation in [-1, 1], got {threshold}")
@@ -248,12 +259,15 @@ def find_groups(collection: Collection, *, similar: bool = False, progress: bool
     queries = None
     items: dupsince.ItemRecord | None = None  # the items of this pass, recorded with its pairs
     if since == "last":
-        a, b, s, last = _load_last(collection, floor, k)
-        if last is None:
-            log.warning("--since last: the last pass was recorded before items changed in place "
-                        "were tracked; checking every item this once")
+        loaded = _load_last(collection, floor, k)
+        last = None if loaded is None else loaded[3]
+        if loaded is None or last is None:  # damaged (warned), or recorded before items were
+            if loaded is not None:
+                log.warning("--since last: the last pass was recorded before items changed in "
+                            "place were tracked; checking every item this once")
             items = dupsince.current(collection.store)
         else:
+            a, b, s, _ = loaded
             items = dupsince.current(collection.store, last)
             again = dupsince.changed(last, items)
             keep = ~(np.isin(a, again) | np.isin(b, again)) & np.isin(a, ids) & np.isin(b, ids)

@@ -438,7 +438,7 @@ def apply(coll: Collection, plan: Plan, *, batch: int = BATCH,
     #    the pipeline's threads while the batch before is encoded (as index does); a commit
     #    per batch
     if plan.updated or plan.added:
-        from ..models.encoders import batches_at_once
+        from ..models.atonce import batches_at_once
 
         with batches_at_once(coll.encoder):
             _encode_files(coll, plan, batch, db, rep, progress)
