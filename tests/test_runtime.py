@@ -86,6 +86,32 @@ def test_syncing_a_folder_does_not_import_pytorch(tmp_path: Path, trained: Train
     np.testing.assert_allclose(c.vector(added), reference[0], atol=1e-5)
 
 
+def test_the_python_api_adds_and_searches_without_pytorch(tmp_path: Path, trained: Trained) -> None:
+    """The front door (``lookalike.api``) opens an ONNX collection, adds a file to it and
+    searches it without importing PyTorch; ``la.load_model`` still gives the model loader."""
+    coll = tmp_path / "c"
+    shutil.copytree(trained.collection, coll)
+    image = 255 - load_dataset("digits", "queries").images[5]  # unlike any stored item
+    Image.fromarray(image[:, :, 0]).save(tmp_path / "new.png")
+    code = ("import json, sys; import lookalike as la\n"
+            "c = la.open(sys.argv[1])\n"
+            "n = len(c.collection)\n"
+            "ids = [int(i) for i in c.add([sys.argv[2]])]\n"
+            "hits = c.search(sys.argv[2], k=3)[0]\n"
+            "before = 'torch' in sys.modules\n"
+            "loader = la.load_model.__module__\n"
+            "print(json.dumps({'ids': ids, 'grew': len(c.collection) - n, 'hits': [h.id for h in hits],\n"
+            "                  'torch': before, 'loader': loader, 'then': 'torch' in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code, str(coll), str(tmp_path / "new.png")], check=True,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    # one item added; the search by the same file (its own item left out) gives 3 others
+    assert len(got["ids"]) == 1 and got["grew"] == 1
+    assert len(got["hits"]) == 3 and got["ids"][0] not in got["hits"]
+    assert got["torch"] is False
+    assert got["loader"] == "lookalike.models.modelio" and got["then"] is True
+
+
 def test_a_reranked_search_by_image_imports_neither_pytorch_nor_scikit_learn(
         trained: Trained) -> None:
     """What a search needs loads in a fraction of a second: PyTorch (2 s) and scikit-learn

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,13 +39,26 @@ from .config import (
 )
 from .data.datasets import BUILTIN_DATASETS, Dataset, folder_images, infer_spec, is_folder, load_dataset
 from .errors import LookalikeError
-from .models.modelio import LoadedModel, load_model
 from .search.filters import Filter
 from .search.queries import Crop
 
-__all__ = ["Crop", "Filter", "Hit", "Index", "evaluate", "index", "load_model", "open", "train"]
+if TYPE_CHECKING:
+    from .models.modelio import LoadedModel
+
+__all__ = ["Crop", "Filter", "Hit", "Index", "evaluate", "index", "load_model", "open", "train"]  # noqa: F822 (load_model: __getattr__)
 
 log = logging.getLogger(__name__)
+
+
+def __getattr__(name: str) -> Any:
+    """``load_model`` (:func:`lookalike.models.modelio.load_model`), imported on first use:
+    PyTorch loads with it, so a collection that encodes with ONNX Runtime is opened, searched
+    and added to through this module without PyTorch."""
+    if name == "load_model":
+        from .models.modelio import load_model
+
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _data(data: str | os.PathLike[str] | Dataset, split: str | None, spec: Any = None,
@@ -299,6 +312,8 @@ def model_for_index(model: LoadedModel | str | os.PathLike[str] | None,
         CollectionError: ``out`` exists and not ``overwrite`` (checked before training).
     """
     if model is not None:
+        from .models.modelio import LoadedModel, load_model
+
         return model if isinstance(model, LoadedModel) else load_model(model)
     from .errors import CollectionError
 
