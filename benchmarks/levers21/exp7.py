@@ -12,24 +12,19 @@ import sys, time, os, math
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 sys.path.insert(0, "benchmarks")
-import colour, icondata
+import colour
 from lookalike.config import (ModelConfig, default_train_config, input_for, default_retrieval_config,
                               MID_BLOCK)
-from lookalike.data.datasets import load_dataset
 from lookalike.models import adaptation
 from lookalike.models.backbones import pretrained
 from lookalike.models.networks import BackboneModel, fit_whitening, gem
 from lookalike.search.rerank import Diffusion
 
 torch.set_num_threads(2)
-root = Path("/tmp/colour21/icons64")
-meta = icondata.load_meta(root)
-db_all = load_dataset(root / "database", "all"); q_all = load_dataset(root / "queries", "all")
-sub = np.load("/tmp/colour21/subset.npz")
-db, q = db_all.subset(sub["db"], "all"), q_all.subset(sub["q"], "all")
-dbn, qn = colour._labels(meta)
-labels = {"db_name": dbn[sub["db"]], "q_name": qn[sub["q"]], "db_cat": db_all.labels[sub["db"]],
-          "q_cat": q_all.labels[sub["q"]]}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import icon_subset  # noqa: E402
+
+db, q, labels = icon_subset.load()
 arch = "efficientnet-lite0"
 MID = MID_BLOCK[arch]
 config = ModelConfig(arch=arch, input=input_for(arch, db.spec), mid_blocks=(MID,))
