@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def _job_key(model: LoadedModel, images: np.ndarray, sources: Iterable[str], chunk: int) -> str:
     """What a checkpointed encoding run depends on: the model, the images (as stored) and
     where they came from, the chunking."""
