@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import ExifTags, Image
 
 from lookalike.app.cli import main
 from lookalike.data.datasets import FASHION_MNIST_DIRS
@@ -32,6 +33,27 @@ class Trained:
     model: Path  # digits, 1 epoch, seed 0
     other_model: Path  # digits, 1 epoch, seed 1
     collection: Path  # the digits database split indexed with `model`
+
+
+def exif_of(taken: str | None = None, camera: tuple[str, str] | None = None,
+            gps: tuple[float, float] | None = None, gps_minutes: tuple[float, float] = (0.0, 0.0)
+            ) -> Image.Exif:
+    """The EXIF of a test photo: ``taken`` as DateTimeOriginal (``"YYYY:MM:DD HH:MM:SS"``),
+    ``camera`` as (Make, Model), ``gps`` as (latitude, longitude) whole degrees, signed, with
+    ``gps_minutes`` added to each (so a reader's minutes are checked too)."""
+    exif = Image.Exif()
+    if taken:
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = taken
+    if camera:
+        exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = camera
+    if gps:
+        (lat, lon), (lat_min, lon_min) = gps, gps_minutes
+        info = exif.get_ifd(ExifTags.IFD.GPSInfo)
+        info[ExifTags.GPS.GPSLatitudeRef] = "N" if lat >= 0 else "S"
+        info[ExifTags.GPS.GPSLatitude] = (abs(lat), lat_min, 0.0)
+        info[ExifTags.GPS.GPSLongitudeRef] = "E" if lon >= 0 else "W"
+        info[ExifTags.GPS.GPSLongitude] = (abs(lon), lon_min, 0.0)
+    return exif
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], argv: Sequence[object]) -> tuple[int, str, str]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import ExifTags, Image
+from PIL import Image
 
-from conftest import Trained, run_cli
+from conftest import Trained, exif_of, run_cli
 from lookalike.data.filefacts import Stat, digest, exif_date, read_facts
 from lookalike.search import files
 from lookalike.search.collection import Collection
@@ -23,18 +23,7 @@ def photo(path: Path, seed: int, taken: str | None = None, camera: tuple[str, st
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 255, (3, 4, 3), dtype=np.uint8)
     im = Image.fromarray(blocks).resize(size, Image.NEAREST)
-    exif = Image.Exif()
-    if taken:
-        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = taken
-    if camera:
-        exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = camera
-    if gps:
-        lat, lon = gps
-        info = exif.get_ifd(ExifTags.IFD.GPSInfo)
-        info[ExifTags.GPS.GPSLatitudeRef] = "N" if lat >= 0 else "S"
-        info[ExifTags.GPS.GPSLatitude] = (abs(lat), 0.0, 0.0)
-        info[ExifTags.GPS.GPSLongitudeRef] = "E" if lon >= 0 else "W"
-        info[ExifTags.GPS.GPSLongitude] = (abs(lon), 0.0, 0.0)
+    exif = exif_of(taken, camera, gps)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path, exif=exif, quality=95)
     return path

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import exif_of, run_cli
 from lookalike import api
 from lookalike.config import InputSpec, ModelConfig, default_train_config
 from lookalike.data import images as images_module
@@ -150,23 +150,12 @@ def test_index_and_add_read_each_file_once(photos: Path, model: LoadedModel, tmp
 def _exif_photo(path: Path, seed: int, size: tuple[int, int], fmt: str = "JPEG", *,
                 taken: str | None = None, camera: tuple[str, str] | None = None,
                 gps: tuple[float, float] | None = None) -> Path:
-    """A photo with the EXIF asked for (a PNG's in an eXIf chunk before its pixels)."""
-    from PIL import ExifTags
-
+    """A photo with the EXIF asked for (a PNG's in an eXIf chunk before its pixels); its GPS
+    30' north and 15' east of the whole degrees given."""
     rng = np.random.default_rng(seed)
     coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
     im = coarse.resize(size, Image.Resampling.BICUBIC)
-    exif = Image.Exif()
-    if taken:
-        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = taken
-    if camera:
-        exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = camera
-    if gps:
-        info = exif.get_ifd(ExifTags.IFD.GPSInfo)
-        info[ExifTags.GPS.GPSLatitudeRef] = "N" if gps[0] >= 0 else "S"
-        info[ExifTags.GPS.GPSLatitude] = (abs(gps[0]), 30.0, 0.0)
-        info[ExifTags.GPS.GPSLongitudeRef] = "E" if gps[1] >= 0 else "W"
-        info[ExifTags.GPS.GPSLongitude] = (abs(gps[1]), 15.0, 0.0)
+    exif = exif_of(taken, camera, gps, gps_minutes=(30.0, 15.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path, fmt, exif=exif, **({"quality": 90} if fmt == "JPEG" else {}))
     return path
