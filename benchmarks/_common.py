@@ -6,6 +6,8 @@ import os
 import platform
 import re
 import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,3 +67,20 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def cli_peak(argv: list[str], what: str) -> tuple[subprocess.CompletedProcess[str], float, int]:
+    """``lookalike -q ARGV`` as its own process: the finished process (its output captured),
+    its wall time in seconds and its peak RSS in bytes (``VmHWM``, read as it exits). A
+    failure ends the benchmark with ``what`` and the end of its error output."""
+    script = ("import atexit, re, sys\n"
+              "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
+              "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
+              "from lookalike.app.cli import main\n"
+              f"sys.exit(main(['-q', *{argv!r}]))\n")
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed: {proc.stderr[-2000:]}")
+    return proc, seconds, int(re.findall(r"VmHWM (\d+)", proc.stderr)[-1]) * 1024

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import icondata  # noqa: E402
-from _common import commit, machine, now, table, write_section  # noqa: E402
+from _common import cli_peak, commit, machine, now, table, write_section  # noqa: E402
 
 from lookalike.config import (  # noqa: E402
     MID_BLOCK,
@@ -288,17 +286,7 @@ def index_photos(folder: Path, work: Path, size: int | None) -> dict[str, Any]:
     for step, argv in (("train", ["train", "--dataset", str(folder), "--out", str(model), *size_args]),
                        ("index", ["index", "--model", str(model), "--dataset", str(folder),
                                   "--out", str(coll), "--overwrite"])):
-        script = ("import atexit, re, sys\n"
-                  "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
-                  "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
-                  "from lookalike.app.cli import main\n"
-                  f"sys.exit(main(['-q', *{argv!r}]))\n")
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-        seconds = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise SystemExit(f"{step} failed: {proc.stderr[-2000:]}")
-        peak = int(re.findall(r"VmHWM (\d+)", proc.stderr)[-1]) * 1024
+        proc, seconds, peak = cli_peak(argv, step)
         out[step] = {"seconds": round(seconds, 1), "peak_rss_bytes": peak, "stdout": proc.stdout.strip()}
     n = json.loads((coll / "manifest.json").read_text())["count"]
     out["count"] = n

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from multiprocessing import Pool
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import commit, machine, now, write_section  # noqa: E402
+from _common import cli_peak, commit, machine, now, write_section  # noqa: E402
 
 MARK = "index_memory.json"
 PATCH = 64
@@ -84,23 +83,14 @@ def make(out: Path, count: int, base: Path, workers: int) -> dict[str, Any]:
 
 
 def measure(folder: Path, model: Path, out: Path) -> dict[str, Any]:
-    script = ("import atexit, re, sys\n"
-              "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
-              "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
-              "from lookalike.app.cli import main\n"
-              f"sys.exit(main(['-q', 'index', '--model', {str(model)!r}, {str(folder)!r}, "
-              f"'--out', {str(out)!r}, '--overwrite']))\n")
     load = [os.getloadavg()[0]]
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    seconds = time.perf_counter() - t
+    proc, seconds, peak = cli_peak(["index", "--model", str(model), str(folder), "--out", str(out),
+                                    "--overwrite"], "index")
     load.append(os.getloadavg()[0])
-    if proc.returncode != 0:
-        raise SystemExit(f"index failed: {proc.stderr[-2000:]}")
     count = int(re.search(r": (\d+) images", proc.stdout).group(1))  # type: ignore[union-attr]
     shutil.rmtree(out, ignore_errors=True)
     return {"files": len(list(folder.rglob("*.jpg"))), "indexed": count, "seconds": seconds,
-            "peak_rss_bytes": int(re.findall(r"VmHWM (\d+)", proc.stderr)[-1]) * 1024, "load": load,
+            "peak_rss_bytes": peak, "load": load,
             "when": now(), "commit": commit(), "machine": machine(),
             "folder_bytes": json.loads((folder / MARK).read_text())["bytes"]}
 

@@ -35,10 +35,8 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import photodata  # noqa: E402
-from _common import commit, machine, now, table, write_section  # noqa: E402
+from _common import cli_peak, commit, machine, now, table, write_section  # noqa: E402
 
 from lookalike.config import InputSpec  # noqa: E402
 from lookalike.data.datasets import load_dataset  # noqa: E402
@@ -154,20 +152,10 @@ def cpu_costs(model: LoadedModel, folder: Path, out: Path, n: int, old: bool) ->
 
 def peak_rss(model: LoadedModel, folder: Path, out: Path) -> dict[str, float]:
     """``lookalike index`` of ``folder`` as its own process: VmHWM (bytes) and seconds."""
-    script = ("import atexit, re, sys\n"
-              "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
-              "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
-              "from lookalike.app.cli import main\n"
-              f"sys.exit(main(['-q', 'index', '--model', {str(model.path)!r}, '--dataset', "
-              f"{str(folder)!r}, '--out', {str(out)!r}, '--overwrite']))\n")
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    seconds = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"index failed: {proc.stderr[-2000:]}")
+    _, seconds, peak = cli_peak(["index", "--model", str(model.path), "--dataset", str(folder),
+                                 "--out", str(out), "--overwrite"], "index")
     shutil.rmtree(out, ignore_errors=True)
-    return {"peak_rss_bytes": int(re.findall(r"VmHWM (\d+)", proc.stderr)[-1]) * 1024,
-            "seconds": seconds}
+    return {"peak_rss_bytes": peak, "seconds": seconds}
 
 
 def decoders(folder: Path, limit: int) -> dict[str, Any]:
