@@ -75,23 +75,10 @@ with np.load(vcache) as c:
 
 
 def descriptors(model, name):
-    out = []
-    bb = model.backbone
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for s in range(0, len(B7[name]), 64):
-            x = B7[name][s:s + 64]
-            mid = None
-            for i, block in enumerate(bb._blocks[FROZEN:], start=FROZEN):
-                x = block(x)
-                if i == MID:
-                    mid = x
-            last = F.relu6(bb._bn1(bb._conv_head(x)))
-            out.append(torch.cat([gem(last), gem(mid)], dim=1).float().numpy())
-    return np.concatenate(out)
+    return icon_subset.descriptors(model, B7[name], FROZEN, MID, bf16)
 
 
-def l2(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+l2 = icon_subset.l2
 
 
 def default_codes(fd, others):
